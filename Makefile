@@ -1,0 +1,73 @@
+# The verbs of the project. `make run` and `make test` are the two that README.md promises.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv lint typecheck contracts check unit integration e2e test run echo bench \
+        image e2e-assets base-image node-image cluster-up cluster-down clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv with the project and its dev tools
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check lbwire dataplane controller tests bench
+	$(VENV)/bin/ruff format --check lbwire dataplane controller tests bench
+
+typecheck: $(STAMP) ## mypy --strict
+	$(VENV)/bin/mypy
+
+contracts: $(STAMP) ## import-linter architecture contracts
+	$(VENV)/bin/lint-imports
+
+check: lint typecheck contracts ## all static checks
+
+unit: $(STAMP) ## unit tier: pure code
+	$(PY) -m pytest tests/unit -q
+
+integration: $(STAMP) ## integration tier: loopback sockets
+	$(PY) -m pytest tests/integration -q
+
+e2e: $(STAMP) ## e2e tier on a kind cluster (builds what is missing)
+	bash hack/e2e.sh
+
+test: check ## every tier this machine can run (what CI runs)
+	$(PY) -m pytest tests/unit tests/integration -q -p no:cacheprovider
+	@if [ -x hack/e2e.sh ] && [ "$${WSLB_SKIP_E2E:-}" != 1 ]; then bash hack/e2e.sh; \
+	  else echo "e2e tier skipped: WSLB_SKIP_E2E=1 or hack/e2e.sh missing"; fi
+
+run: $(STAMP) ## the load balancer standalone: WS :8080, WSS :8443, two demo echo backends
+	$(PY) -m dataplane.demo examples/standalone.yaml
+
+echo: $(STAMP) ## one demo echo backend on 127.0.0.1:9001
+	$(VENV)/bin/wslb-echo --port 9001
+
+bench: $(STAMP) ## benchmarks against HAProxy and nginx; writes BENCHMARKS.md
+	bash bench/run.sh
+
+image: ## our image from the top-level Dockerfile, with podman
+	bash hack/image.sh
+
+e2e-assets: ## build the pinned Go tools into ~/.cache/wslb (only what is missing)
+	bash hack/e2e-assets.sh
+
+node-image: ## the kind node image built from sources (where kindest/node cannot be pulled)
+	bash hack/node-image.sh
+
+cluster-up: ## a kind cluster for a person to use
+	bash hack/cluster.sh up
+
+cluster-down: ## delete that cluster
+	bash hack/cluster.sh down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The kopf operator and config server (see issue 7)."""

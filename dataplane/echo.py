@@ -1,0 +1,108 @@
+"""Demo echo backend: a small websockets server for demos, tests and e2e pods.
+
+It echoes every message back unchanged. A text message `whoami` is answered with the
+backend's name instead, so a client can tell which backend it reached. It also serves
+plain HTTP GET `/healthz` (200) for HTTP health checks and readiness probes, and
+negotiates permessage-deflate and any subprotocol listed with `--subprotocol`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http
+import logging
+import os
+import signal
+import socket
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+log = logging.getLogger("wslb.echo")
+
+
+def _health_response(connection: ServerConnection, request: Request) -> Response | None:
+    """Answer non-upgrade GETs on /healthz; let WebSocket upgrades through."""
+    if request.path.split("?", 1)[0] == "/healthz" and "Upgrade" not in request.headers:
+        return connection.respond(http.HTTPStatus.OK, "ok\n")
+    return None
+
+
+def make_handler(name: str) -> object:
+    async def echo(connection: ServerConnection) -> None:
+        try:
+            async for message in connection:
+                if message == "whoami":
+                    await connection.send(name)
+                else:
+                    await connection.send(message)
+        except ConnectionClosed:
+            pass
+
+    return echo
+
+
+async def start_echo(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    name: str | None = None,
+    subprotocols: list[str] | None = None,
+    sock: socket.socket | None = None,
+) -> Server:
+    """Start an echo server (port 0 picks a free port; read it from `server.sockets`)."""
+    backend_name = name or f"echo-{os.getpid()}"
+
+    def add_name(connection: ServerConnection, request: Request, response: Response) -> None:
+        response.headers["X-Backend"] = backend_name
+
+    kwargs: dict[str, object] = {}
+    if sock is not None:
+        kwargs["sock"] = sock
+    else:
+        kwargs["host"] = host
+        kwargs["port"] = port
+    return await serve(
+        make_handler(backend_name),  # type: ignore[arg-type]
+        process_request=_health_response,
+        process_response=add_name,
+        subprotocols=subprotocols or None,  # type: ignore[arg-type]
+        max_size=None,
+        ping_interval=None,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def bound_port(server: Server) -> int:
+    return int(next(iter(server.sockets)).getsockname()[1])
+
+
+async def _main(args: argparse.Namespace) -> None:
+    server = await start_echo(args.host, args.port, args.name, args.subprotocol)
+    log.info("echo backend %s listening on %s:%d", args.name, args.host, bound_port(server))
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+    await stop
+    server.close()
+    await server.wait_closed()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("ECHO_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("ECHO_PORT", "9001")))
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("ECHO_NAME") or os.environ.get("POD_NAME") or socket.gethostname(),
+        help="what `whoami` answers (default: $ECHO_NAME, $POD_NAME or the host name)",
+    )
+    parser.add_argument("--subprotocol", action="append", default=[])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
