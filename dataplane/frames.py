@@ -1,0 +1,336 @@
+"""Frame tracking for one direction of a WebSocket tunnel, and frames the proxy writes itself.
+
+The tracker reads frame headers only: data payloads are counted and skipped, never
+unmasked or copied. That is enough to count messages, enforce a maximum message size,
+find frame boundaries where the proxy may inject its own ping or close frames, and
+swallow the pongs that answer the proxy's own pings. Control frames (at most 125 bytes
+of payload) are held until complete so they can be inspected; that is the only data
+the tracker buffers.
+
+Sans-I/O: no sockets, no event loop. The tunnel feeds bytes in and writes what comes
+out.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_NO_STATUS = 1005
+CLOSE_ABNORMAL = 1006
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_BAD_GATEWAY = 1014
+
+_EMPTY = b""
+
+
+@dataclass(frozen=True)
+class ControlFrame:
+    """A complete control frame seen on the stream, payload already unmasked."""
+
+    opcode: int
+    payload: bytes
+
+    @property
+    def close_code(self) -> int:
+        if self.opcode != OP_CLOSE or len(self.payload) < 2:
+            return CLOSE_NO_STATUS
+        return int(struct.unpack("!H", self.payload[:2])[0])
+
+    @property
+    def close_reason(self) -> str:
+        return self.payload[2:].decode("utf-8", "replace")
+
+
+class FrameError(Exception):
+    """The stream broke a rule the proxy enforces; `code` is the close code to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class FrameTracker:
+    """Follows frame boundaries in one direction.
+
+    `feed(data)` returns the bytes to forward. Normally that is `data` itself; it
+    differs only when a control frame is held back or dropped, or when bytes were
+    injected at a boundary via `inject_at_boundary`.
+    """
+
+    __slots__ = (
+        "_ctrl",
+        "_ctrl_need",
+        "_head",
+        "_inject",
+        "_lost",
+        "_message_bytes",
+        "_skip",
+        "drop_pong",
+        "error",
+        "frames",
+        "max_message",
+        "messages",
+        "on_control",
+        "stopped",
+    )
+
+    def __init__(
+        self,
+        max_message: int,
+        on_control: Callable[[ControlFrame], None] | None = None,
+        drop_pong: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        self.max_message = max_message
+        self.on_control = on_control
+        self.drop_pong = drop_pong
+        self.messages = 0
+        self.frames = 0
+        self.error: FrameError | None = None
+        self.stopped = False
+        self._skip = 0  # payload bytes of the current data frame still to pass through
+        self._head = bytearray()  # partial frame header carried over between chunks
+        self._ctrl: bytearray | None = None  # control frame being collected
+        self._ctrl_need = 0
+        self._message_bytes = 0
+        self._inject: list[bytes] = []
+        self._lost = False
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._skip == 0 and not self._head and self._ctrl is None
+
+    def inject_at_boundary(self, frame: bytes) -> bytes:
+        """Queue `frame` for the next boundary; return it now if the stream is at one."""
+        if self.at_boundary and not self._inject:
+            return frame
+        self._inject.append(frame)
+        return _EMPTY
+
+    def stop(self) -> None:
+        """Forward nothing more: after the proxy sent its own Close in this direction."""
+        self.stopped = True
+
+    def feed(self, data: bytes) -> bytes:
+        if self._lost:
+            return _EMPTY
+        if self.stopped or self.error is not None:
+            # Keep parsing so control frames (the peer's Close) are still seen.
+            self._parse(data, forward=False)
+            return _EMPTY
+        if self._skip >= len(data) and not self._inject:
+            # Fast path: the whole chunk is payload of the current data frame.
+            self._skip -= len(data)
+            return data
+        return self._parse(data, forward=True)
+
+    def _parse(self, data: bytes, forward: bool) -> bytes:
+        pieces: list[bytes] = []
+        start = 0  # start of the pending run of bytes to forward unchanged
+        pos = 0
+        size = len(data)
+        while pos < size:
+            if self._skip:
+                step = min(self._skip, size - pos)
+                self._skip -= step
+                pos += step
+                if self._skip == 0 and self._inject and forward:
+                    pieces.append(data[start:pos])
+                    pieces.extend(self._inject)
+                    self._inject.clear()
+                    start = pos
+                continue
+            if self._ctrl is not None:
+                step = min(self._ctrl_need, size - pos)
+                self._ctrl += data[pos : pos + step]
+                self._ctrl_need -= step
+                pos += step
+                start = pos
+                if self._ctrl_need == 0:
+                    frame = bytes(self._ctrl)
+                    self._ctrl = None
+                    keep = self._control_complete(frame)
+                    if forward and keep:
+                        pieces.append(frame)
+                    if self._inject and forward:
+                        pieces.extend(self._inject)
+                        self._inject.clear()
+                continue
+            # At a frame header (possibly split across chunks).
+            frame_start = pos
+            if self._head:
+                need = _header_length(self._head)
+                while need == 0 or len(self._head) < need:
+                    if pos >= size:
+                        break
+                    self._head.append(data[pos])
+                    pos += 1
+                    need = _header_length(self._head)
+                if need == 0 or len(self._head) < need:
+                    # Header still incomplete: its bytes are held in _head, not forwarded.
+                    if forward:
+                        pieces.append(data[start:frame_start])
+                    start = size
+                    break
+                header = bytes(self._head)
+                self._head.clear()
+                # The carried-over header bytes were held back; forward them now.
+                if forward:
+                    pieces.append(data[start:frame_start])
+                    start = pos
+                    carried = header
+                else:
+                    carried = _EMPTY
+            else:
+                need = _header_length(data[pos : pos + 14])
+                if need == 0 or pos + need > size:
+                    # Incomplete header at the end of the chunk: hold it back.
+                    if forward:
+                        pieces.append(data[start:pos])
+                    self._head += data[pos:]
+                    start = pos = size
+                    break
+                header = data[pos : pos + need]
+                pos += need
+                carried = _EMPTY
+            try:
+                self._header_complete(header)
+            except FrameError as exc:
+                self.error = exc
+                if forward:
+                    # Forward up to the start of the offending frame; nothing after.
+                    pieces.append(data[start:frame_start])
+                    forward = False
+                start = size
+                if exc.code == CLOSE_PROTOCOL_ERROR:
+                    self._lost = True  # framing can no longer be followed
+                    break
+                continue
+            if self._ctrl is not None:
+                # Control frame: hold its header with the payload until complete.
+                if forward:
+                    pieces.append(data[start:frame_start])
+                self._ctrl = bytearray(header)
+                start = pos
+                if self._ctrl_need == 0:
+                    frame = bytes(self._ctrl)
+                    self._ctrl = None
+                    keep = self._control_complete(frame)
+                    if forward and keep:
+                        pieces.append(frame)
+                    if self._inject and forward:
+                        pieces.extend(self._inject)
+                        self._inject.clear()
+                continue
+            if carried and forward:
+                pieces.append(carried)
+            if self._skip == 0 and self._inject and forward:
+                pieces.append(data[start:pos])
+                pieces.extend(self._inject)
+                self._inject.clear()
+                start = pos
+        if not forward:
+            return _EMPTY if not pieces else b"".join(pieces)
+        if start == 0 and not pieces:
+            return data
+        pieces.append(data[start:])
+        return b"".join(pieces)
+
+    def _header_complete(self, header: bytes) -> None:
+        b0, b1 = header[0], header[1]
+        opcode = b0 & 0x0F
+        length = b1 & 0x7F
+        if length == 126:
+            length = struct.unpack_from("!H", header, 2)[0]
+        elif length == 127:
+            length = struct.unpack_from("!Q", header, 2)[0]
+        self.frames += 1
+        if opcode >= 0x8:
+            if length > 125 or not b0 & 0x80:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "bad control frame")
+            self._ctrl = bytearray()  # marker; the caller stores the header
+            self._ctrl_need = length
+            return
+        if opcode in (OP_TEXT, OP_BINARY):
+            self._message_bytes = length
+        elif opcode == OP_CONT:
+            self._message_bytes += length
+        else:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode}")
+        self._skip = length
+        if self._message_bytes > self.max_message:
+            # _skip is set, so the stream can still be followed to the peer's Close.
+            raise FrameError(CLOSE_MESSAGE_TOO_BIG, "message too big")
+        if b0 & 0x80:
+            self.messages += 1
+            self._message_bytes = 0
+
+    def _control_complete(self, frame: bytes) -> bool:
+        """Inspect a whole control frame; return False to drop it from the stream."""
+        opcode = frame[0] & 0x0F
+        offset = _header_length(frame)
+        payload = frame[offset:]
+        if frame[1] & 0x80:
+            payload = unmask(payload, frame[offset - 4 : offset])
+        control = ControlFrame(opcode, payload)
+        if opcode == OP_PONG and self.drop_pong is not None and self.drop_pong(payload):
+            if self.on_control is not None:
+                self.on_control(control)
+            return False
+        if self.on_control is not None:
+            self.on_control(control)
+        return True
+
+
+def _header_length(head: bytes | bytearray) -> int:
+    """Total header length once known from the first bytes, else 0."""
+    if len(head) < 2:
+        return 0
+    b1 = head[1]
+    length = b1 & 0x7F
+    size = 2 + (2 if length == 126 else 8 if length == 127 else 0)
+    return size + (4 if b1 & 0x80 else 0)
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR with the 4-byte mask; only ever used on small control payloads."""
+    return bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+
+
+def build_frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
+    """One final frame; masked (random key) toward a backend, unmasked toward a client."""
+    length = len(payload)
+    if length < 126:
+        head = struct.pack("!BB", 0x80 | opcode, (0x80 if mask else 0) | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, (0x80 if mask else 0) | 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, (0x80 if mask else 0) | 127, length)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + unmask(payload, key)
+
+
+def close_frame(code: int, reason: str, *, mask: bool) -> bytes:
+    payload = struct.pack("!H", code) + reason.encode()[:123]
+    return build_frame(OP_CLOSE, payload, mask=mask)
+
+
+def ping_frame(payload: bytes, *, mask: bool) -> bytes:
+    return build_frame(OP_PING, payload, mask=mask)
