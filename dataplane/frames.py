@@ -79,6 +79,7 @@ class FrameTracker:
         "_head",
         "_inject",
         "_lost",
+        "_stop_after_inject",
         "_message_bytes",
         "_skip",
         "drop_pong",
@@ -110,6 +111,7 @@ class FrameTracker:
         self._message_bytes = 0
         self._inject: list[bytes] = []
         self._lost = False
+        self._stop_after_inject = False
 
     @property
     def at_boundary(self) -> bool:
@@ -121,6 +123,15 @@ class FrameTracker:
             return frame
         self._inject.append(frame)
         return _EMPTY
+
+    def close_at_boundary(self, frame: bytes) -> bytes:
+        """Like inject_at_boundary for the proxy's Close: nothing is forwarded after it."""
+        out = self.inject_at_boundary(frame)
+        if out:
+            self.stopped = True
+        else:
+            self._stop_after_inject = True
+        return out
 
     def stop(self) -> None:
         """Forward nothing more: after the proxy sent its own Close in this direction."""
@@ -151,9 +162,8 @@ class FrameTracker:
                 pos += step
                 if self._skip == 0 and self._inject and forward:
                     pieces.append(data[start:pos])
-                    pieces.extend(self._inject)
-                    self._inject.clear()
-                    start = pos
+                    forward = self._flush_inject(pieces)
+                    start = pos if forward else size
                 continue
             if self._ctrl is not None:
                 step = min(self._ctrl_need, size - pos)
@@ -168,8 +178,8 @@ class FrameTracker:
                     if forward and keep:
                         pieces.append(frame)
                     if self._inject and forward:
-                        pieces.extend(self._inject)
-                        self._inject.clear()
+                        forward = self._flush_inject(pieces)
+                        start = pos if forward else size
                 continue
             # At a frame header (possibly split across chunks).
             frame_start = pos
@@ -234,22 +244,31 @@ class FrameTracker:
                     if forward and keep:
                         pieces.append(frame)
                     if self._inject and forward:
-                        pieces.extend(self._inject)
-                        self._inject.clear()
+                        forward = self._flush_inject(pieces)
+                        start = pos if forward else size
                 continue
             if carried and forward:
                 pieces.append(carried)
             if self._skip == 0 and self._inject and forward:
                 pieces.append(data[start:pos])
-                pieces.extend(self._inject)
-                self._inject.clear()
-                start = pos
+                forward = self._flush_inject(pieces)
+                start = pos if forward else size
         if not forward:
             return _EMPTY if not pieces else b"".join(pieces)
         if start == 0 and not pieces:
             return data
         pieces.append(data[start:])
         return b"".join(pieces)
+
+    def _flush_inject(self, pieces: list[bytes]) -> bool:
+        """Emit queued frames at this boundary; return whether forwarding goes on."""
+        pieces.extend(self._inject)
+        self._inject.clear()
+        if self._stop_after_inject:
+            self._stop_after_inject = False
+            self.stopped = True
+            return False
+        return True
 
     def _header_complete(self, header: bytes) -> None:
         b0, b1 = header[0], header[1]

@@ -162,3 +162,16 @@ def test_proxy_close_frames_parse_as_valid_close(mask: bool) -> None:
     (frame,) = parse_all(close_frame(CLOSE_GOING_AWAY, "idle timeout", mask=mask), mask=mask)
     close = Close.parse(frame.data)
     assert (close.code, close.reason) == (1001, "idle timeout")
+
+
+def test_proxy_close_waits_for_the_frame_in_flight_and_ends_forwarding() -> None:
+    first = serialize(Frame(Opcode.BINARY, b"x" * 1000), False)
+    after = serialize(Frame(Opcode.TEXT, b"never forwarded"), False)
+    tracker = FrameTracker(max_message=1 << 20)
+    out = [tracker.feed(first[:500])]
+    out.append(tracker.close_at_boundary(close_frame(CLOSE_GOING_AWAY, "drain", mask=False)))
+    out.append(tracker.feed(first[500:] + after))
+    out.append(tracker.feed(after))
+    frames = parse_all(b"".join(out), mask=False)
+    assert [f.opcode for f in frames] == [Opcode.BINARY, Opcode.CLOSE]
+    assert tracker.stopped

@@ -1,0 +1,69 @@
+"""Loading a standalone config file into a validated Snapshot.
+
+The file has the snapshot schema of `lbwire.snapshot` (the one the controller pushes),
+plus one convenience for people: a certificate may name files (`certificateFile`,
+`privateKeyFile`, relative to the config file) instead of carrying PEM inline. Every
+problem is reported with the field path and the file; nothing is applied here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lbwire.errors import ConfigError, FieldProblem
+from lbwire.snapshot import Snapshot, parse_snapshot
+
+
+def load_file(path: str | os.PathLike[str]) -> Snapshot:
+    """Read, resolve file references, and validate; raise ConfigError naming the file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(source, [FieldProblem("(file)", exc.strerror or str(exc))]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise ConfigError(source, [FieldProblem(where, f"not valid YAML: {exc}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [FieldProblem("(root)", "must be a mapping")])
+    problems = _resolve_certificate_files(data, Path(path).resolve().parent)
+    if problems:
+        raise ConfigError(source, problems)
+    return parse_snapshot(data, source)
+
+
+def _resolve_certificate_files(data: dict[str, Any], base: Path) -> list[FieldProblem]:
+    problems: list[FieldProblem] = []
+    listeners = data.get("listeners")
+    if not isinstance(listeners, list):
+        return problems
+    for i, listener in enumerate(listeners):
+        tls = listener.get("tls") if isinstance(listener, dict) else None
+        certificates = tls.get("certificates") if isinstance(tls, dict) else None
+        if not isinstance(certificates, list):
+            continue
+        for j, certificate in enumerate(certificates):
+            if not isinstance(certificate, dict):
+                continue
+            for file_key, pem_key in (
+                ("certificateFile", "certificatePem"),
+                ("privateKeyFile", "privateKeyPem"),
+            ):
+                if file_key not in certificate:
+                    continue
+                where = f"listeners[{i}].tls.certificates[{j}].{file_key}"
+                target = base / os.path.expanduser(str(certificate.pop(file_key)))
+                try:
+                    certificate[pem_key] = target.read_text()
+                except OSError as exc:
+                    problems.append(FieldProblem(where, f"{target}: {exc.strerror or exc}"))
+    return problems

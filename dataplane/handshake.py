@@ -1,0 +1,190 @@
+"""The client's opening handshake: parse, validate, rewrite for the backend, or reject.
+
+Parsing and RFC 6455 validation are the `websockets` library's (its HTTP/1.1 parser and
+its `ServerProtocol.process_request` checks); this module maps its exceptions to the
+HTTP statuses a load balancer answers with, and renders the request forwarded to the
+backend with X-Forwarded-* headers. Sans-I/O: bytes in, bytes or a rejection out.
+"""
+
+from __future__ import annotations
+
+import http
+from dataclasses import dataclass, field
+
+from websockets.datastructures import Headers
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidMethod,
+    InvalidProtocol,
+    InvalidUpgrade,
+    SecurityError,
+)
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
+
+HEAD_END = b"\r\n\r\n"
+
+# One shared validator: process_request is synchronous and only sets a few attributes
+# we never read, so sharing it across connections on one event loop is safe and saves
+# building a protocol object per handshake.
+_VALIDATOR = ServerProtocol()
+
+_HOP_BY_HOP_FORWARDED = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Real-IP")
+
+
+@dataclass
+class Rejection(Exception):
+    """An HTTP error answer to a client, before any backend is involved."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """Bounded metric label for the rejection reason."""
+        return f"{self.status}"
+
+    def render(self) -> bytes:
+        return render_response(self.status, self.reason, self.headers)
+
+
+def render_response(status: int, text: str, headers: list[tuple[str, str]] | None = None) -> bytes:
+    """A short plain-text HTTP/1.1 response that closes the connection."""
+    phrase = http.HTTPStatus(status).phrase
+    body = (text.rstrip("\n") + "\n").encode()
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        "Server: wslb",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in headers or [])
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse a complete request head (ending in CRLF CRLF) with websockets' parser."""
+    reader = StreamReader()
+    reader.feed_data(head)
+    reader.feed_eof()
+    parser = Request.parse(reader.read_line)
+    try:
+        next(parser)
+    except StopIteration as done:
+        request: Request = done.value
+        return request
+    except SecurityError as exc:
+        raise Rejection(431, f"Request header fields too large: {exc}") from None
+    except EOFError:
+        raise Rejection(400, "Incomplete HTTP request") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejection(400, f"Malformed HTTP request: {exc}") from None
+    except NotImplementedError as exc:
+        raise Rejection(400, f"Unsupported HTTP request: {exc}") from None
+    raise Rejection(400, "Incomplete HTTP request")
+
+
+def validate_upgrade(request: Request) -> None:
+    """Check an RFC 6455 §4.2.1 upgrade; raise Rejection with the status to answer."""
+    try:
+        _VALIDATOR.process_request(request)
+    except InvalidMethod as exc:
+        raise Rejection(405, f"Method not allowed: {exc}", [("Allow", "GET")]) from None
+    except InvalidProtocol as exc:
+        raise Rejection(505, f"HTTP version not supported: {exc}") from None
+    except InvalidUpgrade as exc:
+        raise Rejection(
+            426, f"This endpoint only accepts WebSocket connections: {exc}",
+            [("Upgrade", "websocket")],
+        ) from None
+    except InvalidHeader as exc:
+        if exc.name == "Sec-WebSocket-Version":
+            raise Rejection(
+                426, "Unsupported WebSocket version; this server speaks version 13",
+                [("Sec-WebSocket-Version", "13")],
+            ) from None
+        raise Rejection(400, f"Invalid WebSocket handshake: {exc}") from None
+    except InvalidHandshake as exc:
+        raise Rejection(400, f"Invalid WebSocket handshake: {exc}") from None
+    try:
+        host = request.headers.get("Host")
+    except Exception:
+        raise Rejection(400, "Invalid WebSocket handshake: multiple Host headers") from None
+    if not host:
+        raise Rejection(400, "Invalid WebSocket handshake: missing Host header")
+
+
+def single_header(headers: Headers, name: str) -> str | None:
+    """The header's value, or None if absent; a repeated header counts as malformed."""
+    values = headers.get_all(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Rejection(400, f"Invalid WebSocket handshake: multiple {name} headers")
+    return values[0]
+
+
+def render_request(
+    request: Request,
+    *,
+    client_ip: str,
+    scheme: str,
+    port: int,
+    forwarded: bool,
+) -> bytes:
+    """The request forwarded to the backend, over HTTP/1.1, with X-Forwarded-* added."""
+    lines = [f"{request.method} {request.path} HTTP/1.1"]
+    prior_xff = ", ".join(request.headers.get_all("X-Forwarded-For"))
+    for name, value in request.headers.raw_items():
+        if forwarded and name.lower() in _FORWARDED_LOWER:
+            continue
+        lines.append(f"{name}: {value}")
+    if forwarded:
+        lines.append(f"X-Forwarded-For: {prior_xff + ', ' if prior_xff else ''}{client_ip}")
+        lines.append(f"X-Forwarded-Proto: {scheme}")
+        lines.append(f"X-Forwarded-Port: {port}")
+        lines.append(f"X-Real-IP: {client_ip}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+_FORWARDED_LOWER = frozenset(name.lower() for name in _HOP_BY_HOP_FORWARDED)
+
+
+@dataclass(frozen=True)
+class BackendAnswer:
+    """The status line and header block of the backend's answer to the upgrade."""
+
+    status: int
+    head: bytes
+    headers: Headers
+    content_length: int | None
+
+
+def parse_backend_head(head: bytes) -> BackendAnswer:
+    """Parse the backend's response head; raise ValueError when it is not HTTP/1.x."""
+    line_end = head.find(b"\r\n")
+    status_line = head[:line_end].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ValueError(f"bad status line {status_line[:80]!r}")
+    headers = Headers()
+    for line in head[line_end + 2 : -4].split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise ValueError("bad header line")
+        headers[name.decode("latin-1").strip()] = value.decode("latin-1").strip()
+    length = headers.get_all("Content-Length")
+    content_length = int(length[0]) if length and length[0].isdigit() else None
+    return BackendAnswer(int(parts[1]), head, headers, content_length)
+
+
+def render_backend_head(answer: BackendAnswer, status_line: bytes | None = None) -> bytes:
+    """Re-render a (possibly modified) backend head."""
+    first = status_line or answer.head[: answer.head.find(b"\r\n")]
+    lines = [first.decode("latin-1")]
+    lines.extend(f"{name}: {value}" for name, value in answer.headers.raw_items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

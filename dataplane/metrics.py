@@ -1,0 +1,160 @@
+"""Every Prometheus metric of the data plane, with its help text, in one place.
+
+Names follow `wslb_dataplane_<thing>_<unit>`. Labels are bounded: listener names,
+backend addresses, HTTP status codes, close-code classes; never a client address.
+Per-message counts are not incremented on the hot path: connections keep plain integer
+counters and a collector sums them at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "wslb_dataplane"
+
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400)
+
+_KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010,
+                                1011, 1012, 1013, 1014, 1015})
+
+
+def close_code_label(code: int) -> str:
+    """Standard codes as themselves; application ranges folded so the label stays bounded."""
+    if code in _KNOWN_CLOSE_CODES:
+        return str(code)
+    if 3000 <= code < 4000:
+        return "3xxx"
+    if 4000 <= code < 5000:
+        return "4xxx"
+    return "other"
+
+
+@dataclass
+class TrafficTotals:
+    """Message and byte counts of one listener, per direction (c2b: client to backend)."""
+
+    messages_c2b: int = 0
+    messages_b2c: int = 0
+    bytes_c2b: int = 0
+    bytes_b2c: int = 0
+
+
+class TrafficCollector(Collector):
+    """Reads message and byte counters at scrape time; `source` yields (listener, totals)."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, TrafficTotals]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        messages = CounterMetricFamily(
+            f"{PREFIX}_messages",
+            "WebSocket messages relayed, by listener and direction.",
+            labels=["listener", "direction"],
+        )
+        data = CounterMetricFamily(
+            f"{PREFIX}_bytes",
+            "Bytes relayed after the upgrade (frames, headers included), by direction.",
+            labels=["listener", "direction"],
+        )
+        for listener, totals in self._source():
+            messages.add_metric([listener, "client_to_backend"], totals.messages_c2b)
+            messages.add_metric([listener, "backend_to_client"], totals.messages_b2c)
+            data.add_metric([listener, "client_to_backend"], totals.bytes_c2b)
+            data.add_metric([listener, "backend_to_client"], totals.bytes_b2c)
+        yield messages
+        yield data
+
+
+class Metrics:
+    """One registry per data-plane process (tests make their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connections_active = Gauge(
+            f"{PREFIX}_connections_active",
+            "Client connections currently open (handshaking or tunnelling).",
+            ["listener"], registry=r,
+        )
+        self.connections_draining = Gauge(
+            f"{PREFIX}_connections_draining",
+            "Connections whose listener or backend left the config, waiting to close.",
+            ["listener"], registry=r,
+        )
+        self.upgrades = Counter(
+            f"{PREFIX}_upgrades",
+            "Upgrade requests by the HTTP status answered to the client (101 = tunnelled).",
+            ["listener", "code"], registry=r,
+        )
+        self.rejections = Counter(
+            f"{PREFIX}_rejections",
+            "Requests refused by the load balancer itself, by reason.",
+            ["listener", "reason"], registry=r,
+        )
+        self.handshake_seconds = Histogram(
+            f"{PREFIX}_handshake_duration_seconds",
+            "From accepting the TCP connection to relaying the backend's 101.",
+            ["listener"], buckets=HANDSHAKE_BUCKETS, registry=r,
+        )
+        self.connection_seconds = Histogram(
+            f"{PREFIX}_connection_duration_seconds",
+            "Lifetime of tunnelled WebSocket connections, from the 101 to the close.",
+            ["listener"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.closes = Counter(
+            f"{PREFIX}_closes",
+            "Closed tunnels by close code and by who closed first (client, backend, proxy).",
+            ["listener", "code", "initiator"], registry=r,
+        )
+        self.idle_timeouts = Counter(
+            f"{PREFIX}_idle_timeouts",
+            "Tunnels closed after idleTimeoutSeconds without a frame in either direction.",
+            ["listener"], registry=r,
+        )
+        self.keepalive_timeouts = Counter(
+            f"{PREFIX}_keepalive_timeouts",
+            "Tunnels closed with 1011 because a peer stopped answering keepalive pings.",
+            ["listener"], registry=r,
+        )
+        self.backend_connect_failures = Counter(
+            f"{PREFIX}_backend_connect_failures",
+            "Failed attempts to open a backend connection or get its answer.",
+            ["listener", "backend"], registry=r,
+        )
+        self.backend_healthy = Gauge(
+            f"{PREFIX}_backend_healthy",
+            "1 when the backend passes health checks and is ready, else 0.",
+            ["listener", "backend"], registry=r,
+        )
+        self.backend_connections = Gauge(
+            f"{PREFIX}_backend_connections_active",
+            "Tunnels open to each backend.",
+            ["listener", "backend"], registry=r,
+        )
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads",
+            "Attempts to apply a new config, by result (applied, rejected).",
+            ["result"], registry=r,
+        )
+        self.config_info = Gauge(
+            f"{PREFIX}_config_info",
+            "Always 1; the labels carry the applied config version and digest prefix.",
+            ["version", "digest"], registry=r,
+        )
+        self.config_applied_timestamp = Gauge(
+            f"{PREFIX}_config_last_applied_timestamp_seconds",
+            "Unix time when the current config was applied.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            f"{PREFIX}_ready", "1 when /readyz answers 200.", registry=r,
+        )
+
+    def watch_traffic(self, source: Callable[[], Iterable[tuple[str, TrafficTotals]]]) -> None:
+        self.registry.register(TrafficCollector(source))
