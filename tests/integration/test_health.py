@@ -143,8 +143,8 @@ async def test_endpoint_flips_unhealthy_when_backend_stops_and_back_when_it_retu
         await server.wait_closed()
         took = await until(lambda: not checker.is_healthy(endpoint.key), "flip to unhealthy")
         assert changes == [(endpoint.key, False)]
-        # Three failed checks 0.1 s apart (plus jitter and the next tick): well under 1 s.
-        assert took < 1.0
+        # Three failed checks 0.1 s apart take about 0.3 s; the margin is for a busy CI box.
+        assert took < 1.5
 
         server = await start_echo("127.0.0.1", port, name="flip-again")
         await until(lambda: checker.is_healthy(endpoint.key), "flip back to healthy")
