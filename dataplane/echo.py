@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--subprotocol", action="append", default=[])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("websockets.server").setLevel(logging.WARNING)
     asyncio.run(_main(args))
 
 

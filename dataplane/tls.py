@@ -91,5 +91,5 @@ def front_context(current: Callable[[], CertificateSet], min_version: str) -> ss
     def choose(sslobj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
         sslobj.context = current().select(server_name)
 
-    context.sni_callback = choose  # type: ignore[assignment]
+    context.sni_callback = choose
     return context

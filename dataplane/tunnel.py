@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from websockets.http11 import Request
 
@@ -111,8 +111,7 @@ class ClientSide(asyncio.Protocol):
     # ---------------------------------------------------------------- accept, head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.accepted_at = self.loop.time()
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if peer else ""
@@ -562,8 +561,7 @@ class BackendSide(asyncio.Protocol):
         self.head: asyncio.Future[tuple[bytes, bytes]] = client.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnelling:

@@ -28,6 +28,7 @@ from pydantic.alias_generators import to_camel
 
 from lbwire.errors import ConfigError, FieldProblem
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -239,7 +240,7 @@ class Tls(Model):
 
 
 class Listener(Model):
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
     protocol: Protocol = Protocol.HTTP
     address: str = "0.0.0.0"
     port: Port

@@ -1,0 +1,163 @@
+"""`wslb-dataplane`: run the data plane standalone from a YAML file.
+
+Owns the process: argument parsing, uvloop, signals (SIGTERM/SIGINT drain and exit 0,
+SIGHUP reloads), watching the config file, the admin port, and `--workers N` (N
+processes sharing each port with SO_REUSEPORT; the parent serves the admin port and
+merges the workers' metrics with a `worker` label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataplane.admin import AdminServer
+from dataplane.config import load_file
+from dataplane.metrics import Metrics
+from dataplane.runtime import Runtime
+from dataplane.workers import WorkerSet
+from lbwire.errors import ConfigError
+
+log = logging.getLogger("wslb.dataplane")
+
+WATCH_INTERVAL = 1.0
+
+
+@dataclass
+class Options:
+    config: Path
+    admin_host: str
+    admin_port: int
+    workers: int
+    drain_timeout: float | None
+    watch: bool
+    admin_socket: str | None = None  # a worker's private admin socket
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="wslb-dataplane", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", required=True, type=Path, help="standalone YAML file")
+    parser.add_argument(
+        "--admin", default=os.environ.get("WSLB_ADMIN", "127.0.0.1:9901"),
+        help="admin address host:port for /metrics /healthz /readyz (default 127.0.0.1:9901;"
+        " loopback unless you expose it on purpose)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing each port")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=None,
+        help="override every listener's drainTimeoutSeconds at shutdown",
+    )
+    parser.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only")
+    parser.add_argument("--log-level", default=os.environ.get("WSLB_LOG_LEVEL", "INFO"))
+    parser.add_argument("--admin-socket", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    host, _, port = args.admin.rpartition(":")
+    if not port.isdigit() or args.workers < 1:
+        parser.error("--admin must be host:port and --workers at least 1")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    return Options(
+        config=args.config,
+        admin_host=host.strip("[]") or "127.0.0.1",
+        admin_port=int(port),
+        workers=args.workers,
+        drain_timeout=args.drain_timeout,
+        watch=not args.no_watch,
+        admin_socket=args.admin_socket,
+    )
+
+
+class Standalone:
+    """One data-plane process serving a YAML file."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.metrics = Metrics()
+        self.runtime = Runtime(self.metrics, workers=options.workers)
+        self.admin = AdminServer(self.metrics.registry, lambda: self.runtime.ready)
+        self.stop = asyncio.Event()
+        self._stamp: tuple[float, int, int] | None = None
+
+    def _file_stamp(self) -> tuple[float, int, int] | None:
+        try:
+            st = self.options.config.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size, st.st_ino)
+
+    async def reload(self, first: bool = False) -> bool:
+        self._stamp = self._file_stamp()
+        try:
+            snapshot = load_file(self.options.config)
+            await self.runtime.apply(snapshot)
+        except ConfigError as exc:
+            if first:
+                raise
+            self.metrics.config_reloads.labels("rejected").inc()
+            log.error("config refused, the previous one keeps serving: %s", exc)
+            return False
+        return True
+
+    async def _watch(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCH_INTERVAL):
+                    await self.stop.wait()
+            if not self.stop.is_set() and self._file_stamp() != self._stamp:
+                log.info("config file changed; reloading")
+                await self.reload()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        await self.reload(first=True)
+        if self.options.admin_socket:
+            await self.admin.start_unix(self.options.admin_socket)
+        else:
+            await self.admin.start(self.options.admin_host, self.options.admin_port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        watcher = loop.create_task(self._watch()) if self.options.watch else None
+        await self.stop.wait()
+        log.info("shutting down: draining connections")
+        if watcher is not None:
+            watcher.cancel()
+        await self.runtime.shutdown(self.options.drain_timeout)
+        await self.admin.close()
+        log.info("stopped")
+        return 0
+
+
+def _run(coro_factory: object) -> int:
+    import uvloop
+
+    return int(uvloop.run(coro_factory()))  # type: ignore[operator]
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse_args(argv)
+    try:
+        if options.workers > 1 and options.admin_socket is None:
+            runtime_dir = tempfile.mkdtemp(prefix="wslb-workers-")
+            code = _run(lambda: WorkerSet(options, runtime_dir, sys.argv[1:] if argv is None
+                                          else argv).run())
+        else:
+            code = _run(lambda: Standalone(options).run())
+    except ConfigError as exc:
+        print(f"wslb-dataplane: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

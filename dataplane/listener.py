@@ -1,0 +1,308 @@
+"""One listener at run time: its socket, policy objects, backends and live connections.
+
+A `ListenerRuntime` is what every `ClientSide` of that port talks to: admission (ACL,
+connection and rate limits), backend choice (sticky, then the scheduler), counters.
+`update()` takes a new config for the same port in place, so live connections are
+untouched unless their backend left, and then they drain. It must not parse configs or
+decide whether a port is rebound; `runtime.py` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+from collections.abc import Collection, Iterator
+
+from websockets.datastructures import Headers
+
+from dataplane.balancer import Balancer, EndpointState, RequestInfo
+from dataplane.handshake import Rejection
+from dataplane.health import HealthChecker
+from dataplane.metrics import Metrics, TrafficTotals, close_code_label
+from dataplane.policy import OriginPolicy, SourceFilter
+from dataplane.ratelimit import TokenBucket
+from dataplane.sticky import StickyCookies
+from dataplane.tls import CertificateSet, front_context
+from dataplane.tunnel import ClientSide
+from lbwire.snapshot import LoadBalancerLimits, Listener, Protocol, StickyMode
+
+log = logging.getLogger("wslb.listener")
+
+BACKLOG = 4096
+
+
+class Capacity:
+    """The load balancer's own limits (its spec tier), shared by all its listeners.
+
+    With several worker processes each enforces its share: the kernel spreads new
+    connections evenly across SO_REUSEPORT sockets, so per-worker shares add up.
+    """
+
+    def __init__(self, limits: LoadBalancerLimits, workers: int = 1) -> None:
+        self.active = 0
+        self.workers = max(1, workers)
+        self.update(limits)
+
+    def update(self, limits: LoadBalancerLimits) -> None:
+        self.max_connections = math.ceil(limits.max_connections / self.workers)
+        rate = limits.new_connections_per_second / self.workers
+        self.bucket = TokenBucket(rate)
+
+
+def _bind_key(config: Listener) -> tuple[str, int, str, str]:
+    min_version = config.tls.min_version if config.tls is not None else ""
+    return (config.address, config.port, config.protocol.value, min_version)
+
+
+class ListenerRuntime:
+    def __init__(
+        self,
+        config: Listener,
+        capacity: Capacity,
+        metrics: Metrics,
+        certificates: CertificateSet | None,
+    ) -> None:
+        self.name = config.name
+        self.capacity = capacity
+        self.metrics = metrics
+        self.connections: set[ClientSide] = set()
+        self.endpoints: dict[str, EndpointState] = {}
+        self.totals = TrafficTotals()
+        self.server: asyncio.Server | None = None
+        self.retired = False
+        self.draining_count = 0
+        self.certificates = certificates
+        self.health: HealthChecker | None = None
+        self._m_active = metrics.connections_active.labels(self.name)
+        self._m_draining = metrics.connections_draining.labels(self.name)
+        self._m_handshake = metrics.handshake_seconds.labels(self.name)
+        self._m_duration = metrics.connection_seconds.labels(self.name)
+        self._m_upgraded = metrics.upgrades.labels(self.name, "101")
+        self.config = config
+        self.bind_key = _bind_key(config)
+        self._apply(config, certificates, first=True)
+
+    # ------------------------------------------------------------------ config
+
+    def needs_rebind(self, config: Listener) -> bool:
+        return _bind_key(config) != self.bind_key
+
+    def update(self, config: Listener, certificates: CertificateSet | None) -> None:
+        """Take a new config for the same socket; drain connections whose backend left."""
+        self._apply(config, certificates, first=False)
+
+    def _apply(self, config: Listener, certificates: CertificateSet | None, first: bool) -> None:
+        old = None if first else self.config
+        self.config = config
+        self.certificates = certificates
+        self.scheme = "https" if config.protocol is Protocol.HTTPS else "http"
+        self.acl = SourceFilter(config.source_ranges)
+        self.origins = OriginPolicy(config.allowed_origins)
+        limits = config.limits
+        if old is None or old.limits.new_connections_per_second != limits.new_connections_per_second:
+            self.bucket = TokenBucket(limits.new_connections_per_second)
+        backends = config.backends
+        fresh: dict[str, EndpointState] = {}
+        for endpoint in backends.endpoints:
+            state = self.endpoints.get(endpoint.key)
+            if state is None:
+                state = EndpointState.from_endpoint(endpoint)
+            else:
+                state.apply(endpoint)
+            fresh[endpoint.key] = state
+        removed = [state for key, state in self.endpoints.items() if key not in fresh]
+        for state in removed:
+            for gauge in (self.metrics.backend_healthy, self.metrics.backend_connections):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.name, state.key)
+        self.endpoints = fresh
+        self.sticky = StickyCookies(
+            backends.sticky,
+            secure=config.protocol is Protocol.HTTPS,
+            endpoint_keys=self.endpoints,
+        )
+        self.sticky_rewrites_response = backends.sticky.mode is not StickyMode.NONE
+        self.balancer = Balancer(backends, self.endpoints)
+        # Keep one checker across swaps so a dead endpoint does not look healthy again.
+        if self.health is None:
+            self.health = HealthChecker(backends.health_check, self._health_changed, name=self.name)
+        else:
+            self.health.set_policy(backends.health_check)
+        self.health.update(backends.endpoints)
+        for state in self.endpoints.values():
+            state.healthy = self.health.is_healthy(state.key)
+        for state in self.endpoints.values():
+            self._publish_health(state)
+        # Connections to endpoints that left, or that now drain, drain; others stay.
+        for connection in list(self.connections):
+            state = connection.endpoint
+            if state is not None and self.should_drain(state):
+                connection.drain(config.drain_timeout_seconds)
+
+    def _health_changed(self, key: str, healthy: bool) -> None:
+        state = self.endpoints.get(key)
+        if state is not None:
+            state.healthy = healthy
+            self._publish_health(state)
+
+    def _publish_health(self, state: EndpointState) -> None:
+        up = state.ready and state.healthy and not state.draining
+        self.metrics.backend_healthy.labels(self.name, state.key).set(1 if up else 0)
+
+    # ------------------------------------------------------------------ socket
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        ssl_context = None
+        if self.certificates is not None:
+            ssl_context = front_context(lambda: self._current_certificates(), self.bind_key[3])
+        self.server = await loop.create_server(
+            lambda: ClientSide(self),
+            sock=sock,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self.config.limits.handshake_timeout_seconds
+            if ssl_context
+            else None,
+            backlog=BACKLOG,
+        )
+
+    def _current_certificates(self) -> CertificateSet:
+        assert self.certificates is not None
+        return self.certificates
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def retire(self, drain_timeout: float | None = None) -> None:
+        """Leave the config: stop accepting, drain every connection."""
+        self.retired = True
+        self.stop_accepting()
+        timeout = self.config.drain_timeout_seconds if drain_timeout is None else drain_timeout
+        for connection in list(self.connections):
+            connection.drain(timeout)
+
+    async def close(self) -> None:
+        if self.health is not None:
+            await self.health.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    # ------------------------------------------------------------------ per connection
+
+    def admit(self, connection: ClientSide) -> tuple[Rejection, str] | None:
+        """Register a new connection; say why it must be refused, if it must."""
+        self.connections.add(connection)
+        self.capacity.active += 1
+        self._m_active.inc()
+        if self.retired:
+            return Rejection(503, "Listener is closing", [("Retry-After", "1")]), "draining"
+        if not self.acl.allows(connection.client_ip):
+            return Rejection(403, "Source address not allowed"), "source_denied"
+        if len(self.connections) > self.config.limits.max_connections:
+            return _busy("Too many connections on this listener"), "listener_connections"
+        if self.capacity.active > self.capacity.max_connections:
+            return _busy("Too many connections on this load balancer"), "lb_connections"
+        now = connection.accepted_at
+        if not self.bucket.take(now):
+            return _busy("Too many new connections", self.bucket.retry_after(now)), "listener_rate"
+        if not self.capacity.bucket.take(now):
+            retry = self.capacity.bucket.retry_after(now)
+            return _busy("Too many new connections", retry), "lb_rate"
+        return None
+
+    def release(self, connection: ClientSide, tunnelled: bool) -> None:
+        self.connections.discard(connection)
+        self.capacity.active -= 1
+        self._m_active.dec()
+        if connection.draining:
+            self.count_draining(-1)
+        if tunnelled:
+            totals = self.totals
+            totals.messages_c2b += connection.messages_c2b
+            totals.messages_b2c += connection.messages_b2c
+            totals.bytes_c2b += connection.bytes_c2b
+            totals.bytes_b2c += connection.bytes_b2c
+            self.metrics.closes.labels(
+                self.name,
+                close_code_label(connection.close_code),
+                connection.close_initiator or "unknown",
+            ).inc()
+            self._m_duration.observe(connection.loop.time() - connection.tunnel_at)
+            if connection.endpoint is not None:
+                self.metrics.backend_connections.labels(
+                    self.name, connection.endpoint.key
+                ).set(connection.endpoint.active - 1)
+
+    def traffic(self) -> TrafficTotals:
+        """Totals of closed connections plus the live ones, for the scrape collector."""
+        totals = TrafficTotals(**vars(self.totals))
+        for connection in self.connections:
+            totals.messages_c2b += connection.messages_c2b
+            totals.messages_b2c += connection.messages_b2c
+            totals.bytes_c2b += connection.bytes_c2b
+            totals.bytes_b2c += connection.bytes_b2c
+        return totals
+
+    def sticky_endpoint(self, headers: Headers) -> str | None:
+        return self.sticky.endpoint_for(headers) if self.sticky.enabled else None
+
+    def rewrite_request(self, headers: Headers) -> None:
+        if self.sticky.enabled:
+            self.sticky.rewrite_request(headers)
+
+    def rewrite_response(self, endpoint_key: str, headers: Headers) -> None:
+        self.sticky.rewrite_response(endpoint_key, headers)
+
+    def choose(
+        self, request: RequestInfo, tried: Collection[str], sticky_key: str | None
+    ) -> EndpointState | None:
+        if sticky_key is not None and sticky_key not in tried:
+            state = self.endpoints.get(sticky_key)
+            if state is not None and state.eligible:
+                return state
+        return self.balancer.pick(request, tried)
+
+    def should_drain(self, endpoint: EndpointState) -> bool:
+        return endpoint.draining or self.endpoints.get(endpoint.key) is not endpoint
+
+    def tunnel_opened(self, connection: ClientSide, handshake_seconds: float) -> None:
+        self._m_upgraded.inc()
+        self._m_handshake.observe(handshake_seconds)
+        if connection.endpoint is not None:
+            self.metrics.backend_connections.labels(self.name, connection.endpoint.key).set(
+                connection.endpoint.active
+            )
+
+    def count_upgrade(self, status: int) -> None:
+        self.metrics.upgrades.labels(self.name, str(status)).inc()
+
+    def count_rejection(self, status: int, reason: str) -> None:
+        self.metrics.upgrades.labels(self.name, str(status)).inc()
+        self.metrics.rejections.labels(self.name, reason).inc()
+
+    def count_backend_failure(self, endpoint: EndpointState) -> None:
+        self.metrics.backend_connect_failures.labels(self.name, endpoint.key).inc()
+
+    def count_idle_timeout(self) -> None:
+        self.metrics.idle_timeouts.labels(self.name).inc()
+
+    def count_keepalive_timeout(self) -> None:
+        self.metrics.keepalive_timeouts.labels(self.name).inc()
+
+    def count_draining(self, delta: int) -> None:
+        self.draining_count += delta
+        self._m_draining.inc(delta)
+
+    def tunnels(self) -> Iterator[ClientSide]:
+        return iter(list(self.connections))
+
+
+def _busy(text: str, retry_after: float = 1.0) -> Rejection:
+    seconds = max(1, math.ceil(retry_after))
+    return Rejection(503, text, [("Retry-After", str(seconds))])
+
