@@ -5,7 +5,7 @@
 # Why from source: this machine reaches the Go module proxy but no release download site, so
 # kubelet, kubeadm, kubectl, the control-plane binaries, etcd, CoreDNS, kind and helm are
 # compiled from their Go modules, pinned by the go.mod/go.sum files under tools/.
-# Usage: hack/e2e-assets.sh [k8s|kind|etcd|coredns|helm ...]   (default: all)
+# Usage: hack/e2e-assets.sh [k8s|kind|etcd|coredns|helm|pause ...]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/versions.sh
@@ -53,8 +53,13 @@ build() {
   summary+=("$(printf '%-8s built    %s in %ds' "$name" "$out" $((SECONDS - start)))")
 }
 
+# pause_key: the pause tag plus a hash of our pause source.
+pause_key() {
+  echo "${PAUSE_TAG}-$(cat tools/pause/go.mod tools/pause/main.go | sha256sum | cut -c1-12)"
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(k8s etcd kind helm coredns)
+[ ${#targets[@]} -gt 0 ] || targets=(k8s etcd kind helm coredns pause)
 for t in "${targets[@]}"; do
   case $t in
     k8s) build k8s tools/k8s "$WSLB_CACHE/k8s/$K8S_VERSION" "$(k8s_ldflags)" "${K8S_TOOL_PACKAGES[@]}" ;;
@@ -64,6 +69,8 @@ for t in "${targets[@]}"; do
     helm) build helm tools/helm "$WSLB_CACHE/helm/$HELM_VERSION" \
       "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
       helm.sh/helm/v3/cmd/helm ;;
+    # our own source: the cache key includes its hash so an edit rebuilds it
+    pause) build pause tools/pause "$WSLB_CACHE/pause/$(pause_key)" "-s -w" github.com/wslb/wslb/tools/pause ;;
     *) echo "unknown asset: $t" >&2; exit 2 ;;
   esac
 done
