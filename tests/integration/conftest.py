@@ -1,0 +1,240 @@
+"""Integration fixtures: real echo backends and a real data plane on loopback.
+
+`backends(n)` starts demo echo servers on free ports; `dataplane(config)` applies a
+snapshot to an in-process `Runtime` (under uvloop, like production) and returns it;
+`dataplane_process(config)` runs `wslb-dataplane` as a subprocess for signal, worker
+and file-reload tests. Everything binds to 127.0.0.1 on ports the kernel picks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+import yaml
+from websockets.asyncio.server import Server
+
+from dataplane.certs import self_signed
+from dataplane.echo import bound_port, start_echo
+from dataplane.metrics import Metrics
+from dataplane.runtime import Runtime
+from lbwire.snapshot import parse_snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
+    """Run every integration test under uvloop, as the data plane runs in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (listener configs need a fixed number)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Backend:
+    name: str
+    port: int
+    server: Server
+
+    @property
+    def endpoint(self) -> dict[str, Any]:
+        return {"address": "127.0.0.1", "port": self.port}
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Callable[..., Awaitable[list[Backend]]]]:
+    started: list[Backend] = []
+
+    async def start(count: int = 2, **kwargs: Any) -> list[Backend]:
+        made = []
+        for _ in range(count):
+            name = f"echo-{len(started) + 1}"
+            server = await start_echo("127.0.0.1", 0, name, **kwargs)
+            backend = Backend(name, bound_port(server), server)
+            started.append(backend)
+            made.append(backend)
+        return made
+
+    yield start
+    for backend in started:
+        backend.server.close()
+
+
+def listener(name: str = "ws", port: int | None = None, **fields: Any) -> dict[str, Any]:
+    """A listener dict with a free port; `fields` override anything (camelCase)."""
+    config: dict[str, Any] = {"name": name, "address": "127.0.0.1", "port": port or free_port()}
+    config.update(fields)
+    return config
+
+
+def snapshot(*listeners: dict[str, Any], version: str = "1", **lb: Any) -> dict[str, Any]:
+    limits = {"maxConnections": 100_000, "newConnectionsPerSecond": 100_000}
+    limits.update(lb.pop("limits", {}))
+    return {
+        "version": version,
+        "loadBalancer": {"name": "test", "limits": limits, **lb},
+        "listeners": list(listeners),
+    }
+
+
+@dataclass
+class TlsFiles:
+    cert_pem: str
+    key_pem: str
+    client_context: ssl.SSLContext = field(repr=False)
+
+
+@pytest.fixture(scope="session")
+def tls() -> TlsFiles:
+    cert, key = self_signed(["localhost", "127.0.0.1"])
+    context = ssl.create_default_context(cadata=cert)
+    return TlsFiles(cert, key, context)
+
+
+@pytest.fixture
+async def dataplane() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[Runtime]]]:
+    runtimes: list[Runtime] = []
+
+    async def start(config: dict[str, Any]) -> Runtime:
+        runtime = Runtime(Metrics())
+        await runtime.apply(parse_snapshot(config))
+        runtimes.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in runtimes:
+        await runtime.shutdown(drain_timeout=0)
+
+
+def url(runtime: Runtime, name: str = "ws", path: str = "/") -> str:
+    config = runtime.listeners[name].config
+    scheme = "wss" if config.tls is not None else "ws"
+    return f"{scheme}://127.0.0.1:{config.port}{path}"
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02
+) -> None:
+    """Poll `predicate` until true; fail the test with a clear message at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+async def raw_request(port: int, data: bytes, *, read_timeout: float = 5.0) -> bytes:
+    """Send raw bytes to a listener and read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(read_timeout):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+)
+
+
+def upgrade_request(path: str = "/", extra: str = "") -> bytes:
+    return UPGRADE.format(path=path, extra=extra).encode()
+
+
+@dataclass
+class DataplaneProcess:
+    """`wslb-dataplane` running in a subprocess on a YAML file."""
+
+    proc: subprocess.Popen[bytes]
+    config_path: Path
+    admin_port: int
+    log_path: Path
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config))
+        os.replace(tmp, self.config_path)
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    async def admin(self, path: str) -> tuple[int, str]:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.admin_port)
+        except OSError:
+            return 0, ""
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = await reader.read(-1)
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), body.decode()
+
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (await self.admin("/readyz"))[0] != 200:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"data plane exited {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"data plane not ready:\n{self.log()}")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def dataplane_process(
+    tmp_path: Path,
+) -> Iterator[Callable[..., DataplaneProcess]]:
+    procs: list[DataplaneProcess] = []
+
+    def start(config: dict[str, Any], *args: str) -> DataplaneProcess:
+        index = len(procs)
+        config_path = tmp_path / f"dataplane-{index}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        admin_port = free_port()
+        log_path = tmp_path / f"dataplane-{index}.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dataplane.cli", "--config", str(config_path),
+                 "--admin", f"127.0.0.1:{admin_port}", *args],
+                stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        running = DataplaneProcess(proc, config_path, admin_port, log_path)
+        procs.append(running)
+        return running
+
+    yield start
+    for running in procs:
+        if running.proc.poll() is None:
+            running.proc.send_signal(signal.SIGTERM)
+            try:
+                running.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                running.proc.kill()
+                running.proc.wait()
