@@ -221,9 +221,19 @@ def dataplane_process(
         log_path = tmp_path / f"dataplane-{index}.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dataplane.cli", "--config", str(config_path),
-                 "--admin", f"127.0.0.1:{admin_port}", *args],
-                stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "dataplane.cli",
+                    "--config",
+                    str(config_path),
+                    "--admin",
+                    f"127.0.0.1:{admin_port}",
+                    *args,
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         running = DataplaneProcess(proc, config_path, admin_port, log_path)
         procs.append(running)

@@ -108,9 +108,20 @@ def test_bad_file_at_start_exits_2_naming_file_and_field(tmp_path: Path) -> None
     path = tmp_path / "bad.yaml"
     path.write_text("listeners:\n  - name: ws\n    port: 70000\n")
     done = subprocess.run(
-        [sys.executable, "-m", "dataplane.cli", "--config", str(path), "--admin",
-         f"127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=30, check=False,
+        [
+            sys.executable,
+            "-m",
+            "dataplane.cli",
+            "--config",
+            str(path),
+            "--admin",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 2
     assert str(path) in done.stderr

@@ -157,8 +157,12 @@ async def test_adding_and_removing_a_listener_touches_only_that_port(
     added["version"] = "2"
     extra_port = free_port()
     added["listeners"].append(
-        listener("extra", port=extra_port, drainTimeoutSeconds=0,
-                 backends={"endpoints": [backend.endpoint]})
+        listener(
+            "extra",
+            port=extra_port,
+            drainTimeoutSeconds=0,
+            backends={"endpoints": [backend.endpoint]},
+        )
     )
     await runtime.apply(parse_snapshot(added))
     async with connect(url(runtime, "extra"), ping_interval=None) as other:
@@ -185,7 +189,9 @@ async def test_rotated_certificate_serves_new_connections_and_keeps_old_ones(
     def config(version: str, cert: str, key: str) -> dict[str, Any]:
         return snapshot(
             listener(
-                "wss", port=port, protocol="HTTPS",
+                "wss",
+                port=port,
+                protocol="HTTPS",
                 tls={"certificates": [{"certificatePem": cert, "privateKeyPem": key}]},
                 backends={"endpoints": [backend.endpoint]},
             ),

@@ -31,9 +31,12 @@ async def test_idle_connection_gets_close_1001_after_idle_timeout(
     assert ws.close_code == 1001
     assert ws.close_reason == "idle timeout"
     assert 0.9 <= elapsed < 3
-    assert runtime.metrics.registry.get_sample_value(
-        "wslb_dataplane_idle_timeouts_total", {"listener": "ws"}
-    ) == 1
+    assert (
+        runtime.metrics.registry.get_sample_value(
+            "wslb_dataplane_idle_timeouts_total", {"listener": "ws"}
+        )
+        == 1
+    )
 
 
 async def test_client_frames_reset_the_idle_deadline(backends: Any, dataplane: Any) -> None:
@@ -89,9 +92,7 @@ async def test_keepalive_holds_an_idle_connection_past_the_idle_timeout(
     assert ws.close_code == 1000
 
 
-async def _silent_backend(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
+async def _silent_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Accepts the upgrade, then never answers anything (not even pings)."""
     head = await reader.readuntil(b"\r\n\r\n")
     key = next(
