@@ -193,13 +193,13 @@ async def test_origin_not_in_allowed_origins_gets_403_and_the_allowed_one_works(
         allowedOrigins=["https://app.example.com"],
     )
     runtime = await dataplane(snapshot(config))
-    exc = await refused(url(runtime), origin="https://evil.example.com")  # type: ignore[arg-type]
+    exc = await refused(url(runtime), origin="https://evil.example.com")
     assert exc.response.status_code == 403
     assert exc.response.body
     assert len(backend.server.connections) == 0
     assert rejections(runtime, "origin") == 1
 
-    await echoes(url(runtime), origin="https://app.example.com")  # type: ignore[arg-type]
+    await echoes(url(runtime), origin="https://app.example.com")
     assert rejections(runtime, "origin") == 1
 
 
@@ -235,17 +235,17 @@ async def test_rejections_are_counted_per_reason_and_listener(
     )
     runtime = await dataplane(config)
     for _ in range(2):
-        await refused(url(runtime, "guarded"), origin="https://evil.example.com")  # type: ignore[arg-type]
+        await refused(url(runtime, "guarded"), origin="https://evil.example.com")
     for _ in range(3):
         await refused(url(runtime, "closed"))
     await wait_until(lambda: active(runtime, "guarded") == 0)
     async with AsyncExitStack() as stack:
         ws = await stack.enter_async_context(
-            connect(url(runtime, "guarded"), origin="https://app.example.com")  # type: ignore[arg-type]
+            connect(url(runtime, "guarded"), origin="https://app.example.com")
         )
         await ws.send("x")
         assert await ws.recv() == "x"
-        await refused(url(runtime, "guarded"), origin="https://app.example.com")  # type: ignore[arg-type]
+        await refused(url(runtime, "guarded"), origin="https://app.example.com")
 
     assert rejections(runtime, "origin", "guarded") == 2
     assert rejections(runtime, "listener_connections", "guarded") == 1
