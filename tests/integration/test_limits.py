@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin
 
 from dataplane.runtime import Runtime
 from tests.integration.conftest import listener, snapshot, url, wait_until
@@ -193,13 +194,13 @@ async def test_origin_not_in_allowed_origins_gets_403_and_the_allowed_one_works(
         allowedOrigins=["https://app.example.com"],
     )
     runtime = await dataplane(snapshot(config))
-    exc = await refused(url(runtime), origin="https://evil.example.com")
+    exc = await refused(url(runtime), origin=Origin("https://evil.example.com"))
     assert exc.response.status_code == 403
     assert exc.response.body
     assert len(backend.server.connections) == 0
     assert rejections(runtime, "origin") == 1
 
-    await echoes(url(runtime), origin="https://app.example.com")
+    await echoes(url(runtime), origin=Origin("https://app.example.com"))
     assert rejections(runtime, "origin") == 1
 
 
@@ -235,17 +236,17 @@ async def test_rejections_are_counted_per_reason_and_listener(
     )
     runtime = await dataplane(config)
     for _ in range(2):
-        await refused(url(runtime, "guarded"), origin="https://evil.example.com")
+        await refused(url(runtime, "guarded"), origin=Origin("https://evil.example.com"))
     for _ in range(3):
         await refused(url(runtime, "closed"))
     await wait_until(lambda: active(runtime, "guarded") == 0)
     async with AsyncExitStack() as stack:
         ws = await stack.enter_async_context(
-            connect(url(runtime, "guarded"), origin="https://app.example.com")
+            connect(url(runtime, "guarded"), origin=Origin("https://app.example.com"))
         )
         await ws.send("x")
         assert await ws.recv() == "x"
-        await refused(url(runtime, "guarded"), origin="https://app.example.com")
+        await refused(url(runtime, "guarded"), origin=Origin("https://app.example.com"))
 
     assert rejections(runtime, "origin", "guarded") == 2
     assert rejections(runtime, "listener_connections", "guarded") == 1
