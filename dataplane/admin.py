@@ -55,8 +55,12 @@ class AdminServer:
                 head = await reader.readuntil(b"\r\n\r\n")
             writer.write(await self.answer(head))
             await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ):
             pass
         finally:
             writer.close()
@@ -77,8 +81,8 @@ class AdminServer:
         if path == b"/healthz":
             return render_response(200, "ok")
         if path == b"/readyz":
-            return render_response(200, "ready") if self.ready() else render_response(
-                503, "not ready"
+            return (
+                render_response(200, "ready") if self.ready() else render_response(503, "not ready")
             )
         if path == b"/metrics":
             body = self.metrics_text()

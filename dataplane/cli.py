@@ -46,13 +46,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="wslb-dataplane", description=__doc__.splitlines()[0])
     parser.add_argument("--config", "-c", required=True, type=Path, help="standalone YAML file")
     parser.add_argument(
-        "--admin", default=os.environ.get("WSLB_ADMIN", "127.0.0.1:9901"),
+        "--admin",
+        default=os.environ.get("WSLB_ADMIN", "127.0.0.1:9901"),
         help="admin address host:port for /metrics /healthz /readyz (default 127.0.0.1:9901;"
         " loopback unless you expose it on purpose)",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes sharing each port")
     parser.add_argument(
-        "--drain-timeout", type=float, default=None,
+        "--drain-timeout",
+        type=float,
+        default=None,
         help="override every listener's drainTimeoutSeconds at shutdown",
     )
     parser.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only")
@@ -149,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if options.workers > 1 and options.admin_socket is None:
             runtime_dir = tempfile.mkdtemp(prefix="wslb-workers-")
-            code = _run(lambda: WorkerSet(options, runtime_dir, sys.argv[1:] if argv is None
-                                          else argv).run())
+            code = _run(
+                lambda: WorkerSet(
+                    options, runtime_dir, sys.argv[1:] if argv is None else argv
+                ).run()
+            )
         else:
             code = _run(lambda: Standalone(options).run())
     except ConfigError as exc:

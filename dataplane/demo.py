@@ -24,15 +24,30 @@ def main() -> None:
     print(f"demo certificate: {cert} (self-signed; clients must trust it)", flush=True)
     backends = [
         subprocess.Popen(
-            [sys.executable, "-m", "dataplane.echo", "--port", str(port),
-             "--name", f"echo-{index + 1}"]
+            [
+                sys.executable,
+                "-m",
+                "dataplane.echo",
+                "--port",
+                str(port),
+                "--name",
+                f"echo-{index + 1}",
+            ]
         )
         for index, port in enumerate(BACKEND_PORTS)
     ]
     try:
         code = subprocess.call(
-            [sys.executable, "-m", "dataplane.cli", "--config", config, "--drain-timeout", "2",
-             *sys.argv[2:]]
+            [
+                sys.executable,
+                "-m",
+                "dataplane.cli",
+                "--config",
+                config,
+                "--drain-timeout",
+                "2",
+                *sys.argv[2:],
+            ]
         )
     except KeyboardInterrupt:
         code = 0

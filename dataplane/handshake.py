@@ -98,13 +98,15 @@ def validate_upgrade(request: Request) -> None:
         raise Rejection(505, f"HTTP version not supported: {exc}") from None
     except InvalidUpgrade as exc:
         raise Rejection(
-            426, f"This endpoint only accepts WebSocket connections: {exc}",
+            426,
+            f"This endpoint only accepts WebSocket connections: {exc}",
             [("Upgrade", "websocket")],
         ) from None
     except InvalidHeader as exc:
         if exc.name == "Sec-WebSocket-Version":
             raise Rejection(
-                426, "Unsupported WebSocket version; this server speaks version 13",
+                426,
+                "Unsupported WebSocket version; this server speaks version 13",
                 [("Sec-WebSocket-Version", "13")],
             ) from None
         raise Rejection(400, f"Invalid WebSocket handshake: {exc}") from None

@@ -27,7 +27,7 @@ from dataplane.ratelimit import TokenBucket
 from dataplane.sticky import StickyCookies
 from dataplane.tls import CertificateSet, front_context
 from dataplane.tunnel import ClientSide
-from lbwire.snapshot import LoadBalancerLimits, Listener, Protocol, StickyMode
+from lbwire.snapshot import Listener, LoadBalancerLimits, Protocol, StickyMode
 
 log = logging.getLogger("wslb.listener")
 
@@ -69,6 +69,8 @@ class ListenerRuntime:
         self.capacity = capacity
         self.metrics = metrics
         self.connections: set[ClientSide] = set()
+        self.empty = asyncio.Event()  # set while no connection is open
+        self.empty.set()
         self.endpoints: dict[str, EndpointState] = {}
         self.totals = TrafficTotals()
         self.server: asyncio.Server | None = None
@@ -102,7 +104,8 @@ class ListenerRuntime:
         self.acl = SourceFilter(config.source_ranges)
         self.origins = OriginPolicy(config.allowed_origins)
         limits = config.limits
-        if old is None or old.limits.new_connections_per_second != limits.new_connections_per_second:
+        rate = limits.new_connections_per_second
+        if old is None or old.limits.new_connections_per_second != rate:
             self.bucket = TokenBucket(limits.new_connections_per_second)
         backends = config.backends
         fresh: dict[str, EndpointState] = {}
@@ -197,6 +200,7 @@ class ListenerRuntime:
     def admit(self, connection: ClientSide) -> tuple[Rejection, str] | None:
         """Register a new connection; say why it must be refused, if it must."""
         self.connections.add(connection)
+        self.empty.clear()
         self.capacity.active += 1
         self._m_active.inc()
         if self.retired:
@@ -217,6 +221,8 @@ class ListenerRuntime:
 
     def release(self, connection: ClientSide, tunnelled: bool) -> None:
         self.connections.discard(connection)
+        if not self.connections:
+            self.empty.set()
         self.capacity.active -= 1
         self._m_active.dec()
         if connection.draining:
@@ -234,9 +240,9 @@ class ListenerRuntime:
             ).inc()
             self._m_duration.observe(connection.loop.time() - connection.tunnel_at)
             if connection.endpoint is not None:
-                self.metrics.backend_connections.labels(
-                    self.name, connection.endpoint.key
-                ).set(connection.endpoint.active - 1)
+                self.metrics.backend_connections.labels(self.name, connection.endpoint.key).set(
+                    connection.endpoint.active - 1
+                )
 
     def traffic(self) -> TrafficTotals:
         """Totals of closed connections plus the live ones, for the scrape collector."""
@@ -305,4 +311,3 @@ class ListenerRuntime:
 def _busy(text: str, retry_after: float = 1.0) -> Rejection:
     seconds = max(1, math.ceil(retry_after))
     return Rejection(503, text, [("Retry-After", str(seconds))])
-

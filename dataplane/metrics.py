@@ -20,8 +20,9 @@ PREFIX = "wslb_dataplane"
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400)
 
-_KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010,
-                                1011, 1012, 1013, 1014, 1015})
+_KNOWN_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015}
+)
 
 
 def close_code_label(code: int) -> str:
@@ -80,72 +81,88 @@ class Metrics:
         self.connections_active = Gauge(
             f"{PREFIX}_connections_active",
             "Client connections currently open (handshaking or tunnelling).",
-            ["listener"], registry=r,
+            ["listener"],
+            registry=r,
         )
         self.connections_draining = Gauge(
             f"{PREFIX}_connections_draining",
             "Connections whose listener or backend left the config, waiting to close.",
-            ["listener"], registry=r,
+            ["listener"],
+            registry=r,
         )
         self.upgrades = Counter(
             f"{PREFIX}_upgrades",
             "Upgrade requests by the HTTP status answered to the client (101 = tunnelled).",
-            ["listener", "code"], registry=r,
+            ["listener", "code"],
+            registry=r,
         )
         self.rejections = Counter(
             f"{PREFIX}_rejections",
             "Requests refused by the load balancer itself, by reason.",
-            ["listener", "reason"], registry=r,
+            ["listener", "reason"],
+            registry=r,
         )
         self.handshake_seconds = Histogram(
             f"{PREFIX}_handshake_duration_seconds",
             "From accepting the TCP connection to relaying the backend's 101.",
-            ["listener"], buckets=HANDSHAKE_BUCKETS, registry=r,
+            ["listener"],
+            buckets=HANDSHAKE_BUCKETS,
+            registry=r,
         )
         self.connection_seconds = Histogram(
             f"{PREFIX}_connection_duration_seconds",
             "Lifetime of tunnelled WebSocket connections, from the 101 to the close.",
-            ["listener"], buckets=DURATION_BUCKETS, registry=r,
+            ["listener"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.closes = Counter(
             f"{PREFIX}_closes",
             "Closed tunnels by close code and by who closed first (client, backend, proxy).",
-            ["listener", "code", "initiator"], registry=r,
+            ["listener", "code", "initiator"],
+            registry=r,
         )
         self.idle_timeouts = Counter(
             f"{PREFIX}_idle_timeouts",
             "Tunnels closed after idleTimeoutSeconds without a frame in either direction.",
-            ["listener"], registry=r,
+            ["listener"],
+            registry=r,
         )
         self.keepalive_timeouts = Counter(
             f"{PREFIX}_keepalive_timeouts",
             "Tunnels closed with 1011 because a peer stopped answering keepalive pings.",
-            ["listener"], registry=r,
+            ["listener"],
+            registry=r,
         )
         self.backend_connect_failures = Counter(
             f"{PREFIX}_backend_connect_failures",
             "Failed attempts to open a backend connection or get its answer.",
-            ["listener", "backend"], registry=r,
+            ["listener", "backend"],
+            registry=r,
         )
         self.backend_healthy = Gauge(
             f"{PREFIX}_backend_healthy",
             "1 when the backend passes health checks and is ready, else 0.",
-            ["listener", "backend"], registry=r,
+            ["listener", "backend"],
+            registry=r,
         )
         self.backend_connections = Gauge(
             f"{PREFIX}_backend_connections_active",
             "Tunnels open to each backend.",
-            ["listener", "backend"], registry=r,
+            ["listener", "backend"],
+            registry=r,
         )
         self.config_reloads = Counter(
             f"{PREFIX}_config_reloads",
             "Attempts to apply a new config, by result (applied, rejected).",
-            ["result"], registry=r,
+            ["result"],
+            registry=r,
         )
         self.config_info = Gauge(
             f"{PREFIX}_config_info",
             "Always 1; the labels carry the applied config version and digest prefix.",
-            ["version", "digest"], registry=r,
+            ["version", "digest"],
+            registry=r,
         )
         self.config_applied_timestamp = Gauge(
             f"{PREFIX}_config_last_applied_timestamp_seconds",
@@ -153,7 +170,9 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(
-            f"{PREFIX}_ready", "1 when /readyz answers 200.", registry=r,
+            f"{PREFIX}_ready",
+            "1 when /readyz answers 200.",
+            registry=r,
         )
 
     def watch_traffic(self, source: Callable[[], Iterable[tuple[str, TrafficTotals]]]) -> None:

@@ -151,11 +151,14 @@ class Runtime:
                     self._retire(owner)
                     del self.listeners[owner.name]
                 try:
-                    item.sock = bind_socket(item.config.address, item.config.port,
-                                            self.workers > 1)
+                    item.sock = bind_socket(item.config.address, item.config.port, self.workers > 1)
                 except OSError as exc:
-                    log.error("listener %s: cannot bind port %d after retiring its old "
-                              "socket: %s", item.config.name, item.config.port, exc)
+                    log.error(
+                        "listener %s: cannot bind port %d after retiring its old socket: %s",
+                        item.config.name,
+                        item.config.port,
+                        exc,
+                    )
                     continue
             current = self.listeners.get(item.config.name)
             if current is not None and item.sock is None:
@@ -170,7 +173,10 @@ class Runtime:
             kept[item.config.name] = runtime
             log.info(
                 "listener %s %s on %s:%d",
-                item.config.name, item.config.protocol.value, item.config.address, item.config.port,
+                item.config.name,
+                item.config.protocol.value,
+                item.config.address,
+                item.config.port,
             )
         for name, current in self.listeners.items():
             if name not in kept:
@@ -187,8 +193,11 @@ class Runtime:
         log.info("applied config version %s (%d listeners)", snapshot.version, len(kept))
 
     def _retire(self, listener: ListenerRuntime) -> None:
-        log.info("listener %s leaves the config; draining %d connections",
-                 listener.name, len(listener.connections))
+        log.info(
+            "listener %s leaves the config; draining %d connections",
+            listener.name,
+            len(listener.connections),
+        )
         listener.retire()
         self.retired.add(listener)
         asyncio.get_running_loop().create_task(self._reap(listener))
@@ -198,8 +207,7 @@ class Runtime:
         deadline = listener.config.drain_timeout_seconds + CLOSE_TIMEOUT + 1
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(deadline):
-                while listener.connections:
-                    await asyncio.sleep(0.1)
+                await listener.empty.wait()
         await listener.close()
         self.retired.discard(listener)
 
@@ -217,8 +225,8 @@ class Runtime:
             listener.retire(timeout)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(longest + CLOSE_TIMEOUT + 1):
-                while any(listener.connections for listener in everything):
-                    await asyncio.sleep(0.05)
+                for listener in everything:
+                    await listener.empty.wait()
         for listener in everything:
             for connection in list(listener.connections):
                 connection.close(CLOSE_GOING_AWAY, "going away")

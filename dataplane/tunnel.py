@@ -139,7 +139,8 @@ class ClientSide(asyncio.Protocol):
             self.pending += data
             if len(self.pending) > self.listener.config.limits.max_header_bytes:
                 # A client must wait for the 101 before sending frames (RFC 6455 §4.1).
-                self._reject(Rejection(400, "Data sent before the handshake completed"), "early_data")
+                early = Rejection(400, "Data sent before the handshake completed")
+                self._reject(early, "early_data")
 
     def _head_data(self, data: bytes) -> None:
         searched = max(0, len(self.buffer) - 3)
@@ -220,7 +221,7 @@ class ClientSide(asyncio.Protocol):
             try:
                 async with asyncio.timeout(limits.connect_timeout_seconds):
                     await self.loop.create_connection(
-                        lambda: backend, endpoint.address, endpoint.port
+                        backend.itself, endpoint.address, endpoint.port
                     )
                     assert backend.transport is not None
                     backend.transport.write(head)
@@ -286,12 +287,8 @@ class ClientSide(asyncio.Protocol):
             listener.rewrite_response(endpoint.key, answer.headers)
             head = render_backend_head(answer)
         config = listener.config
-        self.c2b = FrameTracker(
-            config.limits.max_message_bytes, self._client_control, _own_pong
-        )
-        self.b2c = FrameTracker(
-            config.limits.max_message_bytes, self._backend_control, _own_pong
-        )
+        self.c2b = FrameTracker(config.limits.max_message_bytes, self._client_control, _own_pong)
+        self.b2c = FrameTracker(config.limits.max_message_bytes, self._backend_control, _own_pong)
         self.state = State.TUNNEL
         backend.tunnelling = True
         self.tunnel_at = self.loop.time()
@@ -559,6 +556,10 @@ class BackendSide(asyncio.Protocol):
         self.tunnelling = False
         self.buffer = bytearray()
         self.head: asyncio.Future[tuple[bytes, bytes]] = client.loop.create_future()
+
+    def itself(self) -> BackendSide:
+        """Protocol factory for create_connection: this very instance."""
+        return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)

@@ -84,8 +84,12 @@ class WorkerSet:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._socket(index))
         self.procs[index] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dataplane.cli", *self.argv,
-            "--admin-socket", self._socket(index),
+            sys.executable,
+            "-m",
+            "dataplane.cli",
+            *self.argv,
+            "--admin-socket",
+            self._socket(index),
         )
 
     async def _supervise(self, index: int) -> None:
