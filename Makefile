@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv with the project and its dev tools
 
+PY_DIRS := $(wildcard lbwire dataplane controller tests bench)
+
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check lbwire dataplane controller tests bench
-	$(VENV)/bin/ruff format --check lbwire dataplane controller tests bench
+	$(VENV)/bin/ruff check $(PY_DIRS)
+	$(VENV)/bin/ruff format --check $(PY_DIRS)
 
 typecheck: $(STAMP) ## mypy --strict
 	$(VENV)/bin/mypy
