@@ -1,0 +1,352 @@
+"""Backend choice through the real proxy: schedulers, sticky cookies, failover, health.
+
+Backends are demo echo servers; a text `whoami` answers with the backend's name, so each
+test counts which backend served each connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from dataplane.runtime import Runtime
+from lbwire.snapshot import parse_snapshot
+from tests.integration.conftest import free_port, listener, snapshot, url, wait_until
+
+pytestmark = pytest.mark.integration
+
+SECRET = "integration-test-sticky-secret"
+
+
+async def whoami(uri: str, **kwargs: Any) -> str:
+    """Open a connection, ask which backend answers, close."""
+    async with connect(uri, **kwargs) as ws:
+        await ws.send("whoami")
+        return str(await ws.recv())
+
+
+async def hold(stack: AsyncExitStack, uri: str, **kwargs: Any) -> tuple[ClientConnection, str]:
+    """Open a connection that stays open until `stack` closes; return it and its backend."""
+    ws = await stack.enter_async_context(connect(uri, **kwargs))
+    await ws.send("whoami")
+    return ws, str(await ws.recv())
+
+
+def sample(runtime: Runtime, name: str, labels: dict[str, str]) -> float | None:
+    return runtime.metrics.registry.get_sample_value(name, labels)
+
+
+def connect_failures(runtime: Runtime, endpoint: dict[str, Any]) -> float:
+    key = f"{endpoint['address']}:{endpoint['port']}"
+    value = sample(
+        runtime,
+        "wslb_dataplane_backend_connect_failures_total",
+        {"listener": "ws", "backend": key},
+    )
+    return value or 0.0
+
+
+def closed_endpoint() -> dict[str, Any]:
+    """An endpoint on a loopback port nothing listens on: connections are refused."""
+    return {"address": "127.0.0.1", "port": free_port()}
+
+
+# --- schedulers -----------------------------------------------------------------------
+
+
+async def test_rr_splits_ten_sequential_connections_five_and_five(
+    backends: Any, dataplane: Any
+) -> None:
+    one, two = await backends(2)
+    config = listener(backends={"scheduler": "rr", "endpoints": [one.endpoint, two.endpoint]})
+    runtime = await dataplane(snapshot(config))
+    served = Counter([await whoami(url(runtime)) for _ in range(10)])
+    assert served == {one.name: 5, two.name: 5}
+
+
+async def test_wrr_with_weights_3_and_1_splits_eight_connections_six_and_two(
+    backends: Any, dataplane: Any
+) -> None:
+    heavy, light = await backends(2)
+    endpoints = [{**heavy.endpoint, "weight": 3}, {**light.endpoint, "weight": 1}]
+    runtime = await dataplane(
+        snapshot(listener(backends={"scheduler": "wrr", "endpoints": endpoints}))
+    )
+    served = Counter([await whoami(url(runtime)) for _ in range(8)])
+    assert served == {heavy.name: 6, light.name: 2}
+
+
+async def test_wlc_is_the_default_and_spreads_held_connections_evenly(
+    backends: Any, dataplane: Any
+) -> None:
+    one, two = await backends(2)
+    runtime = await dataplane(
+        snapshot(listener(backends={"endpoints": [one.endpoint, two.endpoint]}))
+    )
+    assert runtime.listeners["ws"].balancer.scheduler.value == "wlc"
+    async with AsyncExitStack() as stack:
+        served = Counter([(await hold(stack, url(runtime)))[1] for _ in range(6)])
+        assert served == {one.name: 3, two.name: 3}
+        assert len(one.server.connections) == len(two.server.connections) == 3
+
+
+async def test_wlc_sends_new_connections_to_the_backend_holding_fewer(
+    backends: Any, dataplane: Any
+) -> None:
+    """Four connections are held on `busy` before `idle` joins; the next four go to `idle`."""
+    busy, idle = await backends(2)
+    port = free_port()
+    runtime = await dataplane(
+        snapshot(listener(port=port, backends={"endpoints": [busy.endpoint]}))
+    )
+    async with AsyncExitStack() as stack:
+        first = Counter([(await hold(stack, url(runtime)))[1] for _ in range(4)])
+        assert first == {busy.name: 4}
+        both = listener(port=port, backends={"endpoints": [busy.endpoint, idle.endpoint]})
+        await runtime.apply(parse_snapshot(snapshot(both, version="2")))
+        then = Counter([(await hold(stack, url(runtime)))[1] for _ in range(4)])
+        assert then == {idle.name: 4}
+        assert len(busy.server.connections) == 4
+
+
+async def test_hash_on_source_ip_sends_every_connection_to_one_backend(
+    backends: Any, dataplane: Any
+) -> None:
+    one, two = await backends(2)
+    config = listener(
+        backends={
+            "scheduler": "hash",
+            "hash": {"source": "sourceIP"},
+            "endpoints": [one.endpoint, two.endpoint],
+        }
+    )
+    runtime = await dataplane(snapshot(config))
+    served = Counter([await whoami(url(runtime)) for _ in range(10)])
+    assert len(served) == 1
+    assert sum(served.values()) == 10
+
+
+async def test_hash_on_a_header_keeps_each_value_on_one_backend_and_spreads_values(
+    backends: Any, dataplane: Any
+) -> None:
+    one, two = await backends(2)
+    config = listener(
+        backends={
+            "scheduler": "hash",
+            "hash": {"source": "header", "name": "X-User"},
+            "endpoints": [one.endpoint, two.endpoint],
+        }
+    )
+    runtime = await dataplane(snapshot(config))
+    placement: dict[str, set[str]] = {}
+    for attempt in range(2):
+        for index in range(16):
+            user = f"user-{index}"
+            served = await whoami(url(runtime), additional_headers={"X-User": user})
+            placement.setdefault(user, set()).add(served)
+    assert all(len(names) == 1 for names in placement.values()), placement
+    used = set().union(*placement.values())
+    assert used == {one.name, two.name}
+
+
+async def test_hash_on_a_query_parameter_keeps_each_value_on_one_backend_and_spreads_values(
+    backends: Any, dataplane: Any
+) -> None:
+    one, two = await backends(2)
+    config = listener(
+        backends={
+            "scheduler": "hash",
+            "hash": {"source": "query", "name": "user"},
+            "endpoints": [one.endpoint, two.endpoint],
+        }
+    )
+    runtime = await dataplane(snapshot(config))
+    placement: dict[str, set[str]] = {}
+    for room in ("a", "b"):
+        for index in range(16):
+            user = f"user-{index}"
+            served = await whoami(url(runtime, path=f"/chat?room={room}&user={user}"))
+            placement.setdefault(user, set()).add(served)
+    assert all(len(names) == 1 for names in placement.values()), placement
+    used = set().union(*placement.values())
+    assert used == {one.name, two.name}
+
+
+# --- sticky sessions --------------------------------------------------------------------
+
+
+def sticky_backends(
+    endpoints: list[dict[str, Any]], secret: str = SECRET, **sticky: Any
+) -> dict[str, Any]:
+    """Round robin under a sticky cookie: without the cookie, connections alternate."""
+    return {
+        "scheduler": "rr",
+        "sticky": {"mode": "insert", "secret": secret, **sticky},
+        "endpoints": endpoints,
+    }
+
+
+async def issue_cookies(uri: str, cookie_name: str, wanted: int) -> dict[str, str]:
+    """Connect until `wanted` backends were seen; map backend name to the cookie pair
+    (`name=value`) the load balancer set on that backend's 101."""
+    cookies: dict[str, str] = {}
+    for _ in range(10):
+        async with connect(uri) as ws:
+            set_cookie = ws.response.headers["Set-Cookie"]
+            await ws.send("whoami")
+            served = str(await ws.recv())
+        pair = set_cookie.split(";", 1)[0]
+        assert pair.startswith(f"{cookie_name}="), set_cookie
+        cookies.setdefault(served, pair)
+        if len(cookies) == wanted:
+            return cookies
+    raise AssertionError(f"saw only {sorted(cookies)} in 10 connections")
+
+
+async def test_sticky_insert_sets_a_cookie_on_the_101_and_the_cookie_returns_to_its_backend(
+    backends: Any, dataplane: Any
+) -> None:
+    one, two = await backends(2)
+    config = listener(
+        backends=sticky_backends([one.endpoint, two.endpoint], cookieName="lb", maxAgeSeconds=600)
+    )
+    runtime = await dataplane(snapshot(config))
+    async with connect(url(runtime)) as ws:
+        set_cookie = ws.response.headers["Set-Cookie"]
+    attributes = [part.strip() for part in set_cookie.split(";")]
+    assert attributes[0].startswith("lb=") and len(attributes[0]) > len("lb=")
+    assert "Max-Age=600" in attributes
+    assert "HttpOnly" in attributes
+
+    cookies = await issue_cookies(url(runtime), "lb", 2)
+    for name, pair in cookies.items():
+        served = [await whoami(url(runtime), additional_headers={"Cookie": pair}) for _ in range(4)]
+        assert served == [name] * 4
+
+
+async def test_sticky_cookie_signed_with_another_secret_is_ignored(
+    backends: Any, dataplane: Any
+) -> None:
+    one, two = await backends(2)
+    endpoints = [one.endpoint, two.endpoint]
+    issuer = await dataplane(snapshot(listener(backends=sticky_backends(endpoints))))
+    other = await dataplane(
+        snapshot(listener(backends=sticky_backends(endpoints, secret="a different secret")))
+    )
+    cookies = await issue_cookies(url(issuer), "WSLB_STICKY", 2)
+    pair = cookies[one.name]
+    served = Counter(
+        [await whoami(url(other), additional_headers={"Cookie": pair}) for _ in range(4)]
+    )
+    assert served == {one.name: 2, two.name: 2}
+
+
+async def test_sticky_cookie_from_one_dataplane_process_is_honoured_by_another(
+    backends: Any, dataplane_process: Any
+) -> None:
+    """Two `wslb-dataplane` processes share the config and secret, each on its own port."""
+    one, two = await backends(2)
+    endpoints = [one.endpoint, two.endpoint]
+    first_port, second_port = free_port(), free_port()
+    first = dataplane_process(
+        snapshot(listener(port=first_port, backends=sticky_backends(endpoints)))
+    )
+    second = dataplane_process(
+        snapshot(listener(port=second_port, backends=sticky_backends(endpoints)))
+    )
+    await asyncio.gather(first.wait_ready(), second.wait_ready())
+
+    cookies = await issue_cookies(f"ws://127.0.0.1:{first_port}/", "WSLB_STICKY", 2)
+    for name, pair in cookies.items():
+        served = [
+            await whoami(f"ws://127.0.0.1:{second_port}/", additional_headers={"Cookie": pair})
+            for _ in range(3)
+        ]
+        assert served == [name] * 3
+
+
+# --- failover, no backend, health -------------------------------------------------------
+
+
+async def test_connections_fail_over_from_a_closed_port_and_failures_are_counted(
+    backends: Any, dataplane: Any
+) -> None:
+    (live,) = await backends(1)
+    dead = closed_endpoint()
+    config = listener(backends={"scheduler": "rr", "endpoints": [dead, live.endpoint]})
+    runtime = await dataplane(snapshot(config))
+    served = [await whoami(url(runtime)) for _ in range(6)]
+    assert served == [live.name] * 6
+    assert connect_failures(runtime, dead) >= 1
+    assert connect_failures(runtime, live.endpoint) == 0
+    upgraded = sample(runtime, "wslb_dataplane_upgrades_total", {"listener": "ws", "code": "101"})
+    assert upgraded == 6
+
+
+async def test_all_endpoints_refusing_gives_502(dataplane: Any) -> None:
+    dead = [closed_endpoint(), closed_endpoint()]
+    runtime = await dataplane(snapshot(listener(backends={"endpoints": dead})))
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(url(runtime)):
+            pass
+    assert caught.value.response.status_code == 502
+    assert caught.value.response.body
+    assert all(connect_failures(runtime, endpoint) >= 1 for endpoint in dead)
+    total_attempts = sum(connect_failures(runtime, endpoint) for endpoint in dead)
+    assert total_attempts <= 3  # connectRetries defaults to 2: at most three attempts
+    reason = {"listener": "ws", "reason": "backend_unavailable"}
+    assert sample(runtime, "wslb_dataplane_rejections_total", reason) == 1
+
+
+async def test_no_ready_endpoint_gives_503_with_retry_after(backends: Any, dataplane: Any) -> None:
+    one, two = await backends(2)
+    endpoints = [{**one.endpoint, "ready": False}, {**two.endpoint, "ready": False}]
+    runtime = await dataplane(snapshot(listener(backends={"endpoints": endpoints})))
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(url(runtime)):
+            pass
+    response = caught.value.response
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+    assert len(one.server.connections) == len(two.server.connections) == 0
+
+
+async def test_unhealthy_backend_gets_no_new_connections_after_the_tcp_check_flips(
+    backends: Any, dataplane: Any
+) -> None:
+    staying, stopping = await backends(2)
+    config = listener(
+        backends={
+            "scheduler": "rr",
+            "healthCheck": {
+                "type": "tcp",
+                "intervalSeconds": 0.2,
+                "timeoutSeconds": 0.1,
+                "unhealthyThreshold": 1,
+            },
+            "endpoints": [staying.endpoint, stopping.endpoint],
+        }
+    )
+    runtime = await dataplane(snapshot(config))
+
+    def healthy(backend: Any) -> float | None:
+        labels = {"listener": "ws", "backend": f"127.0.0.1:{backend.port}"}
+        return sample(runtime, "wslb_dataplane_backend_healthy", labels)
+
+    assert healthy(staying) == healthy(stopping) == 1
+    before = Counter([await whoami(url(runtime)) for _ in range(4)])
+    assert before == {staying.name: 2, stopping.name: 2}
+
+    await stopping.stop()
+    await wait_until(lambda: healthy(stopping) == 0, timeout=3)
+    failures_at_flip = connect_failures(runtime, stopping.endpoint)
+    served = [await whoami(url(runtime)) for _ in range(6)]
+    assert served == [staying.name] * 6
+    assert connect_failures(runtime, stopping.endpoint) == failures_at_flip
+    assert healthy(staying) == 1
