@@ -145,7 +145,7 @@ async def test_hash_on_a_header_keeps_each_value_on_one_backend_and_spreads_valu
     )
     runtime = await dataplane(snapshot(config))
     placement: dict[str, set[str]] = {}
-    for attempt in range(2):
+    for _ in range(2):
         for index in range(16):
             user = f"user-{index}"
             served = await whoami(url(runtime), additional_headers={"X-User": user})
