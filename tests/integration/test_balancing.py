@@ -198,6 +198,7 @@ async def issue_cookies(uri: str, cookie_name: str, wanted: int) -> dict[str, st
     cookies: dict[str, str] = {}
     for _ in range(10):
         async with connect(uri) as ws:
+            assert ws.response is not None
             set_cookie = ws.response.headers["Set-Cookie"]
             await ws.send("whoami")
             served = str(await ws.recv())
@@ -218,6 +219,7 @@ async def test_sticky_insert_sets_a_cookie_on_the_101_and_the_cookie_returns_to_
     )
     runtime = await dataplane(snapshot(config))
     async with connect(url(runtime)) as ws:
+        assert ws.response is not None
         set_cookie = ws.response.headers["Set-Cookie"]
     attributes = [part.strip() for part in set_cookie.split(";")]
     assert attributes[0].startswith("lb=") and len(attributes[0]) > len("lb=")
@@ -287,6 +289,46 @@ async def test_connections_fail_over_from_a_closed_port_and_failures_are_counted
     assert connect_failures(runtime, live.endpoint) == 0
     upgraded = sample(runtime, "wslb_dataplane_upgrades_total", {"listener": "ws", "code": "101"})
     assert upgraded == 6
+
+
+async def silent_server(close_at_once: bool) -> tuple[asyncio.Server, list[int]]:
+    """A TCP server that never answers a request (or closes each connection at once);
+    the list counts accepted connections."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        if not close_at_once:
+            await reader.read(-1)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, accepted
+
+
+@pytest.mark.parametrize("close_at_once", [False, True], ids=["never-answers", "closes"])
+async def test_backend_that_does_not_answer_the_upgrade_is_skipped_for_another(
+    backends: Any, dataplane: Any, close_at_once: bool
+) -> None:
+    """A backend that accepts TCP but never answers (times out after connectTimeoutSeconds)
+    or closes without answering is counted as a failure and the client reaches the other."""
+    (live,) = await backends(1)
+    server, accepted = await silent_server(close_at_once)
+    async with server:
+        broken = {"address": "127.0.0.1", "port": server.sockets[0].getsockname()[1]}
+        config = listener(
+            backends={"scheduler": "rr", "endpoints": [broken, live.endpoint]},
+            limits={"connectTimeoutSeconds": 0.3},
+        )
+        runtime = await dataplane(snapshot(config))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        served = [await whoami(url(runtime)) for _ in range(2)]
+        elapsed = loop.time() - started
+        assert served == [live.name] * 2
+        assert len(accepted) >= 1
+        assert connect_failures(runtime, broken) == len(accepted)
+        assert elapsed < 2.0, elapsed
 
 
 async def test_all_endpoints_refusing_gives_502(dataplane: Any) -> None:
