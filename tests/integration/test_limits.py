@@ -15,7 +15,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
 from dataplane.runtime import Runtime
-from tests.integration.conftest import listener, snapshot, url, wait_until
+from lbwire.snapshot import parse_snapshot
+from tests.integration.conftest import free_port, listener, snapshot, url, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -261,3 +262,53 @@ async def test_rejections_are_counted_per_reason_and_listener(
         for code in ("101", "403", "503")
     }
     assert upgrades == {"101": 1.0, "403": 2.0, "503": 1.0}
+
+
+async def test_config_reload_keeps_the_listener_rate_limit_spent(
+    backends: Any, dataplane: Any
+) -> None:
+    """A swap that only changes endpoints must not hand out a fresh burst of new connections."""
+    one, two = await backends(2)
+    port = free_port()
+
+    def config(version: str, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        limits = {"newConnectionsPerSecond": 2}
+        return snapshot(
+            listener(port=port, backends={"endpoints": endpoints}, limits=limits), version=version
+        )
+
+    runtime = await dataplane(config("1", [one.endpoint]))
+    await echoes(url(runtime))
+    await echoes(url(runtime))
+    await runtime.apply(parse_snapshot(config("2", [one.endpoint, two.endpoint])))
+    exc = await refused(url(runtime))
+    assert exc.response.status_code == 503
+    assert rejections(runtime, "listener_rate") == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Capacity.update() builds a new full TokenBucket on every apply, so any "
+    "config swap refills the load balancer's newConnectionsPerSecond burst",
+)
+async def test_config_reload_keeps_the_load_balancer_rate_limit_spent(
+    backends: Any, dataplane: Any
+) -> None:
+    """Same as above at the load-balancer level: endpoint churn must not lift the limit."""
+    one, two = await backends(2)
+    port = free_port()
+
+    def config(version: str, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        return snapshot(
+            listener(port=port, backends={"endpoints": endpoints}),
+            version=version,
+            limits={"newConnectionsPerSecond": 2},
+        )
+
+    runtime = await dataplane(config("1", [one.endpoint]))
+    await echoes(url(runtime))
+    await echoes(url(runtime))
+    await runtime.apply(parse_snapshot(config("2", [one.endpoint, two.endpoint])))
+    exc = await refused(url(runtime))
+    assert exc.response.status_code == 503
+    assert rejections(runtime, "lb_rate") == 1
