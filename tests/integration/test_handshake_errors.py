@@ -363,3 +363,73 @@ async def test_backend_403_with_headers_goes_back_to_the_client_as_is(dataplane:
         assert "Server: wslb" not in str(response.headers)
     finally:
         await backend.stop()
+
+
+async def test_two_host_headers_are_answered_400(proxy: Proxy, backend: CountingBackend) -> None:
+    runtime = await proxy()
+    doubled = upgrade_request(extra="Host: evil.example.com\r\n")
+    assert_short_error(parse_answer(await raw_request(port_of(runtime), doubled)), 400)
+    await assert_never_reached_backend(runtime, backend)
+
+
+async def test_plain_get_over_tls_is_answered_426(
+    dataplane: Any, backend: CountingBackend, tls: Any
+) -> None:
+    config = listener(
+        "wss",
+        protocol="HTTPS",
+        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
+        backends={"endpoints": [backend.endpoint]},
+    )
+    runtime = await dataplane(snapshot(config))
+    port = runtime.listeners["wss"].config.port
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.client_context, server_hostname="localhost"
+    )
+    try:
+        writer.write(request_bytes("GET / HTTP/1.1", "Host: localhost"))
+        async with asyncio.timeout(3):
+            head = await reader.readuntil(b"\r\n\r\n")
+            answer = parse_answer(head)
+            answer.body = await reader.readexactly(int(answer.headers["Content-Length"]))
+    finally:
+        writer.close()
+    assert_short_error(answer, 426)
+    assert answer.headers["Upgrade"].lower() == "websocket"
+    assert backend.accepted == 0
+
+
+def rejection_count(runtime: Runtime, reason: str) -> float:
+    value = runtime.metrics.registry.get_sample_value(
+        "wslb_dataplane_rejections_total", {"listener": "ws", "reason": reason}
+    )
+    return value or 0.0
+
+
+def upgrade_count(runtime: Runtime, code: str) -> float:
+    value = runtime.metrics.registry.get_sample_value(
+        "wslb_dataplane_upgrades_total", {"listener": "ws", "code": code}
+    )
+    return value or 0.0
+
+
+async def test_handshake_rejections_are_counted_by_reason_and_status(
+    proxy: Proxy, backend: CountingBackend
+) -> None:
+    runtime = await proxy(limits={"handshakeTimeoutSeconds": 0.5, "maxHeaderBytes": 1024})
+    port = port_of(runtime)
+    await raw_request(port, request_bytes("GET / HTTP/1.1", "Host: 127.0.0.1"))
+    await raw_request(port, b"nonsense\r\n\r\n")
+    await raw_request(port, padded_upgrade(1500))
+    await raw_request(port, upgrade_request()[:30], read_timeout=3)
+
+    assert rejection_count(runtime, "bad_request") == 2
+    assert rejection_count(runtime, "header_too_large") == 1
+    assert rejection_count(runtime, "handshake_timeout") == 1
+    assert {code: upgrade_count(runtime, code) for code in ("400", "426", "431", "408", "101")} == {
+        "400": 1,
+        "426": 1,
+        "431": 1,
+        "408": 1,
+        "101": 0,
+    }
