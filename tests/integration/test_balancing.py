@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
+from websockets.http11 import Request
 
 from dataplane.runtime import Runtime
 from lbwire.snapshot import parse_snapshot
@@ -346,9 +348,17 @@ async def test_all_endpoints_refusing_gives_502(dataplane: Any) -> None:
     assert sample(runtime, "wslb_dataplane_rejections_total", reason) == 1
 
 
-async def test_no_ready_endpoint_gives_503_with_retry_after(backends: Any, dataplane: Any) -> None:
+@pytest.mark.parametrize(
+    "override",
+    [{"ready": False}, {"draining": True}, {"weight": 0}],
+    ids=["not-ready", "draining", "weight-0"],
+)
+async def test_no_ready_endpoint_gives_503_with_retry_after(
+    backends: Any, dataplane: Any, override: dict[str, Any]
+) -> None:
+    """Endpoints that exist and listen but may not take new connections count as none."""
     one, two = await backends(2)
-    endpoints = [{**one.endpoint, "ready": False}, {**two.endpoint, "ready": False}]
+    endpoints = [{**one.endpoint, **override}, {**two.endpoint, **override}]
     runtime = await dataplane(snapshot(listener(backends={"endpoints": endpoints})))
     with pytest.raises(InvalidStatus) as caught:
         async with connect(url(runtime)):
@@ -357,6 +367,104 @@ async def test_no_ready_endpoint_gives_503_with_retry_after(backends: Any, datap
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) >= 1
     assert len(one.server.connections) == len(two.server.connections) == 0
+    reason = {"listener": "ws", "reason": "no_ready_backend"}
+    assert sample(runtime, "wslb_dataplane_rejections_total", reason) == 1
+
+
+async def test_listener_without_endpoints_gives_503_with_retry_after(dataplane: Any) -> None:
+    runtime = await dataplane(snapshot(listener(backends={"endpoints": []})))
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(url(runtime)):
+            pass
+    assert caught.value.response.status_code == 503
+    assert int(caught.value.response.headers["Retry-After"]) >= 1
+
+
+async def test_hash_walks_past_a_refusing_endpoint_and_keeps_keys_that_were_not_on_it(
+    backends: Any, dataplane: Any
+) -> None:
+    """With one endpoint refusing, every key still connects, and keys whose first choice
+    was the live endpoint stay there."""
+    (live,) = await backends(1)
+    dead = closed_endpoint()
+    config = listener(
+        backends={
+            "scheduler": "hash",
+            "hash": {"source": "header", "name": "X-User"},
+            "endpoints": [dead, live.endpoint],
+        }
+    )
+    runtime = await dataplane(snapshot(config))
+    served = [
+        await whoami(url(runtime), additional_headers={"X-User": f"user-{index}"})
+        for index in range(12)
+    ]
+    assert served == [live.name] * 12
+    failures = connect_failures(runtime, dead)
+    assert 1 <= failures < 12  # some keys hash to the dead endpoint first, not all
+
+
+async def test_sticky_cookie_for_a_refusing_backend_falls_back_and_is_reissued(
+    backends: Any, dataplane: Any
+) -> None:
+    one, two = await backends(2)
+    config = listener(backends=sticky_backends([one.endpoint, two.endpoint]))
+    runtime = await dataplane(snapshot(config))
+    cookies = await issue_cookies(url(runtime), "WSLB_STICKY", 2)
+    await two.stop()
+    async with connect(url(runtime), additional_headers={"Cookie": cookies[two.name]}) as ws:
+        assert ws.response is not None
+        fresh = ws.response.headers["Set-Cookie"].split(";", 1)[0]
+        await ws.send("whoami")
+        assert await ws.recv() == one.name
+    assert fresh != cookies[two.name]
+    assert connect_failures(runtime, two.endpoint) == 1  # the cookie was tried first
+    assert await whoami(url(runtime), additional_headers={"Cookie": fresh}) == one.name
+
+
+async def test_sticky_insert_cookie_is_not_forwarded_to_the_backend(dataplane: Any) -> None:
+    seen: list[Request] = []
+
+    def capture(connection: ServerConnection, request: Request) -> None:
+        seen.append(request)
+
+    async def echo(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send(message)
+
+    async with serve(echo, "127.0.0.1", 0, process_request=capture) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        endpoint = {"address": "127.0.0.1", "port": port}
+        runtime = await dataplane(snapshot(listener(backends=sticky_backends([endpoint]))))
+        async with connect(url(runtime)) as ws:
+            assert ws.response is not None
+            pair = ws.response.headers["Set-Cookie"].split(";", 1)[0]
+        cookie = f"theme=dark; {pair}; session=abc"
+        async with connect(url(runtime), additional_headers={"Cookie": cookie}) as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+    assert len(seen) == 2
+    forwarded = seen[1].headers.get_all("Cookie")
+    assert "WSLB_STICKY" not in "; ".join(forwarded)
+    assert "theme=dark" in "; ".join(forwarded)
+    assert "session=abc" in "; ".join(forwarded)
+
+
+async def test_sticky_cookie_on_a_wss_listener_is_secure(
+    backends: Any, dataplane: Any, tls: Any
+) -> None:
+    (backend,) = await backends(1)
+    config = listener(
+        "wss",
+        protocol="HTTPS",
+        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
+        backends=sticky_backends([backend.endpoint]),
+    )
+    runtime = await dataplane(snapshot(config))
+    async with connect(url(runtime, "wss"), ssl=tls.client_context) as ws:
+        assert ws.response is not None
+        attributes = [part.strip() for part in ws.response.headers["Set-Cookie"].split(";")]
+    assert "Secure" in attributes
 
 
 async def test_unhealthy_backend_gets_no_new_connections_after_the_tcp_check_flips(
