@@ -9,6 +9,7 @@ and the rejected request left no trace on the backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -433,3 +434,41 @@ async def test_handshake_rejections_are_counted_by_reason_and_status(
         "408": 1,
         "101": 0,
     }
+
+
+async def test_head_trickled_a_byte_at_a_time_still_times_out_with_408(
+    proxy: Proxy, backend: CountingBackend
+) -> None:
+    """The handshake timeout bounds the whole head, not the gap between bytes (slowloris)."""
+    runtime = await proxy(limits={"handshakeTimeoutSeconds": 0.5})
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(runtime))
+    started = loop.time()
+    data = b""
+    try:
+        for byte in upgrade_request()[:-2]:
+            if loop.time() - started > 3:
+                break
+            writer.write(bytes([byte]))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                data = await asyncio.wait_for(reader.read(-1), timeout=0.05)
+                break
+    finally:
+        writer.close()
+    elapsed = loop.time() - started
+    assert_short_error(parse_answer(data), 408)
+    assert elapsed < 1.5, elapsed
+    await assert_never_reached_backend(runtime, backend)
+
+
+async def test_too_many_header_lines_are_answered_431(
+    proxy: Proxy, backend: CountingBackend
+) -> None:
+    """129 short headers fit in 16 KiB but exceed the parser's header count."""
+    runtime = await proxy()
+    many = upgrade_request(extra="".join(f"X-{index}: y\r\n" for index in range(129)))
+    assert len(many) < 16 * 1024
+    answer = parse_answer(await raw_request(port_of(runtime), many))
+    assert_short_error(answer, 431)
+    await assert_never_reached_backend(runtime, backend)
