@@ -6,6 +6,7 @@ and is counted in `wslb_dataplane_rejections_total` with its reason.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -94,6 +95,37 @@ async def test_fourth_new_connection_within_a_second_gets_503_with_retry_after(
     assert exc.response.headers["Retry-After"] == "1"
     assert rejections(runtime, "listener_rate") == 1
     assert rejections(runtime, "listener_connections") == 0
+
+
+async def test_rate_limited_client_gets_in_within_retry_after(
+    backends: Any, dataplane: Any
+) -> None:
+    """Four connections opened at once: exactly one is refused, and retrying it succeeds
+    no later than the Retry-After it was given."""
+    (backend,) = await backends(1)
+    config = listener(
+        backends={"endpoints": [backend.endpoint]}, limits={"newConnectionsPerSecond": 3}
+    )
+    runtime = await dataplane(snapshot(config))
+    loop = asyncio.get_running_loop()
+
+    async def attempt() -> InvalidStatus | None:
+        try:
+            await echoes(url(runtime))
+        except InvalidStatus as exc:
+            return exc
+        return None
+
+    outcomes = await asyncio.gather(*(attempt() for _ in range(4)))
+    refusals = [exc for exc in outcomes if exc is not None]
+    assert len(refusals) == 1
+    assert refusals[0].response.status_code == 503
+    retry_after = int(refusals[0].response.headers["Retry-After"])
+    refused_at = loop.time()
+    while await attempt() is not None:
+        assert loop.time() - refused_at < retry_after + 0.5, "still refused after Retry-After"
+        await asyncio.sleep(0.05)
+    assert rejections(runtime, "listener_rate") >= 1
 
 
 async def test_load_balancer_max_connections_counts_every_listener(
