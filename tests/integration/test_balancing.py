@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from contextlib import AsyncExitStack
+from http import HTTPStatus
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 
 from dataplane.runtime import Runtime
 from lbwire.snapshot import parse_snapshot
@@ -500,3 +501,64 @@ async def test_unhealthy_backend_gets_no_new_connections_after_the_tcp_check_fli
     assert served == [staying.name] * 6
     assert connect_failures(runtime, stopping.endpoint) == failures_at_flip
     assert healthy(staying) == 1
+
+
+async def test_unhealthy_backend_keeps_its_live_connections_and_gets_new_ones_after_recovery(
+    backends: Any, dataplane: Any
+) -> None:
+    """An HTTP check that starts failing (the backend still runs) stops new connections
+    only; the one already open keeps echoing; passing again brings new ones back."""
+    (steady,) = await backends(1)
+    failing = {"on": False}
+
+    def health(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            status = HTTPStatus.SERVICE_UNAVAILABLE if failing["on"] else HTTPStatus.OK
+            return connection.respond(status, "health\n")
+        return None
+
+    async def named(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send("flaky" if message == "whoami" else message)
+
+    async with serve(named, "127.0.0.1", 0, process_request=health) as server:
+        flaky = {"address": "127.0.0.1", "port": next(iter(server.sockets)).getsockname()[1]}
+        config = listener(
+            backends={
+                "scheduler": "rr",
+                "healthCheck": {
+                    "type": "http",
+                    "path": "/healthz",
+                    "intervalSeconds": 0.2,
+                    "timeoutSeconds": 0.1,
+                    "unhealthyThreshold": 1,
+                    "healthyThreshold": 1,
+                },
+                "endpoints": [steady.endpoint, flaky],
+            }
+        )
+        runtime = await dataplane(snapshot(config))
+        labels = {"listener": "ws", "backend": f"127.0.0.1:{flaky['port']}"}
+
+        def flaky_health() -> float | None:
+            return sample(runtime, "wslb_dataplane_backend_healthy", labels)
+
+        async with AsyncExitStack() as stack:
+            held = None
+            for _ in range(2):
+                ws, name = await hold(stack, url(runtime))
+                if name == "flaky":
+                    held = ws
+            assert held is not None
+
+            failing["on"] = True
+            await wait_until(lambda: flaky_health() == 0, timeout=3)
+            served = [await whoami(url(runtime)) for _ in range(4)]
+            assert served == [steady.name] * 4
+            await held.send("still here")
+            assert await held.recv() == "still here"
+
+            failing["on"] = False
+            await wait_until(lambda: flaky_health() == 1, timeout=3)
+            served = [await whoami(url(runtime)) for _ in range(4)]
+            assert Counter(served) == {steady.name: 2, "flaky": 2}
