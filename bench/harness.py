@@ -1,0 +1,368 @@
+"""`make bench`: wslb, HAProxy and nginx side by side in one run, same backend, same load.
+
+Owns the run: settings from the environment, the certificate, the echo backend and the
+load client pinned to CPU 0, the proxies pinned to CPU 1, the order of measurements,
+and the raw results file. Figures are normalised by the proxy's own CPU time in the
+measurement window (utime + stime of its process tree), so a proxy that the load
+client cannot saturate is still compared per second of CPU it used. The report is
+written by `bench.report`.
+
+Settings (environment):
+  BENCH_QUICK=1           about 1.5 s per measurement, 1000 idle connections (development)
+  BENCH_DURATION          measured seconds per measurement (default 10)
+  BENCH_WARMUP            unmeasured seconds before each window (default 1)
+  BENCH_REPEAT            rounds of every measurement, interleaved by proxy (default 1)
+  BENCH_IDLE_CONNECTIONS  idle connections held for the RSS figure (default 5000)
+  BENCH_PROXIES           comma list, of wslb,haproxy,nginx (default all)
+  BENCH_TESTS             comma list, of idle,handshake,echo,bulk,wss (default all)
+  BENCH_OUT               results file (default bench/results/results.json;
+                          quick mode: bench/results/quick.json)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.procstat import raise_nofile, total_rss_kib, tree
+from bench.proxies import PROXIES, REPO, Proxy, uvloop_version
+
+LOAD_CPU = 0
+PROXY_CPU = 1
+RESULTS = REPO / "bench" / "results"
+TESTS = ("idle", "handshake", "echo", "bulk", "wss")
+SETTLE_SECONDS = 1.0  # after the idle connections are open, before RSS is read
+
+
+@dataclass
+class Settings:
+    quick: bool
+    duration: float
+    warmup: float
+    repeat: int
+    idle_connections: int
+    proxies: list[str]
+    tests: list[str]
+    out: Path
+    handshake_connections: int = 32
+    echo_connections: int = 64
+    bulk_connections: int = 4
+    bulk_window: int = 4
+    small_size: int = 64
+    bulk_size: int = 64 * 1024
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        quick = env.get("BENCH_QUICK", "") not in ("", "0")
+        proxies = [p for p in env.get("BENCH_PROXIES", "wslb,haproxy,nginx").split(",") if p]
+        tests = [t for t in env.get("BENCH_TESTS", ",".join(TESTS)).split(",") if t]
+        unknown = [p for p in proxies if p not in PROXIES] + [t for t in tests if t not in TESTS]
+        if unknown:
+            raise SystemExit(f"unknown proxy or test: {', '.join(unknown)}")
+        default_out = RESULTS / ("quick.json" if quick else "results.json")
+        return cls(
+            quick=quick,
+            duration=float(env.get("BENCH_DURATION", "1.5" if quick else "10")),
+            warmup=float(env.get("BENCH_WARMUP", "0.3" if quick else "1")),
+            repeat=max(1, int(env.get("BENCH_REPEAT", "1"))),
+            idle_connections=int(env.get("BENCH_IDLE_CONNECTIONS", "1000" if quick else "5000")),
+            proxies=proxies,
+            tests=tests,
+            out=Path(env.get("BENCH_OUT", str(default_out))),
+        )
+
+
+@dataclass
+class Measurement:
+    proxy: str
+    test: str
+    round: int
+    load: dict[str, Any]
+    derived: dict[str, float] = field(default_factory=dict)
+
+
+def python() -> str:
+    return sys.executable
+
+
+def pinned(cpu: int, *command: str) -> list[str]:
+    return ["taskset", "-c", str(cpu), *command]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import ssl
+
+    return {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "kernel": platform.release(),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "uvloop": uvloop_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+class Backend:
+    """The picows echo backend, pinned to the load client's CPU."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            pinned(LOAD_CPU, python(), "-m", "bench.echo_fast", "--port", "0"),
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().split()
+        if len(line) != 2 or line[0] != "READY":
+            self.stop()
+            raise RuntimeError(f"echo backend did not start: {line}")
+        self.port = int(line[1])
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def load(args: list[str], watch: dict[str, list[int]], timeout: float) -> dict[str, Any]:
+    """Run the load client once (pinned) and return its JSON result."""
+    command = [python(), "-m", "bench.loadgen", *args]
+    for name, pids in watch.items():
+        command += ["--watch", f"{name}={','.join(map(str, pids))}"]
+    done = subprocess.run(
+        pinned(LOAD_CPU, *command), capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def derive(measurement: Measurement, backend_pid: int) -> None:
+    result = measurement.load
+    wall = result["wall_seconds"]
+    cpu = result["cpu_seconds"]
+    proxy_cpu = cpu.get("proxy", 0.0)
+    count = result["count"]
+    d = measurement.derived
+    d["rate"] = count / wall
+    d["proxy_cpu_seconds"] = proxy_cpu
+    d["proxy_cpu_share"] = proxy_cpu / wall
+    d["load_cpu_share"] = (cpu.get("loadgen", 0.0) + cpu.get("backend", 0.0)) / wall
+    d["per_proxy_cpu_second"] = count / proxy_cpu if proxy_cpu > 0 else 0.0
+    if measurement.test == "bulk":
+        megabytes = result["bytes"] / 1e6
+        d["mb_per_second"] = megabytes / wall
+        d["mb_per_proxy_cpu_second"] = megabytes / proxy_cpu if proxy_cpu > 0 else 0.0
+    latency = result.get("latency_us")
+    if latency:
+        d["p50_us"] = latency["p50"]
+        d["p99_us"] = latency["p99"]
+
+
+def measure_idle(proxy: Proxy, settings: Settings) -> dict[str, Any]:
+    """RSS per idle WebSocket connection: VmRSS of the proxy tree before and after."""
+    url = proxy.ws_url
+    warm = ["--url", url, "--connections", "200", "--hold", "0.5", "--open-seconds", "20"]
+    load(["idle", *warm], {}, timeout=60)  # allocator and lazy imports warmed up once
+    time.sleep(SETTLE_SECONDS)
+    pids = proxy.pids()
+    before = total_rss_kib(pids)
+    command = [
+        python(),
+        "-m",
+        "bench.loadgen",
+        "idle",
+        "--url",
+        url,
+        "--connections",
+        str(settings.idle_connections),
+        "--hold",
+        "120",
+        "--open-seconds",
+        "90",
+    ]
+    client = subprocess.Popen(
+        pinned(LOAD_CPU, *command),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        text=True,
+    )
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        ready = json.loads(client.stdout.readline() or "{}")
+        time.sleep(SETTLE_SECONDS)
+        pids = proxy.pids()
+        after = total_rss_kib(pids)
+        fds = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
+        client.stdin.write("close\n")
+        client.stdin.flush()
+        out, err = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    opened = int(ready.get("open", 0))
+    final = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    delta = after - before
+    return {
+        "connections": opened,
+        "alive_at_release": final.get("count", 0),
+        "open_seconds": ready.get("open_seconds"),
+        "errors": ready.get("errors", {}),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "proxy_fds": fds,
+        "kib_per_connection": delta / opened if opened else 0.0,
+        "stderr": err[-500:] if err else "",
+    }
+
+
+def run_load(
+    test: str, proxy: Proxy, backend: Backend, settings: Settings, rnd: int
+) -> Measurement:
+    common = ["--duration", str(settings.duration), "--warmup", str(settings.warmup)]
+    if test == "handshake":
+        args = [
+            "handshake",
+            "--url",
+            proxy.ws_url,
+            "--connections",
+            str(settings.handshake_connections),
+        ]
+    elif test == "wss":
+        args = [
+            "handshake",
+            "--url",
+            proxy.wss_url,
+            "--connections",
+            str(settings.handshake_connections),
+        ]
+    elif test == "echo":
+        args = [
+            "echo",
+            "--url",
+            proxy.ws_url,
+            "--connections",
+            str(settings.echo_connections),
+            "--size",
+            str(settings.small_size),
+        ]
+    else:
+        args = [
+            "bulk",
+            "--url",
+            proxy.ws_url,
+            "--connections",
+            str(settings.bulk_connections),
+            "--size",
+            str(settings.bulk_size),
+            "--window",
+            str(settings.bulk_window),
+        ]
+    watch = {"proxy": proxy.pids(), "backend": [backend.pid]}
+    timeout = settings.warmup + settings.duration + 120
+    measurement = Measurement(proxy.name, test, rnd, load(args + common, watch, timeout))
+    derive(measurement, backend.pid)
+    return measurement
+
+
+def log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    raise_nofile()
+    started = time.monotonic()
+    info = machine()
+    log(f"load average {info['loadavg_start']}; settings {settings}")
+    workdir = Path(tempfile.mkdtemp(prefix="wslb-bench-"))
+    from dataplane.certs import self_signed
+
+    cert_pem, key_pem = self_signed(["127.0.0.1", "localhost"])
+    cert, key = workdir / "tls.crt", workdir / "tls.key"
+    cert.write_text(cert_pem)
+    key.write_text(key_pem)
+    key.chmod(0o600)
+
+    backend = Backend()
+    proxies: list[Proxy] = []
+    idle: dict[str, Any] = {}
+    measurements: list[Measurement] = []
+    try:
+        for name in settings.proxies:
+            proxy = PROXIES[name](workdir, backend.port, cert, key, PROXY_CPU)
+            proxy.start()
+            proxies.append(proxy)
+            log(f"{name} pid {proxy.pids()} on {proxy.ws_url} and {proxy.wss_url}")
+        info["versions"] = {proxy.name: proxy.version() for proxy in proxies}
+        if "idle" in settings.tests:
+            for proxy in proxies:
+                idle[proxy.name] = measure_idle(proxy, settings)
+                log(f"idle {proxy.name}: {idle[proxy.name]['kib_per_connection']:.2f} KiB/conn")
+        for rnd in range(settings.repeat):
+            for test in settings.tests:
+                if test == "idle":
+                    continue
+                for proxy in proxies:
+                    m = run_load(test, proxy, backend, settings, rnd)
+                    measurements.append(m)
+                    d = m.derived
+                    log(
+                        f"{test:9} {proxy.name:7} rate {d['rate']:9.0f}/s  per proxy-CPU-s "
+                        f"{d['per_proxy_cpu_second']:9.0f}  proxy CPU {d['proxy_cpu_share']:.0%}"
+                        f"  cpu0 {d['load_cpu_share']:.0%}  errors {m.load['errors']}"
+                    )
+        info["backend_tree"] = tree(backend.pid)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        backend.stop()
+    info["loadavg_end"] = os.getloadavg()
+    info["elapsed_seconds"] = time.monotonic() - started
+    settings_out = asdict(settings)
+    settings_out["out"] = str(settings.out)
+    results = {
+        "machine": info,
+        "settings": settings_out,
+        "idle": idle,
+        "measurements": [asdict(m) for m in measurements],
+    }
+    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    settings.out.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"raw results in {settings.out} ({info['elapsed_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""What the benchmark reads about processes from /proc: CPU time, RSS, children, fd limits.
+
+CPU time is utime + stime of /proc/PID/stat (every thread of the process, in clock
+ticks); RSS is VmRSS of /proc/PID/status. A proxy is measured as the sum over its
+process tree (nginx: master and worker). Nothing here starts or stops processes.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Iterable
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile() -> int:
+    """Raise this process's soft open-files limit to the hard limit; return the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads); 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return 0.0
+    # The command name may contain spaces: the fields start after its closing ')'.
+    fields = text[text.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS
+
+
+def total_cpu_seconds(pids: Iterable[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of one process in KiB (VmRSS); 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def total_rss_kib(pids: Iterable[int]) -> int:
+    return sum(rss_kib(pid) for pid in pids)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (every thread's children list)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                found.extend(int(item) for item in listing.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    result = [pid]
+    index = 0
+    while index < len(result):
+        result.extend(children(result[index]))
+        index += 1
+    return result
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0

@@ -1,0 +1,314 @@
+"""The three proxies under test, each configured as a one-worker WS/WSS proxy in front of
+one echo backend: wslb (`dataplane.cli`, 1 worker), HAProxy (`nbthread 1`) and nginx
+(`worker_processes 1`).
+
+Every proxy gets a WS port and a WSS port (TLS 1.2+, the same ECDSA P-256 certificate),
+adds the same forwarding headers as wslb does (X-Forwarded-For/-Proto/-Port, X-Real-IP),
+has a one-hour idle timeout (idle connections must stay open while RSS is read), no
+health checks, no access log, and runs pinned to one CPU with `taskset`. This module
+writes configs and starts and stops only the processes it started, by PID.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.procstat import tree
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+REPO = Path(__file__).resolve().parent.parent
+MAX_CONNECTIONS = 9000  # HAProxy needs 2 fds per connection below the 20000 hard limit
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(ports: list[int], process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    for port in ports:
+        while True:
+            if process.poll() is not None:
+                text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"exited with {process.returncode} before listening: {text}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"port {port} not listening after {START_TIMEOUT} s"
+                    ) from None
+                time.sleep(0.05)
+
+
+class Proxy:
+    """One proxy process tree: config, start (pinned), PIDs, stop."""
+
+    name = ""
+
+    def __init__(self, workdir: Path, backend_port: int, cert: Path, key: Path, cpu: int) -> None:
+        self.dir = workdir / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.backend_port = backend_port
+        self.cert = cert
+        self.key = key
+        self.cpu = cpu
+        self.ws_port = free_port()
+        self.wss_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "output.log"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/"
+
+    @property
+    def wss_url(self) -> str:
+        return f"wss://127.0.0.1:{self.wss_port}/"
+
+    def write_config(self) -> list[str]:
+        """Write the config files; return the command line."""
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        command = self.write_config()
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                ["taskset", "-c", str(self.cpu), *command],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.working_directory(),
+            )
+        wait_listening([self.ws_port, self.wss_port], self.process, self.log)
+
+    def working_directory(self) -> Path:
+        return self.dir
+
+    def pids(self) -> list[int]:
+        assert self.process is not None
+        return tree(self.process.pid)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+
+
+class Wslb(Proxy):
+    name = "wslb"
+
+    def write_config(self) -> list[str]:
+        config = self.dir / "wslb.yaml"
+        limits = (
+            "{maxConnections: 1000000, newConnectionsPerSecond: 1000000, maxMessageBytes: 16777216}"
+        )
+        backends = f"{{endpoints: [{{address: 127.0.0.1, port: {self.backend_port}}}]}}"
+        config.write_text(
+            f"""# written by bench/proxies.py
+version: bench
+loadBalancer:
+  name: bench
+  limits: {{maxConnections: 1000000, newConnectionsPerSecond: 1000000}}
+listeners:
+  - name: ws
+    protocol: HTTP
+    address: 127.0.0.1
+    port: {self.ws_port}
+    idleTimeoutSeconds: 3600
+    limits: {limits}
+    backends: {backends}
+  - name: wss
+    protocol: HTTPS
+    address: 127.0.0.1
+    port: {self.wss_port}
+    idleTimeoutSeconds: 3600
+    limits: {limits}
+    tls:
+      certificates:
+        - {{certificateFile: {self.cert}, privateKeyFile: {self.key}}}
+    backends: {backends}
+"""
+        )
+        admin = f"127.0.0.1:{free_port()}"
+        return [
+            sys.executable,
+            "-m",
+            "dataplane.cli",
+            "--config",
+            str(config),
+            "--admin",
+            admin,
+            "--workers",
+            "1",
+            "--no-watch",
+            "--drain-timeout",
+            "0",
+            "--log-level",
+            "WARNING",
+        ]
+
+    def version(self) -> str:
+        return f"wslb (Python {sys.version.split()[0]}, uvloop {uvloop_version()})"
+
+    def working_directory(self) -> Path:
+        # The repository root, so that `dataplane` imports without an install.
+        return REPO
+
+
+class HAProxy(Proxy):
+    name = "haproxy"
+
+    def write_config(self) -> list[str]:
+        bundle = self.dir / "tls.pem"
+        bundle.write_text(self.cert.read_text() + self.key.read_text())
+        bundle.chmod(0o600)
+        config = self.dir / "haproxy.cfg"
+        config.write_text(
+            f"""# written by bench/proxies.py
+global
+    nbthread 1
+    maxconn {MAX_CONNECTIONS}
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 3600s
+    timeout server 3600s
+    timeout tunnel 3600s
+    timeout http-request 10s
+    option forwardfor
+frontend ws
+    bind 127.0.0.1:{self.ws_port}
+    maxconn {MAX_CONNECTIONS}
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Real-IP %[src]
+    default_backend echo
+frontend wss
+    bind 127.0.0.1:{self.wss_port} ssl crt {bundle} alpn http/1.1
+    maxconn {MAX_CONNECTIONS}
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Real-IP %[src]
+    default_backend echo
+backend echo
+    server echo1 127.0.0.1:{self.backend_port}
+"""
+        )
+        return [_binary("haproxy"), "-f", str(config), "-db"]
+
+    def version(self) -> str:
+        out = subprocess.run([_binary("haproxy"), "-v"], capture_output=True, text=True).stdout
+        return out.splitlines()[0] if out else "haproxy"
+
+
+class Nginx(Proxy):
+    name = "nginx"
+
+    def write_config(self) -> list[str]:
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        common = """
+        location / {
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+        }"""
+        config = self.dir / "nginx.conf"
+        config.write_text(
+            f"""# written by bench/proxies.py
+worker_processes 1;
+worker_rlimit_nofile 19500;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{
+    worker_connections {MAX_CONNECTIONS * 2};
+}}
+http {{
+    access_log off;
+    client_body_temp_path {self.dir}/tmp/client_body;
+    proxy_temp_path {self.dir}/tmp/proxy;
+    fastcgi_temp_path {self.dir}/tmp/fastcgi;
+    uwsgi_temp_path {self.dir}/tmp/uwsgi;
+    scgi_temp_path {self.dir}/tmp/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        '' close;
+    }}
+    upstream echo {{
+        server 127.0.0.1:{self.backend_port};
+    }}
+    server {{
+        listen 127.0.0.1:{self.ws_port} backlog=4096;
+{common}
+    }}
+    server {{
+        listen 127.0.0.1:{self.wss_port} ssl backlog=4096;
+        ssl_certificate {self.cert};
+        ssl_certificate_key {self.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+{common}
+    }}
+}}
+"""
+        )
+        return [
+            _binary("nginx"),
+            "-p",
+            str(self.dir),
+            "-e",
+            str(self.dir / "error.log"),
+            "-c",
+            str(config),
+            "-g",
+            "daemon off;",
+        ]
+
+    def version(self) -> str:
+        out = subprocess.run([_binary("nginx"), "-v"], capture_output=True, text=True).stderr
+        return out.strip() or "nginx"
+
+
+def uvloop_version() -> str:
+    from importlib.metadata import version
+
+    return version("uvloop")
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise RuntimeError(f"{name} is not installed (bench/run.sh installs it)")
+    return found
+
+
+PROXIES: dict[str, type[Proxy]] = {"wslb": Wslb, "haproxy": HAProxy, "nginx": Nginx}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make bench`: install what the benchmark needs if missing, run it, write BENCHMARKS.md.
+# Not part of `make test` or CI. Quick mode for development: BENCH_QUICK=1 make bench
+# (short windows; writes bench/results/quick.* and leaves BENCHMARKS.md alone).
+# Other settings: see `python -m bench.harness` (bench/harness.py docstring).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+
+# HAProxy and nginx from Debian's packages (apt-get update once, only when one is missing).
+missing=()
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "bench: need root to install ${missing[*]}" >&2; exit 1; fi
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is missing" >&2; exit 1; }
+
+# picows (the load client and backend) and matplotlib (the plot) into the same Python.
+if ! "$PY" -c 'import picows, matplotlib' 2>/dev/null; then
+  "$PY" -m pip install -q 'picows>=1.5' 'matplotlib>=3.8'
+fi
+
+if [ "${BENCH_QUICK:-0}" != 0 ]; then
+  "$PY" -m bench.harness
+  "$PY" -m bench.report bench/results/quick.json --out bench/results/quick.md \
+    --plot bench/results/quick.png
+else
+  out="${BENCH_OUT:-bench/results/results.json}"
+  BENCH_OUT="$out" "$PY" -m bench.harness
+  "$PY" -m bench.report "$out"
+fi
