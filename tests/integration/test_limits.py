@@ -344,3 +344,51 @@ async def test_config_reload_keeps_the_load_balancer_rate_limit_spent(
     exc = await refused(url(runtime))
     assert exc.response.status_code == 503
     assert rejections(runtime, "lb_rate") == 1
+
+
+@pytest.mark.parametrize(
+    ("origin", "admitted"),
+    [
+        ("https://APP.example.com:443", True),
+        ("https://eu.apps.example.com", True),
+        ("https://apps.example.com", False),
+        ("https://app.example.com.evil.com", False),
+        ("http://app.example.com", False),
+    ],
+)
+async def test_origin_matching_through_the_proxy(
+    backends: Any, dataplane: Any, origin: str, admitted: bool
+) -> None:
+    """Exact origins compare scheme and host case-insensitively with default ports
+    dropped; `*.` entries admit subdomains only."""
+    (backend,) = await backends(1)
+    config = listener(
+        backends={"endpoints": [backend.endpoint]},
+        allowedOrigins=["https://app.example.com", "https://*.apps.example.com"],
+    )
+    runtime = await dataplane(snapshot(config))
+    if admitted:
+        await echoes(url(runtime), origin=Origin(origin))
+    else:
+        exc = await refused(url(runtime), origin=Origin(origin))
+        assert exc.response.status_code == 403
+    assert rejections(runtime, "origin") == (0 if admitted else 1)
+
+
+async def test_ipv6_client_is_matched_against_ipv6_source_ranges(
+    backends: Any, dataplane: Any
+) -> None:
+    """A listener on ::1: an IPv4 allow list refuses the IPv6 client; ::1/128 admits it."""
+    (backend,) = await backends(1)
+    for allow, admitted in ((["127.0.0.0/8"], False), (["::1/128"], True)):
+        config = listener(
+            address="::1",
+            backends={"endpoints": [backend.endpoint]},
+            sourceRanges={"allow": allow},
+        )
+        runtime = await dataplane(snapshot(config))
+        uri = f"ws://[::1]:{runtime.listeners['ws'].config.port}/"
+        if admitted:
+            await echoes(uri)
+        else:
+            assert (await refused(uri)).response.status_code == 403
