@@ -99,6 +99,15 @@ async def test_wlc_is_the_default_and_spreads_held_connections_evenly(
         assert len(one.server.connections) == len(two.server.connections) == 3
 
 
+async def test_wlc_spreads_held_connections_by_weight(backends: Any, dataplane: Any) -> None:
+    heavy, light = await backends(2)
+    endpoints = [{**heavy.endpoint, "weight": 3}, {**light.endpoint, "weight": 1}]
+    runtime = await dataplane(snapshot(listener(backends={"endpoints": endpoints})))
+    async with AsyncExitStack() as stack:
+        served = Counter([(await hold(stack, url(runtime)))[1] for _ in range(8)])
+        assert served == {heavy.name: 6, light.name: 2}
+
+
 async def test_wlc_sends_new_connections_to_the_backend_holding_fewer(
     backends: Any, dataplane: Any
 ) -> None:
