@@ -432,7 +432,9 @@ async def test_sticky_cookie_for_a_refusing_backend_falls_back_and_is_reissued(
     assert await whoami(url(runtime), additional_headers={"Cookie": fresh}) == one.name
 
 
-async def test_sticky_insert_cookie_is_not_forwarded_to_the_backend(dataplane: Any) -> None:
+async def test_sticky_insert_cookie_is_not_forwarded_and_the_backends_cookie_survives(
+    dataplane: Any,
+) -> None:
     seen: list[Request] = []
 
     def capture(connection: ServerConnection, request: Request) -> None:
@@ -442,13 +444,21 @@ async def test_sticky_insert_cookie_is_not_forwarded_to_the_backend(dataplane: A
         async for message in connection:
             await connection.send(message)
 
-    async with serve(echo, "127.0.0.1", 0, process_request=capture) as server:
+    def own_cookie(connection: ServerConnection, request: Request, response: Response) -> None:
+        response.headers["Set-Cookie"] = "app=42; Path=/"
+
+    async with serve(
+        echo, "127.0.0.1", 0, process_request=capture, process_response=own_cookie
+    ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         endpoint = {"address": "127.0.0.1", "port": port}
         runtime = await dataplane(snapshot(listener(backends=sticky_backends([endpoint]))))
         async with connect(url(runtime)) as ws:
             assert ws.response is not None
-            pair = ws.response.headers["Set-Cookie"].split(";", 1)[0]
+            set_cookies = ws.response.headers.get_all("Set-Cookie")
+        assert "app=42; Path=/" in set_cookies, set_cookies
+        (ours,) = [item for item in set_cookies if item.startswith("WSLB_STICKY=")]
+        pair = ours.split(";", 1)[0]
         cookie = f"theme=dark; {pair}; session=abc"
         async with connect(url(runtime), additional_headers={"Cookie": cookie}) as ws:
             await ws.send("x")

@@ -340,6 +340,10 @@ async def test_backend_404_with_body_goes_back_to_the_client_as_is(dataplane: An
         assert via_proxy.status == direct.status == 404
         assert without_date(via_proxy) == without_date(direct)
         assert via_proxy.body == direct.body
+        upgrades = runtime.metrics.registry.get_sample_value(
+            "wslb_dataplane_upgrades_total", {"listener": "ws", "code": "404"}
+        )
+        assert upgrades == 2
     finally:
         await backend.stop()
 
