@@ -94,8 +94,8 @@ def python() -> str:
     return sys.executable
 
 
-def pinned(cpu: int, *command: str) -> list[str]:
-    return ["taskset", "-c", str(cpu), *command]
+def pinned(cpu: int | None, *command: str) -> list[str]:
+    return [*([] if cpu is None else ["taskset", "-c", str(cpu)]), *command]
 
 
 def machine() -> dict[str, Any]:
@@ -124,9 +124,9 @@ def machine() -> dict[str, Any]:
 class Backend:
     """The picows echo backend, pinned to the load client's CPU."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: int | None = LOAD_CPU) -> None:
         self.process = subprocess.Popen(
-            pinned(LOAD_CPU, python(), "-m", "bench.echo_fast", "--port", "0"),
+            pinned(cpu, python(), "-m", "bench.echo_fast", "--port", "0"),
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
@@ -153,13 +153,15 @@ class Backend:
                 self.process.wait(10)
 
 
-def load(args: list[str], watch: dict[str, list[int]], timeout: float) -> dict[str, Any]:
+def load(
+    args: list[str], watch: dict[str, list[int]], timeout: float, cpu: int | None = LOAD_CPU
+) -> dict[str, Any]:
     """Run the load client once (pinned) and return its JSON result."""
     command = [python(), "-m", "bench.loadgen", *args]
     for name, pids in watch.items():
         command += ["--watch", f"{name}={','.join(map(str, pids))}"]
     done = subprocess.run(
-        pinned(LOAD_CPU, *command), capture_output=True, text=True, cwd=REPO, timeout=timeout
+        pinned(cpu, *command), capture_output=True, text=True, cwd=REPO, timeout=timeout
     )
     if done.returncode != 0:
         raise RuntimeError(f"loadgen {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")

@@ -57,7 +57,9 @@ class Proxy:
 
     name = ""
 
-    def __init__(self, workdir: Path, backend_port: int, cert: Path, key: Path, cpu: int) -> None:
+    def __init__(
+        self, workdir: Path, backend_port: int, cert: Path, key: Path, cpu: int | None
+    ) -> None:
         self.dir = workdir / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.backend_port = backend_port
@@ -87,8 +89,9 @@ class Proxy:
     def start(self) -> None:
         command = self.write_config()
         with open(self.log, "wb") as out:
+            pin = [] if self.cpu is None else ["taskset", "-c", str(self.cpu)]
             self.process = subprocess.Popen(
-                ["taskset", "-c", str(self.cpu), *command],
+                [*pin, *command],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
