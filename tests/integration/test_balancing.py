@@ -13,6 +13,7 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
@@ -581,3 +582,35 @@ async def test_unhealthy_backend_keeps_its_live_connections_and_gets_new_ones_af
             await wait_until(lambda: flaky_health() == 1, timeout=3)
             served = [await whoami(url(runtime)) for _ in range(4)]
             assert Counter(served) == {steady.name: 2, "flaky": 2}
+
+
+async def test_sticky_cookie_is_honoured_by_every_worker_of_one_process(
+    backends: Any, dataplane_process: Any
+) -> None:
+    """With --workers 2 the kernel spreads connections over both workers; each honours the
+    cookie (and both see the cookie another worker issued)."""
+    one, two = await backends(2)
+    port = free_port()
+    running = dataplane_process(
+        snapshot(listener(port=port, backends=sticky_backends([one.endpoint, two.endpoint]))),
+        "--workers",
+        "2",
+    )
+    await running.wait_ready()
+    uri = f"ws://127.0.0.1:{port}/"
+    cookies = await issue_cookies(uri, "WSLB_STICKY", 2)
+    for name, pair in cookies.items():
+        served = [await whoami(uri, additional_headers={"Cookie": pair}) for _ in range(8)]
+        assert served == [name] * 8
+
+    status, text = await running.admin("/metrics")
+    assert status == 200
+    upgraded_by_worker = {
+        sample.labels["worker"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "wslb_dataplane_upgrades_total" and sample.labels["code"] == "101"
+    }
+    assert len(upgraded_by_worker) == 2, upgraded_by_worker  # both workers served some
+    assert all(value >= 1 for value in upgraded_by_worker.values())
+    assert sum(upgraded_by_worker.values()) >= 16
