@@ -228,11 +228,14 @@ async def test_garbage_request_line_is_answered_400(proxy: Proxy, backend: Count
     await assert_never_reached_backend(runtime, backend)
 
 
-async def test_post_upgrade_is_answered_405(proxy: Proxy, backend: CountingBackend) -> None:
+async def test_post_upgrade_is_answered_405_allowing_get(
+    proxy: Proxy, backend: CountingBackend
+) -> None:
     runtime = await proxy()
     post = upgrade_request().replace(b"GET ", b"POST ", 1)
     answer = parse_answer(await raw_request(port_of(runtime), post))
     assert_short_error(answer, 405)
+    assert answer.headers["Allow"] == "GET"
     await assert_never_reached_backend(runtime, backend)
 
 
