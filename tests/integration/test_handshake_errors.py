@@ -311,7 +311,7 @@ async def test_slow_head_is_answered_408_after_the_handshake_timeout(
     await assert_never_reached_backend(runtime, backend)
 
 
-def direct_answer(port: int, data: bytes) -> Awaitable[bytes]:
+def read_answer(port: int, data: bytes) -> Awaitable[bytes]:
     return raw_request(port, data, read_timeout=3)
 
 
@@ -338,8 +338,8 @@ async def test_backend_404_with_body_goes_back_to_the_client_as_is(dataplane: An
         assert response.headers["X-Room"] == "lobby"
         assert [request.path for request in backend.requests] == ["/rooms/lobby"]
 
-        via_proxy = parse_answer(await direct_answer(port_of(runtime), upgrade_request()))
-        direct = parse_answer(await direct_answer(backend.port, upgrade_request()))
+        via_proxy = parse_answer(await read_answer(port_of(runtime), upgrade_request()))
+        direct = parse_answer(await read_answer(backend.port, upgrade_request()))
         assert via_proxy.status == direct.status == 404
         assert without_date(via_proxy) == without_date(direct)
         assert via_proxy.body == direct.body
