@@ -1,9 +1,10 @@
-"""`wslb-dataplane`: run the data plane standalone from a YAML file.
+"""`wslb-dataplane`: run the data plane from a YAML file or from the controller.
 
 Owns the process: argument parsing, uvloop, signals (SIGTERM/SIGINT drain and exit 0,
-SIGHUP reloads), watching the config file, the admin port, and `--workers N` (N
+SIGHUP reloads the file), watching the config file, the admin port, `--workers N` (N
 processes sharing each port with SO_REUSEPORT; the parent serves the admin port and
-merges the workers' metrics with a `worker` label).
+merges the workers' metrics with a `worker` label), and `--controller URL` (snapshots
+pushed over the config channel; see config_client.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from dataplane.admin import AdminServer
 from dataplane.config import load_file
+from dataplane.config_client import ClientSettings, ConfigClient
 from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
 from dataplane.workers import WorkerSet
@@ -33,18 +36,28 @@ WATCH_INTERVAL = 1.0
 
 @dataclass
 class Options:
-    config: Path
+    config: Path | None
     admin_host: str
     admin_port: int
     workers: int
     drain_timeout: float | None
     watch: bool
     admin_socket: str | None = None  # a worker's private admin socket
+    client: ClientSettings | None = None  # controller mode
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="wslb-dataplane", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", "-c", required=True, type=Path, help="standalone YAML file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", "-c", type=Path, help="standalone YAML file")
+    source.add_argument(
+        "--controller", help="config server URL, e.g. wss://wslb-config.ns.svc:9443"
+    )
+    parser.add_argument("--load-balancer", help="namespace/name (controller mode)")
+    parser.add_argument("--node", default=os.environ.get("POD_NAME") or socket.gethostname())
+    parser.add_argument("--token-file", type=Path, help="bearer token for the config channel")
+    parser.add_argument("--ca-file", type=Path, help="CA certificate of the config server")
+    parser.add_argument("--state-dir", type=Path, help="keeps the last applied snapshot")
     parser.add_argument(
         "--admin",
         default=os.environ.get("WSLB_ADMIN", "127.0.0.1:9901"),
@@ -65,6 +78,20 @@ def parse_args(argv: list[str] | None = None) -> Options:
     host, _, port = args.admin.rpartition(":")
     if not port.isdigit() or args.workers < 1:
         parser.error("--admin must be host:port and --workers at least 1")
+    client = None
+    if args.controller:
+        if not args.load_balancer or "/" not in args.load_balancer or not args.token_file:
+            parser.error("--controller needs --load-balancer namespace/name and --token-file")
+        if args.workers > 1:
+            parser.error("--workers applies to --config only; scale replicas instead")
+        client = ClientSettings(
+            url=args.controller,
+            load_balancer=args.load_balancer,
+            node=args.node,
+            token_file=args.token_file,
+            ca_file=args.ca_file,
+            state_dir=args.state_dir,
+        )
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -77,11 +104,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         drain_timeout=args.drain_timeout,
         watch=not args.no_watch,
         admin_socket=args.admin_socket,
+        client=client,
     )
 
 
-class Standalone:
-    """One data-plane process serving a YAML file."""
+class DataPlaneProcess:
+    """One data-plane process: a YAML file or the controller feeds its runtime."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -92,6 +120,8 @@ class Standalone:
         self._stamp: tuple[float, int, int] | None = None
 
     def _file_stamp(self) -> tuple[float, int, int] | None:
+        if self.options.config is None:
+            return None
         try:
             st = self.options.config.stat()
         except OSError:
@@ -99,6 +129,8 @@ class Standalone:
         return (st.st_mtime, st.st_size, st.st_ino)
 
     async def reload(self, first: bool = False) -> bool:
+        if self.options.config is None:
+            return False  # controller mode: snapshots arrive over the channel
         self._stamp = self._file_stamp()
         try:
             snapshot = load_file(self.options.config)
@@ -122,7 +154,13 @@ class Standalone:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        await self.reload(first=True)
+        client_task = None
+        if self.options.client is not None:
+            client = ConfigClient(self.options.client, self.runtime)
+            await client.restore()
+            client_task = loop.create_task(client.run(self.stop))
+        else:
+            await self.reload(first=True)
         if self.options.admin_socket:
             await self.admin.start_unix(self.options.admin_socket)
         else:
@@ -130,11 +168,15 @@ class Standalone:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        watcher = loop.create_task(self._watch()) if self.options.watch else None
+        watcher = None
+        if self.options.watch and self.options.config is not None:
+            watcher = loop.create_task(self._watch())
         await self.stop.wait()
         log.info("shutting down: draining connections")
         if watcher is not None:
             watcher.cancel()
+        if client_task is not None:
+            await client_task
         await self.runtime.shutdown(self.options.drain_timeout)
         await self.admin.close()
         log.info("stopped")
@@ -158,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                 ).run()
             )
         else:
-            code = _run(lambda: Standalone(options).run())
+            code = _run(lambda: DataPlaneProcess(options).run())
     except ConfigError as exc:
         print(f"wslb-dataplane: {exc}", file=sys.stderr)
         sys.exit(2)

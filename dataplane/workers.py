@@ -116,6 +116,7 @@ class WorkerSet:
         return bool(answers) and all(status == 200 for status, _ in answers)
 
     async def run(self) -> int:
+        assert self.options.config is not None
         load_file(self.options.config)  # refuse a bad config before starting anything
         os.chmod(self.runtime_dir, 0o700)
         loop = asyncio.get_running_loop()
