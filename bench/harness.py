@@ -11,7 +11,8 @@ Settings (environment):
   BENCH_QUICK=1           about 1.5 s per measurement, 1000 idle connections (development)
   BENCH_DURATION          measured seconds per measurement (default 10)
   BENCH_WARMUP            unmeasured seconds before each window (default 1)
-  BENCH_REPEAT            rounds of every measurement, interleaved by proxy (default 1)
+  BENCH_REPEAT            rounds of every measurement, interleaved by proxy (default 2;
+                          the report shows medians)
   BENCH_IDLE_CONNECTIONS  idle connections held for the RSS figure (default 5000)
   BENCH_PROXIES           comma list, of wslb,haproxy,nginx (default all)
   BENCH_TESTS             comma list, of idle,handshake,echo,bulk,wss (default all)
@@ -73,7 +74,7 @@ class Settings:
             quick=quick,
             duration=float(env.get("BENCH_DURATION", "1.5" if quick else "10")),
             warmup=float(env.get("BENCH_WARMUP", "0.3" if quick else "1")),
-            repeat=max(1, int(env.get("BENCH_REPEAT", "1"))),
+            repeat=max(1, int(env.get("BENCH_REPEAT", "1" if quick else "2"))),
             idle_connections=int(env.get("BENCH_IDLE_CONNECTIONS", "1000" if quick else "5000")),
             proxies=proxies,
             tests=tests,
@@ -178,6 +179,7 @@ def derive(measurement: Measurement, backend_pid: int) -> None:
     d["rate"] = count / wall
     d["proxy_cpu_seconds"] = proxy_cpu
     d["proxy_cpu_share"] = proxy_cpu / wall
+    d["proxy_kernel_share"] = cpu.get("proxy_system", 0.0) / proxy_cpu if proxy_cpu > 0 else 0.0
     d["load_cpu_share"] = (cpu.get("loadgen", 0.0) + cpu.get("backend", 0.0)) / wall
     d["per_proxy_cpu_second"] = count / proxy_cpu if proxy_cpu > 0 else 0.0
     if measurement.test == "bulk":
@@ -337,7 +339,8 @@ def main() -> None:
             for test in settings.tests:
                 if test == "idle":
                     continue
-                for proxy in proxies:
+                # Odd rounds go in reverse order, so drift in the machine's load evens out.
+                for proxy in proxies if rnd % 2 == 0 else proxies[::-1]:
                     m = run_load(test, proxy, backend, settings, rnd)
                     measurements.append(m)
                     d = m.derived

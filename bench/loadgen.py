@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from bench.procstat import raise_nofile, total_cpu_seconds, tree
+from bench.procstat import raise_nofile, total_cpu_seconds, total_system_seconds, tree
 
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
@@ -60,6 +60,8 @@ class Run:
 
     def _cpu(self) -> dict[str, float]:
         sample = {name: total_cpu_seconds(pids) for name, pids in self.watch.items()}
+        for name, pids in self.watch.items():
+            sample[f"{name}_system"] = total_system_seconds(pids)
         times = os.times()
         sample["loadgen"] = times.user + times.system
         return sample

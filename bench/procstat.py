@@ -24,21 +24,30 @@ def raise_nofile() -> int:
     return hard
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads); 0 if it is gone."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process (all its threads); zeros if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             text = stat.read()
     except OSError:
-        return 0.0
+        return (0.0, 0.0)
     # The command name may contain spaces: the fields start after its closing ')'.
     fields = text[text.rindex(b")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLOCK_TICKS
+    return (int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads); 0 if it is gone."""
+    return sum(cpu_split(pid))
 
 
 def total_cpu_seconds(pids: Iterable[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
+
+
+def total_system_seconds(pids: Iterable[int]) -> float:
+    """The kernel's share (stime) of a process tree's CPU time."""
+    return sum(cpu_split(pid)[1] for pid in pids)
 
 
 def rss_kib(pid: int) -> int:

@@ -143,9 +143,9 @@ def load_table(results: dict[str, Any]) -> list[str]:
     """What the load achieved: absolute rates and how busy each CPU was."""
     proxies = proxies_in(results)
     lines = [
-        "| measurement | proxy | rate (per wall second) | proxy CPU busy | CPU 0 busy "
-        "(load client + backend) | errors |",
-        "|---|---|---|---|---|---|",
+        "| measurement | proxy | rate (per wall second) | proxy CPU busy | of which kernel "
+        "| CPU 0 busy (load client + backend) | errors |",
+        "|---|---|---|---|---|---|---|",
     ]
     for metric in METRICS:
         for proxy in proxies:
@@ -161,6 +161,7 @@ def load_table(results: dict[str, Any]) -> list[str]:
             )
             unit = " MB/s" if metric.key == "bulk" else "/s"
             busy = statistics.median(m["derived"]["proxy_cpu_share"] for m in rows)
+            kernel = statistics.median(m["derived"].get("proxy_kernel_share", 0.0) for m in rows)
             load = statistics.median(m["derived"]["load_cpu_share"] for m in rows)
             errors: dict[str, int] = {}
             for m in rows:
@@ -169,7 +170,7 @@ def load_table(results: dict[str, Any]) -> list[str]:
             error_text = ", ".join(f"{k} {v}" for k, v in errors.items()) or "0"
             lines.append(
                 f"| {metric.title} | {proxy} | {fmt(rate, 1 if metric.key == 'bulk' else 0)}"
-                f"{unit} | {busy:.0%} | {load:.0%} | {error_text} |"
+                f"{unit} | {busy:.0%} | {kernel:.0%} | {load:.0%} | {error_text} |"
             )
     idle = results.get("idle", {})
     for proxy in proxies:
@@ -178,7 +179,7 @@ def load_table(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| idle connections | {proxy} | {item['connections']:,} open "
                 f"(RSS {item['rss_before_kib']:,} → {item['rss_after_kib']:,} KiB, "
-                f"{item['proxy_fds']:,} fds) | | | "
+                f"{item['proxy_fds']:,} fds) | | | | "
                 f"{', '.join(f'{k} {v}' for k, v in item['errors'].items()) or '0'} |"
             )
     return lines
