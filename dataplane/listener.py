@@ -44,12 +44,16 @@ class Capacity:
     def __init__(self, limits: LoadBalancerLimits, workers: int = 1) -> None:
         self.active = 0
         self.workers = max(1, workers)
+        self.rate = 0.0
         self.update(limits)
 
     def update(self, limits: LoadBalancerLimits) -> None:
         self.max_connections = math.ceil(limits.max_connections / self.workers)
         rate = limits.new_connections_per_second / self.workers
-        self.bucket = TokenBucket(rate)
+        if rate != self.rate:
+            # Only a changed rate gets a fresh bucket: a swap must not refill the burst.
+            self.rate = rate
+            self.bucket = TokenBucket(rate)
 
 
 def _bind_key(config: Listener) -> tuple[str, int, str, str]:

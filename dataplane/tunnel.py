@@ -52,6 +52,7 @@ log = logging.getLogger("wslb.tunnel")
 
 CLOSE_TIMEOUT = 3.0  # how long to wait for the peers' Close replies before closing TCP
 MAX_BACKEND_HEAD = 16 * 1024
+REFUSED_HEAD_WAIT = 1.0  # how long a refused client may take to send its head
 KEEPALIVE_PREFIX = b"wslb-ka-"
 
 
@@ -117,8 +118,11 @@ class ClientSide(asyncio.Protocol):
         ip = str(peer[0]) if peer else ""
         self.client_ip = ip[7:] if ip.startswith("::ffff:") else ip
         self.admission = self.listener.admit(self)
-        limits = self.listener.config.limits
-        self.timer = self.loop.call_later(limits.handshake_timeout_seconds, self._head_timeout)
+        wait = self.listener.config.limits.handshake_timeout_seconds
+        if self.admission is not None:
+            # Refused anyway: do not hold a slot for the whole handshake timeout.
+            wait = min(wait, REFUSED_HEAD_WAIT)
+        self.timer = self.loop.call_later(wait, self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.TUNNEL:
@@ -170,7 +174,10 @@ class ClientSide(asyncio.Protocol):
     def _head_timeout(self) -> None:
         self.timer = None
         if self.state is State.HEAD:
-            self._reject(Rejection(408, "Timed out reading the request"), "handshake_timeout")
+            if self.admission is not None:
+                self._reject(*self.admission)
+            else:
+                self._reject(Rejection(408, "Timed out reading the request"), "handshake_timeout")
 
     def _handle_request(self, head: bytes) -> None:
         if self.admission is not None:
@@ -225,7 +232,7 @@ class ClientSide(asyncio.Protocol):
                     )
                     assert backend.transport is not None
                     backend.transport.write(head)
-                    answer_head, rest = await backend.head
+                    answer_head = await backend.head
             except (OSError, TimeoutError, ConnectionError, ValueError) as exc:
                 endpoint.active -= 1
                 backend.abandon()
@@ -240,7 +247,7 @@ class ClientSide(asyncio.Protocol):
                 endpoint.active -= 1
                 backend.abandon()
                 return
-            self._backend_answered(backend, endpoint, answer_head, rest)
+            self._backend_answered(backend, endpoint, answer_head)
             return
         if self.state is State.CLOSED:
             return
@@ -251,9 +258,7 @@ class ClientSide(asyncio.Protocol):
         else:
             self._reject(Rejection(502, "No backend could be reached"), "backend_unavailable")
 
-    def _backend_answered(
-        self, backend: BackendSide, endpoint: EndpointState, head: bytes, rest: bytes
-    ) -> None:
+    def _backend_answered(self, backend: BackendSide, endpoint: EndpointState, head: bytes) -> None:
         listener = self.listener
         try:
             answer = parse_backend_head(head)
@@ -272,6 +277,7 @@ class ClientSide(asyncio.Protocol):
             self.endpoint = None
             listener.count_upgrade(answer.status)
             self.state = State.RELAY
+            rest = backend.attach()
             self.transport.write(head + rest)
             self.relay_remaining = (
                 None if answer.content_length is None else answer.content_length - len(rest)
@@ -290,7 +296,7 @@ class ClientSide(asyncio.Protocol):
         self.c2b = FrameTracker(config.limits.max_message_bytes, self._client_control, _own_pong)
         self.b2c = FrameTracker(config.limits.max_message_bytes, self._backend_control, _own_pong)
         self.state = State.TUNNEL
-        backend.tunnelling = True
+        rest = backend.attach()
         self.tunnel_at = self.loop.time()
         listener.tunnel_opened(self, self.tunnel_at - self.accepted_at)
         self.transport.write(head)
@@ -553,9 +559,9 @@ class BackendSide(asyncio.Protocol):
     def __init__(self, client: ClientSide) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.tunnelling = False
         self.buffer = bytearray()
-        self.head: asyncio.Future[tuple[bytes, bytes]] = client.loop.create_future()
+        self.head: asyncio.Future[bytes] = client.loop.create_future()
+        self.attached = False  # ClientSide took over: bytes go straight to it
 
     def itself(self) -> BackendSide:
         """Protocol factory for create_connection: this very instance."""
@@ -565,21 +571,25 @@ class BackendSide(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnelling:
-            self.client.backend_data(data)
-            return
-        if self.head.done():
+        if self.attached:
             self.client.backend_data(data)
             return
         self.buffer += data
+        if self.head.done():
+            return  # kept in buffer until the client side attaches
         end = self.buffer.find(HEAD_END)
         if end >= 0:
             head = bytes(self.buffer[: end + 4])
-            rest = bytes(self.buffer[end + 4 :])
-            self.buffer = bytearray()
-            self.head.set_result((head, rest))
+            del self.buffer[: end + 4]
+            self.head.set_result(head)
         elif len(self.buffer) > MAX_BACKEND_HEAD:
             self.head.set_exception(ValueError("backend response head too large"))
+
+    def attach(self) -> bytes:
+        """From now on bytes go to the client side; return those that came early."""
+        self.attached = True
+        rest, self.buffer = bytes(self.buffer), bytearray()
+        return rest
 
     def eof_received(self) -> bool | None:
         return None

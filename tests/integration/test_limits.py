@@ -318,11 +318,6 @@ async def test_config_reload_keeps_the_listener_rate_limit_spent(
     assert rejections(runtime, "listener_rate") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Capacity.update() builds a new full TokenBucket on every apply, so any "
-    "config swap refills the load balancer's newConnectionsPerSecond burst",
-)
 async def test_config_reload_keeps_the_load_balancer_rate_limit_spent(
     backends: Any, dataplane: Any
 ) -> None:
