@@ -1,0 +1,348 @@
+"""The builder: store + LoadBalancer key + version -> snapshot and status, purely.
+
+This module owns the mapping of docs/resources.md from watched objects onto one
+`lbwire.snapshot.Snapshot` per LoadBalancer, and the Accepted / ResolvedRefs conditions
+and backend counts of each Listener that names it. Same objects in, same snapshot out,
+whatever order they arrived in (listeners by name, endpoints by address and port), so
+the digest only moves when the content does. It must not import kopf, do I/O, or look
+at data-plane sessions (Programmed is status.py's).
+
+    Listener left out of the snapshot when:  spec invalid, port or nodePort taken by an
+    older Listener, HTTPS Secret missing or invalid, sticky `insert` without the
+    LoadBalancer's sticky secret.
+    Listener kept, with ResolvedRefs=False:  a backend Service (or its port) missing;
+    its endpoints are simply absent, so the data plane answers 503 before the upgrade.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
+
+from controller import status as st
+from controller.models import (
+    STICKY_SECRET_KEY,
+    TLS_CERT_KEY,
+    TLS_KEY_KEY,
+    BackendRef,
+    Listener,
+    LoadBalancer,
+    Tier,
+    key_of,
+)
+from controller.status import ACCEPTED, RESOLVED_REFS, UNKNOWN, Condition
+from controller.store import Store, config_secret_name
+from lbwire import snapshot as wire
+
+TIER_LIMITS: dict[Tier, wire.LoadBalancerLimits] = {
+    Tier.S1_SMALL: wire.LoadBalancerLimits(max_connections=5_000, new_connections_per_second=3_000),
+    Tier.S2_SMALL: wire.LoadBalancerLimits(
+        max_connections=50_000, new_connections_per_second=5_000
+    ),
+    Tier.S2_MEDIUM: wire.LoadBalancerLimits(
+        max_connections=100_000, new_connections_per_second=10_000
+    ),
+    Tier.S3_SMALL: wire.LoadBalancerLimits(
+        max_connections=200_000, new_connections_per_second=20_000
+    ),
+}
+DEFAULT_DRAIN_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ListenerResult:
+    """What the builder decided about one Listener naming this LoadBalancer."""
+
+    key: str
+    name: str
+    generation: int
+    accepted: Condition
+    resolved_refs: Condition
+    in_snapshot: bool = False
+    why_not: str = ""  # why it is not in the snapshot (for Programmed=False Pending)
+    ready_backends: int = 0
+    total_backends: int = 0
+
+
+@dataclass(frozen=True)
+class ServicePortSpec:
+    """One port of the owned data-plane Service: an accepted Listener."""
+
+    name: str
+    port: int
+    node_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Build:
+    """One LoadBalancer's build. `snapshot` is None when the LoadBalancer is missing or
+    invalid: then nothing is published and only Listener statuses are written."""
+
+    load_balancer: str
+    found: bool
+    accepted: Condition | None = None
+    snapshot: wire.Snapshot | None = None
+    listeners: tuple[ListenerResult, ...] = ()
+    ports: tuple[ServicePortSpec, ...] = ()
+    max_drain_seconds: int = DEFAULT_DRAIN_SECONDS
+    problems: tuple[str, ...] = field(default=())
+
+
+def build(store: Store, load_balancer: str, version: str) -> Build:
+    """Build the snapshot of `load_balancer` (`ns/name`) and the status of its Listeners."""
+    namespace, _, name = load_balancer.partition("/")
+    listeners = sorted(
+        store.listeners_of(load_balancer),
+        key=lambda item: (item.meta.creation_timestamp, item.meta.name),
+    )
+    lb = store.load_balancers.get(load_balancer)
+    if lb is None or lb.spec is None:
+        reason = st.REASON_LOAD_BALANCER_NOT_FOUND
+        message = f"LoadBalancer {name} not found in namespace {namespace}"
+        if lb is not None:
+            reason, message = st.REASON_INVALID, f"LoadBalancer {name} is invalid: {lb.error}"
+        results = tuple(
+            _refused(item, reason, message) if item.spec is not None else _invalid(item)
+            for item in listeners
+        )
+        accepted = None
+        if lb is not None:
+            accepted = Condition.of(
+                ACCEPTED, False, st.REASON_INVALID, lb.error or "invalid", lb.meta.generation
+            )
+        return Build(load_balancer, found=lb is not None, accepted=accepted, listeners=results)
+
+    results_list: list[ListenerResult] = []
+    built: list[wire.Listener] = []
+    ports: list[ServicePortSpec] = []
+    taken_ports: dict[int, str] = {}
+    taken_node_ports: dict[int, str] = {}
+    sticky_secret = _sticky_secret(store, lb)
+    for item in listeners:
+        if item.spec is None:
+            results_list.append(_invalid(item))
+            continue
+        spec = item.spec
+        holder = taken_ports.get(spec.port)
+        if holder is None and spec.node_port is not None:
+            holder = taken_node_ports.get(spec.node_port)
+        if holder is not None:
+            message = f"port {spec.port} or nodePort of this Listener is taken by Listener {holder}"
+            results_list.append(_refused(item, st.REASON_PORT_CONFLICT, message))
+            continue
+        result, listener = _listener(store, item, sticky_secret)
+        if result.accepted.status == "True":
+            taken_ports[spec.port] = item.meta.name
+            if spec.node_port is not None:
+                taken_node_ports[spec.node_port] = item.meta.name
+            ports.append(ServicePortSpec(item.meta.name, spec.port, spec.node_port))
+        if listener is not None:
+            built.append(listener)
+        results_list.append(result)
+
+    assert lb.spec is not None
+    snapshot = wire.Snapshot(
+        version=version,
+        load_balancer=wire.LoadBalancerInfo(
+            name=lb.meta.name, namespace=lb.meta.namespace, limits=TIER_LIMITS[lb.spec.tier]
+        ),
+        listeners=sorted(built, key=lambda item: item.name),
+    )
+    drains = [
+        item.spec.drain_timeout_seconds
+        for item in listeners
+        if item.spec is not None and item.meta.name in {port.name for port in ports}
+    ]
+    return Build(
+        load_balancer,
+        found=True,
+        accepted=Condition.of(ACCEPTED, True, st.REASON_ACCEPTED, "", lb.meta.generation),
+        snapshot=snapshot,
+        listeners=tuple(sorted(results_list, key=lambda item: item.name)),
+        ports=tuple(sorted(ports, key=lambda port: port.name)),
+        max_drain_seconds=max(drains, default=DEFAULT_DRAIN_SECONDS),
+    )
+
+
+def _refused(item: Listener, reason: str, message: str) -> ListenerResult:
+    generation = item.meta.generation
+    return ListenerResult(
+        key=item.meta.key,
+        name=item.meta.name,
+        generation=generation,
+        accepted=Condition.of(ACCEPTED, False, reason, message, generation),
+        resolved_refs=Condition(RESOLVED_REFS, UNKNOWN, reason, "not accepted", generation),
+        why_not=f"not accepted: {message}",
+    )
+
+
+def _invalid(item: Listener) -> ListenerResult:
+    return _refused(item, st.REASON_INVALID, item.error or "invalid spec")
+
+
+def _sticky_secret(store: Store, lb: LoadBalancer) -> str | None:
+    secret = store.secrets.get(key_of(lb.meta.namespace, config_secret_name(lb.meta.name)))
+    return secret.text(STICKY_SECRET_KEY) if secret is not None else None
+
+
+def _listener(
+    store: Store, item: Listener, sticky_secret: str | None
+) -> tuple[ListenerResult, wire.Listener | None]:
+    """Resolve one accepted-so-far Listener into its snapshot form."""
+    spec = item.spec
+    assert spec is not None
+    namespace, generation = item.meta.namespace, item.meta.generation
+    problems: list[tuple[str, str]] = []  # (reason, message)
+
+    endpoints: dict[str, wire.Endpoint] = {}
+    for ref in spec.backends:
+        found, problem = _endpoints(store, namespace, ref)
+        if problem is not None:
+            problems.append((st.REASON_SERVICE_NOT_FOUND, problem))
+        for endpoint in found:
+            before = endpoints.get(endpoint.key)
+            if before is not None:
+                endpoint = before.model_copy(
+                    update={
+                        "ready": before.ready or endpoint.ready,
+                        "draining": before.draining and endpoint.draining,
+                    }
+                )
+            endpoints[endpoint.key] = endpoint
+    ordered = sorted(endpoints.values(), key=lambda e: (e.address, e.port))
+
+    tls: wire.Tls | None = None
+    blocking = False
+    if spec.tls is not None:
+        secret_name = spec.tls.secret_name
+        secret = store.secrets.get(key_of(namespace, secret_name))
+        if secret is None:
+            problems.append((st.REASON_SECRET_NOT_FOUND, f"Secret {secret_name} not found"))
+            blocking = True
+        else:
+            cert, key = secret.text(TLS_CERT_KEY), secret.text(TLS_KEY_KEY)
+            error = certificate_problem(cert or "", key or "")
+            if error is not None or cert is None or key is None:
+                problems.append((st.REASON_INVALID_CERTIFICATE, f"Secret {secret_name}: {error}"))
+                blocking = True
+            else:
+                tls = wire.Tls(
+                    certificates=[wire.Certificate(certificate_pem=cert, private_key_pem=key)],
+                    min_version=spec.tls.min_version,
+                )
+
+    sticky = spec.sticky_session
+    if sticky.mode is wire.StickyMode.INSERT and not sticky_secret:
+        name = config_secret_name(item.ref)
+        problems.append(
+            (st.REASON_SECRET_NOT_FOUND, f"Secret {name} (key {STICKY_SECRET_KEY}) not found")
+        )
+        blocking = True
+
+    if problems:
+        reason = problems[0][0]
+        message = "; ".join(message for _, message in problems)
+        resolved = Condition.of(RESOLVED_REFS, False, reason, message, generation)
+    else:
+        resolved = Condition.of(RESOLVED_REFS, True, st.REASON_RESOLVED_REFS, "", generation)
+    counts = {
+        "ready_backends": sum(1 for e in ordered if e.ready),
+        "total_backends": len(ordered),
+    }
+    accepted = Condition.of(ACCEPTED, True, st.REASON_ACCEPTED, "", generation)
+    if blocking:
+        why = f"unresolved references: {resolved.message}"
+        result = ListenerResult(
+            item.meta.key, item.meta.name, generation, accepted, resolved, False, why, **counts
+        )
+        return result, None
+    try:
+        listener = wire.Listener(
+            name=item.meta.name,
+            protocol=spec.protocol,
+            port=spec.port,
+            tls=tls,
+            backends=wire.Backends(
+                scheduler=spec.scheduler,
+                hash=wire.HashPolicy(source=spec.hash.source, name=spec.hash.name or None),
+                sticky=wire.StickySession(
+                    mode=sticky.mode,
+                    cookie_name=sticky.cookie_name,
+                    max_age_seconds=sticky.max_age_seconds,
+                    secret=sticky_secret if sticky.mode is wire.StickyMode.INSERT else None,
+                ),
+                health_check=spec.health_check,
+                endpoints=ordered,
+            ),
+            idle_timeout_seconds=spec.idle_timeout_seconds,
+            keepalive=spec.keepalive,
+            drain_timeout_seconds=spec.drain_timeout_seconds,
+            limits=spec.limits,
+            source_ranges=spec.source_ranges,
+            allowed_origins=sorted(spec.allowed_origins),
+            forwarded_headers=spec.forwarded_headers,
+            generation=generation,
+        )
+    except ValidationError as exc:
+        message = "; ".join(
+            ".".join(str(p) for p in ("spec", *e["loc"])) + f": {e['msg']}" for e in exc.errors()
+        )
+        return _refused(item, st.REASON_INVALID, message), None
+    result = ListenerResult(
+        item.meta.key, item.meta.name, generation, accepted, resolved, True, "", **counts
+    )
+    return result, listener
+
+
+def _endpoints(
+    store: Store, namespace: str, ref: BackendRef
+) -> tuple[list[wire.Endpoint], str | None]:
+    """The endpoints of one backend entry, through the Service port's name."""
+    service = store.services.get(key_of(namespace, ref.service_name))
+    if service is None:
+        return [], f"Service {ref.service_name} not found"
+    service_port = service.port(ref.port)
+    if service_port is None:
+        return [], f"Service {ref.service_name} has no port {ref.port}"
+    found = []
+    for item in store.slices_of(service.meta.key):
+        number = item.port(service_port.name)
+        if number is None:
+            continue
+        for endpoint in item.endpoints:
+            for address in endpoint.addresses:
+                found.append(
+                    wire.Endpoint(
+                        address=address,
+                        port=number,
+                        weight=ref.weight,
+                        ready=endpoint.ready,
+                        draining=endpoint.terminating and not endpoint.ready,
+                    )
+                )
+    return found, None
+
+
+@functools.lru_cache(maxsize=256)
+def certificate_problem(certificate_pem: str, private_key_pem: str) -> str | None:
+    """None when the PEM chain and key load and match; else what is wrong."""
+    if not certificate_pem:
+        return f"no {TLS_CERT_KEY}"
+    if not private_key_pem:
+        return f"no {TLS_KEY_KEY}"
+    try:
+        chain = x509.load_pem_x509_certificates(certificate_pem.encode())
+    except ValueError as exc:
+        return f"{TLS_CERT_KEY} is not a PEM certificate chain ({exc})"
+    try:
+        key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        return f"{TLS_KEY_KEY} is not an unencrypted PEM private key ({exc})"
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(*raw) != key.public_key().public_bytes(*raw):
+        return f"{TLS_KEY_KEY} does not match the first certificate of {TLS_CERT_KEY}"
+    return None
