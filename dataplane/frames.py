@@ -148,7 +148,67 @@ class FrameTracker:
             # Fast path: the whole chunk is payload of the current data frame.
             self._skip -= len(data)
             return data
-        return self._parse(data, forward=True)
+        if self._skip or self._head or self._ctrl is not None or self._inject:
+            return self._parse(data, forward=True)
+        # Fast path: whole data frames from a boundary, the common case of small messages.
+        pos = self._scan_data_frames(data)
+        if pos == len(data):
+            return data
+        rest = data[pos:]
+        out = self._parse(rest, forward=True)
+        if out is rest:
+            return data
+        return data[:pos] + out
+
+    def _scan_data_frames(self, data: bytes) -> int:
+        """Follow data frames from offset 0; stop before anything the full parser must see
+        (control frames, 64-bit lengths, limits, split headers). Returns the stop offset."""
+        pos = 0
+        size = len(data)
+        message_bytes = self._message_bytes
+        limit = self.max_message
+        frames = messages = 0
+        while pos + 2 <= size:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            opcode = b0 & 0x0F
+            length = b1 & 0x7F
+            header = 2
+            if length == 126:
+                if pos + 4 > size:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                header = 4
+            elif length == 127:
+                break
+            if b1 & 0x80:
+                header += 4
+            if pos + header > size:
+                break
+            if opcode == OP_CONT:
+                total = message_bytes + length
+            elif opcode in (OP_TEXT, OP_BINARY):
+                total = length
+            else:
+                break
+            if total > limit:
+                break
+            frames += 1
+            if b0 & 0x80:
+                messages += 1
+                message_bytes = 0
+            else:
+                message_bytes = total
+            end = pos + header + length
+            if end > size:
+                self._skip = end - size
+                pos = size
+                break
+            pos = end
+        self._message_bytes = message_bytes
+        self.frames += frames
+        self.messages += messages
+        return pos
 
     def _parse(self, data: bytes, forward: bool) -> bytes:
         pieces: list[bytes] = []
