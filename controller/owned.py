@@ -1,0 +1,307 @@
+"""The objects the controller owns per LoadBalancer, and how they reach the cluster.
+
+Pure builders (no I/O, no kopf) turn a LoadBalancer and its build into plain manifests:
+the config Secret `<lb>-wslb-config`, the data-plane Deployment and Service `<lb>-wslb`,
+and the headless metrics Service `<lb>-wslb-metrics` (docs/resources.md). Each carries a
+controller owner reference to the LoadBalancer, so deleting it garbage-collects them.
+
+The I/O functions at the bottom are the only ones here that talk to the API server:
+server-side apply with field manager `wslb-controller` for the Deployment and Services,
+and create-once for the Secret, whose token must stay stable for as long as the
+LoadBalancer lives (only its `ca.crt` is refreshed, by a merge patch of that key alone).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube import AsyncClient, codecs
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
+
+from controller.builder import ServicePortSpec
+from controller.models import (
+    CA_KEY,
+    GROUP,
+    STICKY_SECRET_KEY,
+    TOKEN_KEY,
+    VERSION,
+    LoadBalancer,
+    ServiceType,
+)
+from controller.store import config_secret_name, owned_name
+
+FIELD_MANAGER = "wslb-controller"
+ADMIN_PORT = 9901
+RUN_AS = 10001  # the image's user (Dockerfile)
+DRAIN_MARGIN_SECONDS = 15
+LB_LABEL = "wslb.io/load-balancer"
+NAME_LABEL = "app.kubernetes.io/name"
+DATA_PLANE = "wslb-dataplane"
+CONFIG_MOUNT = "/etc/wslb/config"
+STATE_DIR = "/var/lib/wslb"
+
+
+@dataclass(frozen=True)
+class DataPlaneParams:
+    """What every data-plane Deployment shares: image and where the controller is."""
+
+    image: str
+    config_url: str
+    ca_pem: str = ""
+    image_pull_policy: str = "IfNotPresent"
+
+
+def metrics_service_name(load_balancer: str) -> str:
+    return f"{owned_name(load_balancer)}-metrics"
+
+
+def selector(lb: LoadBalancer) -> dict[str, str]:
+    return {NAME_LABEL: DATA_PLANE, LB_LABEL: lb.meta.name}
+
+
+def labels(lb: LoadBalancer) -> dict[str, str]:
+    return {**selector(lb), "app.kubernetes.io/managed-by": FIELD_MANAGER}
+
+
+def owner_reference(lb: LoadBalancer) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LoadBalancer",
+        "name": lb.meta.name,
+        "uid": lb.meta.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(lb: LoadBalancer, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": lb.meta.namespace,
+        "labels": labels(lb),
+        "ownerReferences": [owner_reference(lb)],
+    }
+
+
+def new_token() -> str:
+    """A fresh bearer token: 32 random bytes, url-safe base64."""
+    return secrets.token_urlsafe(32)
+
+
+def config_secret(
+    lb: LoadBalancer, ca_pem: str, token_factory: Callable[[], str] = new_token
+) -> dict[str, Any]:
+    """The config Secret, with a new token and sticky-cookie key (created once only)."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(lb, config_secret_name(lb.meta.name)),
+        "type": "Opaque",
+        "data": {
+            TOKEN_KEY: b64(token_factory()),
+            CA_KEY: b64(ca_pem),
+            STICKY_SECRET_KEY: b64(token_factory()),
+        },
+    }
+
+
+def deployment(
+    lb: LoadBalancer,
+    ports: Sequence[ServicePortSpec],
+    max_drain_seconds: int,
+    params: DataPlaneParams,
+) -> dict[str, Any]:
+    """The data-plane Deployment: non-root, read-only root filesystem, probes on the
+    admin port, and a grace period longer than the longest listener drain."""
+    assert lb.spec is not None
+    name = lb.meta.name
+    args = [
+        "wslb-dataplane",
+        "--controller",
+        params.config_url,
+        "--load-balancer",
+        lb.meta.key,
+        "--node",
+        "$(POD_NAME)",
+        "--token-file",
+        f"{CONFIG_MOUNT}/{TOKEN_KEY}",
+        "--ca-file",
+        f"{CONFIG_MOUNT}/{CA_KEY}",
+        "--state-dir",
+        STATE_DIR,
+        "--admin",
+        f"0.0.0.0:{ADMIN_PORT}",
+    ]
+    container_ports = [
+        {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        *({"containerPort": port.port, "protocol": "TCP"} for port in ports),
+    ]
+
+    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": ADMIN_PORT},
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        }
+
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(lb, owned_name(name)),
+        "spec": {
+            "replicas": lb.spec.replicas,
+            "selector": {"matchLabels": selector(lb)},
+            # Never fewer ready data planes than asked for during a rollout.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {"labels": labels(lb)},
+                "spec": {
+                    "automountServiceAccountToken": False,  # it never talks to the API
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": max_drain_seconds + DRAIN_MARGIN_SECONDS,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                        # Listener ports below 1024 without root or capabilities.
+                        "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+                    },
+                    "containers": [
+                        {
+                            "name": "dataplane",
+                            "image": params.image,
+                            "imagePullPolicy": params.image_pull_policy,
+                            "args": args,
+                            "env": [
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                }
+                            ],
+                            "ports": container_ports,
+                            "readinessProbe": probe("/readyz", 2, 2),
+                            "livenessProbe": probe("/healthz", 10, 3),
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+                                {"name": "state", "mountPath": STATE_DIR},
+                                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "config",
+                            "secret": {
+                                "secretName": config_secret_name(name),
+                                "items": [
+                                    {"key": TOKEN_KEY, "path": TOKEN_KEY},
+                                    {"key": CA_KEY, "path": CA_KEY},
+                                ],
+                            },
+                        },
+                        {"name": "state", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(lb: LoadBalancer, ports: Sequence[ServicePortSpec]) -> dict[str, Any]:
+    """The data-plane Service: one port per accepted Listener; nodePorts where they apply."""
+    assert lb.spec is not None
+    service_type = lb.spec.service.type
+    has_node_ports = service_type is not ServiceType.CLUSTER_IP
+    rendered = []
+    for port in ports:
+        item: dict[str, Any] = {
+            "name": port.name,
+            "port": port.port,
+            "targetPort": port.port,
+            "protocol": "TCP",
+        }
+        if has_node_ports and port.node_port is not None:
+            item["nodePort"] = port.node_port
+        rendered.append(item)
+    metadata = _metadata(lb, owned_name(lb.meta.name))
+    if lb.spec.service.annotations:
+        metadata["annotations"] = dict(lb.spec.service.annotations)
+    spec: dict[str, Any] = {
+        "type": service_type.value,
+        "selector": selector(lb),
+        "ports": rendered,
+    }
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
+
+
+def metrics_service(lb: LoadBalancer) -> dict[str, Any]:
+    """Headless Service over every data plane's admin port, for Prometheus discovery."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(lb, metrics_service_name(lb.meta.name)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector(lb),
+            "ports": [
+                {"name": "admin", "port": ADMIN_PORT, "targetPort": ADMIN_PORT, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+async def apply(client: AsyncClient, manifest: dict[str, Any]) -> None:
+    """Server-side apply one manifest as `wslb-controller`, taking over conflicting fields."""
+    obj = codecs.from_dict(manifest)
+    await client.apply(obj, field_manager=FIELD_MANAGER, force=True)
+
+
+async def ensure_config_secret(client: AsyncClient, manifest: dict[str, Any]) -> bool:
+    """Create the config Secret unless it exists; return True when it was created.
+    An existing Secret is never overwritten: its token must stay stable."""
+    try:
+        await client.create(codecs.from_dict(manifest), field_manager=FIELD_MANAGER)
+    except ApiError as exc:
+        if exc.status.code == 409:  # AlreadyExists
+            return False
+        raise
+    return True
+
+
+async def refresh_ca(client: AsyncClient, namespace: str, name: str, ca_pem: str) -> None:
+    """Replace only `ca.crt` of an existing config Secret (the config server's CA rotated)."""
+    patch = {"data": {CA_KEY: base64.b64encode(ca_pem.encode()).decode()}}
+    await client.patch(
+        Secret,
+        name,
+        patch,
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+        field_manager=FIELD_MANAGER,
+    )

@@ -1,0 +1,421 @@
+"""The debounced rebuild loop: dirty LoadBalancers -> snapshot, owned objects, status.
+
+This module owns when things happen. Handlers mark LoadBalancer keys dirty; after a
+quiet holdoff (bounded by a maximum delay, so a stream of changes cannot starve it) one
+round rebuilds every dirty LoadBalancer from the store: publish the snapshot to the
+config server when its digest moved, apply the owned objects that changed, and patch
+the status of the LoadBalancer and its Listeners that changed. Nothing is built until
+every watched kind has finished its initial listing, so a restarted controller never
+pushes an empty or partial snapshot. A failed apply or status patch is logged, counted
+and retried after `retry_seconds`.
+
+What is built is builder.py's; what the conditions say is status.py's; how the owned
+objects look is owned.py's. The Kubernetes I/O is behind the `Cluster` protocol; its
+lightkube implementation, `LightkubeCluster`, is at the bottom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from lightkube import AsyncClient
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
+
+from controller import owned
+from controller import status as st
+from controller.builder import Build, build
+from controller.metrics import ControllerMetrics
+from controller.models import (
+    CA_KEY,
+    GROUP,
+    TOKEN_KEY,
+    VERSION,
+    Kind,
+    Listener,
+    LoadBalancer,
+    ServiceType,
+    key_of,
+)
+from controller.store import Store, config_secret_name, owned_name
+from lbwire.session import PushSession
+from lbwire.snapshot import Snapshot
+
+log = logging.getLogger("wslb.reconciler")
+
+LoadBalancerResource = create_namespaced_resource(
+    GROUP, VERSION, "LoadBalancer", "loadbalancers", verbs=None
+)
+ListenerResource = create_namespaced_resource(GROUP, VERSION, "Listener", "listeners", verbs=None)
+
+
+class Publisher(Protocol):
+    """The config server, as the reconciler sees it."""
+
+    def publish(self, load_balancer: str, snapshot: Snapshot) -> None: ...
+    def forget(self, load_balancer: str) -> None: ...
+    def sessions(self, load_balancer: str) -> list[PushSession]: ...
+
+
+class Cluster(Protocol):
+    """The API-server writes the reconciler makes."""
+
+    async def ensure_config_secret(self, manifest: dict[str, Any]) -> bool: ...
+    async def refresh_ca(self, namespace: str, name: str, ca_pem: str) -> None: ...
+    async def apply(self, manifest: dict[str, Any]) -> None: ...
+    async def patch_status(
+        self, kind: Kind, namespace: str, name: str, status: dict[str, Any]
+    ) -> None: ...
+
+
+def rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        cluster: Cluster,
+        params: owned.DataPlaneParams,
+        *,
+        server: Publisher | None = None,
+        metrics: ControllerMetrics | None = None,
+        holdoff: float = 0.1,
+        max_delay: float = 1.0,
+        retry: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.params = params
+        self.server = server
+        self.metrics = metrics if metrics is not None else ControllerMetrics()
+        self.holdoff = holdoff
+        self.max_delay = max_delay
+        self.retry = retry
+        self.clock = clock
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._last_mark = 0.0
+        self._last_version = 0
+        self._changed_at: dict[str, float] = {}  # lb -> wall time of its first unbuilt change
+        self._awaiting: dict[str, tuple[str, float]] = {}  # lb -> (digest, changed_at)
+        self._published: dict[str, Snapshot] = {}
+        self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}  # (lb, kind, name)
+        self._written: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, key, uid)
+        self._tokens: dict[str, str] = {}  # created by us, until the watch shows the Secret
+        self.rounds = 0
+
+    # ------------------------------------------------------------------ inputs
+
+    def mark_dirty(self, keys: Iterable[str]) -> None:
+        """These LoadBalancers (`ns/name`) changed; rebuild them after the holdoff."""
+        now = self.clock()
+        added = False
+        for key in keys:
+            if key:
+                self._dirty.add(key)
+                self._changed_at.setdefault(key, now)
+                added = True
+        if added:
+            self._last_mark = time.monotonic()
+            self._wake.set()
+
+    def sessions_changed(self, load_balancer: str) -> None:
+        """The config server's `on_change`: a data plane connected, left, acked or nacked.
+        Only status can move, so no change time is recorded for propagation latency."""
+        self._dirty.add(load_balancer)
+        self._last_mark = time.monotonic()
+        self._wake.set()
+
+    def mark_synced(self) -> None:
+        """Every kind has listed (kopf's index pre-population is over): open the gate and
+        rebuild every LoadBalancer known."""
+        if self.store.synced:
+            return
+        for kind in Kind:
+            self.store.mark_listed(kind)
+        log.info("initial listing complete: %d LoadBalancers", len(self.store.load_balancers))
+        self.mark_dirty(list(self.store.load_balancers))
+        self._wake.set()
+
+    @property
+    def synced(self) -> bool:
+        return self.store.synced
+
+    def token_for(self, load_balancer: str) -> str | None:
+        """The config server's `tokens`: the bearer token of a LoadBalancer, or None."""
+        namespace, _, name = load_balancer.partition("/")
+        secret = self.store.secrets.get(key_of(namespace, config_secret_name(name)))
+        if secret is not None:
+            token = secret.text(TOKEN_KEY)
+            if token:
+                return token
+        return self._tokens.get(load_balancer)
+
+    def next_version(self) -> str:
+        """Milliseconds since the epoch, strictly increasing within this process."""
+        self._last_version = max(int(self.clock() * 1000), self._last_version + 1)
+        return str(self._last_version)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        """Rebuild dirty LoadBalancers forever: holdoff after the last change, at most
+        `max_delay` after the first, never before the initial listing."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.store.synced or not self._dirty:
+                continue
+            first = time.monotonic()
+            while True:
+                deadline = min(self._last_mark + self.holdoff, first + self.max_delay)
+                delay = deadline - time.monotonic()
+                if delay <= 0:
+                    break
+                await asyncio.sleep(delay)
+            self._wake.clear()
+            await self.round()
+
+    async def round(self) -> None:
+        """One rebuild of every dirty LoadBalancer (public for tests)."""
+        keys, self._dirty = sorted(self._dirty), set()
+        self.rounds += 1
+        for key in keys:
+            try:
+                await self.reconcile(key)
+            except Exception:
+                log.exception("reconcile of %s failed", key)
+                self.metrics.reconciled("error")
+                self._retry_later(key)
+            else:
+                self.metrics.reconciled("ok")
+
+    def _retry_later(self, key: str) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.retry, self.sessions_changed, key)
+
+    async def reconcile(self, key: str) -> None:
+        started = time.perf_counter()
+        result = build(self.store, key, self.next_version())
+        published = self._publish(key, result)
+        self.metrics.built(time.perf_counter() - started, published)
+        sessions = self.server.sessions(key) if self.server is not None else []
+        self._observe_propagation(key, sessions)
+        ok = True
+        if result.found and result.snapshot is not None:
+            ok = await self._apply_owned(key, result) and ok
+        ok = await self._write_statuses(key, result, sessions) and ok
+        if not ok:
+            self._retry_later(key)
+
+    # ------------------------------------------------------------------ steps
+
+    def _publish(self, key: str, result: Build) -> bool:
+        changed_at = self._changed_at.pop(key, None)
+        if not result.found:
+            if self._published.pop(key, None) is not None and self.server is not None:
+                self.server.forget(key)
+            self._awaiting.pop(key, None)
+            self._tokens.pop(key, None)
+            for cache_key in [k for k in self._applied if k[0] == key]:
+                del self._applied[cache_key]
+            self.metrics.forgotten(key)
+            return False
+        snapshot = result.snapshot
+        if snapshot is None:
+            return False
+        before = self._published.get(key)
+        if before is not None and before.digest() == snapshot.digest():
+            return False
+        self._published[key] = snapshot
+        if self.server is not None:
+            self.server.publish(key, snapshot)
+        if changed_at is not None:
+            self._awaiting[key] = (snapshot.digest(), changed_at)
+        log.info(
+            "published %s version %s (%d listeners)", key, snapshot.version, len(snapshot.listeners)
+        )
+        return True
+
+    def _observe_propagation(self, key: str, sessions: list[PushSession]) -> None:
+        awaiting = self._awaiting.get(key)
+        if awaiting is None or not sessions:
+            return
+        digest, changed_at = awaiting
+        if all(session.applied_digest == digest for session in sessions):
+            del self._awaiting[key]
+            self.metrics.propagated(key, max(0.0, self.clock() - changed_at))
+
+    async def _apply_owned(self, key: str, result: Build) -> bool:
+        lb = self.store.load_balancers[key]
+        namespace, name = lb.meta.namespace, lb.meta.name
+        ok = True
+        try:
+            secret = self.store.secrets.get(key_of(namespace, config_secret_name(name)))
+            if secret is None and key not in self._tokens:
+                manifest = owned.config_secret(lb, self.params.ca_pem)
+                token = manifest["data"][TOKEN_KEY]
+                if await self.cluster.ensure_config_secret(manifest):
+                    self._tokens[key] = base64.b64decode(token).decode()
+                    log.info("created Secret %s/%s", namespace, config_secret_name(name))
+            elif (
+                secret is not None
+                and self.params.ca_pem
+                and secret.text(CA_KEY) != self.params.ca_pem
+            ):
+                await self.cluster.refresh_ca(
+                    namespace, config_secret_name(name), self.params.ca_pem
+                )
+        except Exception:
+            log.exception("config Secret of %s", key)
+            self.metrics.apply_errors_total.inc()
+            ok = False
+        manifests = [
+            owned.deployment(lb, result.ports, result.max_drain_seconds, self.params),
+            owned.service(lb, result.ports),
+            owned.metrics_service(lb),
+        ]
+        for manifest in manifests:
+            cache_key = (key, str(manifest["kind"]), str(manifest["metadata"]["name"]))
+            if self._applied.get(cache_key) == manifest:
+                continue
+            try:
+                await self.cluster.apply(manifest)
+            except Exception:
+                log.exception("apply %s %s/%s", cache_key[1], namespace, cache_key[2])
+                self.metrics.apply_errors_total.inc()
+                ok = False
+            else:
+                self._applied[cache_key] = manifest
+        return ok
+
+    async def _write_statuses(self, key: str, result: Build, sessions: list[PushSession]) -> bool:
+        now = rfc3339(self.clock())
+        ok = True
+        for item in result.listeners:
+            listener = self.store.listeners.get(item.key)
+            if listener is None:
+                continue
+            programmed = st.listener_programmed(
+                item.name, item.generation, sessions, item.in_snapshot, item.why_not
+            )
+            conditions = [item.accepted, item.resolved_refs, programmed]
+            body: dict[str, Any] = {
+                "observedGeneration": item.generation,
+                "readyBackends": item.ready_backends,
+                "totalBackends": item.total_backends,
+            }
+            ok = await self._patch(Kind.LISTENER, listener, body, conditions, now) and ok
+        lb = self.store.load_balancers.get(key)
+        if lb is not None and result.accepted is not None:
+            generation = lb.meta.generation
+            digest = result.snapshot.digest() if result.snapshot is not None else None
+            lb_conditions = [
+                result.accepted,
+                st.load_balancer_programmed(digest, sessions, generation),
+            ]
+            replicas = lb.spec.replicas if lb.spec is not None else 0
+            body = {
+                "observedGeneration": generation,
+                "address": self._address(key),
+                "dataPlanes": {
+                    "desired": replicas,
+                    "connected": len(sessions),
+                    "acked": st.acked_count(digest, sessions),
+                },
+                "appliedVersion": st.applied_version(sessions),
+            }
+            ok = await self._patch(Kind.LOAD_BALANCER, lb, body, lb_conditions, now) and ok
+        return ok
+
+    async def _patch(
+        self,
+        kind: Kind,
+        obj: LoadBalancer | Listener,
+        body: dict[str, Any],
+        conditions: list[st.Condition],
+        now: str,
+    ) -> bool:
+        """Patch a status unless it already says that; True unless the patch failed."""
+        meta = obj.meta
+        cache_key = (kind.value, meta.key, meta.uid)
+        written = self._written.get(cache_key)
+        basis = written if written is not None else obj.status
+        desired = {
+            **body,
+            "conditions": st.merge_conditions(basis.get("conditions") or [], conditions, now),
+        }
+        if desired == written or _same(desired, obj.status):
+            return True
+        try:
+            await self.cluster.patch_status(kind, meta.namespace, meta.name, desired)
+        except Exception as exc:
+            log.warning("status of %s %s not written: %s", kind.value, meta.key, exc)
+            self.metrics.status_patch_errors_total.labels(kind.value).inc()
+            return False
+        self._written[cache_key] = desired
+        return True
+
+    def _address(self, key: str) -> str:
+        namespace, _, name = key.partition("/")
+        service = self.store.services.get(key_of(namespace, owned_name(name)))
+        if service is None:
+            return ""
+        if service.ingress:
+            return ", ".join(service.ingress)
+        node_ports = [port.node_port for port in service.ports if port.node_port]
+        if service.type != ServiceType.CLUSTER_IP.value and node_ports:
+            return ", ".join(f"<nodeIP>:{port}" for port in node_ports)
+        return service.cluster_ip
+
+
+def _same(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """True when `current` already carries every field of `desired` with the same value
+    (a null in `desired` matches an absent field)."""
+    return all(current.get(field) == value for field, value in desired.items())
+
+
+# --------------------------------------------------------------------------- lightkube
+
+
+class LightkubeCluster:
+    """`Cluster` over a lightkube AsyncClient."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    async def ensure_config_secret(self, manifest: dict[str, Any]) -> bool:
+        return await owned.ensure_config_secret(self.client, manifest)
+
+    async def refresh_ca(self, namespace: str, name: str, ca_pem: str) -> None:
+        await owned.refresh_ca(self.client, namespace, name, ca_pem)
+
+    async def apply(self, manifest: dict[str, Any]) -> None:
+        await owned.apply(self.client, manifest)
+
+    async def patch_status(
+        self, kind: Kind, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        resource = LoadBalancerResource if kind is Kind.LOAD_BALANCER else ListenerResource
+        await self.client.patch(
+            resource.Status,
+            name,
+            {"status": status},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+            field_manager=owned.FIELD_MANAGER,
+        )
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.close()
