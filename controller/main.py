@@ -1,0 +1,168 @@
+"""`wslb-controller`: the process that wires the controller together.
+
+Owns startup and shutdown order: settings, the config server's TLS, the store, the
+reconciler, the config server, the health/metrics HTTP server, then kopf (cluster-wide,
+or the namespaces of WSLB_WATCH_NAMESPACES). kopf handles SIGTERM/SIGINT; when it
+returns, the reconciler stops and the servers close. Nothing here decides what to build.
+
+    /metrics  Prometheus text of ControllerMetrics
+    /healthz  200 while the process serves
+    /readyz   200 once every kind has listed and the config server is listening
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import kopf
+from lightkube import AsyncClient
+
+from controller import handlers
+from controller.config_server import ConfigServer
+from controller.metrics import ControllerMetrics
+from controller.owned import FIELD_MANAGER, DataPlaneParams
+from controller.reconciler import LightkubeCluster, Reconciler
+from controller.settings import Settings
+from controller.store import Store
+
+log = logging.getLogger("wslb.controller")
+
+MAX_REQUEST_HEAD = 8192
+REQUEST_TIMEOUT = 5.0
+
+
+def server_tls(directory: Path) -> tuple[ssl.SSLContext, str]:
+    """The config server's TLS context and the CA PEM data planes must trust."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
+    ca = directory / "ca.crt"
+    ca_pem = ca.read_text() if ca.exists() else (directory / "tls.crt").read_text()
+    return context, ca_pem
+
+
+class HealthServer:
+    """A tiny HTTP/1.1 server for the kubelet's probes and Prometheus."""
+
+    def __init__(self, metrics: ControllerMetrics, ready: Callable[[], bool]) -> None:
+        self.metrics = metrics
+        self.ready = ready
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._handle, host, port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            parts = head.split(b"\r\n", 1)[0].split()
+            path = parts[1].decode("ascii", "replace").split("?", 1)[0] if len(parts) > 1 else ""
+            status, content_type, body = self._route(path)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def _route(self, path: str) -> tuple[str, str, bytes]:
+        if path == "/metrics":
+            return "200 OK", "text/plain; version=0.0.4", self.metrics.render()
+        if path == "/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == "/readyz":
+            if self.ready():
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", b"initial listing not complete\n"
+        return "404 Not Found", "text/plain", b"not found\n"
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run the controller until kopf stops (a signal, or `stop` being set)."""
+    context, ca_pem = server_tls(Path(settings.config_tls_dir))
+    metrics = ControllerMetrics()
+    store = Store()
+    cluster = LightkubeCluster(AsyncClient(field_manager=FIELD_MANAGER))
+    reconciler = Reconciler(
+        store,
+        cluster,
+        DataPlaneParams(
+            image=settings.image,
+            config_url=settings.config_url,
+            ca_pem=ca_pem,
+            image_pull_policy=settings.image_pull_policy,
+        ),
+        metrics=metrics,
+        holdoff=settings.holdoff_seconds,
+        max_delay=settings.max_delay_seconds,
+        retry=settings.retry_seconds,
+    )
+    server = ConfigServer(
+        tokens=reconciler.token_for,
+        ssl_context=context,
+        on_change=reconciler.sessions_changed,
+        metrics=metrics,
+    )
+    reconciler.server = server
+    health = HealthServer(metrics, lambda: reconciler.synced and server.listening)
+
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, store, reconciler, metrics)
+    kopf_settings = kopf.OperatorSettings()
+    handlers.configure(kopf_settings)
+
+    await server.start(settings.config_host, settings.config_port)
+    await health.start("0.0.0.0", settings.http_port)
+    loop_task = asyncio.create_task(reconciler.run(), name="reconciler")
+    namespaces = list(settings.watch_namespaces)
+    log.info(
+        "watching %s; data planes dial %s",
+        ", ".join(namespaces) or "all namespaces",
+        settings.config_url,
+    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=kopf_settings,
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            stop_flag=stop,
+        )
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await health.close()
+        await server.close()
+        await cluster.close()
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()
