@@ -1,0 +1,156 @@
+"""Kubernetes object bodies for the controller's unit tests, as the API server sends them."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from controller.models import Kind, parse
+from controller.store import Store
+
+NS = "default"
+T0 = "2026-01-01T00:00:00Z"
+
+
+def meta(name: str, ns: str = NS, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": ns,
+        "uid": f"uid-{name}",
+        "creationTimestamp": T0,
+        "generation": 1,
+        **extra,
+    }
+
+
+def load_balancer(name: str = "lb", ns: str = NS, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "wslb.io/v1alpha1",
+        "kind": "LoadBalancer",
+        "metadata": meta(name, ns),
+        "spec": spec,
+    }
+
+
+def listener(
+    name: str = "web",
+    *,
+    lb: str = "lb",
+    port: int = 80,
+    backends: list[dict[str, Any]] | None = None,
+    generation: int = 1,
+    created: str = T0,
+    ns: str = NS,
+    **spec: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "wslb.io/v1alpha1",
+        "kind": "Listener",
+        "metadata": meta(name, ns, generation=generation, creationTimestamp=created),
+        "spec": {
+            "loadBalancerRef": {"name": lb},
+            "protocol": "HTTP",
+            "port": port,
+            "backends": backends
+            if backends is not None
+            else [{"serviceName": "echo", "port": 8080}],
+            **spec,
+        },
+    }
+
+
+def service(
+    name: str = "echo", ports: Iterable[tuple[str, int]] = (("http", 8080),), ns: str = NS
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(name, ns),
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": "10.96.0.10",
+            "ports": [{"name": n, "port": p, "targetPort": p, "protocol": "TCP"} for n, p in ports],
+        },
+    }
+
+
+def endpoint(
+    address: str, ready: bool | None = True, terminating: bool | None = False
+) -> dict[str, Any]:
+    conditions: dict[str, Any] = {}
+    if ready is not None:
+        conditions["ready"] = ready
+    if terminating is not None:
+        conditions["terminating"] = terminating
+    return {"addresses": [address], "conditions": conditions}
+
+
+def endpoint_slice(
+    name: str,
+    service_name: str = "echo",
+    endpoints: Iterable[dict[str, Any]] = (),
+    ports: Iterable[tuple[str, int]] = (("http", 9000),),
+    ns: str = NS,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": meta(name, ns, labels={"kubernetes.io/service-name": service_name}),
+        "addressType": "IPv4",
+        "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
+        "endpoints": list(endpoints),
+    }
+
+
+def secret(name: str, data: dict[str, str], type_: str = "Opaque", ns: str = NS) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta(name, ns),
+        "type": type_,
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def certificate(common_name: str = "lb.example") -> tuple[str, str]:
+    """A self-signed ECDSA certificate and its key, PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return cert_pem, key_pem
+
+
+KINDS = {kind.value: kind for kind in Kind}
+
+
+def store_of(*bodies: dict[str, Any], synced: bool = True) -> Store:
+    store = Store()
+    for body in bodies:
+        store.put(parse(KINDS[body["kind"]], body))
+    if synced:
+        for kind in Kind:
+            store.mark_listed(kind)
+    return store

@@ -1,0 +1,359 @@
+"""The builder: objects in, the exact snapshot and Listener status out."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from controller.builder import Build, ListenerResult, build
+from controller.status import FALSE, TRUE
+from lbwire.snapshot import Snapshot, parse_snapshot
+from tests.unit import kubeobjects as k
+
+LB = "default/lb"
+
+
+def result(out: Build, name: str) -> ListenerResult:
+    return next(item for item in out.listeners if item.name == name)
+
+
+def test_http_listener_becomes_the_exact_snapshot() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener("web", port=80),
+        k.service("echo"),
+        k.endpoint_slice("echo-a", endpoints=[k.endpoint("10.0.0.2"), k.endpoint("10.0.0.1")]),
+    )
+    out = build(store, LB, "1700000000000")
+    assert out.snapshot == parse_snapshot(
+        {
+            "version": "1700000000000",
+            "loadBalancer": {
+                "name": "lb",
+                "namespace": "default",
+                "limits": {"maxConnections": 5000, "newConnectionsPerSecond": 3000},
+            },
+            "listeners": [
+                {
+                    "name": "web",
+                    "protocol": "HTTP",
+                    "address": "0.0.0.0",
+                    "port": 80,
+                    "generation": 1,
+                    "backends": {
+                        "scheduler": "wlc",
+                        "endpoints": [
+                            {"address": "10.0.0.1", "port": 9000, "weight": 100},
+                            {"address": "10.0.0.2", "port": 9000, "weight": 100},
+                        ],
+                    },
+                }
+            ],
+        }
+    )
+    web = result(out, "web")
+    assert (web.accepted.status, web.accepted.reason) == (TRUE, "Accepted")
+    assert (web.resolved_refs.status, web.resolved_refs.reason) == (TRUE, "ResolvedRefs")
+    assert (web.in_snapshot, web.ready_backends, web.total_backends) == (True, 2, 2)
+    assert web.accepted.observed_generation == 1
+    assert [port.name for port in out.ports] == ["web"]
+
+
+def test_ready_serve_terminating_drain_and_unready_wait() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(),
+        k.service(),
+        k.endpoint_slice(
+            "echo-a",
+            endpoints=[
+                k.endpoint("10.0.0.1", ready=True),
+                k.endpoint("10.0.0.2", ready=False, terminating=True),
+                k.endpoint("10.0.0.3", ready=False, terminating=False),
+                k.endpoint("10.0.0.4", ready=None, terminating=None),  # nil ready means ready
+            ],
+        ),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    endpoints = out.snapshot.listeners[0].backends.endpoints
+    assert [(e.address, e.ready, e.draining) for e in endpoints] == [
+        ("10.0.0.1", True, False),
+        ("10.0.0.2", False, True),
+        ("10.0.0.3", False, False),
+        ("10.0.0.4", True, False),
+    ]
+    web = result(out, "web")
+    assert (web.ready_backends, web.total_backends) == (2, 4)
+
+
+def test_port_is_matched_through_the_service_port_name() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(backends=[{"serviceName": "echo", "port": 8443}]),
+        k.service("echo", ports=[("http", 8080), ("ws", 8443)]),
+        k.endpoint_slice(
+            "echo-a", endpoints=[k.endpoint("10.0.0.1")], ports=[("http", 9000), ("ws", 9443)]
+        ),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    assert [e.port for e in out.snapshot.listeners[0].backends.endpoints] == [9443]
+
+
+def test_weights_across_two_services() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(
+            backends=[
+                {"serviceName": "blue", "port": 8080, "weight": 80},
+                {"serviceName": "green", "port": 8080, "weight": 20},
+            ]
+        ),
+        k.service("blue"),
+        k.service("green"),
+        k.endpoint_slice("blue-1", "blue", [k.endpoint("10.0.1.1"), k.endpoint("10.0.1.2")]),
+        k.endpoint_slice("green-1", "green", [k.endpoint("10.0.2.1")]),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    endpoints = out.snapshot.listeners[0].backends.endpoints
+    assert [(e.address, e.weight) for e in endpoints] == [
+        ("10.0.1.1", 80),
+        ("10.0.1.2", 80),
+        ("10.0.2.1", 20),
+    ]
+
+
+def test_missing_service_keeps_listener_without_its_endpoints() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(
+            backends=[
+                {"serviceName": "echo", "port": 8080},
+                {"serviceName": "ghost", "port": 8080},
+            ]
+        ),
+        k.service("echo"),
+        k.endpoint_slice("echo-a", endpoints=[k.endpoint("10.0.0.1")]),
+    )
+    out = build(store, LB, "1")
+    web = result(out, "web")
+    assert web.resolved_refs.status == FALSE
+    assert web.resolved_refs.reason == "ServiceNotFound"
+    assert "Service ghost not found" in web.resolved_refs.message
+    assert web.accepted.status == TRUE and web.in_snapshot
+    assert out.snapshot is not None
+    assert [e.address for e in out.snapshot.listeners[0].backends.endpoints] == ["10.0.0.1"]
+
+
+def test_missing_service_port_is_named() -> None:
+    store = k.store_of(
+        k.load_balancer(), k.listener(backends=[{"serviceName": "echo", "port": 1234}]), k.service()
+    )
+    web = result(build(store, LB, "1"), "web")
+    assert web.resolved_refs.reason == "ServiceNotFound"
+    assert "Service echo has no port 1234" in web.resolved_refs.message
+
+
+def test_https_certificate_comes_from_its_secret() -> None:
+    cert, key = k.certificate()
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(
+            "secure", port=443, protocol="HTTPS", tls={"secretName": "cert", "minVersion": "1.3"}
+        ),
+        k.service(),
+        k.secret("cert", {"tls.crt": cert, "tls.key": key}, "kubernetes.io/tls"),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    tls = out.snapshot.listeners[0].tls
+    assert tls is not None and tls.min_version == "1.3"
+    assert [(c.certificate_pem, c.private_key_pem) for c in tls.certificates] == [(cert, key)]
+    assert result(out, "secure").resolved_refs.status == TRUE
+
+
+def test_missing_secret_leaves_https_listener_out() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener("secure", port=443, protocol="HTTPS", tls={"secretName": "nope"}),
+        k.listener("web", port=80),
+        k.service(),
+    )
+    out = build(store, LB, "1")
+    secure = result(out, "secure")
+    assert (secure.resolved_refs.status, secure.resolved_refs.reason) == (FALSE, "SecretNotFound")
+    assert "Secret nope not found" in secure.resolved_refs.message
+    assert not secure.in_snapshot and "nope" in secure.why_not
+    assert out.snapshot is not None
+    assert [item.name for item in out.snapshot.listeners] == ["web"]
+    # Still accepted, so its Service port (and nodePort) stays while the Secret is missing.
+    assert [port.name for port in out.ports] == ["secure", "web"]
+
+
+def test_mismatched_key_is_an_invalid_certificate() -> None:
+    cert, _ = k.certificate()
+    _, other_key = k.certificate()
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener("secure", port=443, protocol="HTTPS", tls={"secretName": "cert"}),
+        k.service(),
+        k.secret("cert", {"tls.crt": cert, "tls.key": other_key}, "kubernetes.io/tls"),
+    )
+    secure = result(build(store, LB, "1"), "secure")
+    assert secure.resolved_refs.reason == "InvalidCertificate"
+    assert "does not match" in secure.resolved_refs.message
+    assert not secure.in_snapshot
+
+
+def test_port_conflict_refuses_the_later_listener() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener("older", port=80, created="2026-01-01T00:00:00Z"),
+        k.listener("newer", port=80, created="2026-01-02T00:00:00Z"),
+        k.listener("b-same-time", port=81, created="2026-01-03T00:00:00Z"),
+        k.listener("a-same-time", port=81, created="2026-01-03T00:00:00Z"),
+        k.service(),
+    )
+    out = build(store, LB, "1")
+    newer = result(out, "newer")
+    assert (newer.accepted.status, newer.accepted.reason) == (FALSE, "PortConflict")
+    assert "older" in newer.accepted.message and not newer.in_snapshot
+    assert result(out, "b-same-time").accepted.reason == "PortConflict"
+    assert result(out, "a-same-time").accepted.status == TRUE
+    assert out.snapshot is not None
+    assert [item.name for item in out.snapshot.listeners] == ["a-same-time", "older"]
+
+
+@pytest.mark.parametrize(
+    ("tier", "connections", "rate"),
+    [
+        ("slb.s1.small", 5_000, 3_000),
+        ("slb.s2.small", 50_000, 5_000),
+        ("slb.s2.medium", 100_000, 10_000),
+        ("slb.s3.small", 200_000, 20_000),
+    ],
+)
+def test_tier_sets_load_balancer_limits(tier: str, connections: int, rate: int) -> None:
+    out = build(k.store_of(k.load_balancer(tier=tier)), LB, "1")
+    assert out.snapshot is not None
+    limits = out.snapshot.load_balancer.limits
+    assert (limits.max_connections, limits.new_connections_per_second) == (connections, rate)
+
+
+def test_sticky_insert_takes_the_load_balancer_secret() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(stickySession={"mode": "insert", "cookieName": "S"}),
+        k.service(),
+        k.secret("lb-wslb-config", {"token": "t", "sticky-secret": "hmac-key"}),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    sticky = out.snapshot.listeners[0].backends.sticky
+    assert (sticky.mode.value, sticky.cookie_name, sticky.secret) == ("insert", "S", "hmac-key")
+
+
+def test_sticky_insert_without_the_secret_waits() -> None:
+    store = k.store_of(k.load_balancer(), k.listener(stickySession={"mode": "insert"}), k.service())
+    web = result(build(store, LB, "1"), "web")
+    assert web.resolved_refs.reason == "SecretNotFound"
+    assert "lb-wslb-config" in web.resolved_refs.message and not web.in_snapshot
+
+
+def test_sticky_secret_is_not_sent_to_listeners_without_insert() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(),
+        k.service(),
+        k.secret("lb-wslb-config", {"sticky-secret": "hmac-key"}),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None and out.snapshot.listeners[0].backends.sticky.secret is None
+
+
+def test_missing_load_balancer_refuses_its_listeners() -> None:
+    out = build(k.store_of(k.listener()), LB, "1")
+    assert not out.found and out.snapshot is None
+    web = result(out, "web")
+    assert (web.accepted.status, web.accepted.reason) == (FALSE, "LoadBalancerNotFound")
+
+
+def test_invalid_listener_spec_names_the_field() -> None:
+    store = k.store_of(k.load_balancer(), k.listener(idleTimeoutSeconds=0), k.service())
+    out = build(store, LB, "1")
+    web = result(out, "web")
+    assert (web.accepted.status, web.accepted.reason) == (FALSE, "Invalid")
+    assert "spec.idleTimeoutSeconds" in web.accepted.message
+    assert out.snapshot is not None and out.snapshot.listeners == []
+
+
+def test_https_without_tls_is_invalid() -> None:
+    store = k.store_of(k.load_balancer(), k.listener(protocol="HTTPS"), k.service())
+    web = result(build(store, LB, "1"), "web")
+    assert web.accepted.reason == "Invalid" and "spec.tls" in web.accepted.message
+
+
+def test_same_objects_in_any_order_give_the_same_digest() -> None:
+    cert, key = k.certificate()
+    bodies = [
+        k.load_balancer(),
+        k.listener(
+            "web",
+            port=80,
+            backends=[
+                {"serviceName": "echo", "port": 8080},
+                {"serviceName": "other", "port": 8080, "weight": 5},
+            ],
+            allowedOrigins=["https://b.example", "https://a.example"],
+        ),
+        k.listener("secure", port=443, protocol="HTTPS", tls={"secretName": "cert"}),
+        k.service("echo"),
+        k.service("other"),
+        k.secret("cert", {"tls.crt": cert, "tls.key": key}),
+        k.endpoint_slice("echo-a", endpoints=[k.endpoint(f"10.0.0.{i}") for i in range(9, 0, -1)]),
+        k.endpoint_slice("echo-b", endpoints=[k.endpoint("10.0.1.1"), k.endpoint("10.0.0.5")]),
+        k.endpoint_slice("other-a", "other", [k.endpoint("10.0.2.1", ready=False)]),
+    ]
+    digests = set()
+    for seed in range(5):
+        shuffled = list(bodies)
+        random.Random(seed).shuffle(shuffled)
+        out = build(k.store_of(*shuffled), LB, str(seed))
+        assert out.snapshot is not None
+        digests.add(out.snapshot.digest())
+    assert len(digests) == 1
+
+
+def test_endpoint_in_two_slices_is_listed_once_ready_if_either_says_so() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(),
+        k.service(),
+        k.endpoint_slice("echo-a", endpoints=[k.endpoint("10.0.0.1", ready=False)]),
+        k.endpoint_slice("echo-b", endpoints=[k.endpoint("10.0.0.1", ready=True)]),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    endpoints = out.snapshot.listeners[0].backends.endpoints
+    assert [(e.address, e.ready) for e in endpoints] == [("10.0.0.1", True)]
+
+
+def test_snapshot_round_trips_through_the_wire_schema() -> None:
+    store = k.store_of(k.load_balancer(), k.listener(), k.service())
+    out = build(store, LB, "42")
+    assert out.snapshot is not None
+    assert parse_snapshot(out.snapshot.to_wire()) == out.snapshot
+    assert isinstance(out.snapshot, Snapshot)
+
+
+def test_grace_follows_the_longest_drain() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener("a", port=80, drainTimeoutSeconds=120),
+        k.listener("b", port=81, drainTimeoutSeconds=5),
+        k.service(),
+    )
+    assert build(store, LB, "1").max_drain_seconds == 120
