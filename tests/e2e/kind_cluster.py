@@ -1,0 +1,556 @@
+"""The e2e tier's cluster: a kind cluster (or an existing one) and the helpers tests use on it.
+
+It owns creating and deleting kind clusters, loading our image into them, and running
+kubectl/helm against them; it must not hold test logic. Everything a test reaches is on
+127.0.0.1: the API server (`apiServerAddress`) and a block of NodePorts mapped to host ports
+(`extraPortMappings` with `listenAddress: 127.0.0.1`), so test traffic stays on loopback and
+test clients connect as external clients would.
+
+Environment:
+- ``WSLB_KIND_NODE_IMAGE``: node image to use instead of the one built here (on a machine with
+  a registry, the official ``kindest/node``); the settings only our node image needs
+  (bridge CNI instead of kindnet, CoreDNS tag) are then left out.
+- ``WSLB_E2E_CLUSTER=existing``: use the current kubeconfig instead of creating a cluster;
+  ``WSLB_E2E_NODE_PORTS`` (``30080=41234,...``) says where its NodePorts are reachable on
+  127.0.0.1 (default: the file ``hack/cluster.sh up`` writes, else the same numbers).
+- ``WSLB_IMAGE``: our image (default ``localhost/wslb:dev``).
+
+Run as a script (``python -m tests.e2e.kind_cluster up|down``) it is what
+``make cluster-up`` / ``make cluster-down`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# Pinned versions, read from the one place the build scripts read them.
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (REPO / "hack" / "versions.sh").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isupper() and key.isidentifier() and not value.startswith("("):
+            out[key] = value.strip().strip('"')
+    return out
+
+
+VERSIONS = _versions()
+K8S_VERSION = VERSIONS["K8S_VERSION"]
+COREDNS_TAG = VERSIONS["COREDNS_VERSION"]
+CACHE = Path(
+    os.environ.get("WSLB_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wslb"
+)
+
+#: Our image, as pods name it.
+WSLB_IMAGE = os.environ.get("WSLB_IMAGE", "localhost/wslb:dev")
+#: The node image built by hack/node-image.sh.
+LOCAL_NODE_IMAGE = f"localhost/wslb-kind-node:{K8S_VERSION}"
+#: NodePorts reserved for tests, each mapped to a free host port on 127.0.0.1.
+NODE_PORTS = tuple(range(30080, 30090))
+#: Where `hack/cluster.sh up` records the cluster it made, for WSLB_E2E_CLUSTER=existing.
+STATE_FILE = CACHE / "cluster-up.json"
+
+
+class ClusterError(RuntimeError):
+    """A command against the cluster failed; carries the command and its output."""
+
+    def __init__(self, command: Sequence[str], returncode: int, output: str) -> None:
+        super().__init__(f"{' '.join(command)} exited {returncode}:\n{output[-4000:]}")
+        self.command = list(command)
+        self.returncode = returncode
+        self.output = output
+
+
+def tool(name: str) -> str:
+    """Path of kind/kubectl/helm: $WSLB_<NAME>, then the build cache, then PATH."""
+    env = os.environ.get(f"WSLB_{name.upper()}")
+    if env:
+        return env
+    cached = {
+        "kind": CACHE / "kind" / VERSIONS["KIND_VERSION"] / "kind",
+        "kubectl": CACHE / "k8s" / K8S_VERSION / "kubectl",
+        "helm": CACHE / "helm" / VERSIONS["HELM_VERSION"] / "helm",
+    }.get(name)
+    if cached is not None and cached.exists():
+        return str(cached)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found (run `make e2e-assets` or put it on PATH)")
+    return found
+
+
+def run(
+    command: Sequence[str],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture its output, raise ClusterError on a non-zero exit."""
+    result = subprocess.run(
+        list(command),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise ClusterError(command, result.returncode, result.stdout + result.stderr)
+    return result
+
+
+def provider() -> str:
+    """The kind node provider: KIND_EXPERIMENTAL_PROVIDER, else docker if its engine answers."""
+    chosen = os.environ.get("KIND_EXPERIMENTAL_PROVIDER")
+    if chosen:
+        return chosen
+    if shutil.which("docker"):
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            if run(["docker", "info"], check=False, timeout=20).returncode == 0:
+                return "docker"
+    return "podman"
+
+
+def free_host_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (the kernel picks them; racy but short-lived)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+) -> T:
+    """Poll `probe` until it returns something other than None/False; fail after `timeout` s.
+
+    The last exception the probe raised (if any) is reported with the timeout, so a failing
+    wait says what it last saw.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = probe()
+        except (ClusterError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+            last_error, value = exc, None
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() >= deadline:
+            detail = f"; last error: {last_error}" if last_error else ""
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+@dataclass
+class Cluster:
+    """A cluster the e2e tests run against: kubeconfig/context, mapped ports and helpers."""
+
+    name: str
+    kubeconfig: Path
+    context: str
+    #: NodePort -> host port on 127.0.0.1 where it is reachable.
+    node_ports: dict[int, int] = field(default_factory=dict)
+    #: "kind" for clusters this module created (image loading by `kind load`), else "existing".
+    kind: str = "kind"
+    provider: str = "podman"
+    image: str = WSLB_IMAGE
+
+    # -- commands -------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl against this cluster."""
+        command = [tool("kubectl"), "--kubeconfig", str(self.kubeconfig), "--context", self.context]
+        return run([*command, *args], input=input, check=check, timeout=timeout)
+
+    def get(self, *args: str) -> Any:
+        """`kubectl get ... -o json`, parsed."""
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def apply(self, manifest: str, namespace: str | None = None) -> str:
+        """`kubectl apply -f -` of a YAML/JSON manifest; returns kubectl's output."""
+        ns = ["--namespace", namespace] if namespace else []
+        return self.kubectl("apply", *ns, "-f", "-", input=manifest).stdout
+
+    def delete(self, manifest: str, namespace: str | None = None, wait: bool = True) -> str:
+        """`kubectl delete -f -` of a manifest."""
+        ns = ["--namespace", namespace] if namespace else []
+        return self.kubectl(
+            "delete", *ns, f"--wait={str(wait).lower()}", "-f", "-", input=manifest
+        ).stdout
+
+    def helm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """helm against this cluster."""
+        command = [
+            tool("helm"),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--kube-context",
+            self.context,
+        ]
+        return run([*command, *args], timeout=timeout)
+
+    def wait_for(
+        self,
+        probe: Callable[[], T | None],
+        *,
+        timeout: float = 120,
+        what: str = "condition",
+        interval: float = 0.5,
+    ) -> T:
+        """Poll with a deadline (see module-level `wait_for`)."""
+        return wait_for(probe, timeout=timeout, what=what, interval=interval)
+
+    def rollout(self, deployment: str, namespace: str, timeout: int = 180) -> None:
+        """Wait until a Deployment's rollout completes (all replicas updated and available)."""
+        self.kubectl(
+            "rollout",
+            "status",
+            f"deployment/{deployment}",
+            "-n",
+            namespace,
+            f"--timeout={timeout}s",
+            timeout=timeout + 30,
+        )
+
+    def ready_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Pods matching `selector` that are Ready and not being deleted."""
+        pods = self.get("pods", "-n", namespace, "-l", selector)["items"]
+        return [
+            p
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions", [])
+            )
+        ]
+
+    # -- ports ----------------------------------------------------------------------------
+
+    def host_port(self, node_port: int) -> int:
+        """The 127.0.0.1 port where `node_port` is reachable from the host."""
+        try:
+            return self.node_ports[node_port]
+        except KeyError:
+            raise KeyError(
+                f"NodePort {node_port} is not mapped; reserved: {sorted(self.node_ports)}"
+            ) from None
+
+    def url(self, node_port: int, scheme: str = "ws", path: str = "/") -> str:
+        """URL of a NodePort as a client on the host reaches it."""
+        return f"{scheme}://127.0.0.1:{self.host_port(node_port)}{path}"
+
+    # -- images ---------------------------------------------------------------------------
+
+    def load_image(self, image: str | None = None) -> None:
+        """Make a locally built image available to the cluster's nodes."""
+        image = image or self.image
+        if self.kind != "kind":
+            return  # an existing cluster pulls (or already has) what it runs
+        if self.provider == "docker":
+            run([tool("kind"), "load", "docker-image", image, "--name", self.name], timeout=600)
+            return
+        with tempfile.TemporaryDirectory(prefix="wslb-image-") as tmp:
+            archive = Path(tmp) / "image.tar"
+            run(
+                ["podman", "save", "-q", "--format", "docker-archive", "-o", str(archive), image],
+                timeout=600,
+            )
+            run(
+                [tool("kind"), "load", "image-archive", str(archive), "--name", self.name],
+                env=kind_env(self.provider),
+                timeout=600,
+            )
+
+    # -- diagnostics ----------------------------------------------------------------------
+
+    def diagnostics(self) -> str:
+        """A short state dump for a failed run: nodes, pods, recent events."""
+        parts = []
+        for args in (
+            ("get", "nodes", "-o", "wide"),
+            ("get", "pods", "-A", "-o", "wide"),
+            ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+        ):
+            result = self.kubectl(*args, check=False, timeout=60)
+            parts.append(f"$ kubectl {' '.join(args)}\n{result.stdout}{result.stderr}")
+        return "\n".join(parts)
+
+    def export_logs(self, directory: Path) -> Path | None:
+        """`kind export logs` into `directory` (kind clusters only)."""
+        if self.kind != "kind":
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        run(
+            [tool("kind"), "export", "logs", str(directory), "--name", self.name],
+            env=kind_env(self.provider),
+            check=False,
+            timeout=300,
+        )
+        return directory
+
+
+def kind_env(chosen: str) -> dict[str, str]:
+    """Environment for kind: the provider made explicit (kind would try docker first)."""
+    return {**os.environ, "KIND_EXPERIMENTAL_PROVIDER": chosen}
+
+
+def kind_config(name: str, port_map: dict[int, int], node_image: str, local_node: bool) -> str:
+    """The kind cluster config (JSON, which kind reads as YAML)."""
+    networking: dict[str, Any] = {
+        "apiServerAddress": "127.0.0.1",
+        "apiServerPort": 0,
+        "kubeProxyMode": "nftables",
+    }
+    patches = [
+        # cgroup v1 hosts (this machine): the kubelet refuses v1 unless told otherwise.
+        "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n"
+        "failCgroupV1: false\n",
+    ]
+    if local_node:
+        # kindnetd's image cannot be pulled: the node image ships a bridge CNI config.
+        networking["disableDefaultCNI"] = True
+        # the CoreDNS image we built and preloaded, at our pinned tag
+        patches.append(
+            "kind: ClusterConfiguration\napiVersion: kubeadm.k8s.io/v1beta4\n"
+            f"dns:\n  imageTag: {COREDNS_TAG}\n"
+        )
+    config = {
+        "kind": "Cluster",
+        "apiVersion": "kind.x-k8s.io/v1alpha4",
+        "name": name,
+        "networking": networking,
+        "kubeadmConfigPatches": patches,
+        "nodes": [
+            {
+                "role": "control-plane",
+                "image": node_image,
+                "extraPortMappings": [
+                    {
+                        "containerPort": node_port,
+                        "hostPort": host_port,
+                        "listenAddress": "127.0.0.1",
+                        "protocol": "TCP",
+                    }
+                    for node_port, host_port in sorted(port_map.items())
+                ],
+            }
+        ],
+    }
+    return json.dumps(config, indent=2)
+
+
+def plan(name: str | None = None) -> Cluster:
+    """A kind cluster not created yet: name, free host ports, kind config and kubeconfig paths.
+
+    Split from `start` so that a caller holds the Cluster before anything can fail, and can
+    always export logs and `destroy` it.
+    """
+    name = name or f"wslb-e2e-{secrets.token_hex(3)}"
+    node_image = os.environ.get("WSLB_KIND_NODE_IMAGE") or LOCAL_NODE_IMAGE
+    local_node = not os.environ.get("WSLB_KIND_NODE_IMAGE")
+    port_map = dict(zip(NODE_PORTS, free_host_ports(len(NODE_PORTS)), strict=True))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    (workdir / "kind.json").write_text(kind_config(name, port_map, node_image, local_node))
+    return Cluster(
+        name=name,
+        kubeconfig=workdir / "kubeconfig",
+        context=f"kind-{name}",
+        node_ports=port_map,
+        kind="kind",
+        provider=provider(),
+    )
+
+
+def start(cluster: Cluster, log: Callable[[str], None] = print) -> None:
+    """Create the planned kind cluster, wait for its system pods, load our image into it.
+
+    kind runs with --retain: if creation fails the node stays for `kind export logs`, and the
+    caller's `destroy` removes it.
+    """
+    config_file = cluster.kubeconfig.parent / "kind.json"
+    node_image = json.loads(config_file.read_text())["nodes"][0]["image"]
+    started = time.monotonic()
+    log(f"creating kind cluster {cluster.name} ({cluster.provider}, node image {node_image})")
+    run(
+        [
+            tool("kind"),
+            "create",
+            "cluster",
+            "--name",
+            cluster.name,
+            "--config",
+            str(config_file),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--retain",
+            "--wait",
+            "180s",
+        ],
+        env=kind_env(cluster.provider),
+        timeout=600,
+    )
+    created = time.monotonic()
+    # The control plane is up; wait for what every test leans on: DNS, kube-proxy and the
+    # default ServiceAccount that pods are admitted with.
+    cluster.rollout("coredns", "kube-system")
+    cluster.kubectl(
+        "rollout",
+        "status",
+        "daemonset/kube-proxy",
+        "-n",
+        "kube-system",
+        "--timeout=180s",
+        timeout=210,
+    )
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+        what="the default ServiceAccount",
+    )
+    ready = time.monotonic()
+    cluster.load_image()
+    loaded = time.monotonic()
+    log(
+        f"cluster {cluster.name}: created in {created - started:.0f}s, system pods ready in "
+        f"{ready - created:.0f}s, image loaded in {loaded - ready:.0f}s; "
+        f"NodePorts on 127.0.0.1: {cluster.node_ports}"
+    )
+
+
+def destroy(cluster: Cluster) -> None:
+    """Delete a kind cluster this module created and its temporary kubeconfig."""
+    if cluster.kind != "kind":
+        return
+    run(
+        [
+            tool("kind"),
+            "delete",
+            "cluster",
+            "--name",
+            cluster.name,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+        ],
+        env=kind_env(cluster.provider),
+        check=False,
+        timeout=300,
+    )
+    shutil.rmtree(cluster.kubeconfig.parent, ignore_errors=True)
+
+
+def existing() -> Cluster:
+    """The cluster of the current kubeconfig (WSLB_E2E_CLUSTER=existing)."""
+    kubeconfig = Path(
+        os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config"
+    )
+    state: dict[str, Any] = {}
+    if STATE_FILE.exists():
+        state = json.loads(STATE_FILE.read_text())
+    context = run(
+        [tool("kubectl"), "--kubeconfig", str(kubeconfig), "config", "current-context"]
+    ).stdout.strip()
+    if state.get("context") == context:
+        # a cluster from `make cluster-up`: its own kubeconfig and port map, kind loading
+        return Cluster(
+            name=state["name"],
+            kubeconfig=Path(state["kubeconfig"]),
+            context=context,
+            node_ports={int(k): int(v) for k, v in state["node_ports"].items()},
+            kind="kind",
+            provider=state["provider"],
+        )
+    ports_env = os.environ.get("WSLB_E2E_NODE_PORTS", "")
+    node_ports = {p: p for p in NODE_PORTS}
+    for pair in filter(None, ports_env.split(",")):
+        node, _, host = pair.partition("=")
+        node_ports[int(node)] = int(host)
+    return Cluster(
+        name=context,
+        kubeconfig=kubeconfig,
+        context=context,
+        node_ports=node_ports,
+        kind="existing",
+        provider="",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`up` / `down` for a person (make cluster-up / cluster-down)."""
+    parser = argparse.ArgumentParser(prog="kind_cluster", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--name", default="wslb")
+    args = parser.parse_args(argv)
+    if args.action == "up":
+        cluster = plan(args.name)
+        try:
+            start(cluster, log=lambda m: print(m, file=sys.stderr))
+        except BaseException:
+            destroy(cluster)
+            raise
+        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        STATE_FILE.write_text(
+            json.dumps(
+                {
+                    "name": cluster.name,
+                    "kubeconfig": str(cluster.kubeconfig),
+                    "context": cluster.context,
+                    "provider": cluster.provider,
+                    "node_ports": {str(k): v for k, v in cluster.node_ports.items()},
+                },
+                indent=2,
+            )
+        )
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        print(f"# NodePorts on 127.0.0.1: {cluster.node_ports}", file=sys.stderr)
+        print("# WSLB_E2E_CLUSTER=existing runs the e2e tests on it", file=sys.stderr)
+        return 0
+    state = json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {}
+    cluster = Cluster(
+        name=args.name,
+        kubeconfig=Path(state.get("kubeconfig", "/nonexistent/kubeconfig")),
+        context=f"kind-{args.name}",
+        provider=state.get("provider") or provider(),
+    )
+    destroy(cluster)
+    if state.get("name") == args.name:
+        STATE_FILE.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
