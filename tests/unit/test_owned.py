@@ -1,0 +1,147 @@
+"""The owned objects of a LoadBalancer, as manifests."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from controller import owned
+from controller.builder import ServicePortSpec
+from controller.models import parse_load_balancer
+from tests.unit import kubeobjects as k
+
+PARAMS = owned.DataPlaneParams(
+    image="wslb:test", config_url="wss://wslb-config.wslb-system.svc:9443", ca_pem="CA"
+)
+PORTS = (ServicePortSpec("secure", 443, 30443), ServicePortSpec("web", 80, None))
+
+
+def lb(**spec: Any) -> Any:
+    return parse_load_balancer(k.load_balancer("edge", "apps", **spec))
+
+
+def container(manifest: dict[str, Any]) -> dict[str, Any]:
+    containers = manifest["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+def test_every_owned_object_has_a_controller_owner_reference() -> None:
+    balancer = lb(replicas=3)
+    manifests = [
+        owned.config_secret(balancer, "CA"),
+        owned.deployment(balancer, PORTS, 30, PARAMS),
+        owned.service(balancer, PORTS),
+        owned.metrics_service(balancer),
+    ]
+    expected = {
+        "apiVersion": "wslb.io/v1alpha1",
+        "kind": "LoadBalancer",
+        "name": "edge",
+        "uid": "uid-edge",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    for manifest in manifests:
+        assert manifest["metadata"]["ownerReferences"] == [expected]
+        assert manifest["metadata"]["namespace"] == "apps"
+        assert manifest["metadata"]["labels"]["wslb.io/load-balancer"] == "edge"
+    names = [m["metadata"]["name"] for m in manifests]
+    assert names == ["edge-wslb-config", "edge-wslb", "edge-wslb", "edge-wslb-metrics"]
+
+
+def test_deployment_runs_non_root_with_a_read_only_root_filesystem() -> None:
+    manifest = owned.deployment(lb(replicas=3), PORTS, 30, PARAMS)
+    pod = manifest["spec"]["template"]["spec"]
+    assert manifest["spec"]["replicas"] == 3
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}
+    ]
+    assert pod["automountServiceAccountToken"] is False
+    security = container(manifest)["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["mountPath"]: m["name"] for m in container(manifest)["volumeMounts"]}
+    assert mounts == {"/etc/wslb/config": "config", "/var/lib/wslb": "state", "/tmp": "tmp"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {}}
+    assert volumes["config"]["secret"]["secretName"] == "edge-wslb-config"
+
+
+def test_deployment_args_point_at_the_config_server() -> None:
+    c = container(owned.deployment(lb(), PORTS, 30, PARAMS))
+    assert c["image"] == "wslb:test"
+    assert c["args"] == [
+        "wslb-dataplane",
+        "--controller",
+        "wss://wslb-config.wslb-system.svc:9443",
+        "--load-balancer",
+        "apps/edge",
+        "--node",
+        "$(POD_NAME)",
+        "--token-file",
+        "/etc/wslb/config/token",
+        "--ca-file",
+        "/etc/wslb/config/ca.crt",
+        "--state-dir",
+        "/var/lib/wslb",
+        "--admin",
+        "0.0.0.0:9901",
+    ]
+    assert c["env"][0]["name"] == "POD_NAME"
+    assert c["env"][0]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_probes_and_termination_grace() -> None:
+    manifest = owned.deployment(lb(), PORTS, 120, PARAMS)
+    c = container(manifest)
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9901}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9901}
+    assert manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 135
+    assert manifest["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    selector = manifest["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= manifest["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_service_has_one_port_per_listener_with_node_ports() -> None:
+    manifest = owned.service(lb(service={"type": "NodePort", "annotations": {"a": "b"}}), PORTS)
+    assert manifest["spec"]["type"] == "NodePort"
+    assert manifest["metadata"]["annotations"] == {"a": "b"}
+    assert manifest["spec"]["ports"] == [
+        {"name": "secure", "port": 443, "targetPort": 443, "protocol": "TCP", "nodePort": 30443},
+        {"name": "web", "port": 80, "targetPort": 80, "protocol": "TCP"},
+    ]
+    assert "admin" not in [port["name"] for port in manifest["spec"]["ports"]]
+    assert manifest["spec"]["selector"] == {
+        "app.kubernetes.io/name": "wslb-dataplane",
+        "wslb.io/load-balancer": "edge",
+    }
+
+
+def test_default_service_type_is_load_balancer_and_cluster_ip_drops_node_ports() -> None:
+    assert owned.service(lb(), PORTS)["spec"]["type"] == "LoadBalancer"
+    cluster = owned.service(lb(service={"type": "ClusterIP"}), PORTS)
+    assert all("nodePort" not in port for port in cluster["spec"]["ports"])
+
+
+def test_metrics_service_is_headless_on_the_admin_port() -> None:
+    manifest = owned.metrics_service(lb())
+    assert manifest["spec"]["clusterIP"] == "None"
+    assert manifest["spec"]["ports"] == [
+        {"name": "admin", "port": 9901, "targetPort": 9901, "protocol": "TCP"}
+    ]
+
+
+def test_config_secret_has_a_random_token_ca_and_sticky_key() -> None:
+    first = owned.config_secret(lb(), "CA PEM")
+    second = owned.config_secret(lb(), "CA PEM")
+    data = {key: base64.b64decode(value).decode() for key, value in first["data"].items()}
+    assert set(data) == {"token", "ca.crt", "sticky-secret"}
+    assert data["ca.crt"] == "CA PEM"
+    assert len(base64.urlsafe_b64decode(data["token"] + "=")) == 32
+    assert data["token"] != data["sticky-secret"]
+    assert first["data"]["token"] != second["data"]["token"]
