@@ -16,6 +16,8 @@ Settings (environment):
   BENCH_IDLE_CONNECTIONS  idle connections held for the RSS figure (default 5000)
   BENCH_PROXIES           comma list, of wslb,haproxy,nginx (default all)
   BENCH_TESTS             comma list, of idle,handshake,echo,bulk,wss (default all)
+  BENCH_HANDSHAKE_CONNECTIONS, BENCH_ECHO_CONNECTIONS, BENCH_BULK_CONNECTIONS
+                          concurrent connections of each load (default 32, 64, 4)
   BENCH_OUT               results file (default bench/results/results.json;
                           quick mode: bench/results/quick.json)
 """
@@ -79,6 +81,9 @@ class Settings:
             proxies=proxies,
             tests=tests,
             out=Path(env.get("BENCH_OUT", str(default_out))),
+            handshake_connections=int(env.get("BENCH_HANDSHAKE_CONNECTIONS", "32")),
+            echo_connections=int(env.get("BENCH_ECHO_CONNECTIONS", "64")),
+            bulk_connections=int(env.get("BENCH_BULK_CONNECTIONS", "4")),
         )
 
 

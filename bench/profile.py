@@ -3,8 +3,9 @@
 A separate pass from the measurements (a sampler perturbs what it samples): for each
 test it starts the echo backend and wslb (pinned as in `bench.harness`), runs the load
 client, and records wslb with `py-spy record --format raw` for a few seconds. It writes
-the collapsed stacks (`bench/results/profile/<test>.txt`) and a summary of self and
-inclusive time by function (`bench/results/profile/<test>.md`).
+the collapsed stacks (`bench/results/profile/<test>.txt`, not kept in git) and a summary
+of self and inclusive time by function (`bench/results/profile/<test>.md`; with C frames:
+`<test>-native.md`).
 
 Run: `python -m bench.profile [handshake echo bulk wss]` (needs `pip install py-spy`).
 Settings: BENCH_PROFILE_SECONDS (default 8), BENCH_PROFILE_NATIVE=1 (C frames too).
@@ -98,7 +99,8 @@ def profile(test: str, seconds: float, native: bool) -> Path:
     backend = Backend()
     wslb = Wslb(workdir, backend.port, cert, key, PROXY_CPU)
     OUT.mkdir(parents=True, exist_ok=True)
-    collapsed = OUT / f"{test}.txt"
+    stem = f"{test}-native" if native else test
+    collapsed = OUT / f"{stem}.txt"
     try:
         wslb.start()
         command = [python(), "-m", "bench.loadgen", *load_args(test, wslb, settings, seconds)]
@@ -121,8 +123,10 @@ def profile(test: str, seconds: float, native: bool) -> Path:
         wslb.stop()
         backend.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    summary = OUT / f"{test}.md"
-    summary.write_text(summarize(collapsed, test))
+    summary = OUT / f"{stem}.md"
+    summary.write_text(
+        summarize(collapsed, f"{test} ({'Python and C' if native else 'Python'} frames)")
+    )
     return summary
 
 

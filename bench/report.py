@@ -185,6 +185,43 @@ def load_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cost_table(results: dict[str, Any]) -> list[str]:
+    """Proxy CPU per operation split into user space and kernel (medians over rounds)."""
+    proxies = proxies_in(results)
+    lines = [
+        "| operation | " + " | ".join(f"{p}: user + kernel = total" for p in proxies) + " |",
+        "|---|" + "---|" * len(proxies),
+    ]
+    names = {
+        "handshake": "WS handshake",
+        "echo": "64 B round trip",
+        "bulk": "64 KiB message echoed",
+        "wss": "WSS handshake",
+    }
+    for test, title in names.items():
+        cells = []
+        for proxy in proxies:
+            rows = [
+                m
+                for m in results["measurements"]
+                if m["test"] == test and m["proxy"] == proxy and m["load"]["count"] > 0
+            ]
+            if not rows:
+                cells.append("—")
+                continue
+            total = statistics.median(
+                m["load"]["cpu_seconds"]["proxy"] / m["load"]["count"] * 1e6 for m in rows
+            )
+            kernel = statistics.median(
+                m["load"]["cpu_seconds"].get("proxy_system", 0.0) / m["load"]["count"] * 1e6
+                for m in rows
+            )
+            cells.append(f"{total - kernel:,.1f} + {kernel:,.1f} = {total:,.1f} µs")
+        if any(cell != "—" for cell in cells):
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _ratio(value: float | None, base: float | None) -> float | None:
     if value is None or base is None or base == 0:
         return None
@@ -325,6 +362,10 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
         "## What the load achieved",
         "",
         *load_table(results),
+        "",
+        "Proxy CPU per operation (user space + kernel; from utime and stime):",
+        "",
+        *cost_table(results),
         "",
         METHOD,
     ]
