@@ -5,7 +5,7 @@
 # Why from source: this machine reaches the Go module proxy but no release download site, so
 # kubelet, kubeadm, kubectl, the control-plane binaries, etcd, CoreDNS, kind and helm are
 # compiled from their Go modules, pinned by the go.mod/go.sum files under tools/.
-# Usage: hack/e2e-assets.sh [k8s|kind|etcd|coredns|helm|pause ...]   (default: all)
+# Usage: hack/e2e-assets.sh [k8s|kind|etcd|coredns|helm|crictl|pause ...]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/versions.sh
@@ -29,13 +29,27 @@ k8s_ldflags() {
   echo "$flags"
 }
 
+# go_bin_name PKG: the file name `go build -o DIR/` gives a main package (the last path
+# element, or the one before a /vN major-version suffix).
+go_bin_name() {
+  local p=$1
+  [[ $p =~ /v[0-9]+$ ]] && p=${p%/v*}
+  basename "$p"
+}
+
+# bin_name TOOL PKG: the name we install it under: a module root that is the whole tool (etcd's
+# server/v3) takes the tool's name.
+bin_name() {
+  if [[ $2 =~ /v[0-9]+$ ]]; then echo "$1"; else go_bin_name "$2"; fi
+}
+
 # build NAME MODULE_DIR OUT_DIR LDFLAGS PACKAGE...: one `go build` for all packages of a module,
 # into a temporary directory moved into place only when every binary linked, so an
 # interrupted build never looks cached.
 build() {
   local name=$1 mod=$2 out=$3 ldflags=$4; shift 4
   local missing=0 pkg
-  for pkg in "$@"; do [ -x "$out/$(basename "${pkg%/v[0-9]*}")" ] || missing=1; done
+  for pkg in "$@"; do [ -x "$out/$(bin_name "$name" "$pkg")" ] || missing=1; done
   if [ "$missing" = 0 ]; then
     summary+=("$(printf '%-8s cached   %s' "$name" "$out")")
     return
@@ -45,8 +59,10 @@ build() {
   mkdir -p "$(dirname "$out")"
   tmp=$(mktemp -d "$(dirname "$out")/.build.XXXXXX")
   (cd "$root/$mod" && "${NICE[@]}" go build -trimpath -ldflags "$ldflags" -o "$tmp/" "$@")
-  # Module roots (etcd's server/v3, coredns, kind) build to the last path element.
-  if [ -e "$tmp/v3" ]; then mv "$tmp/v3" "$tmp/$name"; fi
+  # go names the binary of .../server/v3 "server"; we want the tool's name
+  for pkg in "$@"; do
+    [ -e "$tmp/$(bin_name "$name" "$pkg")" ] || mv "$tmp/$(go_bin_name "$pkg")" "$tmp/$(bin_name "$name" "$pkg")"
+  done
   mkdir -p "$out"
   mv "$tmp"/* "$out"/
   rmdir "$tmp"
@@ -59,7 +75,7 @@ pause_key() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(k8s etcd kind helm coredns pause)
+[ ${#targets[@]} -gt 0 ] || targets=(k8s etcd kind helm coredns crictl pause)
 for t in "${targets[@]}"; do
   case $t in
     k8s) build k8s tools/k8s "$WSLB_CACHE/k8s/$K8S_VERSION" "$(k8s_ldflags)" "${K8S_TOOL_PACKAGES[@]}" ;;
@@ -70,6 +86,7 @@ for t in "${targets[@]}"; do
       "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
       helm.sh/helm/v3/cmd/helm ;;
     # our own source: the cache key includes its hash so an edit rebuilds it
+    crictl) build crictl tools/crictl "$WSLB_CACHE/crictl/$CRICTL_VERSION" "-s -w" sigs.k8s.io/cri-tools/cmd/crictl ;;
     pause) build pause tools/pause "$WSLB_CACHE/pause/$(pause_key)" "-s -w" github.com/wslb/wslb/tools/pause ;;
     *) echo "unknown asset: $t" >&2; exit 2 ;;
   esac

@@ -14,13 +14,14 @@ source hack/lib.sh
 K8S_BIN=$WSLB_CACHE/k8s/$K8S_VERSION
 ETCD_BIN=$WSLB_CACHE/etcd/$ETCD_VERSION/etcd
 COREDNS_BIN=$WSLB_CACHE/coredns/$COREDNS_VERSION/coredns
+CRICTL_BIN=$WSLB_CACHE/crictl/$CRICTL_VERSION/crictl
 
 # inputs_hash: everything that goes into the node image, so a change to any of them rebuilds.
 inputs_hash() {
   {
     cat hack/versions.sh hack/node-image.sh
     find images/node images/control-plane tools/pause -type f | sort | xargs cat
-    sha256sum "$K8S_BIN"/kubelet "$K8S_BIN"/kubeadm "$K8S_BIN"/kubectl
+    sha256sum "$K8S_BIN"/kubelet "$K8S_BIN"/kubeadm "$K8S_BIN"/kubectl "$CRICTL_BIN"
     podman image inspect -f '{{.Id}}' "$BASE_IMAGE_NAME"
   } | sha256sum | cut -c1-16
 }
@@ -67,7 +68,7 @@ node_image() {
   ctx=$(mktemp -d /var/tmp/wslb-node.XXXXXX)
   cp -a images/node/. "$ctx/"
   mkdir -p "$ctx/bin"
-  cp "$K8S_BIN/kubelet" "$K8S_BIN/kubeadm" "$K8S_BIN/kubectl" "$ctx/bin/"
+  cp "$K8S_BIN/kubelet" "$K8S_BIN/kubeadm" "$K8S_BIN/kubectl" "$CRICTL_BIN" "$ctx/bin/"
   mkdir -p "$ctx/files/kind"
   echo "$K8S_VERSION" > "$ctx/files/kind/version"
   podman build -q --pull=never --build-arg "BASE_IMAGE=$BASE_IMAGE_NAME" -t "$stage" -f "$ctx/Containerfile" "$ctx" >/dev/null
@@ -103,7 +104,7 @@ node_image() {
 main() {
   bash hack/host-prep.sh
   bash hack/base-image.sh
-  bash hack/e2e-assets.sh k8s etcd coredns pause
+  bash hack/e2e-assets.sh k8s etcd coredns crictl pause
   local hash have work
   hash=$(inputs_hash)
   have=$(podman image inspect -f '{{index .Labels "wslb.node-inputs"}}' "$NODE_IMAGE_NAME" 2>/dev/null || true)

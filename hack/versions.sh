@@ -5,6 +5,8 @@ KIND_VERSION=v0.33.0
 ETCD_VERSION=v3.6.8
 COREDNS_VERSION=v1.15.0
 HELM_VERSION=v3.22.0
+# crictl inside the node image: `kind export logs` and people debugging a node call it.
+CRICTL_VERSION=v1.36.0
 # Tags of the control-plane images that kubeadm asks for (kubeadm config images list).
 PAUSE_TAG=3.10.2
 ETCD_IMAGE_TAG="${ETCD_VERSION#v}-0"
