@@ -161,6 +161,9 @@ def main() -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if settings.log_level.upper() != "DEBUG":
+        # kopf logs every handler call at INFO: one line per endpoint change is noise.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(run(settings))
 
 
