@@ -97,12 +97,6 @@ def test_names_scope_and_category(kind: str, plural: str, short_name: str) -> No
     assert version["storage"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/resources.md gives LoadBalancer the short name `wslb`, the same word as the "
-    "category: kubectl expands the category, so `kubectl get wslb demo` fails with 'you must "
-    "specify only one resource'. Reported; drop this marker when the contract changes.",
-)
 def test_short_names_do_not_shadow_the_category() -> None:
     categories = {c for crd in CRDS.values() for c in crd["spec"]["names"]["categories"]}
     short_names = {s for crd in CRDS.values() for s in crd["spec"]["names"]["shortNames"]}
