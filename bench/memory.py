@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import linecache
 import subprocess
 import sys
 import tempfile
@@ -92,16 +93,18 @@ async def measure(count: int, backend_port: int) -> str:
         "itself adds overhead to RSS here);",
         f"traced allocations alive grew {traced / opened / 1024:.2f} KiB per connection.",
         "",
-        "| bytes per connection | objects per connection | where |",
-        "|---|---|---|",
+        "| bytes per connection | objects per connection | where | line |",
+        "|---|---|---|---|",
     ]
     for stat in stats[:25]:
         if stat.size_diff <= 0:
             continue
         frame = stat.traceback[0]
         where = f"{_short(frame.filename)}:{frame.lineno}"
+        code = linecache.getline(frame.filename, frame.lineno).strip().replace("|", "\\|")
         lines.append(
-            f"| {stat.size_diff / opened:.0f} | {stat.count_diff / opened:.2f} | `{where}` |"
+            f"| {stat.size_diff / opened:.0f} | {stat.count_diff / opened:.2f} | `{where}` "
+            f"| `{code[:70]}` |"
         )
     return "\n".join(lines) + "\n"
 
