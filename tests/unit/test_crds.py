@@ -80,7 +80,7 @@ def node(kind: str, path: str) -> Schema:
 
 @pytest.mark.parametrize(
     ("kind", "plural", "short_name"),
-    [("LoadBalancer", "loadbalancers", "wslb"), ("Listener", "listeners", "wsl")],
+    [("LoadBalancer", "loadbalancers", "wlb"), ("Listener", "listeners", "wsl")],
 )
 def test_names_scope_and_category(kind: str, plural: str, short_name: str) -> None:
     crd = CRDS[kind]
