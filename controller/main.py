@@ -94,8 +94,14 @@ class HealthServer:
         return "404 Not Found", "text/plain", b"not found\n"
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run the controller until kopf stops (a signal, or `stop` being set)."""
+async def run(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    started: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run the controller until kopf stops (a signal, or `stop` being set).
+    `started(config_port, http_port)` is called once both servers listen (port 0 binds
+    an ephemeral port, for tests)."""
     context, ca_pem = server_tls(Path(settings.config_tls_dir))
     metrics = ControllerMetrics()
     store = Store()
@@ -128,8 +134,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings)
 
-    await server.start(settings.config_host, settings.config_port)
-    await health.start("0.0.0.0", settings.http_port)
+    config_port = await server.start(settings.config_host, settings.config_port)
+    http_port = await health.start(settings.config_host, settings.http_port)
+    if started is not None:
+        started(config_port, http_port)
     loop_task = asyncio.create_task(reconciler.run(), name="reconciler")
     namespaces = list(settings.watch_namespaces)
     log.info(
@@ -164,6 +172,8 @@ def main() -> None:
     if settings.log_level.upper() != "DEBUG":
         # kopf logs every handler call at INFO: one line per endpoint change is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        for name in ("httpx", "httpx2"):  # lightkube's HTTP client: one line per request
+            logging.getLogger(name).setLevel(logging.WARNING)
     asyncio.run(run(settings))
 
 

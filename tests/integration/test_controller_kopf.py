@@ -8,8 +8,12 @@ store and the reconciler. No cluster: the point is the listing gate end to end.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import datetime
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +21,21 @@ from typing import Any
 import kopf
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
-from controller import handlers
+from controller import handlers, main
 from controller.metrics import ControllerMetrics
 from controller.models import Kind
 from controller.owned import DataPlaneParams
 from controller.reconciler import Reconciler
+from controller.settings import Settings
 from controller.store import Store
+from lbwire.messages import SUBPROTOCOL, Ack, Hello, SnapshotMessage, decode, encode
 from tests.unit import kubeobjects as k
 from tests.unit.test_reconciler import FakeCluster, FakeServer, until
 
@@ -51,6 +63,7 @@ class FakeApi:
         self.held: dict[str, asyncio.Event] = {}
         self.listed: set[str] = set()
         self.unexpected: list[str] = []
+        self.writes: list[tuple[str, str, dict[str, Any]]] = []  # method, path+query, body
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -61,6 +74,8 @@ class FakeApi:
         app.router.add_get("/apis/{group}/{version}", self.resources)
         app.router.add_get("/api/v1/{plural}", self.collection)
         app.router.add_get("/apis/{group}/{version}/{plural}", self.collection)
+        for method in ("POST", "PATCH", "PUT"):
+            app.router.add_route(method, "/{tail:.*}", self.write)
         app.router.add_route("*", "/{tail:.*}", self.other)
         return app
 
@@ -144,6 +159,22 @@ class FakeApi:
                 await response.write(json.dumps(event).encode() + b"\n")
         finally:
             self.watchers[plural].remove(queue)
+
+    async def write(self, request: web.Request) -> web.Response:
+        """Record a create, apply or patch and answer with its body as the object."""
+        body = json.loads(await request.read() or b"{}")
+        self.writes.append((request.method, request.path_qs, body))
+        obj = body.get("status") if request.path.endswith("/status") else None
+        if obj is not None:
+            parts = request.path.split("/")
+            group_version = "/".join(parts[2:4])
+            kind = {"loadbalancers": "LoadBalancer", "listeners": "Listener"}[parts[-3]]
+            meta_ = {"name": parts[-2], "namespace": parts[-4]}
+            body = {"apiVersion": group_version, "kind": kind, "metadata": meta_, "status": obj}
+        return web.json_response(body, status=201 if request.method == "POST" else 200)
+
+    def written(self, method: str, fragment: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(path, body) for m, path, body in self.writes if m == method and fragment in path]
 
     async def other(self, request: web.Request) -> web.Response:
         self.unexpected.append(f"{request.method} {request.path}")
@@ -259,3 +290,138 @@ async def test_watch_events_update_and_delete(api: FakeApi) -> None:
         api.emit("loadbalancers", "DELETED", k.load_balancer())
         await until(lambda: server.forgotten == ["default/lb"])
     assert not any("status" in path for path in api.unexpected), api.unexpected
+
+
+def write_tls(directory: Path) -> Path:
+    """A self-signed serving certificate for 127.0.0.1, also used as the CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wslb-config")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (directory / "tls.crt").write_bytes(pem)
+    (directory / "ca.crt").write_bytes(pem)
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return directory / "ca.crt"
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_controller_process_serves_data_planes_and_writes_status(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    """main.run end to end against the fake API server: readiness gate, config Secret,
+    owned objects by server-side apply, a data plane's hello/snapshot/ack, status."""
+    ca = write_tls(tmp_path)
+    api.objects["loadbalancers"] = [k.load_balancer()]
+    api.objects["listeners"] = [k.listener()]
+    api.objects["services"] = [k.service()]
+    api.objects["endpointslices"] = [k.endpoint_slice("echo-a", endpoints=[k.endpoint("10.0.0.1")])]
+    api.held["endpointslices"] = asyncio.Event()
+    settings = Settings(
+        config_tls_dir=str(tmp_path),
+        config_host="127.0.0.1",
+        config_port=0,
+        http_port=0,
+        holdoff_seconds=0.02,
+        image="wslb:e2e",
+    )
+    ports: dict[str, int] = {}
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        main.run(settings, stop, started=lambda c, h: ports.update(config=c, http=h))
+    )
+    try:
+        await until(lambda: len(ports) == 2, timeout=10)
+        assert await http_get(ports["http"], "/healthz") == (200, "ok\n")
+        await until(lambda: "services" in api.listed)
+        status, _ = await http_get(ports["http"], "/readyz")
+        assert status == 503
+        api.held["endpointslices"].set()
+        for _ in range(500):
+            if (await http_get(ports["http"], "/readyz"))[0] == 200:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("never ready")
+
+        await until(lambda: bool(api.written("POST", "/secrets")), timeout=10)
+        [(_, secret)] = api.written("POST", "/api/v1/namespaces/default/secrets")
+        assert secret["metadata"]["name"] == "lb-wslb-config"
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        await until(lambda: len(api.written("PATCH", "force=true")) >= 3)
+        applied = {path.split("?")[0] for path, _ in api.written("PATCH", "force=true")}
+        assert applied == {
+            "/apis/apps/v1/namespaces/default/deployments/lb-wslb",
+            "/api/v1/namespaces/default/services/lb-wslb",
+            "/api/v1/namespaces/default/services/lb-wslb-metrics",
+        }
+
+        context = ssl.create_default_context(cafile=str(ca))
+        url = f"wss://127.0.0.1:{ports['config']}/v1/loadbalancers/default/lb"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(
+                url,
+                ssl=context,
+                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                additional_headers={"Authorization": "Bearer wrong"},
+            ):
+                pass
+        assert refused.value.response.status_code == 403
+        async with connect(
+            url,
+            ssl=context,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            additional_headers={"Authorization": f"Bearer {token}"},
+        ) as ws:
+            await ws.send(encode(Hello(node="pod-a", load_balancer="default/lb")))
+            message = decode(await asyncio.wait_for(ws.recv(), 10))
+            assert isinstance(message, SnapshotMessage)
+            endpoints = message.snapshot["listeners"][0]["backends"]["endpoints"]
+            assert [e["address"] for e in endpoints] == ["10.0.0.1"]
+            await ws.send(encode(Ack(version=message.version, nonce=message.nonce)))
+
+            def programmed() -> bool:
+                patches = api.written("PATCH", "/listeners/web/status")
+                if not patches:
+                    return False
+                conditions = patches[-1][1]["status"]["conditions"]
+                return [c["status"] for c in conditions] == ["True", "True", "True"]
+
+            await until(programmed, timeout=10)
+            lb_status = api.written("PATCH", "/loadbalancers/lb/status")[-1][1]["status"]
+            assert lb_status["dataPlanes"] == {"desired": 2, "connected": 1, "acked": 1}
+            assert lb_status["appliedVersion"] == message.version
+        _, metrics = await http_get(ports["http"], "/metrics")
+        assert 'wslb_controller_acks_total{load_balancer="default/lb"} 1.0' in metrics
+        assert "wslb_controller_builds_total 1.0" in metrics
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
