@@ -199,6 +199,17 @@ class Reconciler:
                 self._retry_later(key)
             else:
                 self.metrics.reconciled("ok")
+        self._prune_written()
+
+    def _prune_written(self) -> None:
+        """Forget what was written to objects that are gone (bounded memory)."""
+        for cache_key in list(self._written):
+            kind, key, _ = cache_key
+            objects = (
+                self.store.listeners if kind == Kind.LISTENER.value else self.store.load_balancers
+            )
+            if key not in objects:
+                del self._written[cache_key]
 
     def _retry_later(self, key: str) -> None:
         loop = asyncio.get_running_loop()
@@ -262,6 +273,10 @@ class Reconciler:
         ok = True
         try:
             secret = self.store.secrets.get(key_of(namespace, config_secret_name(name)))
+            if secret is not None:
+                # The watch shows it now: the store serves its token from here on, and a
+                # later deletion (someone removed it) is answered by a new Secret.
+                self._tokens.pop(key, None)
             if secret is None and key not in self._tokens:
                 manifest = owned.config_secret(lb, self.params.ca_pem)
                 token = manifest["data"][TOKEN_KEY]
@@ -285,6 +300,9 @@ class Reconciler:
             owned.service(lb, result.ports),
             owned.metrics_service(lb),
         ]
+        if not result.ports:
+            # A Service needs at least one port: none until a Listener is accepted.
+            manifests = [manifests[0], manifests[2]]
         for manifest in manifests:
             cache_key = (key, str(manifest["kind"]), str(manifest["metadata"]["name"]))
             if self._applied.get(cache_key) == manifest:

@@ -295,3 +295,31 @@ async def test_unchanged_status_is_not_patched_again(
     reconciler.sessions_changed(LB)
     await until(lambda: reconciler.rounds > rounds)
     assert len(cluster.statuses) == 2
+
+
+async def test_deleted_config_secret_is_created_again(
+    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+) -> None:
+    store, reconciler, _, cluster = parts
+    feed(store, reconciler, *BODIES)
+    reconciler.mark_synced()
+    await until(lambda: len(cluster.secrets) == 1)
+    feed(store, reconciler, k.secret("lb-wslb-config", {"token": "seen", "ca.crt": "CA"}))
+    rounds = reconciler.rounds
+    await until(lambda: reconciler.rounds > rounds)
+    assert len(cluster.secrets) == 1 and reconciler.token_for(LB) == "seen"
+    reconciler.mark_dirty(store.delete(Kind.SECRET, "default", "lb-wslb-config"))
+    await until(lambda: len(cluster.secrets) == 2)
+    assert reconciler.token_for(LB) not in (None, "seen")
+
+
+async def test_load_balancer_without_listeners_gets_no_portless_service(
+    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+) -> None:
+    store, reconciler, server, cluster = parts
+    feed(store, reconciler, k.load_balancer())
+    reconciler.mark_synced()
+    await until(lambda: len(server.published) == 1)
+    await until(lambda: len(cluster.applied) == 2)
+    assert [m["metadata"]["name"] for m in cluster.applied] == ["lb-wslb", "lb-wslb-metrics"]
+    assert server.published[0][1].listeners == []
