@@ -18,6 +18,8 @@ Settings (environment):
   BENCH_TESTS             comma list, of idle,handshake,echo,bulk,wss (default all)
   BENCH_HANDSHAKE_CONNECTIONS, BENCH_ECHO_CONNECTIONS, BENCH_BULK_CONNECTIONS
                           concurrent connections of each load (default 32, 64, 4)
+  BENCH_BACKEND           go (bench/echo-go, built with the local Go; the default) or
+                          picows (bench/echo_fast.py; also used when Go is missing)
   BENCH_OUT               results file (default bench/results/results.json;
                           quick mode: bench/results/quick.json)
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +58,7 @@ class Settings:
     proxies: list[str]
     tests: list[str]
     out: Path
+    backend: str = "go"
     handshake_connections: int = 32
     echo_connections: int = 64
     bulk_connections: int = 4
@@ -81,6 +85,7 @@ class Settings:
             proxies=proxies,
             tests=tests,
             out=Path(env.get("BENCH_OUT", str(default_out))),
+            backend=env.get("BENCH_BACKEND", "go"),
             handshake_connections=int(env.get("BENCH_HANDSHAKE_CONNECTIONS", "32")),
             echo_connections=int(env.get("BENCH_ECHO_CONNECTIONS", "64")),
             bulk_connections=int(env.get("BENCH_BULK_CONNECTIONS", "4")),
@@ -127,16 +132,46 @@ def machine() -> dict[str, Any]:
     }
 
 
-class Backend:
-    """The picows echo backend, pinned to the load client's CPU."""
+def go_echo() -> Path | None:
+    """Build the Go echo backend (bench/echo-go, standard library only) unless it is built
+    and current; None when Go is missing or the build fails."""
+    source = REPO / "bench" / "echo-go"
+    binary = REPO / "bench" / ".build" / "echo"
+    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin:/usr/lib/go/bin")
+    newest = max(path.stat().st_mtime for path in source.iterdir())
+    if binary.exists() and binary.stat().st_mtime >= newest:
+        return binary
+    if go is None:
+        return None
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+    built = subprocess.run(
+        [go, "build", "-o", str(binary), "."], cwd=source, env=env, capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        log(f"Go echo backend did not build, using picows: {built.stderr[-500:]}")
+        return None
+    return binary
 
-    def __init__(self, cpu: int | None = LOAD_CPU) -> None:
+
+class Backend:
+    """The echo backend, pinned to the load client's CPU: the Go one (`kind="go"`) or
+    the picows one (`kind="picows"`, also the fallback when Go is missing)."""
+
+    def __init__(self, cpu: int | None = LOAD_CPU, kind: str = "picows") -> None:
+        binary = go_echo() if kind == "go" else None
+        self.kind = "go" if binary is not None else "picows"
+        if binary is not None:
+            command = [str(binary), "--port", "0"]
+        else:
+            command = [python(), "-m", "bench.echo_fast", "--port", "0"]
         self.process = subprocess.Popen(
-            pinned(cpu, python(), "-m", "bench.echo_fast", "--port", "0"),
+            pinned(cpu, *command),
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
             text=True,
+            env={**os.environ, "GOMAXPROCS": "1"},
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().split()
@@ -325,7 +360,9 @@ def main() -> None:
     key.write_text(key_pem)
     key.chmod(0o600)
 
-    backend = Backend()
+    backend = Backend(kind=settings.backend)
+    info["backend"] = backend.kind
+    log(f"echo backend: {backend.kind}")
     proxies: list[Proxy] = []
     idle: dict[str, Any] = {}
     measurements: list[Measurement] = []

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     count = int(args[0]) if args else 2000
     raise_nofile()
-    backend = Backend()
+    backend = Backend(kind="go")
     try:
         import uvloop
 

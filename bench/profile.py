@@ -96,7 +96,7 @@ def profile(test: str, seconds: float, native: bool) -> Path:
     cert.write_text(cert_pem)
     key.write_text(key_pem)
     settings = Settings.from_env()
-    backend = Backend()
+    backend = Backend(kind="go")
     wslb = Wslb(workdir, backend.port, cert, key, PROXY_CPU)
     OUT.mkdir(parents=True, exist_ok=True)
     stem = f"{test}-native" if native else test

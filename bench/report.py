@@ -296,8 +296,10 @@ METHOD = """\
   (X-Forwarded-For/-Proto/-Port, X-Real-IP), have no health checks and no access log, and
   serve WSS with the same self-signed ECDSA P-256 certificate (`dataplane.certs`). Configs
   are written by `bench/proxies.py`.
-- **Backend.** `bench/echo_fast.py`: picows (Cython frame parser) on uvloop, echoes each
-  frame; answers a Close and closes TCP first.
+- **Backend.** One echo backend for all three: `bench/echo-go` (Go, standard library,
+  `GOMAXPROCS=1`; built on first use) or, where Go is missing, `bench/echo_fast.py`
+  (picows on uvloop). Either echoes each frame and answers a Close, then closes TCP
+  first. This run used: **{backend}**.
 - **Load client.** `bench/loadgen.py` on uvloop. Handshakes use a raw asyncio Protocol (a
   fresh `Sec-WebSocket-Key`, the 101, a masked Close, then the server's Close and TCP close
   complete the cycle); messages use picows connections. After a warm-up, the measurement
@@ -367,7 +369,7 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
         "",
         *cost_table(results),
         "",
-        METHOD,
+        METHOD.format(backend=info.get("backend", "picows")),
     ]
     if NOTES.exists():
         parts += [NOTES.read_text().rstrip(), ""]

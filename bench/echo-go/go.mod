@@ -1,0 +1,3 @@
+module wslb/bench/echo
+
+go 1.21
