@@ -7,6 +7,7 @@ first prints the cluster's state and runs `kind export logs` into build/e2e-logs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -29,12 +30,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _write(request: pytest.FixtureRequest, text: str) -> None:
-    """Print to the terminal even from a session fixture's teardown (output is captured)."""
+    """Print to the terminal from a session fixture, past pytest's output capture."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(text)
-    else:
-        print(text)
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter is not None:
+            reporter.write_line(text)
+        else:
+            print(text, flush=True)
 
 
 def _report_failure(request: pytest.FixtureRequest, cluster: Cluster) -> None:

@@ -16,12 +16,14 @@ CRDS = sorted((REPO / "crds").glob("*.yaml"))
 
 
 def test_configmap_apply_get_delete(cluster: Cluster, namespace: str) -> None:
-    manifest = dump({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "smoke"},
-        "data": {"greeting": "hello from wslb"},
-    })
+    manifest = dump(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "smoke"},
+            "data": {"greeting": "hello from wslb"},
+        }
+    )
     assert "configmap/smoke created" in cluster.apply(manifest, namespace)
     got = cluster.get("configmap", "smoke", "-n", namespace)
     assert got["data"] == {"greeting": "hello from wslb"}

@@ -28,8 +28,15 @@ def release_status(cluster: Cluster, namespace: str) -> dict[str, object]:
 
 def test_helm_install_upgrade_uninstall(cluster: Cluster, namespace: str) -> None:
     cluster.helm(
-        "install", RELEASE, str(CHART), "-n", namespace, *image_values(),
-        "--wait", "--timeout", "180s",
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        *image_values(),
+        "--wait",
+        "--timeout",
+        "180s",
     )
     status = release_status(cluster, namespace)
     assert status["version"] == 1
@@ -39,8 +46,19 @@ def test_helm_install_upgrade_uninstall(cluster: Cluster, namespace: str) -> Non
     assert len(cluster.ready_pods(namespace, f"app.kubernetes.io/instance={RELEASE}")) == 1
 
     cluster.helm(
-        "upgrade", RELEASE, str(CHART), "-n", namespace, *image_values(),
-        "--set", "message=second", "--set", "replicas=2", "--wait", "--timeout", "180s",
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        *image_values(),
+        "--set",
+        "message=second",
+        "--set",
+        "replicas=2",
+        "--wait",
+        "--timeout",
+        "180s",
     )
     status = release_status(cluster, namespace)
     assert status["version"] == 2
@@ -49,13 +67,18 @@ def test_helm_install_upgrade_uninstall(cluster: Cluster, namespace: str) -> Non
     assert len(cluster.ready_pods(namespace, f"app.kubernetes.io/instance={RELEASE}")) == 2
 
     cluster.helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "180s")
-    assert cluster.kubectl(
-        "get", "configmap", f"{RELEASE}-config", "-n", namespace, check=False
-    ).returncode != 0
+    assert (
+        cluster.kubectl(
+            "get", "configmap", f"{RELEASE}-config", "-n", namespace, check=False
+        ).returncode
+        != 0
+    )
     assert RELEASE not in cluster.helm("list", "-n", namespace, "-q").stdout.split()
     cluster.wait_for(
-        lambda: not cluster.get(
-            "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}"
-        )["items"],
+        lambda: (
+            not cluster.get("pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}")[
+                "items"
+            ]
+        ),
         what="the release's pods to be gone",
     )

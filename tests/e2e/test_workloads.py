@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,11 +28,12 @@ ECHO_NODE_PORT = 30080
 
 
 @pytest.fixture(scope="module")
-def echo(cluster: Cluster, namespace: str) -> Iterator[str]:
-    """Two echo pods from our image behind a NodePort Service; yields the namespace."""
+def echo(cluster: Cluster, namespace: str) -> str:
+    """Two echo pods from our image behind a NodePort Service (removed with the namespace);
+    returns the namespace."""
     cluster.apply(dump(echo_deployment(ECHO), service(ECHO, ECHO_NODE_PORT)), namespace)
     cluster.rollout(ECHO, namespace)
-    yield namespace
+    return namespace
 
 
 def pod_names(cluster: Cluster, namespace: str, app: str) -> set[str]:
@@ -53,9 +53,7 @@ def ready_addresses(cluster: Cluster, namespace: str, svc: str) -> dict[str, boo
     return out
 
 
-def test_echo_deployment_has_two_ready_non_root_read_only_pods(
-    cluster: Cluster, echo: str
-) -> None:
+def test_echo_deployment_has_two_ready_non_root_read_only_pods(cluster: Cluster, echo: str) -> None:
     pods = cluster.ready_pods(echo, f"app={ECHO}")
     assert len(pods) == 2
     for pod in pods:
@@ -156,9 +154,10 @@ def test_failing_readiness_probe_takes_pod_out_of_ready_endpoints(
     }
     cluster.apply(dump(echo_deployment(app, readiness=probe), service(app)), namespace)
     cluster.rollout(app, namespace)
-    pods = {p["metadata"]["name"]: p["status"]["podIP"] for p in cluster.ready_pods(
-        namespace, f"app={app}"
-    )}
+    pods = {
+        p["metadata"]["name"]: p["status"]["podIP"]
+        for p in cluster.ready_pods(namespace, f"app={app}")
+    }
     assert len(pods) == 2
     cluster.wait_for(
         lambda: ready_addresses(cluster, namespace, app) == dict.fromkeys(pods.values(), True),
@@ -168,8 +167,9 @@ def test_failing_readiness_probe_takes_pod_out_of_ready_endpoints(
     cluster.kubectl("exec", "-n", namespace, victim, "--", "touch", "/tmp/unready")
 
     cluster.wait_for(
-        lambda: ready_addresses(cluster, namespace, app)
-        == {pods[victim]: False, pods[survivor]: True},
+        lambda: (
+            ready_addresses(cluster, namespace, app) == {pods[victim]: False, pods[survivor]: True}
+        ),
         what=f"{victim} to be not ready in the EndpointSlice",
     )
     assert pod_names(cluster, namespace, app) == {survivor}
