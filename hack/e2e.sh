@@ -35,9 +35,26 @@ select_provider() {
   fi
 }
 
+# remove_stale_clusters: e2e clusters whose node is no longer running were left by a run that
+# was killed before its fixture could delete them (a session or CI stop ends every process).
+# Running ones may belong to a concurrent run and are left alone.
+remove_stale_clusters() {
+  local kind name state
+  kind=$WSLB_CACHE/kind/$KIND_VERSION/kind
+  [ -x "$kind" ] || kind=$(command -v kind) || return 0
+  for name in $("$kind" get clusters 2>/dev/null | grep '^wslb-e2e-' || true); do
+    state=$(podman inspect -f '{{.State.Status}}' "$name-control-plane" 2>/dev/null || echo missing)
+    if [ "$state" != running ]; then
+      log "deleting stale e2e cluster $name (node $state)"
+      "$kind" delete cluster --name "$name" >/dev/null 2>&1 || true
+    fi
+  done
+}
+
 start=$SECONDS
 prepare
 select_provider
+[ "${KIND_EXPERIMENTAL_PROVIDER:-}" != podman ] || remove_stale_clusters
 log "running the e2e tier (provider ${KIND_EXPERIMENTAL_PROVIDER:-docker})"
 set +e
 timed "pytest tests/e2e" "$python" -m pytest tests/e2e -p no:cacheprovider -rs -v "$@"
