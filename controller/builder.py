@@ -17,7 +17,7 @@ at data-plane sessions (Programmed is status.py's).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -89,7 +89,6 @@ class Build:
     listeners: tuple[ListenerResult, ...] = ()
     ports: tuple[ServicePortSpec, ...] = ()
     max_drain_seconds: int = DEFAULT_DRAIN_SECONDS
-    problems: tuple[str, ...] = field(default=())
 
 
 def build(store: Store, load_balancer: str, version: str) -> Build:
