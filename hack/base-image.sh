@@ -17,16 +17,19 @@ build_base() {
     || { tail -30 "$dir/debootstrap.log" >&2; die "debootstrap failed"; }
   rm -rf "$dir"/rootfs/var/cache/apt/archives/*.deb "$dir"/rootfs/var/lib/apt/lists/*
   tar --numeric-owner -C "$dir/rootfs" -c . \
-    | podman import -q --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' - "$BASE_IMAGE_NAME" >/dev/null
+    | podman import -q --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' \
+      --change 'LABEL wslb.e2e=base' - "$BASE_IMAGE_NAME" >/dev/null
   rm -rf "$dir"
 }
 
 # build_python_base: Debian's Python 3.11 (as on this machine) with venv, no compilers.
 build_python_base() {
-  podman build -q --pull=never --build-arg "BASE_IMAGE=$BASE_IMAGE_NAME" \
+  podman build -q --pull=never --layers=false --label wslb.e2e=python-base \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE_NAME" \
     -t "$PYTHON_BASE_IMAGE_NAME" -f images/python/Containerfile images/python >/dev/null
 }
 
 image_exists "$BASE_IMAGE_NAME" || timed "base image (debootstrap)" build_base
 image_exists "$PYTHON_BASE_IMAGE_NAME" || timed "python base image" build_python_base
+prune_ours
 print_timings

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds our image (the top-level Dockerfile) with podman, tagged $WSLB_IMAGE
+# Builds our image (the top-level Dockerfile) with podman (or docker), tagged $WSLB_IMAGE
 # (default localhost/wslb:dev), and checks the properties the e2e tier relies on.
 #
 # The Python dependencies are built as wheels on the host (pip wheel, using whatever index and
@@ -10,14 +10,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
 
+# engine: podman (this machine); docker where only Docker is installed.
+engine=${WSLB_CONTAINER_ENGINE:-}
+if [ -z "$engine" ]; then
+  if command -v podman >/dev/null; then engine=podman; else engine=docker; fi
+fi
+
 # BASE: where no registry is reachable (WSLB_IMAGE_BASE unset and no WSLB_KIND_NODE_IMAGE),
-# the local Debian base with python3-venv; otherwise the Dockerfile's official default.
-base_args=()
+# the local Debian base with python3-venv, never pulled; otherwise the Dockerfile's official
+# default (or WSLB_IMAGE_BASE), pulled when missing.
+build_args=()
 if [ -n "${WSLB_IMAGE_BASE:-}" ]; then
-  base_args=(--build-arg "BASE_IMAGE=$WSLB_IMAGE_BASE")
+  build_args=(--build-arg "BASE_IMAGE=$WSLB_IMAGE_BASE")
 elif [ -z "${WSLB_KIND_NODE_IMAGE:-}" ]; then
   bash hack/base-image.sh
-  base_args=(--build-arg "BASE_IMAGE=$PYTHON_BASE_IMAGE_NAME")
+  build_args=(--build-arg "BASE_IMAGE=$PYTHON_BASE_IMAGE_NAME")
+  [ "$engine" != podman ] || build_args+=(--pull=never)
 fi
 
 # wheels: the project and all of its runtime dependencies, for the image's CPython 3.11.
@@ -29,27 +37,29 @@ wheels() {
 }
 
 build() {
-  podman build -q --pull=never "${base_args[@]}" -t "$WSLB_IMAGE" -f Dockerfile . >/dev/null
+  "$engine" build -q --layers=false --label wslb.e2e=image "${build_args[@]}" \
+    -t "$WSLB_IMAGE" -f Dockerfile . >/dev/null
+  prune_ours "$engine"
 }
 
 # check: non-root fixed UID, runs with a read-only root fs, and PID 1 exits on SIGTERM fast
 # (a stop that needs SIGKILL would take the full 10 s grace period).
 check() {
   local uid cid start
-  uid=$(podman run --rm --read-only "$WSLB_IMAGE" id -u)
+  uid=$("$engine" run --rm --read-only "$WSLB_IMAGE" id -u)
   [ "$uid" = 10001 ] || die "image runs as uid $uid, expected 10001"
-  cid=$(podman run -d --read-only --network none "$WSLB_IMAGE" wslb-echo --host 127.0.0.1 --port 8080)
+  cid=$("$engine" run -d --read-only --network none "$WSLB_IMAGE" wslb-echo --host 127.0.0.1 --port 8080)
   # wait until the echo backend is up (poll with a deadline), then time its SIGTERM stop
   local deadline=$((SECONDS + 30))
-  until podman exec "$cid" python -c 'import socket; socket.create_connection(("127.0.0.1", 8080), 1)' 2>/dev/null; do
-    [ $SECONDS -lt $deadline ] || { podman logs "$cid" >&2; podman rm -f "$cid" >/dev/null; die "echo backend did not start in the image"; }
+  until "$engine" exec "$cid" python -c 'import socket; socket.create_connection(("127.0.0.1", 8080), 1)' 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { "$engine" logs "$cid" >&2; "$engine" rm -f "$cid" >/dev/null; die "echo backend did not start in the image"; }
     sleep 0.5
   done
   start=$SECONDS
-  podman stop -t 10 "$cid" >/dev/null
+  "$engine" stop -t 10 "$cid" >/dev/null
   local code
-  code=$(podman inspect -f '{{.State.ExitCode}}' "$cid")
-  podman rm "$cid" >/dev/null
+  code=$("$engine" inspect -f '{{.State.ExitCode}}' "$cid")
+  "$engine" rm "$cid" >/dev/null
   [ $((SECONDS - start)) -lt 5 ] || die "PID 1 did not stop on SIGTERM (took $((SECONDS - start))s)"
   [ "$code" = 0 ] || log "note: echo backend exited $code on SIGTERM"
 }

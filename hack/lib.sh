@@ -23,6 +23,13 @@ print_timings() {
   [ ${#TIMINGS[@]} -eq 0 ] || printf '   %s\n' "${TIMINGS[@]}" >&2
 }
 
+# prune_ours [ENGINE]: removes the untagged images our builds left behind (the previous
+# build of a re-tagged image). Every image the hack/ scripts build carries the label wslb.e2e,
+# and builds run with --layers=false, so nothing else is touched and no build cache piles up.
+prune_ours() {
+  "${1:-podman}" image prune -f --filter label=wslb.e2e >/dev/null 2>&1 || true
+}
+
 # image_exists NAME: true when podman has the image; WSLB_REBUILD=1 forces a rebuild.
 image_exists() {
   [ "${WSLB_REBUILD:-}" != 1 ] && podman image exists "$1"

@@ -42,7 +42,8 @@ control_plane_images() {
     local image=$1 file=$2; shift 2
     local args=() a
     for a in "$@"; do args+=(--build-arg "$a"); done
-    podman build -q --pull=never "${args[@]}" -t "$image" -f "$ctx/$file" "$ctx" >/dev/null
+    podman build -q --pull=never --layers=false --label wslb.e2e=control-plane "${args[@]}" \
+      -t "$image" -f "$ctx/$file" "$ctx" >/dev/null
     podman save -q --format docker-archive -o "$out/$(basename "${image%%:*}").tar" "$image"
   }
   for name in kube-apiserver kube-controller-manager kube-scheduler; do
@@ -71,7 +72,8 @@ node_image() {
   cp "$K8S_BIN/kubelet" "$K8S_BIN/kubeadm" "$K8S_BIN/kubectl" "$CRICTL_BIN" "$ctx/bin/"
   mkdir -p "$ctx/files/kind"
   echo "$K8S_VERSION" > "$ctx/files/kind/version"
-  podman build -q --pull=never --build-arg "BASE_IMAGE=$BASE_IMAGE_NAME" -t "$stage" -f "$ctx/Containerfile" "$ctx" >/dev/null
+  podman build -q --pull=never --layers=false --label wslb.e2e=node-stage \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE_NAME" -t "$stage" -f "$ctx/Containerfile" "$ctx" >/dev/null
   rm -rf "$ctx"
 
   build_cid=$(podman run -d --privileged --entrypoint sleep "$stage" infinity)
@@ -94,11 +96,12 @@ node_image() {
   podman commit -q \
     --change 'ENTRYPOINT ["/sbin/init"]' --change 'CMD []' \
     --change 'STOPSIGNAL SIGRTMIN+3' --change 'ENV container=docker' \
-    --change "LABEL wslb.node-inputs=$hash" \
+    --change "LABEL wslb.node-inputs=$hash" --change "LABEL wslb.e2e=node" \
     "$cid" "$NODE_IMAGE_NAME" >/dev/null
   podman rm -f -t 0 "$cid" >/dev/null
   trap - EXIT
   podman rmi "$stage" >/dev/null 2>&1 || true
+  prune_ours
 }
 
 main() {
