@@ -375,7 +375,7 @@ def kind_config(name: str, port_map: dict[int, int], node_image: str, local_node
     return json.dumps(config, indent=2)
 
 
-def plan(name: str | None = None) -> Cluster:
+def plan(name: str | None = None, workdir: Path | None = None) -> Cluster:
     """A kind cluster not created yet: name, free host ports, kind config and kubeconfig paths.
 
     Split from `start` so that a caller holds the Cluster before anything can fail, and can
@@ -385,7 +385,9 @@ def plan(name: str | None = None) -> Cluster:
     node_image = os.environ.get("WSLB_KIND_NODE_IMAGE") or LOCAL_NODE_IMAGE
     local_node = not os.environ.get("WSLB_KIND_NODE_IMAGE")
     port_map = dict(zip(NODE_PORTS, free_host_ports(len(NODE_PORTS)), strict=True))
-    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "kind.json").write_text(kind_config(name, port_map, node_image, local_node))
     return Cluster(
         name=name,
@@ -470,7 +472,9 @@ def destroy(cluster: Cluster) -> None:
         check=False,
         timeout=300,
     )
-    shutil.rmtree(cluster.kubeconfig.parent, ignore_errors=True)
+    # only the directory `plan` made for this cluster (named after it), never e.g. ~/.kube
+    if cluster.kubeconfig.parent.name.startswith(cluster.name):
+        shutil.rmtree(cluster.kubeconfig.parent, ignore_errors=True)
 
 
 def existing() -> Cluster:
@@ -516,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="wslb")
     args = parser.parse_args(argv)
     if args.action == "up":
-        cluster = plan(args.name)
+        # kept where a person finds it again, unlike the tests' temporary kubeconfigs
+        cluster = plan(args.name, workdir=CACHE / "clusters" / args.name)
         try:
             start(cluster, log=lambda m: print(m, file=sys.stderr))
         except BaseException:
