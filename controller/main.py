@@ -8,6 +8,9 @@ returns, the reconciler stops and the servers close. Nothing here decides what t
     /metrics  Prometheus text of ControllerMetrics
     /healthz  200 while the process serves
     /readyz   200 once every kind has listed and the config server is listening
+              (or, with no LoadBalancer at all at startup, once it is listening: kopf
+              only signals the end of its listing through an object, and with none
+              there is no data plane a premature build could harm; builds stay gated)
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from controller import handlers
 from controller.config_server import ConfigServer
 from controller.metrics import ControllerMetrics
 from controller.owned import FIELD_MANAGER, DataPlaneParams
-from controller.reconciler import LightkubeCluster, Reconciler
+from controller.reconciler import LightkubeCluster, LoadBalancerResource, Reconciler
 from controller.settings import Settings
 from controller.store import Store
 
@@ -127,7 +130,11 @@ async def run(
         metrics=metrics,
     )
     reconciler.server = server
-    health = HealthServer(metrics, lambda: reconciler.synced and server.listening)
+    nothing_to_sync = asyncio.Event()
+    health = HealthServer(
+        metrics,
+        lambda: server.listening and (reconciler.synced or nothing_to_sync.is_set()),
+    )
 
     registry = kopf.OperatorRegistry()
     handlers.register(registry, store, reconciler, metrics)
@@ -140,6 +147,9 @@ async def run(
         started(config_port, http_port)
     loop_task = asyncio.create_task(reconciler.run(), name="reconciler")
     namespaces = list(settings.watch_namespaces)
+    probe_task = asyncio.create_task(
+        _no_load_balancers(cluster.client, namespaces, nothing_to_sync), name="startup probe"
+    )
     log.info(
         "watching %s; data planes dial %s",
         ", ".join(namespaces) or "all namespaces",
@@ -155,12 +165,27 @@ async def run(
             stop_flag=stop,
         )
     finally:
-        loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
+        for task in (probe_task, loop_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await health.close()
         await server.close()
         await cluster.close()
+
+
+async def _no_load_balancers(
+    client: AsyncClient, namespaces: list[str], flag: asyncio.Event
+) -> None:
+    """Set `flag` when no LoadBalancer exists in the watched namespaces at startup."""
+    try:
+        for namespace in namespaces or ["*"]:
+            async for _ in client.list(LoadBalancerResource, namespace=namespace, chunk_size=1):
+                return
+    except Exception as exc:
+        log.info("startup probe of LoadBalancers failed (%s); ready after listing", exc)
+        return
+    flag.set()
 
 
 def main() -> None:

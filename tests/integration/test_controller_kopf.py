@@ -415,13 +415,47 @@ async def test_controller_process_serves_data_planes_and_writes_status(
                 conditions = patches[-1][1]["status"]["conditions"]
                 return [c["status"] for c in conditions] == ["True", "True", "True"]
 
+            def last_lb_status() -> dict[str, Any]:
+                patches = api.written("PATCH", "/loadbalancers/lb/status")
+                status: dict[str, Any] = patches[-1][1]["status"]
+                return status
+
             await until(programmed, timeout=10)
-            lb_status = api.written("PATCH", "/loadbalancers/lb/status")[-1][1]["status"]
+            await until(lambda: last_lb_status()["dataPlanes"]["acked"] == 1)
+            lb_status = last_lb_status()
             assert lb_status["dataPlanes"] == {"desired": 2, "connected": 1, "acked": 1}
             assert lb_status["appliedVersion"] == message.version
         _, metrics = await http_get(ports["http"], "/metrics")
         assert 'wslb_controller_acks_total{load_balancer="default/lb"} 1.0' in metrics
         assert "wslb_controller_builds_total 1.0" in metrics
     finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_empty_cluster_is_ready_before_kopf_has_listed(api: FakeApi, tmp_path: Path) -> None:
+    """With no LoadBalancer at all nothing can be pushed prematurely, so readiness does
+    not wait for an object to signal the end of kopf's listing (builds still do)."""
+    write_tls(tmp_path)
+    api.held["services"] = asyncio.Event()  # kopf's listing never completes here
+    settings = Settings(
+        config_tls_dir=str(tmp_path), config_host="127.0.0.1", config_port=0, http_port=0
+    )
+    ports: dict[str, int] = {}
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        main.run(settings, stop, started=lambda c, h: ports.update(config=c, http=h))
+    )
+    try:
+        await until(lambda: len(ports) == 2, timeout=10)
+        for _ in range(500):
+            if (await http_get(ports["http"], "/readyz"))[0] == 200:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("never ready")
+        assert "services" not in api.listed
+    finally:
+        api.held["services"].set()
         stop.set()
         await asyncio.wait_for(task, 15)
