@@ -131,7 +131,10 @@ class Reconciler:
 
     def sessions_changed(self, load_balancer: str) -> None:
         """The config server's `on_change`: a data plane connected, left, acked or nacked.
-        Only status can move, so no change time is recorded for propagation latency."""
+        Only status can move, so no change time is recorded for propagation latency; an
+        ack completing a propagation is timed here, not after the holdoff."""
+        if self.server is not None:
+            self._observe_propagation(load_balancer, self.server.sessions(load_balancer))
         self._dirty.add(load_balancer)
         self._last_mark = time.monotonic()
         self._wake.set()
