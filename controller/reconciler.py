@@ -109,6 +109,7 @@ class Reconciler:
         self._changed_at: dict[str, float] = {}  # lb -> wall time of its first unbuilt change
         self._awaiting: dict[str, tuple[str, float]] = {}  # lb -> (digest, changed_at)
         self._published: dict[str, Snapshot] = {}
+        self._digests: dict[str, str] = {}  # of what was published
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}  # (lb, kind, name)
         self._written: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, key, uid)
         self._tokens: dict[str, str] = {}  # created by us, until the watch shows the Secret
@@ -237,6 +238,7 @@ class Reconciler:
     def _publish(self, key: str, result: Build) -> bool:
         changed_at = self._changed_at.pop(key, None)
         if not result.found:
+            self._digests.pop(key, None)
             if self._published.pop(key, None) is not None and self.server is not None:
                 self.server.forget(key)
             self._awaiting.pop(key, None)
@@ -248,14 +250,15 @@ class Reconciler:
         snapshot = result.snapshot
         if snapshot is None:
             return False
-        before = self._published.get(key)
-        if before is not None and before.digest() == snapshot.digest():
+        digest = snapshot.digest()  # canonical JSON and sha256: once per build
+        if self._digests.get(key) == digest:
             return False
         self._published[key] = snapshot
+        self._digests[key] = digest
         if self.server is not None:
             self.server.publish(key, snapshot)
         if changed_at is not None:
-            self._awaiting[key] = (snapshot.digest(), changed_at)
+            self._awaiting[key] = (digest, changed_at)
         log.info(
             "published %s version %s (%d listeners)", key, snapshot.version, len(snapshot.listeners)
         )
@@ -340,7 +343,7 @@ class Reconciler:
         lb = self.store.load_balancers.get(key)
         if lb is not None and result.accepted is not None:
             generation = lb.meta.generation
-            digest = result.snapshot.digest() if result.snapshot is not None else None
+            digest = self._digests.get(key) if result.snapshot is not None else None
             lb_conditions = [
                 result.accepted,
                 st.load_balancer_programmed(digest, sessions, generation),
