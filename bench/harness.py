@@ -129,7 +129,25 @@ def machine() -> dict[str, Any]:
         "uvloop": uvloop_version(),
         "openssl": ssl.OPENSSL_VERSION,
         "loadavg_start": os.getloadavg(),
+        "wslb_revision": revision(),
     }
+
+
+def revision() -> str:
+    """The commit the data plane ran from, and whether dataplane/ had uncommitted edits."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "dataplane", "lbwire"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' with uncommitted changes in dataplane/' if dirty else ''}" or "unknown"
 
 
 def go_echo() -> Path | None:
