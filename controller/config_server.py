@@ -64,12 +64,15 @@ class _Peer:
         self.connection = connection
         self.session = session
         self.sent_at: dict[str, float] = {}  # nonce -> monotonic send time
+        self.sending: set[asyncio.Task[None]] = set()  # keeps send tasks referenced
 
     def send(self, message: SnapshotMessage | None) -> None:
         if message is None:
             return
         self.sent_at[message.nonce] = time.monotonic()
-        asyncio.get_running_loop().create_task(self._send(encode(message)))
+        task = asyncio.get_running_loop().create_task(self._send(encode(message)))
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
 
     async def _send(self, text: str) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -147,13 +150,14 @@ class ConfigServer:
         load_balancer = load_balancer_of(request.path)
         if load_balancer is None:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "unknown path\n")
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        headers = request.headers.get_all("Authorization")
+        scheme, _, offered = (headers[0] if len(headers) == 1 else "").partition(" ")
+        if scheme.lower() != "bearer" or not offered.strip():
             response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "bearer token required\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="wslb"'
             return response
         expected = self.tokens(load_balancer)
-        offered = header[len("Bearer ") :].strip()
+        offered = offered.strip()
         if expected is None or not hmac.compare_digest(offered.encode(), expected.encode()):
             log.warning("refused a data plane for %s: wrong token", load_balancer)
             return connection.respond(http.HTTPStatus.FORBIDDEN, "token refused\n")

@@ -15,7 +15,7 @@ import bisect
 import hashlib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from websockets.datastructures import Headers
 
@@ -193,7 +193,8 @@ def hash_key(policy: HashPolicy, request: RequestInfo) -> str:
         if values:
             return values[0]
     elif policy.source is HashSource.QUERY and policy.name:
-        query = urlsplit(request.path).query
+        # Not urlsplit: it raises on client-controlled input such as "//[x?a=1".
+        query = request.path.partition("?")[2].partition("#")[0]
         for name, value in parse_qsl(query, keep_blank_values=True):
             if name == policy.name:
                 return value

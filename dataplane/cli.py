@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--token-file", type=Path, help="bearer token for the config channel")
     parser.add_argument("--ca-file", type=Path, help="CA certificate of the config server")
     parser.add_argument("--state-dir", type=Path, help="keeps the last applied snapshot")
+    parser.add_argument("--insecure-channel", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--admin",
         default=os.environ.get("WSLB_ADMIN", "127.0.0.1:9901"),
@@ -82,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     if args.controller:
         if not args.load_balancer or "/" not in args.load_balancer or not args.token_file:
             parser.error("--controller needs --load-balancer namespace/name and --token-file")
+        if not args.controller.startswith("wss://") and not args.insecure_channel:
+            # Certificates and keys travel on this channel: never in clear by accident.
+            parser.error("--controller must be a wss:// URL (--insecure-channel is for tests)")
         if args.workers > 1:
             parser.error("--workers applies to --config only; scale replicas instead")
         client = ClientSettings(
@@ -175,9 +179,11 @@ class DataPlaneProcess:
         log.info("shutting down: draining connections")
         if watcher is not None:
             watcher.cancel()
-        if client_task is not None:
-            await client_task
-        await self.runtime.shutdown(self.options.drain_timeout)
+        # Not ready at once, draining while the config channel closes.
+        await asyncio.gather(
+            self.runtime.shutdown(self.options.drain_timeout),
+            *([client_task] if client_task is not None else []),
+        )
         await self.admin.close()
         log.info("stopped")
         return 0

@@ -148,6 +148,9 @@ class ConfigClient:
                 log.error("controller refused us: HTTP %d", exc.response.status_code)
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 log.warning("config channel unavailable: %s", exc or type(exc).__name__)
+            except Exception:
+                # A bug must not end the channel for good: log it and reconnect.
+                log.exception("config channel failed unexpectedly; reconnecting")
             finally:
                 self.connected.clear()
             if stop.is_set():

@@ -115,7 +115,15 @@ class FrameTracker:
 
     @property
     def at_boundary(self) -> bool:
+        """Whether what was forwarded so far ends on a frame boundary. After an error
+        nothing past the start of the offending frame was forwarded, so it does."""
+        if self.error is not None:
+            return True
         return self._skip == 0 and not self._head and self._ctrl is None
+
+    @property
+    def injection_pending(self) -> bool:
+        return bool(self._inject)
 
     def inject_at_boundary(self, frame: bytes) -> bytes:
         """Queue `frame` for the next boundary; return it now if the stream is at one."""

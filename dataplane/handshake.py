@@ -9,6 +9,7 @@ backend with X-Forwarded-* headers. Sans-I/O: bytes in, bytes or a rejection out
 from __future__ import annotations
 
 import http
+import re
 from dataclasses import dataclass, field
 
 from websockets.datastructures import Headers
@@ -25,13 +26,23 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 HEAD_END = b"\r\n\r\n"
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# origin-form request target: printable ASCII only, so nothing can smuggle a line break
+_ORIGIN_FORM = re.compile(r"/[!-~]*")
 
 # One shared validator: process_request is synchronous and only sets a few attributes
 # we never read, so sharing it across connections on one event loop is safe and saves
 # building a protocol object per handshake.
 _VALIDATOR = ServerProtocol()
 
-_HOP_BY_HOP_FORWARDED = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Port", "X-Real-IP")
+_HOP_BY_HOP_FORWARDED = (
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Port",
+    "X-Real-IP",
+    "Forwarded",
+)
 
 
 @dataclass
@@ -118,6 +129,8 @@ def validate_upgrade(request: Request) -> None:
         raise Rejection(400, "Invalid WebSocket handshake: multiple Host headers") from None
     if not host:
         raise Rejection(400, "Invalid WebSocket handshake: missing Host header")
+    if not _ORIGIN_FORM.fullmatch(request.path):
+        raise Rejection(400, "Invalid request target")
 
 
 def single_header(headers: Headers, name: str) -> str | None:
@@ -141,6 +154,7 @@ def render_request(
     """The request forwarded to the backend, over HTTP/1.1, with X-Forwarded-* added."""
     lines = [f"{request.method} {request.path} HTTP/1.1"]
     prior_xff = ", ".join(request.headers.get_all("X-Forwarded-For"))
+    prior_forwarded = ", ".join(request.headers.get_all("Forwarded"))
     for name, value in request.headers.raw_items():
         if forwarded and name.lower() in _FORWARDED_LOWER:
             continue
@@ -150,6 +164,9 @@ def render_request(
         lines.append(f"X-Forwarded-Proto: {scheme}")
         lines.append(f"X-Forwarded-Port: {port}")
         lines.append(f"X-Real-IP: {client_ip}")
+        node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+        ours = f"for={node};proto={scheme}"
+        lines.append(f"Forwarded: {prior_forwarded + ', ' if prior_forwarded else ''}{ours}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -175,12 +192,21 @@ def parse_backend_head(head: bytes) -> BackendAnswer:
         raise ValueError(f"bad status line {status_line[:80]!r}")
     headers = Headers()
     for line in head[line_end + 2 : -4].split(b"\r\n"):
+        if not line:
+            continue
         name, sep, value = line.partition(b":")
-        if not sep:
+        if not sep or not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise ValueError("bad header line")
-        headers[name.decode("latin-1").strip()] = value.decode("latin-1").strip()
+        try:
+            headers[name.decode("latin-1")] = value.decode("latin-1").strip()
+        except InvalidHeader as exc:
+            raise ValueError(f"bad header: {exc}") from None
     length = headers.get_all("Content-Length")
-    content_length = int(length[0]) if length and length[0].isdigit() else None
+    content_length = (
+        int(length[0])
+        if len(length) == 1 and length[0].isascii() and length[0].isdecimal()
+        else None
+    )
     return BackendAnswer(int(parts[1]), head, headers, content_length)
 
 

@@ -243,9 +243,11 @@ class ListenerRuntime:
                 connection.close_initiator or "unknown",
             ).inc()
             self._m_duration.observe(connection.loop.time() - connection.tunnel_at)
-            if connection.endpoint is not None:
-                self.metrics.backend_connections.labels(self.name, connection.endpoint.key).set(
-                    connection.endpoint.active - 1
+            endpoint = connection.endpoint
+            if endpoint is not None and self.endpoints.get(endpoint.key) is endpoint:
+                # connection_lost already took this connection off endpoint.active
+                self.metrics.backend_connections.labels(self.name, endpoint.key).set(
+                    endpoint.active
                 )
 
     def traffic(self) -> TrafficTotals:

@@ -230,6 +230,13 @@ class Runtime:
         for listener in everything:
             for connection in list(listener.connections):
                 connection.close(CLOSE_GOING_AWAY, "going away")
+        # Give the Close frames a moment to reach the peers, then cut what is left.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                for listener in everything:
+                    await listener.empty.wait()
+        for listener in everything:
+            for connection in list(listener.connections):
                 if connection.transport is not None:
                     connection.transport.abort()
             await listener.close()

@@ -246,7 +246,8 @@ def _strip_prefix(value: str) -> str:
 def _deletes_cookie(attributes: str) -> bool:
     for attribute in attributes.split(";"):
         key, _, value = attribute.partition("=")
-        if key.strip().lower() == "max-age" and value.strip().lstrip("-").isdigit():
+        digits = value.strip().lstrip("-")
+        if key.strip().lower() == "max-age" and digits.isascii() and digits.isdecimal():
             return int(value.strip()) <= 0
     return False
 

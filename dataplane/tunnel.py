@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from enum import Enum
 from typing import TYPE_CHECKING, cast
 
@@ -64,10 +65,6 @@ class State(Enum):
     CLOSED = 5
 
 
-def _own_pong(payload: bytes) -> bool:
-    return payload.startswith(KEEPALIVE_PREFIX)
-
-
 class ClientSide(asyncio.Protocol):
     """The accepted client connection and everything that happens to it."""
 
@@ -85,6 +82,7 @@ class ClientSide(asyncio.Protocol):
         self.pending = bytearray()  # client bytes that arrived before the 101
         self.admission: tuple[Rejection, str] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.dialing: tuple[EndpointState, BackendSide] | None = None
         self.timer: asyncio.TimerHandle | None = None  # handshake, then idle deadline
         self.last_activity = 0.0
         self.idle_timeout = 0.0
@@ -105,9 +103,11 @@ class ClientSide(asyncio.Protocol):
         self.ka_timer: asyncio.TimerHandle | None = None
         self.ka_check: asyncio.TimerHandle | None = None
         self.ka_seq = 0
+        self.ka_prefix = b""
         self.ka_client_pending = False
         self.ka_backend_pending = False
         self.relay_remaining: int | None = None
+        self.lost = False  # connection_lost ran
 
     # ---------------------------------------------------------------- accept, head
 
@@ -163,6 +163,9 @@ class ClientSide(asyncio.Protocol):
         self.buffer = bytearray()
         self._cancel_timer()
         self.state = State.CONNECTING
+        limits = self.listener.config.limits
+        budget = limits.connect_timeout_seconds * (limits.connect_retries + 1) + 1
+        self.timer = self.loop.call_later(budget, self._connect_deadline)
         try:
             self._handle_request(head)
         except _Labelled as labelled:
@@ -201,10 +204,34 @@ class ClientSide(asyncio.Protocol):
             if transport.can_write_eof():
                 transport.write_eof()
             self.loop.call_later(1.0, transport.close)
+            self.loop.call_later(1.0 + CLOSE_TIMEOUT, self._abort_if_stuck)
 
     # ---------------------------------------------------------------- backend
 
     async def _open_backend(self, request: Request) -> None:
+        """Dial backends until one answers; any unexpected error becomes a 502, never a
+        hung client or a leaked backend socket."""
+        try:
+            await self._dial(request)
+        except Exception as exc:
+            log.warning("backend handshake failed on listener %s: %r", self.listener.name, exc)
+            log.debug("backend handshake failure", exc_info=True)
+            if self.dialing is not None:
+                endpoint, backend = self.dialing
+                endpoint.active -= 1
+                backend.abandon()
+            self.dialing = None
+            if self.state is State.CONNECTING:
+                self._reject(Rejection(502, "Backend handshake failed"), "backend_invalid")
+
+    def _connect_deadline(self) -> None:
+        self.timer = None
+        if self.state is State.CONNECTING:
+            if self.task is not None:
+                self.task.cancel()
+            self._reject(Rejection(502, "No backend answered in time"), "backend_unavailable")
+
+    async def _dial(self, request: Request) -> None:
         listener = self.listener
         limits = listener.config.limits
         info = RequestInfo(self.client_ip, request.path, request.headers)
@@ -225,6 +252,7 @@ class ClientSide(asyncio.Protocol):
             tried.append(endpoint.key)
             endpoint.active += 1
             backend = BackendSide(self)
+            self.dialing = (endpoint, backend)
             try:
                 async with asyncio.timeout(limits.connect_timeout_seconds):
                     await self.loop.create_connection(
@@ -234,15 +262,18 @@ class ClientSide(asyncio.Protocol):
                     backend.transport.write(head)
                     answer_head = await backend.head
             except (OSError, TimeoutError, ConnectionError, ValueError) as exc:
+                self.dialing = None
                 endpoint.active -= 1
                 backend.abandon()
                 listener.count_backend_failure(endpoint)
                 log.debug("backend %s failed: %r", endpoint.key, exc)
                 continue
-            except BaseException:  # cancelled: the client went away
+            except BaseException:  # cancelled: the client went away or the deadline passed
+                self.dialing = None
                 endpoint.active -= 1
                 backend.abandon()
                 raise
+            self.dialing = None
             if self.state is State.CLOSED:  # the client left meanwhile
                 endpoint.active -= 1
                 backend.abandon()
@@ -260,6 +291,7 @@ class ClientSide(asyncio.Protocol):
 
     def _backend_answered(self, backend: BackendSide, endpoint: EndpointState, head: bytes) -> None:
         listener = self.listener
+        self._cancel_timer()  # the connect deadline
         try:
             answer = parse_backend_head(head)
         except ValueError:
@@ -293,8 +325,12 @@ class ClientSide(asyncio.Protocol):
             listener.rewrite_response(endpoint.key, answer.headers)
             head = render_backend_head(answer)
         config = listener.config
-        self.c2b = FrameTracker(config.limits.max_message_bytes, self._client_control, _own_pong)
-        self.b2c = FrameTracker(config.limits.max_message_bytes, self._backend_control, _own_pong)
+        own_pong = None
+        if config.keepalive.enabled:
+            self.ka_prefix = KEEPALIVE_PREFIX + os.urandom(4).hex().encode() + b"-"
+            own_pong = self._is_own_pong
+        self.c2b = FrameTracker(config.limits.max_message_bytes, self._client_control, own_pong)
+        self.b2c = FrameTracker(config.limits.max_message_bytes, self._backend_control, own_pong)
         self.state = State.TUNNEL
         rest = backend.attach()
         self.tunnel_at = self.loop.time()
@@ -360,7 +396,7 @@ class ClientSide(asyncio.Protocol):
             if not self.close_initiator:
                 self._record_close(frame.close_code, "client")
             self._maybe_done()
-        elif frame.opcode == OP_PONG and _own_pong(frame.payload):
+        elif frame.opcode == OP_PONG and self._is_own_pong(frame.payload):
             self.ka_client_pending = False
 
     def _backend_control(self, frame: ControlFrame) -> None:
@@ -369,7 +405,7 @@ class ClientSide(asyncio.Protocol):
             if not self.close_initiator:
                 self._record_close(frame.close_code, "backend")
             self._maybe_done()
-        elif frame.opcode == OP_PONG and _own_pong(frame.payload):
+        elif frame.opcode == OP_PONG and self._is_own_pong(frame.payload):
             self.ka_backend_pending = False
 
     def _maybe_done(self) -> None:
@@ -403,11 +439,16 @@ class ClientSide(asyncio.Protocol):
         self.ka_timer = None
         if self.state is not State.TUNNEL or self.closing:
             return
+        if self.client_sent_close or self.backend_sent_close:
+            return  # a peer is closing: no frame may follow its Close
         keepalive = self.listener.config.keepalive
+        self.ka_timer = self.loop.call_later(keepalive.interval_seconds, self._keepalive_tick)
+        if self.ka_check is not None:
+            return  # the previous ping still has time to be answered
         assert self.b2c is not None and self.c2b is not None
         assert self.transport is not None and self.backend is not None
         self.ka_seq += 1
-        payload = KEEPALIVE_PREFIX + str(self.ka_seq).encode()
+        payload = self.ka_prefix + str(self.ka_seq).encode()
         self.ka_client_pending = self.ka_backend_pending = True
         to_client = self.b2c.inject_at_boundary(ping_frame(payload, mask=False))
         if to_client:
@@ -416,15 +457,25 @@ class ClientSide(asyncio.Protocol):
         if to_backend:
             self.backend.transport.write(to_backend)  # type: ignore[union-attr]
         self.ka_check = self.loop.call_later(keepalive.timeout_seconds, self._keepalive_check)
-        self.ka_timer = self.loop.call_later(keepalive.interval_seconds, self._keepalive_tick)
 
     def _keepalive_check(self) -> None:
         self.ka_check = None
         if self.closing or self.state is not State.TUNNEL:
             return
-        if self.ka_client_pending or self.ka_backend_pending:
+        assert self.b2c is not None and self.c2b is not None
+        # A ping still queued behind a long frame in flight was not sent yet: wait more.
+        client_late = self.ka_client_pending and not self.b2c.injection_pending
+        backend_late = self.ka_backend_pending and not self.c2b.injection_pending
+        if client_late or backend_late:
             self.listener.count_keepalive_timeout()
             self.close(CLOSE_INTERNAL_ERROR, "keepalive timeout")
+        elif self.ka_client_pending or self.ka_backend_pending:
+            timeout = self.listener.config.keepalive.timeout_seconds
+            self.ka_check = self.loop.call_later(timeout, self._keepalive_check)
+
+    def _is_own_pong(self, payload: bytes) -> bool:
+        """Pongs answering the proxy's pings carry its per-connection random prefix."""
+        return bool(self.ka_prefix) and payload.startswith(self.ka_prefix)
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
@@ -489,14 +540,22 @@ class ClientSide(asyncio.Protocol):
 
     def _finish(self) -> None:
         """Close both TCP connections (buffered writes are flushed first)."""
+        self.closing = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            # A client that never reads would keep close() waiting forever.
+            self.loop.call_later(CLOSE_TIMEOUT, self._abort_if_stuck)
         if self.backend is not None:
             self.backend.abandon()
+
+    def _abort_if_stuck(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
         self.state = State.CLOSED
+        self.lost = True
         self._cancel_timer()
         self._stop_keepalive()
         for handle in (self.close_timer, self.drain_timer):
@@ -531,6 +590,11 @@ class ClientSide(asyncio.Protocol):
             self.backend.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
+        if self.state is State.TUNNEL and self.client_sent_close and not self.backend_sent_close:
+            # The client closed cleanly and half-closed: keep writing so the backend's
+            # Close reply reaches it (bounded by the close timer).
+            self._reset_close_timer(CLOSE_TIMEOUT)
+            return True
         return None  # close our side too; connection_lost does the rest
 
     # ---------------------------------------------------------------- stats
@@ -562,6 +626,7 @@ class BackendSide(asyncio.Protocol):
         self.buffer = bytearray()
         self.head: asyncio.Future[bytes] = client.loop.create_future()
         self.attached = False  # ClientSide took over: bytes go straight to it
+        self.lost = False
 
     def itself(self) -> BackendSide:
         """Protocol factory for create_connection: this very instance."""
@@ -595,6 +660,7 @@ class BackendSide(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if not self.head.done():
             self.head.set_exception(ConnectionError("backend closed before answering"))
         elif self.client.backend is self:
@@ -611,8 +677,13 @@ class BackendSide(asyncio.Protocol):
             transport.resume_reading()
 
     def abandon(self) -> None:
-        """Close this backend connection (flushing what is buffered)."""
+        """Close this backend connection (flushing what is buffered, with a bound)."""
         if not self.head.done():
             self.head.cancel()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            self.client.loop.call_later(CLOSE_TIMEOUT, self._abort_if_stuck)
+
+    def _abort_if_stuck(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.abort()

@@ -82,7 +82,7 @@ def decode(text: str | bytes) -> Hello | SnapshotMessage | Ack | Nack:
     """Parse one message; raise ProtocolError (never anything else) when malformed."""
     try:
         data: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     try:
         return _ADAPTER.validate_python(data)

@@ -185,6 +185,12 @@ async def test_wrong_or_missing_token_and_wrong_path_are_refused(channel: Channe
         (f"/v1/loadbalancers/{LB}", {}, 401),
         ("/v1/loadbalancers/team-b/other", {"Authorization": f"Bearer {TOKEN}"}, 403),
         ("/elsewhere", {"Authorization": f"Bearer {TOKEN}"}, 404),
+        # a repeated header is refused like a missing one, never a 500
+        (
+            f"/v1/loadbalancers/{LB}",
+            [("Authorization", "Bearer x"), ("Authorization", "Bearer y")],
+            401,
+        ),
     ]
     for path, headers, status in cases:
         with pytest.raises(InvalidStatus) as caught:
@@ -196,6 +202,17 @@ async def test_wrong_or_missing_token_and_wrong_path_are_refused(channel: Channe
             )
         assert caught.value.response.status_code == status
     assert channel.server.sessions(LB) == []
+
+
+async def test_bearer_scheme_is_case_insensitive(channel: Channel) -> None:
+    context = ssl.create_default_context(cafile=str(channel.ca_file))
+    async with connect(
+        f"{channel.url}/v1/loadbalancers/{LB}",
+        ssl=context,
+        additional_headers={"Authorization": f"bearer {TOKEN}"},
+        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+    ) as ws:
+        assert ws.subprotocol == SUBPROTOCOL
 
 
 async def test_hello_for_another_load_balancer_is_closed_1008(channel: Channel) -> None:

@@ -156,3 +156,28 @@ async def test_two_workers_share_the_port_and_merge_metrics(
     assert served <= {"0", "1"} and served
     proc.signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.proc.wait, 20) == 0
+
+
+def test_plaintext_config_channel_is_refused(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dataplane.cli",
+            "--controller",
+            "ws://127.0.0.1:1",
+            "--load-balancer",
+            "ns/lb",
+            "--token-file",
+            str(token),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "wss://" in done.stderr

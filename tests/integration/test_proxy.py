@@ -84,7 +84,7 @@ async def test_forwarded_headers_reach_the_backend(dataplane: Any) -> None:
         port = next(iter(server.sockets)).getsockname()[1]
         config = listener(backends={"endpoints": [{"address": "127.0.0.1", "port": port}]})
         runtime = await dataplane(snapshot(config))
-        headers = {"X-Forwarded-For": "203.0.113.9"}
+        headers = {"X-Forwarded-For": "203.0.113.9", "Forwarded": "for=203.0.113.9"}
         async with connect(url(runtime, path="/chat?room=1"), additional_headers=headers) as ws:
             await ws.send("x")
             await ws.recv()
@@ -94,3 +94,4 @@ async def test_forwarded_headers_reach_the_backend(dataplane: Any) -> None:
     assert request.headers["X-Forwarded-Proto"] == "http"
     assert request.headers["X-Forwarded-Port"] == str(runtime.listeners["ws"].config.port)
     assert request.headers["X-Real-IP"] == "127.0.0.1"
+    assert request.headers["Forwarded"] == "for=203.0.113.9, for=127.0.0.1;proto=http"

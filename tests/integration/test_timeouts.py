@@ -154,3 +154,53 @@ async def test_oversized_message_closes_both_sides_with_1009(dataplane: Any) -> 
         assert ws.close_code == 1009
         await wait_until(lambda: bool(backend_close))
         assert backend_close == [1009]
+
+
+async def test_oversized_message_over_many_reads_closes_both_sides_with_1009(
+    dataplane: Any,
+) -> None:
+    """A 2 MiB message against the default 1 MiB limit spans many socket reads."""
+    backend_close: list[int | None] = []
+
+    async def echo(connection: ServerConnection) -> None:
+        try:
+            async for message in connection:
+                await connection.send(message)
+        except ConnectionClosed:
+            pass
+        backend_close.append(connection.close_code)
+
+    async with serve(echo, "127.0.0.1", 0, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        config = listener(backends={"endpoints": [{"address": "127.0.0.1", "port": port}]})
+        runtime = await dataplane(snapshot(config))
+        async with connect(url(runtime), ping_interval=None, compression=None) as ws:
+            await ws.send(b"z" * (2 * 1024 * 1024))
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 1009
+        await wait_until(lambda: bool(backend_close))
+        assert backend_close == [1009]
+
+
+async def test_oversized_message_from_the_backend_closes_both_sides_with_1009(
+    dataplane: Any,
+) -> None:
+    backend_close: list[int | None] = []
+
+    async def big_sender(connection: ServerConnection) -> None:
+        try:
+            await connection.send(b"y" * (2 * 1024 * 1024))
+            await connection.wait_closed()
+        except ConnectionClosed:
+            pass
+        backend_close.append(connection.close_code)
+
+    async with serve(big_sender, "127.0.0.1", 0, max_size=None, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        config = listener(backends={"endpoints": [{"address": "127.0.0.1", "port": port}]})
+        runtime = await dataplane(snapshot(config))
+        async with connect(url(runtime), ping_interval=None, max_size=None) as ws:
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 1009
+        await wait_until(lambda: bool(backend_close))
+        assert backend_close == [1009]
