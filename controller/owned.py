@@ -40,6 +40,7 @@ FIELD_MANAGER = "wslb-controller"
 ADMIN_PORT = 9901
 RUN_AS = 10001  # the image's user (Dockerfile)
 DRAIN_MARGIN_SECONDS = 15
+PRESTOP_SECONDS = 3  # part of the grace period: the margin covers it
 LB_LABEL = "wslb.io/load-balancer"
 NAME_LABEL = "app.kubernetes.io/name"
 DATA_PLANE = "wslb-dataplane"
@@ -196,6 +197,8 @@ def deployment(
                             ],
                             "ports": container_ports,
                             "readinessProbe": probe("/readyz", 2, 2),
+                            # Let endpoint removal reach every node before the drain starts.
+                            "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
                             "livenessProbe": probe("/healthz", 10, 3),
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
@@ -254,6 +257,9 @@ def service(lb: LoadBalancer, ports: Sequence[ServicePortSpec]) -> dict[str, Any
         "selector": selector(lb),
         "ports": rendered,
     }
+    if has_node_ports:
+        # Keep the client's address (source ACLs, X-Forwarded-For): no SNAT to a node IP.
+        spec["externalTrafficPolicy"] = "Local"
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
 
