@@ -188,7 +188,7 @@ class ControlPlane:
 
     def get(self, resource: str, name: str, namespace: str = "") -> dict[str, Any] | None:
         """The object as JSON, or None when it does not exist."""
-        args = ["get", resource, name, "-o", "json", "--ignore-not-found"]
+        args = ["get", resource, name, "-o", "json", "--ignore-not-found", "--show-managed-fields"]
         if namespace:
             args += ["-n", namespace]
         out = self.kubectl(*args).stdout.strip()
