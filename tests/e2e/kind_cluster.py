@@ -62,8 +62,10 @@ CACHE = Path(
 
 #: Our image, as pods name it.
 WSLB_IMAGE = os.environ.get("WSLB_IMAGE", "localhost/wslb:dev")
-#: The node image built by hack/node-image.sh.
-LOCAL_NODE_IMAGE = f"localhost/wslb-kind-node:{K8S_VERSION}"
+#: The node image built by hack/node-image.sh (same variable as hack/lib.sh).
+LOCAL_NODE_IMAGE = (
+    os.environ.get("WSLB_NODE_IMAGE_BUILD") or f"localhost/wslb-kind-node:{K8S_VERSION}"
+)
 #: NodePorts reserved for tests, each mapped to a free host port on 127.0.0.1.
 NODE_PORTS = tuple(range(30080, 30090))
 #: Where `hack/cluster.sh up` records the cluster it made, for WSLB_E2E_CLUSTER=existing.
