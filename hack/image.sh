@@ -37,7 +37,9 @@ wheels() {
 }
 
 build() {
-  "$engine" build -q --layers=false --label wslb.e2e=image "${build_args[@]}" \
+  local layers=()
+  [ "$engine" != podman ] || layers=(--layers=false)   # podman: keep no stage images around
+  "$engine" build -q "${layers[@]}" --label wslb.e2e=image "${build_args[@]}" \
     -t "$WSLB_IMAGE" -f Dockerfile . >/dev/null
   prune_ours "$engine"
 }
