@@ -555,11 +555,35 @@ async def test_controller_against_a_real_api_server(
             assert restarted["metadata"]["uid"] == secret["metadata"]["uid"]
             await eventually(lb_acked, "LoadBalancer appliedVersion after the restart")
             _, metrics = await http_get(ctl.ports["http"], "/metrics")
-            assert "wslb_controller_builds_total" in metrics
+            assert f'wslb_controller_acks_total{{load_balancer="{ns}/lb"}} 1.0' in metrics
+            complete = len(client.received)
 
-    # No snapshot was ever refused, and none had lost its endpoints.
+            # Deleting the EndpointSlice empties the backends: a real empty, not a partial one.
+            await kubectl(cluster, "delete", "endpointslice", "echo-a", "-n", ns)
+            await eventually(applied(client, complete + 1), "snapshot after the slice deletion")
+            assert addresses(client.received[-1][0]) == []
+
+            # Deleting the LoadBalancer lets its data plane go and un-accepts its Listener.
+            logged = len(caplog.records)
+            await kubectl(cluster, "delete", "loadbalancer.wslb.io", "lb", "-n", ns)
+
+            async def orphaned() -> bool:
+                obj = await get(cluster, "listeners.wslb.io", "web", ns)
+                status = (obj or {}).get("status") or {}
+                accepted = [c for c in status.get("conditions", []) if c["type"] == "Accepted"]
+                return [(c["status"], c["reason"]) for c in accepted] == [
+                    ("False", "LoadBalancerNotFound")
+                ]
+
+            await eventually(orphaned, "Listener not accepted without its LoadBalancer")
+            assert any(
+                r.name == "wslb.config_server" and "disconnected" in r.getMessage()
+                for r in caplog.records[logged:]
+            )
+
+    # No snapshot was ever refused, and none before the deletion had lost its endpoints.
     assert all(isinstance(reply, Ack) for _, reply in client.received)
-    assert all(addresses(message) for message, _ in client.received)
+    assert all(addresses(message) for message, _ in client.received[:complete])
 
     # RBAC: nothing the controller asked for was refused, by its log or the API server's.
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
