@@ -599,12 +599,12 @@ async def test_controller_against_a_real_api_server(
         for e in cluster.audit_events()[audited_before:]
         if e["user"]["username"] == cluster.controller_user
     ]
-    refused = [
+    unauthorized = [
         (e["verb"], e["requestURI"], e["responseStatus"]["code"])
         for e in events
         if e["responseStatus"].get("code") in (401, 403)
     ]
-    assert refused == []
+    assert unauthorized == []
     made = {
         (
             e["verb"],
