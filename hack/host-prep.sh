@@ -6,16 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
 
-# install_packages: podman and debootstrap for the images; runc because crun refuses this
-# machine's hybrid cgroup layout ("cgroups in hybrid mode not supported").
+# install_packages: podman (with its recommends: netavark, aardvark-dns, buildah, ... as
+# verified here) and iptables, which netavark needs to publish ports but podman only suggests;
+# debootstrap for the base image; runc because crun refuses this machine's hybrid cgroup
+# layout ("cgroups in hybrid mode not supported").
 install_packages() {
-  local pkgs=(podman debootstrap runc) missing=() p
+  local pkgs=(podman iptables debootstrap runc) missing=() p
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   [ ${#missing[@]} -eq 0 ] && return
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 # configure_podman: root here lacks CAP_SYS_RESOURCE and cannot raise rlimits, so podman's
