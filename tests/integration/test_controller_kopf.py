@@ -622,13 +622,6 @@ async def test_controller_against_a_real_api_server(
     } <= made
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller bug: on stop, kopf.operator() treats the config server's connection "
-    "handlers (tasks created after it started) as its own 'hung' tasks, waits 5 s for them "
-    "and cancels them, so shutdown takes 5 s longer and data planes get 1011 (internal error) "
-    "instead of 1001 (going away); the config server should close before kopf's hung-task phase",
-)
 async def test_stopping_controller_closes_data_planes_promptly(
     cluster: ControlPlane, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
