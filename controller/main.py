@@ -139,7 +139,7 @@ async def run(
     registry = kopf.OperatorRegistry()
     handlers.register(registry, store, reconciler, metrics)
 
-    @kopf.on.cleanup(registry=registry)  # type: ignore[misc]
+    @kopf.on.cleanup(registry=registry)
     async def close_config_server(**_: object) -> None:
         # Before kopf's hung-task phase, which would cancel the connection handlers
         # (data planes would see 1011 after 5 s instead of a prompt 1001).
