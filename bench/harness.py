@@ -11,7 +11,7 @@ Settings (environment):
   BENCH_QUICK=1           about 1.5 s per measurement, 1000 idle connections (development)
   BENCH_DURATION          measured seconds per measurement (default 10)
   BENCH_WARMUP            unmeasured seconds before each window (default 1)
-  BENCH_REPEAT            rounds of every measurement, interleaved by proxy (default 2;
+  BENCH_REPEAT            rounds of every measurement, interleaved by proxy (default 3;
                           the report shows medians)
   BENCH_IDLE_CONNECTIONS  idle connections held for the RSS figure (default 5000)
   BENCH_PROXIES           comma list, of wslb,haproxy,nginx (default all)
@@ -80,7 +80,7 @@ class Settings:
             quick=quick,
             duration=float(env.get("BENCH_DURATION", "1.5" if quick else "10")),
             warmup=float(env.get("BENCH_WARMUP", "0.3" if quick else "1")),
-            repeat=max(1, int(env.get("BENCH_REPEAT", "1" if quick else "2"))),
+            repeat=max(1, int(env.get("BENCH_REPEAT", "1" if quick else "3"))),
             idle_connections=int(env.get("BENCH_IDLE_CONNECTIONS", "1000" if quick else "5000")),
             proxies=proxies,
             tests=tests,
