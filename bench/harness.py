@@ -15,7 +15,7 @@ Settings (environment):
                           the report shows medians)
   BENCH_IDLE_CONNECTIONS  idle connections held for the RSS figure (default 5000)
   BENCH_PROXIES           comma list, of wslb,haproxy,nginx (default all)
-  BENCH_TESTS             comma list, of idle,handshake,echo,bulk,wss (default all)
+  BENCH_TESTS             comma list, of idle,idle-wss,handshake,echo,bulk,wss (default all)
   BENCH_HANDSHAKE_CONNECTIONS, BENCH_ECHO_CONNECTIONS, BENCH_BULK_CONNECTIONS
                           concurrent connections of each load (default 32, 64, 4)
   BENCH_BACKEND           go (bench/echo-go, built with the local Go; the default) or
@@ -44,7 +44,8 @@ from bench.proxies import PROXIES, REPO, Proxy, uvloop_version
 LOAD_CPU = 0
 PROXY_CPU = 1
 RESULTS = REPO / "bench" / "results"
-TESTS = ("idle", "handshake", "echo", "bulk", "wss")
+TESTS = ("idle", "idle-wss", "handshake", "echo", "bulk", "wss")
+IDLE_TESTS = ("idle", "idle-wss")
 SETTLE_SECONDS = 1.0  # after the idle connections are open, before RSS is read
 
 
@@ -250,9 +251,9 @@ def derive(measurement: Measurement, backend_pid: int) -> None:
         d["p99_us"] = latency["p99"]
 
 
-def measure_idle(proxy: Proxy, settings: Settings) -> dict[str, Any]:
-    """RSS per idle WebSocket connection: VmRSS of the proxy tree before and after."""
-    url = proxy.ws_url
+def measure_idle(proxy: Proxy, settings: Settings, secure: bool = False) -> dict[str, Any]:
+    """RSS per idle WebSocket (or WSS) connection: VmRSS of the proxy tree before and after."""
+    url = proxy.wss_url if secure else proxy.ws_url
     warm = ["--url", url, "--connections", "200", "--hold", "0.5", "--open-seconds", "20"]
     load(["idle", *warm], {}, timeout=60)  # allocator and lazy imports warmed up once
     time.sleep(SETTLE_SECONDS)
@@ -383,6 +384,7 @@ def main() -> None:
     log(f"echo backend: {backend.kind}")
     proxies: list[Proxy] = []
     idle: dict[str, Any] = {}
+    idle_wss: dict[str, Any] = {}
     measurements: list[Measurement] = []
     try:
         for name in settings.proxies:
@@ -391,13 +393,15 @@ def main() -> None:
             proxies.append(proxy)
             log(f"{name} pid {proxy.pids()} on {proxy.ws_url} and {proxy.wss_url}")
         info["versions"] = {proxy.name: proxy.version() for proxy in proxies}
-        if "idle" in settings.tests:
+        for test, found in (("idle", idle), ("idle-wss", idle_wss)):
+            if test not in settings.tests:
+                continue
             for proxy in proxies:
-                idle[proxy.name] = measure_idle(proxy, settings)
-                log(f"idle {proxy.name}: {idle[proxy.name]['kib_per_connection']:.2f} KiB/conn")
+                found[proxy.name] = measure_idle(proxy, settings, secure=test == "idle-wss")
+                log(f"{test} {proxy.name}: {found[proxy.name]['kib_per_connection']:.2f} KiB/conn")
         for rnd in range(settings.repeat):
             for test in settings.tests:
-                if test == "idle":
+                if test in IDLE_TESTS:
                     continue
                 # Odd rounds go in reverse order, so drift in the machine's load evens out.
                 for proxy in proxies if rnd % 2 == 0 else proxies[::-1]:
@@ -422,6 +426,7 @@ def main() -> None:
         "machine": info,
         "settings": settings_out,
         "idle": idle,
+        "idle_wss": idle_wss,
         "measurements": [asdict(m) for m in measurements],
     }
     settings.out.parent.mkdir(parents=True, exist_ok=True)

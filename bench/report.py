@@ -118,13 +118,17 @@ def summary_table(results: dict[str, Any]) -> list[str]:
                     f"| 64 B round-trip latency {name} | µs (lower is better) | {cells} "
                     f"| {fmt(r, 2)}{X} | |"
                 )
-    idle = results.get("idle", {})
-    if idle:
+    for key, kind in (("idle", "WS"), ("idle_wss", "WSS")):
+        idle = results.get(key, {})
+        if not idle:
+            continue
         kib = {p: idle[p]["kib_per_connection"] if p in idle else None for p in proxies}
         cells = " | ".join(fmt(kib[p], 2) for p in proxies)
         ratio = _ratio(kib.get("wslb"), kib.get("haproxy"))
         wslb = kib.get("wslb")
-        if wslb is None:
+        if key == "idle_wss":
+            target = "(no target)"
+        elif wslb is None:
             target = "not measured"
         elif wslb <= IDLE_TARGET_KIB:
             target = f"met (≤{IDLE_TARGET_KIB:.0f} KiB)"
@@ -133,7 +137,7 @@ def summary_table(results: dict[str, Any]) -> list[str]:
             target = f"**missed**: {over:.0%} over {IDLE_TARGET_KIB:.0f} KiB"
         n = max(v["connections"] for v in idle.values())
         lines.append(
-            f"| RSS per idle WS connection ({n:,} held) | KiB (lower is better) | {cells} "
+            f"| RSS per idle {kind} connection ({n:,} held) | KiB (lower is better) | {cells} "
             f"| {fmt(ratio, 2)}{X} | {target} |"
         )
     return lines
@@ -172,12 +176,18 @@ def load_table(results: dict[str, Any]) -> list[str]:
                 f"| {metric.title} | {proxy} | {fmt(rate, 1 if metric.key == 'bulk' else 0)}"
                 f"{unit} | {busy:.0%} | {kernel:.0%} | {load:.0%} | {error_text} |"
             )
-    idle = results.get("idle", {})
+    for key, kind in (("idle", "WS"), ("idle_wss", "WSS")):
+        lines += _idle_rows(results.get(key, {}), kind, proxies)
+    return lines
+
+
+def _idle_rows(idle: dict[str, Any], kind: str, proxies: list[str]) -> list[str]:
+    lines = []
     for proxy in proxies:
         if proxy in idle:
             item = idle[proxy]
             lines.append(
-                f"| idle connections | {proxy} | {item['connections']:,} open "
+                f"| idle {kind} connections | {proxy} | {item['connections']:,} open "
                 f"(RSS {item['rss_before_kib']:,} → {item['rss_after_kib']:,} KiB, "
                 f"{item['proxy_fds']:,} fds) | | | | "
                 f"{', '.join(f'{k} {v}' for k, v in item['errors'].items()) or '0'} |"
@@ -244,10 +254,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     lat = {p: median_of(results, "echo", p, "p99_us") for p in proxies}
     if any(v is not None for v in lat.values()):
         panels.append(("64 B round-trip latency p99", "µs (lower is better)", lat))
-    idle = results.get("idle", {})
-    if idle:
-        kib = {p: idle[p]["kib_per_connection"] if p in idle else None for p in proxies}
-        panels.append(("RSS per idle connection", "KiB (lower is better)", kib))
+    for key, kind in (("idle", "WS"), ("idle_wss", "WSS")):
+        idle = results.get(key, {})
+        if idle:
+            kib = {p: idle[p]["kib_per_connection"] if p in idle else None for p in proxies}
+            panels.append((f"RSS per idle {kind} connection", "KiB (lower is better)", kib))
     columns = 3
     rows = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
@@ -317,7 +328,7 @@ METHOD = """\
   session, so every handshake is full; key exchange X25519 by default, certificate ECDSA
   P-256). *Idle RSS*: 200 connections opened and closed to warm up, VmRSS of the proxy tree
   read, then N idle WS connections opened and held, read again after 1 s;
-  (after - before) / N.
+  (after - before) / N. The same over WSS (TLS sessions held by the proxy).
 """
 
 
