@@ -15,9 +15,10 @@ die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 # issue asks for (what was built and how long each step took).
 TIMINGS=()
 timed() {
-  local label=$1 start=$SECONDS; shift
-  "$@"
+  local label=$1 start=$SECONDS status=0; shift
+  "$@" || status=$?
   TIMINGS+=("$(printf '%-28s %4ds' "$label" $((SECONDS - start)))")
+  return "$status"  # the caller must see a failure (e2e.sh reports pytest's exit code)
 }
 print_timings() {
   [ ${#TIMINGS[@]} -eq 0 ] || printf '   %s\n' "${TIMINGS[@]}" >&2
