@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
-if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+# The project's virtualenv (`make venv`; `make bench VENV=dir` passes another), else python3.
+venv="${VENV:-.venv}"
+if [ -x "$venv/bin/python" ]; then PY="$venv/bin/python"; else PY=python3; fi
 
 # HAProxy and nginx from Debian's packages (apt-get update once, only when one is missing).
 missing=()
