@@ -68,6 +68,47 @@ class State(Enum):
 class ClientSide(asyncio.Protocol):
     """The accepted client connection and everything that happens to it."""
 
+    # Slots: one of these lives per open connection; a dict per instance costs ~1 KiB.
+    __slots__ = (
+        "accepted_at",
+        "admission",
+        "b2c",
+        "backend",
+        "backend_sent_close",
+        "buffer",
+        "bytes_b2c",
+        "bytes_c2b",
+        "c2b",
+        "client_ip",
+        "client_sent_close",
+        "close_code",
+        "close_initiator",
+        "close_timer",
+        "closing",
+        "dialing",
+        "drain_timer",
+        "draining",
+        "endpoint",
+        "idle_timeout",
+        "ka_backend_pending",
+        "ka_check",
+        "ka_client_pending",
+        "ka_prefix",
+        "ka_seq",
+        "ka_timer",
+        "last_activity",
+        "listener",
+        "loop",
+        "lost",
+        "pending",
+        "relay_remaining",
+        "state",
+        "task",
+        "timer",
+        "transport",
+        "tunnel_at",
+    )
+
     def __init__(self, listener: ListenerRuntime) -> None:
         self.listener = listener
         self.loop = asyncio.get_running_loop()
@@ -619,6 +660,15 @@ class _Labelled(Rejection):
 
 class BackendSide(asyncio.Protocol):
     """The backend connection: collects the answer head, then hands bytes to ClientSide."""
+
+    __slots__ = (
+        "attached",
+        "buffer",
+        "client",
+        "head",
+        "lost",
+        "transport",
+    )
 
     def __init__(self, client: ClientSide) -> None:
         self.client = client
