@@ -40,6 +40,7 @@ FIELD_MANAGER = "wslb-controller"
 ADMIN_PORT = 9901
 RUN_AS = 10001  # the image's user (Dockerfile)
 DRAIN_MARGIN_SECONDS = 15
+MAX_DRAIN_SECONDS = 3600  # the CRD's maximum drainTimeoutSeconds
 PRESTOP_SECONDS = 3  # part of the grace period: the margin covers it
 LB_LABEL = "wslb.io/load-balancer"
 NAME_LABEL = "app.kubernetes.io/name"
@@ -123,7 +124,14 @@ def deployment(
     params: DataPlaneParams,
 ) -> dict[str, Any]:
     """The data-plane Deployment: non-root, read-only root filesystem, probes on the
-    admin port, and a grace period longer than the longest listener drain."""
+    admin port, and a grace period longer than any listener drain.
+
+    The pod template must not depend on the Listeners (their ports, their drain times):
+    a template change rolls every data plane and would cut live connections, while a
+    Listener change must reach running data planes over the config channel. So container
+    ports list only the admin port (Services target port numbers), and the grace period is
+    the longest drain the CRD allows; a data plane exits as soon as it has drained."""
+    del ports, max_drain_seconds  # deliberately unused, see above
     assert lb.spec is not None
     name = lb.meta.name
     args = [
@@ -143,10 +151,7 @@ def deployment(
         "--admin",
         f"0.0.0.0:{ADMIN_PORT}",
     ]
-    container_ports = [
-        {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
-        *({"containerPort": port.port, "protocol": "TCP"} for port in ports),
-    ]
+    container_ports = [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}]
 
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
         return {
@@ -173,7 +178,7 @@ def deployment(
                 "spec": {
                     "automountServiceAccountToken": False,  # it never talks to the API
                     "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": max_drain_seconds + DRAIN_MARGIN_SECONDS,
+                    "terminationGracePeriodSeconds": MAX_DRAIN_SECONDS + DRAIN_MARGIN_SECONDS,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": RUN_AS,

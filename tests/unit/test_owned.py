@@ -101,7 +101,9 @@ def test_probes_and_termination_grace() -> None:
     c = container(manifest)
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9901}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9901}
-    assert manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 135
+    assert manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 3615
+    # Listener changes must never roll the data planes: the template ignores them.
+    assert owned.deployment(lb(), [], 5, PARAMS) == manifest
     assert manifest["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     selector = manifest["spec"]["selector"]["matchLabels"]
     assert selector.items() <= manifest["spec"]["template"]["metadata"]["labels"].items()
