@@ -275,6 +275,7 @@ def test_controller_restart_pushes_no_empty_snapshot_and_drops_no_connection(
 ) -> None:
     ns = installed
     url = cluster.url(HTTP_NODE_PORT)
+    running = data_planes(cluster, ns)
     with open_ws(url) as held:
         name = whoami(held)
         cluster.kubectl(
@@ -291,6 +292,7 @@ def test_controller_restart_pushes_no_empty_snapshot_and_drops_no_connection(
         for _ in range(5):
             assert whoami(held) == name
         reach(cluster, url)
+    assert data_planes(cluster, ns) == running
     logs = cluster.kubectl(
         "logs", "-n", ns, "-l", f"wslb.io/load-balancer={LB}", "--tail=-1"
     ).stdout
