@@ -318,17 +318,21 @@ def test_deleting_the_load_balancer_removes_its_data_plane(
 
 def test_helm_uninstall_leaves_only_the_crds(cluster: Cluster, installed: str) -> None:
     cluster.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait")
-    left = cluster.kubectl(
-        "get",
-        "all,secrets,serviceaccounts,configmaps",
-        "-n",
-        SYSTEM,
-        "-l",
-        "app.kubernetes.io/instance=wslb",
-        "-o",
-        "name",
-    ).stdout.strip()
-    assert left == ""
+
+    def ours_left() -> str:
+        return cluster.kubectl(
+            "get",
+            "all,secrets,serviceaccounts,configmaps",
+            "-n",
+            SYSTEM,
+            "-l",
+            "app.kubernetes.io/instance=wslb",
+            "-o",
+            "name",
+        ).stdout.strip()
+
+    # Pods terminate after helm returns; wait for them rather than sleeping.
+    cluster.wait_for(lambda: ours_left() == "" or None, timeout=120, what="nothing of ours left")
     cluster_wide = cluster.kubectl("get", "clusterroles,clusterrolebindings", "-o", "name").stdout
     assert "wslb" not in cluster_wide
     crds = cluster.kubectl("get", "crd", "-o", "name").stdout
