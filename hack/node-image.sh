@@ -21,7 +21,7 @@ inputs_hash() {
   {
     cat hack/versions.sh hack/node-image.sh
     find images/node images/control-plane tools/pause -type f | sort | xargs cat
-    sha256sum "$K8S_BIN"/kubelet "$K8S_BIN"/kubeadm "$K8S_BIN"/kubectl "$CRICTL_BIN"
+    sha256sum "$K8S_BIN"/* "$ETCD_BIN" "$COREDNS_BIN" "$CRICTL_BIN" | cut -d' ' -f1
     podman image inspect -f '{{.Id}}' "$BASE_IMAGE_NAME"
   } | sha256sum | cut -c1-16
 }
