@@ -30,7 +30,9 @@ fi
 
 # wheels: the project and all of its runtime dependencies, for the image's CPython 3.11.
 wheels() {
-  rm -rf build/wheels
+  # setuptools builds in-tree under build/lib and would package files left there by an
+  # earlier build even after they were deleted from the source: start clean
+  rm -rf build/wheels build/lib build/bdist.*
   mkdir -p build/wheels
   python3 -m pip wheel -q --wheel-dir build/wheels . 2>&1 | grep -v 'DEPRECATION' >&2 || true
   ls build/wheels/wslb-*.whl >/dev/null 2>&1 || die "pip wheel did not produce the wslb wheel"
