@@ -39,8 +39,8 @@ unit: $(STAMP) ## unit tier: pure code
 integration: $(STAMP) ## integration tier: loopback sockets
 	$(PY) -m pytest tests/integration -q
 
-e2e: $(STAMP) ## e2e tier on a kind cluster (builds what is missing)
-	bash hack/e2e.sh
+e2e: $(STAMP) ## e2e tier on a kind cluster (builds what is missing); E2E_ARGS go to pytest
+	bash hack/e2e.sh $(E2E_ARGS)
 
 E2E_ON = [ -x hack/e2e.sh ] && [ "$${WSLB_SKIP_E2E:-}" != 1 ]
 
@@ -62,6 +62,9 @@ bench: $(STAMP) ## benchmarks against HAProxy and nginx; writes BENCHMARKS.md
 
 image: ## our image from the top-level Dockerfile, with podman
 	bash hack/image.sh
+
+base-image: ## the debootstrap base and Python base images, with podman
+	bash hack/base-image.sh
 
 e2e-assets: ## build the pinned Go tools into ~/.cache/wslb (only what is missing)
 	bash hack/e2e-assets.sh

@@ -91,12 +91,15 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("ECHO_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("ECHO_PORT", "9001")))
+    # WSLB_-prefixed: Kubernetes service links inject ECHO_PORT=tcp://... into pods.
+    parser.add_argument("--host", default=os.environ.get("WSLB_ECHO_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("WSLB_ECHO_PORT", "9001")))
     parser.add_argument(
         "--name",
-        default=os.environ.get("ECHO_NAME") or os.environ.get("POD_NAME") or socket.gethostname(),
-        help="what `whoami` answers (default: $ECHO_NAME, $POD_NAME or the host name)",
+        default=os.environ.get("WSLB_ECHO_NAME")
+        or os.environ.get("POD_NAME")
+        or socket.gethostname(),
+        help="what `whoami` answers (default: $WSLB_ECHO_NAME, $POD_NAME or the host name)",
     )
     parser.add_argument("--subprotocol", action="append", default=[])
     args = parser.parse_args()
