@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import json
 import logging
@@ -101,10 +102,29 @@ class Marks:
         self.lock = threading.Lock()
         self.slice_events: list[float] = []
         self.published: list[float] = []
+        self.gc: list[tuple[float, float, int]] = []  # (start, end, generation)
+        self._gc_start = 0.0
 
     def first_after(self, which: list[float], t0: float) -> float | None:
         with self.lock:
             return next((t for t in which if t >= t0), None)
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A `gc.callbacks` entry: collections stop every thread of this process."""
+        if phase == "start":
+            self._gc_start = time.monotonic()
+        else:
+            self.gc.append((self._gc_start, time.monotonic(), info["generation"]))
+
+    def gc_between(self, t0: float, t1: float) -> tuple[float, int]:
+        """Milliseconds of garbage collection inside [t0, t1], and the oldest generation."""
+        spent, oldest = 0.0, -1
+        for start, end, generation in list(self.gc):
+            overlap = min(end, t1) - max(start, t0)
+            if overlap > 0:
+                spent += overlap
+                oldest = max(oldest, generation)
+        return round(spent * 1000, 3), oldest
 
 
 MARKS = Marks()
@@ -130,6 +150,7 @@ def install_hooks() -> None:
                     MARKS.published.append(time.monotonic())
 
     logging.getLogger("wslb.reconciler").addHandler(Published(logging.INFO))
+    gc.callbacks.append(MARKS.on_gc)
 
 
 # ---------------------------------------------------------------------- data planes
@@ -282,6 +303,10 @@ class Round:
     apply_started_ms: list[float | None] = field(default_factory=list)
     applied_ms: list[float | None] = field(default_factory=list)
     """Per data plane: PATCH sent -> its apply started / finished."""
+    gc_ms: float = 0.0
+    """Garbage collection (which pauses every thread here) during the round."""
+    gc_generation: int = -1
+    """The oldest generation collected during the round (-1: none)."""
 
 
 def since(t0: float, t: float | None) -> float | None:
@@ -562,11 +587,12 @@ async def measure(
         item.applied_ms = [since(t0, f.done if f else None) for f in found]
         if all(found):
             item.latency_ms = max(v for v in item.applied_ms if v is not None)
+        item.gc_ms, item.gc_generation = MARKS.gc_between(t0, time.monotonic())
         rounds.append(item)
         say(
             f"round {number + 1}/{args.changes}: {item.latency_ms} ms"
             f" (api {item.api_ms}, event {item.event_ms}, published {item.published_ms},"
-            f" applied {item.applied_ms})"
+            f" applied {item.applied_ms}, gc {item.gc_ms} ms)"
         )
         await asyncio.sleep(args.gap)
     wall = time.monotonic() - wall_before
@@ -599,6 +625,9 @@ async def measure(
     return {
         "summary_ms": {
             "propagation": summary([r.latency_ms for r in done if r.latency_ms is not None]),
+            "first_data_plane_applied": stage(
+                [min((v for v in r.applied_ms if v is not None), default=None) for r in rounds]
+            ),
             "api_patch": stage([r.api_ms for r in rounds]),
             "to_controller_event": stage([r.event_ms for r in rounds]),
             "to_published": stage([r.published_ms for r in rounds]),
@@ -606,6 +635,7 @@ async def measure(
             "data_plane_apply": summary(apply_ms),
         },
         "timeouts": len(rounds) - len(done),
+        "gc_ms_per_round": summary([r.gc_ms for r in rounds]),
         "nacks": sum(len(c.refused) for c in clients),
         "snapshot_wire_bytes": wire_bytes,
         "controller_metrics": controller_side,
@@ -659,6 +689,8 @@ def markdown(result: dict[str, Any]) -> str:
         return f"| {name} | {cells} | {v.get('count', 0)} |"
 
     prop = result["controller_metrics"].get("wslb_controller_propagation_seconds", {})
+    builds = result["controller_metrics"].get("wslb_controller_build_duration_seconds", {})
+    gc_ms = result["gc_ms_per_round"]
     lines = [
         "# Config propagation latency (EndpointSlice change → applied by every data plane)",
         "",
@@ -674,6 +706,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| stage, ms after the PATCH was sent | p50 | p90 | p99 | max | n |",
         "|---|---|---|---|---|---|",
         row("**every data plane applied the change**", "propagation"),
+        row("first data plane applied the change", "first_data_plane_applied"),
         row("PATCH answered by the API server", "api_patch"),
         row("controller's EndpointSlice handler ran", "to_controller_event"),
         row("controller published the snapshot", "to_published"),
@@ -685,6 +718,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"observations, mean {prop.get('mean_ms')} ms, p50 ≈ {prop.get('p50_ms_estimate')} ms, "
         f"p99 ≈ {prop.get('p99_ms_estimate')} ms (bucket interpolation; buckets 50/100/250 ms "
         "are coarse).",
+        "",
+        f"The controller built {builds.get('count', 0)} snapshots for {a['changes']} changes "
+        f"(mean {builds.get('mean_ms')} ms each): besides the build that publishes the "
+        "change, the data planes' acks and the echo of its own status writes mark the "
+        "LoadBalancer dirty again, and each such round rebuilds and digests all endpoints "
+        "before finding nothing new to publish. Garbage collection (it pauses every thread "
+        f"of the process) took p50 {gc_ms.get('p50')} ms, max {gc_ms.get('max')} ms per round.",
         "",
         f"CPU seconds during the {result['rounds_wall_seconds']} s of rounds: whole bench "
         f"process {cpu['process']} (controller thread {cpu['controller_thread']}, main thread "
