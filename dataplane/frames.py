@@ -36,6 +36,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_BAD_GATEWAY = 1014
 
 _EMPTY = b""
+_NO_FRAMES: list[bytes] = []  # shared and never appended to: see inject_at_boundary
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,13 @@ class FrameTracker:
         self.error: FrameError | None = None
         self.stopped = False
         self._skip = 0  # payload bytes of the current data frame still to pass through
-        self._head = bytearray()  # partial frame header carried over between chunks
+        # A partial frame header carried over between chunks, and frames queued for the
+        # next boundary. Both are rare: start with shared empties, not a buffer per tracker.
+        self._head: bytes | bytearray = _EMPTY
         self._ctrl: bytearray | None = None  # control frame being collected
         self._ctrl_need = 0
         self._message_bytes = 0
-        self._inject: list[bytes] = []
+        self._inject: list[bytes] = _NO_FRAMES
         self._lost = False
         self._stop_after_inject = False
 
@@ -129,6 +132,8 @@ class FrameTracker:
         """Queue `frame` for the next boundary; return it now if the stream is at one."""
         if self.at_boundary and not self._inject:
             return frame
+        if self._inject is _NO_FRAMES:
+            self._inject = []
         self._inject.append(frame)
         return _EMPTY
 
@@ -252,6 +257,7 @@ class FrameTracker:
             # At a frame header (possibly split across chunks).
             frame_start = pos
             if self._head:
+                assert isinstance(self._head, bytearray)  # non-empty only as a bytearray
                 need = _header_length(self._head)
                 while need == 0 or len(self._head) < need:
                     if pos >= size:
@@ -266,7 +272,7 @@ class FrameTracker:
                     start = size
                     break
                 header = bytes(self._head)
-                self._head.clear()
+                self._head = _EMPTY
                 # The carried-over header bytes were held back; forward them now.
                 if forward:
                     pieces.append(data[start:frame_start])
@@ -280,7 +286,7 @@ class FrameTracker:
                     # Incomplete header at the end of the chunk: hold it back.
                     if forward:
                         pieces.append(data[start:pos])
-                    self._head += data[pos:]
+                    self._head = bytearray(data[pos:])
                     start = pos = size
                     break
                 header = data[pos : pos + need]
@@ -331,7 +337,7 @@ class FrameTracker:
     def _flush_inject(self, pieces: list[bytes]) -> bool:
         """Emit queued frames at this boundary; return whether forwarding goes on."""
         pieces.extend(self._inject)
-        self._inject.clear()
+        self._inject = _NO_FRAMES
         if self._stop_after_inject:
             self._stop_after_inject = False
             self.stopped = True

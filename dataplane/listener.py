@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterator
 from websockets.datastructures import Headers
 
 from dataplane.balancer import Balancer, EndpointState, RequestInfo
+from dataplane.deadlines import DeadlineWheel
 from dataplane.handshake import Rejection
 from dataplane.health import HealthChecker
 from dataplane.metrics import Metrics, TrafficTotals, close_code_label
@@ -82,6 +83,7 @@ class ListenerRuntime:
         self.draining_count = 0
         self.certificates = certificates
         self.health: HealthChecker | None = None
+        self.wheel = DeadlineWheel(asyncio.get_running_loop())
         self._m_active = metrics.connections_active.labels(self.name)
         self._m_draining = metrics.connections_draining.labels(self.name)
         self._m_handshake = metrics.handshake_seconds.labels(self.name)
@@ -193,6 +195,7 @@ class ListenerRuntime:
             connection.drain(timeout)
 
     async def close(self) -> None:
+        self.wheel.close()
         if self.health is not None:
             await self.health.close()
         if self.server is not None:

@@ -107,6 +107,7 @@ class ClientSide(asyncio.Protocol):
         "timer",
         "transport",
         "tunnel_at",
+        "wheel_slot",
     )
 
     def __init__(self, listener: ListenerRuntime) -> None:
@@ -148,6 +149,7 @@ class ClientSide(asyncio.Protocol):
         self.ka_client_pending = False
         self.ka_backend_pending = False
         self.relay_remaining: int | None = None
+        self.wheel_slot: int | None = None  # the idle deadline's slot in listener.wheel
         self.lost = False  # connection_lost ran
 
     # ---------------------------------------------------------------- accept, head
@@ -254,6 +256,9 @@ class ClientSide(asyncio.Protocol):
         hung client or a leaked backend socket."""
         try:
             await self._dial(request)
+        except asyncio.CancelledError:
+            self.task = None
+            raise
         except Exception as exc:
             log.warning("backend handshake failed on listener %s: %r", self.listener.name, exc)
             log.debug("backend handshake failure", exc_info=True)
@@ -264,6 +269,7 @@ class ClientSide(asyncio.Protocol):
             self.dialing = None
             if self.state is State.CONNECTING:
                 self._reject(Rejection(502, "Backend handshake failed"), "backend_invalid")
+        self.task = None  # a finished task would stay referenced for the whole connection
 
     def _connect_deadline(self) -> None:
         self.timer = None
@@ -299,7 +305,7 @@ class ClientSide(asyncio.Protocol):
                     await self.loop.create_connection(
                         backend.itself, endpoint.address, endpoint.port
                     )
-                    assert backend.transport is not None
+                    assert backend.transport is not None and backend.head is not None
                     backend.transport.write(head)
                     answer_head = await backend.head
             except (OSError, TimeoutError, ConnectionError, ValueError) as exc:
@@ -379,7 +385,7 @@ class ClientSide(asyncio.Protocol):
         self.transport.write(head)
         self.idle_timeout = config.idle_timeout_seconds
         self.last_activity = self.tunnel_at
-        self.timer = self.loop.call_at(self.tunnel_at + self.idle_timeout, self._idle_check)
+        listener.wheel.add(self, self.tunnel_at + self.idle_timeout)
         if config.keepalive.enabled:
             self.ka_timer = self.loop.call_later(
                 config.keepalive.interval_seconds, self._keepalive_tick
@@ -465,16 +471,16 @@ class ClientSide(asyncio.Protocol):
 
     # ---------------------------------------------------------------- timers
 
-    def _idle_check(self) -> None:
-        self.timer = None
+    def deadline_due(self, now: float) -> float | None:
+        """The idle deadline's slot came due (see deadlines.py): move it or close."""
         if self.state is not State.TUNNEL or self.closing:
-            return
+            return None
         deadline = self.last_activity + self.idle_timeout
-        if deadline > self.loop.time():
-            self.timer = self.loop.call_at(deadline, self._idle_check)
-            return
+        if deadline > now:
+            return deadline
         self.listener.count_idle_timeout()
         self.close(CLOSE_GOING_AWAY, "idle timeout")
+        return None
 
     def _keepalive_tick(self) -> None:
         self.ka_timer = None
@@ -597,6 +603,7 @@ class ClientSide(asyncio.Protocol):
         state = self.state
         self.state = State.CLOSED
         self.lost = True
+        self.listener.wheel.discard(self)
         self._cancel_timer()
         self._stop_keepalive()
         for handle in (self.close_timer, self.drain_timer):
@@ -674,7 +681,7 @@ class BackendSide(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.head: asyncio.Future[bytes] = client.loop.create_future()
+        self.head: asyncio.Future[bytes] | None = client.loop.create_future()
         self.attached = False  # ClientSide took over: bytes go straight to it
         self.lost = False
 
@@ -690,7 +697,7 @@ class BackendSide(asyncio.Protocol):
             self.client.backend_data(data)
             return
         self.buffer += data
-        if self.head.done():
+        if self.head is None or self.head.done():
             return  # kept in buffer until the client side attaches
         end = self.buffer.find(HEAD_END)
         if end >= 0:
@@ -704,6 +711,7 @@ class BackendSide(asyncio.Protocol):
         """From now on bytes go to the client side; return those that came early."""
         self.attached = True
         rest, self.buffer = bytes(self.buffer), bytearray()
+        self.head = None  # the answer was consumed: free it for the connection's lifetime
         return rest
 
     def eof_received(self) -> bool | None:
@@ -711,7 +719,7 @@ class BackendSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if not self.head.done():
+        if self.head is not None and not self.head.done():
             self.head.set_exception(ConnectionError("backend closed before answering"))
         elif self.client.backend is self:
             self.client.backend_lost()
@@ -728,7 +736,7 @@ class BackendSide(asyncio.Protocol):
 
     def abandon(self) -> None:
         """Close this backend connection (flushing what is buffered, with a bound)."""
-        if not self.head.done():
+        if self.head is not None and not self.head.done():
             self.head.cancel()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
