@@ -444,6 +444,32 @@ def cpu_mark(controller: ControllerThread, cluster: ControlPlane) -> CpuMark:
     )
 
 
+def machine_ticks() -> list[int]:
+    """The aggregate `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu "):
+                return [int(v) for v in line.split()[1:9]]
+    return []
+
+
+def machine_share(before: list[int], after: list[int], own_cpu_seconds: float) -> dict[str, Any]:
+    """How busy the whole machine was between two readings, and how much of that was
+    not this benchmark (its process, kube-apiserver and etcd)."""
+    if len(before) < 8 or len(after) < 8:
+        return {}
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta) or 1
+    busy = total - delta[3] - delta[4]
+    return {
+        "busy_fraction": round(busy / total, 3),
+        "steal_fraction": round(delta[7] / total, 3),
+        "not_this_benchmark_fraction": round(
+            max(0.0, busy / CLOCK_TICKS - own_cpu_seconds) / (total / CLOCK_TICKS), 3
+        ),
+    }
+
+
 def cpu_delta(before: CpuMark, after: CpuMark) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key, value in asdict(after).items():
@@ -559,6 +585,7 @@ async def measure(
     wire_bytes = len(encode(message).encode())
     metrics_before = histograms(await scrape(controller.ports["http"]))
     cpu_before = cpu_mark(controller, cluster)
+    ticks_before = machine_ticks()
     wall_before = time.monotonic()
     ready = dict.fromkeys(range(total), True)
     rounds: list[Round] = []
@@ -602,6 +629,9 @@ async def measure(
         await asyncio.sleep(args.gap)
     wall = time.monotonic() - wall_before
     cpu_after = cpu_mark(controller, cluster)
+    ticks_after = machine_ticks()
+    cpu = cpu_delta(cpu_before, cpu_after)
+    own = sum(cpu[k] or 0.0 for k in ("process", "apiserver", "etcd"))
     metrics_after = histograms(await scrape(controller.ports["http"]))
 
     done = [r for r in rounds if r.latency_ms is not None]
@@ -641,10 +671,20 @@ async def measure(
         },
         "timeouts": len(rounds) - len(done),
         "gc_ms_per_round": summary([r.gc_ms for r in rounds]),
+        "propagation_by_gc_ms": {
+            "rounds_with_a_full_collection": summary(
+                [r.latency_ms for r in done if r.latency_ms is not None and r.gc_generation == 2]
+            ),
+            "rounds_without": summary(
+                [r.latency_ms for r in done if r.latency_ms is not None and r.gc_generation < 2]
+            ),
+        },
+        "gc_tracked_objects": len(gc.get_objects()),
+        "machine_during_rounds": machine_share(ticks_before, ticks_after, own),
         "nacks": sum(len(c.refused) for c in clients),
         "snapshot_wire_bytes": wire_bytes,
         "controller_metrics": controller_side,
-        "cpu_seconds_during_rounds": cpu_delta(cpu_before, cpu_after),
+        "cpu_seconds_during_rounds": cpu,
         "rounds_wall_seconds": round(wall, 2),
         "rounds": [asdict(r) for r in rounds],
     }
@@ -696,6 +736,9 @@ def markdown(result: dict[str, Any]) -> str:
     prop = result["controller_metrics"].get("wslb_controller_propagation_seconds", {})
     builds = result["controller_metrics"].get("wslb_controller_build_duration_seconds", {})
     gc_ms = result["gc_ms_per_round"]
+    with_gc = result["propagation_by_gc_ms"]["rounds_with_a_full_collection"]
+    without_gc = result["propagation_by_gc_ms"]["rounds_without"]
+    machine = result["machine_during_rounds"]
     lines = [
         "# Config propagation latency (EndpointSlice change → applied by every data plane)",
         "",
@@ -729,12 +772,23 @@ def markdown(result: dict[str, Any]) -> str:
         "change, the data planes' acks and the echo of its own status writes mark the "
         "LoadBalancer dirty again, and each such round rebuilds and digests all endpoints "
         "before finding nothing new to publish. Garbage collection (it pauses every thread "
-        f"of the process) took p50 {gc_ms.get('p50')} ms, max {gc_ms.get('max')} ms per round.",
+        f"of the process) took p50 {gc_ms.get('p50')} ms, max {gc_ms.get('max')} ms per round"
+        + (
+            f"; the {with_gc['count']} rounds with a full (generation 2) collection of the "
+            f"{result['gc_tracked_objects']:,} objects this one process tracks had p50 "
+            f"{with_gc['p50']} ms, max {with_gc['max']} ms; the "
+            f"{without_gc.get('count', 0)} without, p50 {without_gc.get('p50')} ms, p99 "
+            f"{without_gc.get('p99')} ms, max {without_gc.get('max')} ms."
+            if with_gc
+            else "; no round saw a full collection."
+        ),
         "",
         f"CPU seconds during the {result['rounds_wall_seconds']} s of rounds: whole bench "
         f"process {cpu['process']} (controller thread {cpu['controller_thread']}, main thread "
         f"with the data planes {cpu['main_thread']}), kube-apiserver {cpu['apiserver']}, "
-        f"etcd {cpu['etcd']}.",
+        f"etcd {cpu['etcd']}. The machine's CPUs were {machine.get('busy_fraction', 0):.0%} "
+        f"busy during the rounds ({machine.get('not_this_benchmark_fraction', 0):.0%} of their "
+        f"time was other work than this benchmark; steal {machine.get('steal_fraction', 0):.0%}).",
         "",
         f"Machine: {env['cores']} x {env['cpu']}, kernel {env['kernel']}, Python "
         f"{env['python']}, kube-apiserver {env['kubernetes']}, etcd {env['etcd']}. Load average "
@@ -753,7 +807,12 @@ def markdown(result: dict[str, Any]) -> str:
         "across a network; the controller runs on a thread and the data planes on the "
         "event loop of one Python process, so they share one GIL and the data planes' "
         "applies are serialised, which a real deployment (a pod each) would not do. "
-        "Percentiles are nearest-rank over the rounds: with 50 rounds p99 is the maximum.",
+        f"Percentiles are nearest-rank over the {a['changes']} rounds"
+        + (
+            f": p99 is the {a['changes'] - math.ceil(0.99 * a['changes']) + 1}. largest."
+            if a["changes"] >= 2
+            else "."
+        ),
         "",
     ]
     return "\n".join(lines)
