@@ -721,6 +721,15 @@ def environment() -> dict[str, Any]:
     }
 
 
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def within(histogram: dict[str, Any], le: str) -> int:
+    return int(histogram.get("buckets", {}).get(le, 0))
+
+
 def markdown(result: dict[str, Any]) -> str:
     s = result["summary_ms"]
     a = result["arguments"]
@@ -749,7 +758,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"EndpointSlices, {a['data_planes']} data planes, {a['changes']} changes "
         f"{a['gap']} s apart; snapshot {result['snapshot_wire_bytes']:,} bytes on the wire. "
         f"{result['timeouts']} rounds missed the {a['deadline']} s deadline, "
-        f"{result['nacks']} nacks.",
+        f"{result['nacks']} nacks. From the controller's start to every data plane running "
+        f"all endpoints: {result['initial_sync_seconds']} s.",
         "",
         "| stage, ms after the PATCH was sent | p50 | p90 | p99 | max | n |",
         "|---|---|---|---|---|---|",
@@ -763,9 +773,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"The controller's own `wslb_controller_propagation_seconds` (from its event handler "
         f"to the last ack, so without the API server's share): {prop.get('count', 0)} "
-        f"observations, mean {prop.get('mean_ms')} ms, p50 ≈ {prop.get('p50_ms_estimate')} ms, "
-        f"p99 ≈ {prop.get('p99_ms_estimate')} ms (bucket interpolation; buckets 50/100/250 ms "
-        "are coarse).",
+        f"observations, mean {prop.get('mean_ms')} ms; {within(prop, '0.25')} of them within "
+        f"250 ms, {within(prop, '0.5')} within 500 ms (its buckets are too coarse for "
+        "percentiles: interpolating inside 250-500 ms would invent a tail).",
         "",
         f"The controller built {builds.get('count', 0)} snapshots for {a['changes']} changes "
         f"(mean {builds.get('mean_ms')} ms each): besides the build that publishes the "
@@ -809,7 +819,7 @@ def markdown(result: dict[str, Any]) -> str:
         "applies are serialised, which a real deployment (a pod each) would not do. "
         f"Percentiles are nearest-rank over the {a['changes']} rounds"
         + (
-            f": p99 is the {a['changes'] - math.ceil(0.99 * a['changes']) + 1}. largest."
+            f": p99 is the {ordinal(a['changes'] - math.ceil(0.99 * a['changes']) + 1)} largest."
             if a["changes"] >= 2
             else "."
         ),
