@@ -4,11 +4,36 @@
 # tier (hack/host-prep.sh), and the pinned Go tools in ~/.cache/wslb (hack/e2e-assets.sh),
 # which the integration tier also uses (a real kube-apiserver, etcd, kubectl and helm). Built
 # before the tiers run, so that on a fresh machine those tests run instead of skipping.
-# Both steps only do what is missing: on a warm machine this takes a second.
+# And Debian's chromium and prometheus: the real browser and the real Prometheus of the
+# integration tier (tests/integration/test_browser.py, test_prometheus.py skip without them).
+# Every step only does what is missing: on a warm machine this takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
 
+# test_packages: chromium and prometheus, without their recommends (those bring avahi, cups
+# helpers, upower and prometheus-node-exporter, none of which a headless test needs). Debian
+# starts a package's service on install where an init system runs (prometheus on :9090,
+# node-exporter on :9100): a policy-rc.d answering 101 forbids that for this install; one
+# already there (this image's answers 101 too) is left as it is, ours is removed afterwards.
+# Runs under `timed`, so errexit is off in here: failures are returned explicitly.
+test_packages() {
+  local pkgs=(chromium prometheus) missing=() p policy=/usr/sbin/policy-rc.d ours="" status=0
+  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]} (no services started)"
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# wslb hack/ci-packages.sh: no service starts during this install\nexit 101\n' \
+      > "$policy" && chmod 755 "$policy" && ours=1 || return 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq &&
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || status=$?
+  [ -z "$ours" ] || rm -f "$policy"
+  return "$status"
+}
+
 timed "host prep" bash hack/host-prep.sh
 timed "go tools (make e2e-assets)" bash hack/e2e-assets.sh
+timed "chromium + prometheus (apt)" test_packages
 print_timings
