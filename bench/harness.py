@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procstat import raise_nofile, total_rss_kib, tree
+from bench.procstat import machine_busy_seconds, raise_nofile, total_rss_kib, tree
 from bench.proxies import PROXIES, REPO, Proxy, uvloop_version
 
 LOAD_CPU = 0
@@ -360,6 +360,12 @@ def run_load(
     return measurement
 
 
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its waited-for children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -368,6 +374,7 @@ def main() -> None:
     settings = Settings.from_env()
     raise_nofile()
     started = time.monotonic()
+    busy_start, own_start = machine_busy_seconds(), _own_cpu()
     info = machine()
     log(f"load average {info['loadavg_start']}; settings {settings}")
     workdir = Path(tempfile.mkdtemp(prefix="wslb-bench-"))
@@ -420,6 +427,10 @@ def main() -> None:
         backend.stop()
     info["loadavg_end"] = os.getloadavg()
     info["elapsed_seconds"] = time.monotonic() - started
+    # Every process of this run is a waited-for child by now, so its CPU is in os.times();
+    # what the machine spent beyond that was other people's work.
+    foreign = (machine_busy_seconds() - busy_start) - (_own_cpu() - own_start)
+    info["foreign_cpu_cores"] = max(0.0, foreign / info["elapsed_seconds"])
     settings_out = asdict(settings)
     settings_out["out"] = str(settings.out)
     results = {

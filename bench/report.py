@@ -3,7 +3,8 @@
 Owns presentation only: medians over rounds, ratios to HAProxy, the targets of issue 2
 (at least 1.0x HAProxy per core on handshakes, small messages and WSS handshakes, 1.5x on bulk,
 at most 3 KiB per idle connection), a PNG plot, and the hand-written analysis in
-`bench/NOTES.md`, copied in verbatim. It measures nothing.
+`bench/NOTES.md`, copied in verbatim, and the config-propagation results of
+`bench.propagation` (`bench/results/propagation.md`) if present. It measures nothing.
 
 Run: `python -m bench.report [results.json] [--out BENCHMARKS.md] [--plot plot.png]`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from bench.proxies import REPO
 PROXY_ORDER = ("wslb", "haproxy", "nginx")
 LABELS = {"wslb": "wslb (1 worker)", "haproxy": "HAProxy (nbthread 1)", "nginx": "nginx (1 worker)"}
 NOTES = REPO / "bench" / "NOTES.md"
+PROPAGATION = REPO / "bench" / "results" / "propagation.md"
 BUSY_LOAD = 0.5
 X = "\u00d7"  # the multiplication sign of ratios
 
@@ -337,7 +340,8 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
     settings = results["settings"]
     load_start = info.get("loadavg_start", [0, 0, 0])
     load_end = info.get("loadavg_end", [0, 0, 0])
-    busy = max(load_start[0], load_end[0]) > BUSY_LOAD
+    foreign = info.get("foreign_cpu_cores")
+    busy = load_start[0] > BUSY_LOAD or (foreign is not None and foreign > BUSY_LOAD)
     rel_plot = (
         plot_path.relative_to(out.parent) if plot_path.is_relative_to(out.parent) else plot_path
     )
@@ -356,12 +360,21 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
         f"{settings['repeat']} round(s); the whole run took {info['elapsed_seconds']:.0f} s.",
         "",
     ]
+    others = (
+        f"other work used {foreign:.2f} of the 2 cores on average during the run"
+        if foreign is not None
+        else f"{load_end[0]:.2f} at the end, this run's own processes included"
+    )
     if busy:
         parts += [
-            f"> **The machine was busy** (load average {load_start[0]:.2f} at the start, "
-            f"{load_end[0]:.2f} at the end, on 2 cores: other work was running). Ratios "
-            "measured in the same run still mean something; absolute rates and latencies "
-            "less so.",
+            f"> **The machine was busy** (load average {load_start[0]:.2f} at the start; "
+            f"{others}). Ratios measured in the same run still mean something; absolute "
+            "rates and latencies less so.",
+            "",
+        ]
+    else:
+        parts += [
+            f"The machine was quiet at the start (load average {load_start[0]:.2f}; {others}).",
             "",
         ]
     if settings.get("quick"):
@@ -385,6 +398,10 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
     ]
     if NOTES.exists():
         parts += [NOTES.read_text().rstrip(), ""]
+    if PROPAGATION.exists():
+        # Written by `python -m bench.propagation` (its own run); one level down here.
+        text = PROPAGATION.read_text().rstrip()
+        parts += [re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE), ""]
     return "\n".join(parts) + "\n"
 
 
