@@ -38,7 +38,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procstat import machine_busy_seconds, raise_nofile, total_rss_kib, tree
+from bench.procstat import (
+    die_with_parent,
+    machine_busy_seconds,
+    raise_nofile,
+    total_rss_kib,
+    tree,
+)
 from bench.proxies import PROXIES, REPO, Proxy, uvloop_version
 
 LOAD_CPU = 0
@@ -191,6 +197,7 @@ class Backend:
             cwd=REPO,
             text=True,
             env={**os.environ, "GOMAXPROCS": "1"},
+            preexec_fn=die_with_parent,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().split()
@@ -221,7 +228,12 @@ def load(
     for name, pids in watch.items():
         command += ["--watch", f"{name}={','.join(map(str, pids))}"]
     done = subprocess.run(
-        pinned(cpu, *command), capture_output=True, text=True, cwd=REPO, timeout=timeout
+        pinned(cpu, *command),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        preexec_fn=die_with_parent,
     )
     if done.returncode != 0:
         raise RuntimeError(f"loadgen {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -280,6 +292,7 @@ def measure_idle(proxy: Proxy, settings: Settings, secure: bool = False) -> dict
         stderr=subprocess.PIPE,
         cwd=REPO,
         text=True,
+        preexec_fn=die_with_parent,
     )
     assert client.stdin is not None and client.stdout is not None
     try:

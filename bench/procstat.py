@@ -7,8 +7,10 @@ process tree (nginx: master and worker). Nothing here starts or stops processes.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
+import signal
 from collections.abc import Iterable
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -105,3 +107,12 @@ def machine_busy_seconds() -> float:
         fields = [int(value) for value in stat.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For `Popen(preexec_fn=...)`: the child gets SIGTERM when the process that started
+    it dies, so a killed harness or test run leaves no backend or proxy behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

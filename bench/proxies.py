@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.procstat import tree
+from bench.procstat import die_with_parent, tree
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -96,6 +96,7 @@ class Proxy:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.working_directory(),
+                preexec_fn=die_with_parent,
             )
         wait_listening([self.ws_port, self.wss_port], self.process, self.log)
 
