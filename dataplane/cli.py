@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -165,6 +166,9 @@ class DataPlaneProcess:
             client_task = loop.create_task(client.run(self.stop))
         else:
             await self.reload(first=True)
+        # Everything allocated so far (modules, config, TLS contexts) lives for the whole
+        # process: keep it out of the cyclic GC's full collections, which pause the loop.
+        gc.freeze()
         if self.options.admin_socket:
             await self.admin.start_unix(self.options.admin_socket)
         else:

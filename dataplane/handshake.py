@@ -183,13 +183,28 @@ class BackendAnswer:
     content_length: int | None
 
 
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def parse_status_line(head: bytes) -> int:
+    """The status code of a backend's response head; ValueError when not HTTP/1.x or
+    when the head holds control characters or bare CR/LF (cheap scans, no parsing)."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf or _CONTROL.search(head):
+        raise ValueError("control characters in the response head")
+    status_line = head[: head.find(b"\r\n")].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    code = parts[1] if len(parts) >= 2 else ""
+    valid = len(code) == 3 and code.isascii() and code.isdecimal()
+    if not parts[0].startswith("HTTP/1.") or not valid:
+        raise ValueError(f"bad status line {status_line[:80]!r}")
+    return int(code)
+
+
 def parse_backend_head(head: bytes) -> BackendAnswer:
     """Parse the backend's response head; raise ValueError when it is not HTTP/1.x."""
+    status = parse_status_line(head)
     line_end = head.find(b"\r\n")
-    status_line = head[:line_end].decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise ValueError(f"bad status line {status_line[:80]!r}")
     headers = Headers()
     for line in head[line_end + 2 : -4].split(b"\r\n"):
         if not line:
@@ -207,7 +222,7 @@ def parse_backend_head(head: bytes) -> BackendAnswer:
         if len(length) == 1 and length[0].isascii() and length[0].isdecimal()
         else None
     )
-    return BackendAnswer(int(parts[1]), head, headers, content_length)
+    return BackendAnswer(status, head, headers, content_length)
 
 
 def render_backend_head(answer: BackendAnswer, status_line: bytes | None = None) -> bytes:

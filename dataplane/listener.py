@@ -15,6 +15,7 @@ import logging
 import math
 import socket
 from collections.abc import Collection, Iterator
+from typing import Any
 
 from websockets.datastructures import Headers
 
@@ -89,6 +90,7 @@ class ListenerRuntime:
         self._m_handshake = metrics.handshake_seconds.labels(self.name)
         self._m_duration = metrics.connection_seconds.labels(self.name)
         self._m_upgraded = metrics.upgrades.labels(self.name, "101")
+        self._m_backend: dict[str, Any] = {}
         self.config = config
         self.bind_key = _bind_key(config)
         self._apply(config, certificates, first=True)
@@ -124,6 +126,7 @@ class ListenerRuntime:
             fresh[endpoint.key] = state
         removed = [state for key, state in self.endpoints.items() if key not in fresh]
         for state in removed:
+            self._m_backend.pop(state.key, None)
             for gauge in (self.metrics.backend_healthy, self.metrics.backend_connections):
                 with contextlib.suppress(KeyError):
                     gauge.remove(self.name, state.key)
@@ -212,7 +215,7 @@ class ListenerRuntime:
         self._m_active.inc()
         if self.retired:
             return Rejection(503, "Listener is closing", [("Retry-After", "1")]), "draining"
-        if not self.acl.allows(connection.client_ip):
+        if self.acl.restricts and not self.acl.allows(connection.client_ip):
             return Rejection(403, "Source address not allowed"), "source_denied"
         if len(self.connections) > self.config.limits.max_connections:
             return _busy("Too many connections on this listener"), "listener_connections"
@@ -249,9 +252,7 @@ class ListenerRuntime:
             endpoint = connection.endpoint
             if endpoint is not None and self.endpoints.get(endpoint.key) is endpoint:
                 # connection_lost already took this connection off endpoint.active
-                self.metrics.backend_connections.labels(self.name, endpoint.key).set(
-                    endpoint.active
-                )
+                self._backend_gauge(endpoint.key).set(endpoint.active)
 
     def traffic(self) -> TrafficTotals:
         """Totals of closed connections plus the live ones, for the scrape collector."""
@@ -285,13 +286,18 @@ class ListenerRuntime:
     def should_drain(self, endpoint: EndpointState) -> bool:
         return endpoint.draining or self.endpoints.get(endpoint.key) is not endpoint
 
+    def _backend_gauge(self, key: str) -> Any:
+        """The labelled child, cached: labels() costs a microsecond on every handshake."""
+        child = self._m_backend.get(key)
+        if child is None:
+            child = self._m_backend[key] = self.metrics.backend_connections.labels(self.name, key)
+        return child
+
     def tunnel_opened(self, connection: ClientSide, handshake_seconds: float) -> None:
         self._m_upgraded.inc()
         self._m_handshake.observe(handshake_seconds)
         if connection.endpoint is not None:
-            self.metrics.backend_connections.labels(self.name, connection.endpoint.key).set(
-                connection.endpoint.active
-            )
+            self._backend_gauge(connection.endpoint.key).set(connection.endpoint.active)
 
     def count_upgrade(self, status: int) -> None:
         self.metrics.upgrades.labels(self.name, str(status)).inc()

@@ -56,6 +56,8 @@ class SourceFilter:
         self._allow_v4, self._allow_v6 = _networks(ranges.allow)
         self._deny_v4, self._deny_v6 = _networks(ranges.deny)
         self._allow_all = not ranges.allow
+        self.restricts = bool(ranges.allow or ranges.deny)
+        """False when no range is configured: callers skip the check (a hot path)."""
 
     def allows(self, ip: str) -> bool:
         address = parse_client_ip(ip)

@@ -41,6 +41,7 @@ from dataplane.handshake import (
     Rejection,
     parse_backend_head,
     parse_request,
+    parse_status_line,
     render_backend_head,
     render_request,
     validate_upgrade,
@@ -340,7 +341,12 @@ class ClientSide(asyncio.Protocol):
         listener = self.listener
         self._cancel_timer()  # the connect deadline
         try:
-            answer = parse_backend_head(head)
+            # A 101 is relayed unchanged: its headers are parsed only when sticky
+            # sessions must rewrite them (a measurable share of each handshake).
+            status = parse_status_line(head)
+            answer = None
+            if status != 101 or listener.sticky_rewrites_response:
+                answer = parse_backend_head(head)
         except ValueError:
             endpoint.active -= 1
             backend.abandon()
@@ -350,7 +356,7 @@ class ClientSide(asyncio.Protocol):
         assert self.transport is not None
         self.backend = backend
         self.endpoint = endpoint
-        if answer.status != 101:
+        if answer is not None and status != 101:
             # Relay the backend's own answer as is, then close.
             endpoint.active -= 1
             self.endpoint = None
@@ -368,7 +374,7 @@ class ClientSide(asyncio.Protocol):
                     listener.config.limits.handshake_timeout_seconds, self._finish
                 )
             return
-        if listener.sticky_rewrites_response:
+        if answer is not None and listener.sticky_rewrites_response:
             listener.rewrite_response(endpoint.key, answer.headers)
             head = render_backend_head(answer)
         config = listener.config
