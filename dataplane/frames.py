@@ -245,14 +245,8 @@ class FrameTracker:
                 pos += step
                 start = pos
                 if self._ctrl_need == 0:
-                    frame = bytes(self._ctrl)
-                    self._ctrl = None
-                    keep = self._control_complete(frame)
-                    if forward and keep:
-                        pieces.append(frame)
-                    if self._inject and forward:
-                        forward = self._flush_inject(pieces)
-                        start = pos if forward else size
+                    forward = self._end_control(pieces, forward)
+                    start = pos if forward else size
                 continue
             # At a frame header (possibly split across chunks).
             frame_start = pos
@@ -311,15 +305,9 @@ class FrameTracker:
                     pieces.append(data[start:frame_start])
                 self._ctrl = bytearray(header)
                 start = pos
-                if self._ctrl_need == 0:
-                    frame = bytes(self._ctrl)
-                    self._ctrl = None
-                    keep = self._control_complete(frame)
-                    if forward and keep:
-                        pieces.append(frame)
-                    if self._inject and forward:
-                        forward = self._flush_inject(pieces)
-                        start = pos if forward else size
+                if self._ctrl_need == 0:  # empty payload: complete now, even at chunk end
+                    forward = self._end_control(pieces, forward)
+                    start = pos if forward else size
                 continue
             if carried and forward:
                 pieces.append(carried)
@@ -333,6 +321,19 @@ class FrameTracker:
             return data
         pieces.append(data[start:])
         return b"".join(pieces)
+
+    def _end_control(self, pieces: list[bytes], forward: bool) -> bool:
+        """The held control frame is complete: inspect it, forward it unless dropped, and
+        emit frames queued for this boundary. Returns whether forwarding goes on."""
+        assert self._ctrl is not None
+        frame = bytes(self._ctrl)
+        self._ctrl = None
+        keep = self._control_complete(frame)
+        if forward and keep:
+            pieces.append(frame)
+        if forward and self._inject:
+            return self._flush_inject(pieces)
+        return forward
 
     def _flush_inject(self, pieces: list[bytes]) -> bool:
         """Emit queued frames at this boundary; return whether forwarding goes on."""

@@ -53,11 +53,6 @@ class Rejection(Exception):
     reason: str
     headers: list[tuple[str, str]] = field(default_factory=list)
 
-    @property
-    def label(self) -> str:
-        """Bounded metric label for the rejection reason."""
-        return f"{self.status}"
-
     def render(self) -> bytes:
         return render_response(self.status, self.reason, self.headers)
 
@@ -131,16 +126,6 @@ def validate_upgrade(request: Request) -> None:
         raise Rejection(400, "Invalid WebSocket handshake: missing Host header")
     if not _ORIGIN_FORM.fullmatch(request.path):
         raise Rejection(400, "Invalid request target")
-
-
-def single_header(headers: Headers, name: str) -> str | None:
-    """The header's value, or None if absent; a repeated header counts as malformed."""
-    values = headers.get_all(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise Rejection(400, f"Invalid WebSocket handshake: multiple {name} headers")
-    return values[0]
 
 
 def render_request(

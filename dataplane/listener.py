@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import socket
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 from websockets.datastructures import Headers
@@ -81,7 +81,6 @@ class ListenerRuntime:
         self.totals = TrafficTotals()
         self.server: asyncio.Server | None = None
         self.retired = False
-        self.draining_count = 0
         self.certificates = certificates
         self.health: HealthChecker | None = None
         self.wheel = DeadlineWheel(asyncio.get_running_loop())
@@ -316,11 +315,7 @@ class ListenerRuntime:
         self.metrics.keepalive_timeouts.labels(self.name).inc()
 
     def count_draining(self, delta: int) -> None:
-        self.draining_count += delta
         self._m_draining.inc(delta)
-
-    def tunnels(self) -> Iterator[ClientSide]:
-        return iter(list(self.connections))
 
 
 def _busy(text: str, retry_after: float = 1.0) -> Rejection:

@@ -77,10 +77,6 @@ class Runtime:
         for name, listener in self.listeners.items():
             yield name, listener.traffic()
 
-    def connections(self) -> Iterator[object]:
-        for listener in [*self.listeners.values(), *self.retired]:
-            yield from listener.connections
-
     async def apply(self, snapshot: Snapshot) -> None:
         """Swap to `snapshot` or raise ConfigError and keep the current one."""
         async with self._lock:
