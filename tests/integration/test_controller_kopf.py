@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
-import ipaddress
 import logging
 import re
 import ssl
@@ -32,16 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from controller import main
 from controller.owned import FIELD_MANAGER
 from controller.settings import Settings
+from dataplane.certs import self_signed
 from dataplane.config_client import ClientSettings, ConfigClient
 from dataplane.runtime import Runtime
 from lbwire.messages import SUBPROTOCOL, Ack, Nack, SnapshotMessage
@@ -166,33 +161,10 @@ async def apply(cluster: ControlPlane, *objects: dict[str, Any]) -> None:
 
 def write_tls(directory: Path) -> None:
     """The config server's serving certificate for 127.0.0.1, self-signed (also its CA)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wslb-config")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (directory / "tls.crt").write_bytes(pem)
-    (directory / "ca.crt").write_bytes(pem)
-    (directory / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert, key = self_signed(["127.0.0.1"])
+    (directory / "tls.crt").write_text(cert)
+    (directory / "ca.crt").write_text(cert)
+    (directory / "tls.key").write_text(key)
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

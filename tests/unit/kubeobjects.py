@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import base64
-import datetime
 from collections.abc import Iterable
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from controller.models import Kind, parse
 from controller.store import Store
+from dataplane.certs import self_signed
 
 NS = "default"
 T0 = "2026-01-01T00:00:00Z"
@@ -121,26 +116,7 @@ def secret(name: str, data: dict[str, str], type_: str = "Opaque", ns: str = NS)
 
 def certificate(common_name: str = "lb.example") -> tuple[str, str]:
     """A self-signed ECDSA certificate and its key, PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return cert_pem, key_pem
+    return self_signed([common_name])
 
 
 KINDS = {kind.value: kind for kind in Kind}
