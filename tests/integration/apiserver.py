@@ -41,6 +41,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.e2e.kind_cluster import CACHE, VERSIONS  # one reader of hack/versions.sh
+
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "wslb"
 RELEASE_NAMESPACE = "wslb-system"
@@ -54,21 +56,6 @@ AUDIT_POLICY = {
 }
 
 
-def _versions() -> dict[str, str]:
-    """The pinned versions, from the one file the build scripts read."""
-    out: dict[str, str] = {}
-    for line in (REPO / "hack" / "versions.sh").read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.isupper() and key.isidentifier() and not value.startswith("("):
-            out[key] = value.strip().strip('"')
-    return out
-
-
-VERSIONS = _versions()
-CACHE = Path(
-    os.environ.get("WSLB_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wslb"
-)
 BINARIES = {
     "kube-apiserver": CACHE / "k8s" / VERSIONS["K8S_VERSION"] / "kube-apiserver",
     "kubectl": CACHE / "k8s" / VERSIONS["K8S_VERSION"] / "kubectl",
