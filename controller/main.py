@@ -26,10 +26,11 @@ import kopf
 from lightkube import AsyncClient
 
 from controller import handlers
+from controller.cluster import FIELD_MANAGER, LightkubeCluster, LoadBalancerResource
 from controller.config_server import ConfigServer
 from controller.metrics import ControllerMetrics
-from controller.owned import FIELD_MANAGER, DataPlaneParams
-from controller.reconciler import LightkubeCluster, LoadBalancerResource, Reconciler
+from controller.owned import DataPlaneParams
+from controller.reconciler import Reconciler
 from controller.settings import Settings
 from controller.store import Store
 
@@ -117,6 +118,7 @@ async def run(
             config_url=settings.config_url,
             ca_pem=ca_pem,
             image_pull_policy=settings.image_pull_policy,
+            image_pull_secrets=settings.image_pull_secrets,
         ),
         metrics=metrics,
         holdoff=settings.holdoff_seconds,
