@@ -99,6 +99,15 @@ class Settings:
     that the config Service routes data planes to it (downward API); default hostname."""
 
     @classmethod
+    def variables(cls) -> list[str]:
+        """`NAME  default VALUE` for each setting, for --help."""
+        defaults = cls()
+        return [
+            f"{name:<28} default {getattr(defaults, field)!r}"
+            for field, name in ENVIRONMENT.items()
+        ]
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         defaults = cls()
@@ -171,3 +180,26 @@ class Settings:
             ),
             pod_name=text("POD_NAME", "") or socket.gethostname(),
         )
+
+
+# The variable of each field (the same names from_env reads; a unit test keeps them in step).
+ENVIRONMENT = {
+    "config_url": "WSLB_CONFIG_URL",
+    "image": "WSLB_IMAGE",
+    "image_pull_policy": "WSLB_IMAGE_PULL_POLICY",
+    "image_pull_secrets": "WSLB_IMAGE_PULL_SECRETS",
+    "namespace": "WSLB_NAMESPACE",
+    "watch_namespaces": "WSLB_WATCH_NAMESPACES",
+    "config_tls_dir": "WSLB_CONFIG_TLS_DIR",
+    "config_host": "WSLB_CONFIG_HOST",
+    "config_port": "WSLB_CONFIG_PORT",
+    "http_port": "WSLB_HTTP_PORT",
+    "holdoff_seconds": "WSLB_HOLDOFF_SECONDS",
+    "max_delay_seconds": "WSLB_MAX_DELAY_SECONDS",
+    "retry_seconds": "WSLB_RETRY_SECONDS",
+    "log_level": "WSLB_LOG_LEVEL",
+    "leader_election": "WSLB_LEADER_ELECTION",
+    "lease_name": "WSLB_LEASE_NAME",
+    "lease_duration_seconds": "WSLB_LEASE_DURATION_SECONDS",
+    "pod_name": "POD_NAME",
+}
