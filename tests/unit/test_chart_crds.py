@@ -363,3 +363,32 @@ def test_config_certificate_names_the_config_service() -> None:
     ]
     ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
     certificate.verify_directly_issued_by(ca)
+
+
+def commented_values(text: str) -> list[str]:
+    """Dotted paths of the values.yaml keys that carry their own `# --` comment."""
+    paths: list[str] = []
+    stack: list[tuple[int, str]] = []
+    previous = ""
+    for line in text.splitlines():
+        match = re.match(r"^( *)([A-Za-z][\w.-]*):", line)
+        if match:
+            indent, key = len(match.group(1)), match.group(2)
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, key))
+            if previous.lstrip().startswith("#"):
+                paths.append(".".join(k for _, k in stack))
+        if line.strip() and not line.lstrip().startswith("#"):
+            previous = line
+        elif line.lstrip().startswith("# --"):
+            previous = line
+    return paths
+
+
+def test_every_value_is_in_the_docs_table() -> None:
+    documented = (REPO / "docs" / "chart.md").read_text()
+    paths = commented_values((CHART / "values.yaml").read_text())
+    assert "controller.leaderElection.enabled" in paths and "crds.keep" in paths
+    missing = [path for path in paths if f"| `{path}` |" not in documented]
+    assert missing == []
