@@ -379,10 +379,9 @@ def commented_values(text: str) -> list[str]:
             stack.append((indent, key))
             if previous.lstrip().startswith("#"):
                 paths.append(".".join(k for _, k in stack))
-        if line.strip() and not line.lstrip().startswith("#"):
-            previous = line
-        elif line.lstrip().startswith("# --"):
-            previous = line
+        stripped = line.lstrip()
+        if stripped.startswith("# --") or (stripped and not stripped.startswith("#")):
+            previous = line  # a continued comment keeps its `# --` line as the previous one
     return paths
 
 
