@@ -79,6 +79,7 @@ class Reconciler:
         self._digests: dict[str, str] = {}  # of what was published
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}  # (lb, kind, name)
         self._tokens: dict[str, str] = {}  # created by us, until the watch shows the Secret
+        self._apply_errors: dict[str, str] = {}  # lb -> why its owned objects were refused
         self.rounds = 0
 
     # ------------------------------------------------------------------ inputs
@@ -181,7 +182,12 @@ class Reconciler:
         ok = True
         if result.found and result.snapshot is not None:
             ok = await self._apply_owned(key, result) and ok
-        ok = await self.status.write(key, result, sessions, self._digests.get(key)) and ok
+        ok = (
+            await self.status.write(
+                key, result, sessions, self._digests.get(key), self._apply_errors.get(key)
+            )
+            and ok
+        )
         if not ok:
             self._retry_later(key)
 
@@ -195,6 +201,7 @@ class Reconciler:
                 self.server.forget(key)
             self._awaiting.pop(key, None)
             self._tokens.pop(key, None)
+            self._apply_errors.pop(key, None)
             for cache_key in [k for k in self._applied if k[0] == key]:
                 del self._applied[cache_key]
             self.metrics.forgotten(key)
@@ -228,7 +235,7 @@ class Reconciler:
     async def _apply_owned(self, key: str, result: Build) -> bool:
         lb = self.store.load_balancers[key]
         namespace, name = lb.meta.namespace, lb.meta.name
-        ok = True
+        problems: list[str] = []
         try:
             secret = self.store.secrets.get(key_of(namespace, config_secret_name(name)))
             if secret is not None:
@@ -249,10 +256,10 @@ class Reconciler:
                 await self.cluster.refresh_ca(
                     namespace, config_secret_name(name), self.params.ca_pem
                 )
-        except Exception:
+        except Exception as exc:
             log.exception("config Secret of %s", key)
             self.metrics.apply_errors_total.inc()
-            ok = False
+            problems.append(f"Secret {config_secret_name(name)}: {_first_line(exc)}")
         manifests = [
             owned.deployment(lb, result.ports, result.max_drain_seconds, self.params),
             owned.metrics_service(lb),
@@ -267,10 +274,22 @@ class Reconciler:
                 continue
             try:
                 await self.cluster.apply(manifest)
-            except Exception:
+            except Exception as exc:
                 log.exception("apply %s %s/%s", cache_key[1], namespace, cache_key[2])
                 self.metrics.apply_errors_total.inc()
-                ok = False
+                problems.append(f"{cache_key[1]} {cache_key[2]}: {_first_line(exc)}")
             else:
                 self._applied[cache_key] = manifest
-        return ok
+        # The API server's refusal (say, an affinity the CRD passes through unchecked)
+        # reaches the LoadBalancer's status, not only the log.
+        if problems:
+            self._apply_errors[key] = "; ".join(problems)
+        else:
+            self._apply_errors.pop(key, None)
+        return not problems
+
+
+def _first_line(error: BaseException, limit: int = 1024) -> str:
+    """An error as one short line for a condition message."""
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:limit]

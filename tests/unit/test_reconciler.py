@@ -49,6 +49,7 @@ class FakeCluster:
         self.applied: list[dict[str, Any]] = []
         self.statuses: list[tuple[Kind, str, str, dict[str, Any]]] = []
         self.fail_status = 0
+        self.refuse: dict[str, str] = {}  # kind -> the API server's message
 
     async def ensure_config_secret(self, manifest: dict[str, Any]) -> bool:
         self.secrets.append(manifest)
@@ -58,6 +59,8 @@ class FakeCluster:
         raise AssertionError("not expected")
 
     async def apply(self, manifest: dict[str, Any]) -> None:
+        if manifest["kind"] in self.refuse:
+            raise RuntimeError(self.refuse[manifest["kind"]])
         self.applied.append(manifest)
 
     async def patch_status(
@@ -399,3 +402,24 @@ async def test_load_balancer_without_listeners_gets_no_portless_service(
         ("PodDisruptionBudget", "lb-wslb"),
     ]
     assert server.published[0][1].listeners == []
+
+
+async def test_a_refused_owned_object_reaches_the_load_balancer_status(
+    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+) -> None:
+    """An affinity the CRD passes through unchecked, refused by the API server: the
+    LoadBalancer says so, and stops saying so once the Deployment applies."""
+    store, reconciler, _, cluster = parts
+    message = 'Deployment.apps "lb-wslb" is invalid: spec.template.spec.affinity: bad'
+    cluster.refuse["Deployment"] = message + "\nsecond line"
+    await synced_round(store, reconciler, *BODIES)
+    programmed = cluster.last_status(Kind.LOAD_BALANCER, "lb")["conditions"][1]
+    assert (programmed["status"], programmed["reason"]) == ("False", "ApplyFailed")
+    assert programmed["message"] == f"Deployment lb-wslb: {message}"
+    assert {m["kind"] for m in cluster.applied} == {"Service", "PodDisruptionBudget"}
+    cluster.refuse.clear()
+    reconciler.mark_dirty([LB])
+    await reconciler.round()
+    programmed = cluster.last_status(Kind.LOAD_BALANCER, "lb")["conditions"][1]
+    assert programmed["reason"] != "ApplyFailed"
+    assert "Deployment" in {m["kind"] for m in cluster.applied}
