@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from websockets.asyncio.client import connect
@@ -45,7 +47,14 @@ from dataplane.config_client import ClientSettings, ConfigClient
 from dataplane.runtime import Runtime
 from lbwire.messages import SUBPROTOCOL, Ack, Nack, SnapshotMessage
 from lbwire.snapshot import Snapshot
-from tests.integration.apiserver import ControlPlane, control_plane, free_port, missing_binaries
+from tests.integration.apiserver import (
+    REPO,
+    ControlPlane,
+    binary,
+    control_plane,
+    free_port,
+    missing_binaries,
+)
 
 MISSING = missing_binaries()
 pytestmark = [
@@ -852,3 +861,24 @@ def test_examples_pass_and_invalid_examples_fail_the_api_servers_validation(
         )
         assert result.returncode != 0, f"{path.name} was accepted"
         assert expect in result.stderr, f"{path.name}: {result.stderr}"
+
+
+def test_the_rendered_chart_passes_the_api_servers_validation(cluster: ControlPlane) -> None:
+    """`helm template` output, the templated CRDs included, applied as a server-side dry
+    run: what `helm install` and `helm upgrade` would send is valid for this Kubernetes."""
+    rendered = subprocess.run(
+        [str(binary("helm")), "template", "wslb", str(REPO / "helm" / "wslb"), "-n", RELEASE_NS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(rendered) if doc]
+    assert kinds.count("CustomResourceDefinition") == 2
+    assert "PodDisruptionBudget" in kinds and "Role" in kinds
+    result = cluster.kubectl(
+        "apply", "--server-side", "--dry-run=server", "--force-conflicts", "-f", "-",
+        input=rendered, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "customresourcedefinition.apiextensions.k8s.io/loadbalancers.wslb.io" in result.stdout
