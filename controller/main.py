@@ -38,6 +38,7 @@ from controller.config_server import ConfigServer
 from controller.election import Elector, LightkubeLeases, PodLabel
 from controller.metrics import ControllerMetrics
 from controller.owned import DataPlaneParams
+from controller.pull_secrets import PullSecrets
 from controller.reconciler import Reconciler
 from controller.settings import Settings, SettingsError
 from controller.store import Store
@@ -139,6 +140,7 @@ async def run(
         holdoff=settings.holdoff_seconds,
         max_delay=settings.max_delay_seconds,
         retry=settings.retry_seconds,
+        pull_secrets=PullSecrets(settings.image_pull_secrets, settings.namespace),
     )
     server = ConfigServer(
         tokens=reconciler.token_for,

@@ -28,6 +28,7 @@ from controller.cluster import Cluster
 from controller.holdoff import Holdoff
 from controller.metrics import ControllerMetrics
 from controller.models import CA_KEY, TOKEN_KEY, Kind, key_of
+from controller.pull_secrets import PullSecrets
 from controller.status_writer import StatusWriter
 from controller.store import Store, config_secret_name
 from lbwire.session import PushSession
@@ -59,6 +60,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pull_secrets: PullSecrets | None = None,
     ) -> None:
         self.store = store
         self.cluster = cluster
@@ -70,6 +72,7 @@ class Reconciler:
         self.sleep = sleep
         self.holdoff = Holdoff(holdoff, max_delay, monotonic)
         self.status = StatusWriter(store, cluster, self.metrics, clock)
+        self.pull = pull_secrets if pull_secrets is not None else PullSecrets((), "")
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._last_version = 0
@@ -142,6 +145,27 @@ class Reconciler:
     async def run(self) -> None:
         """Rebuild dirty LoadBalancers forever: holdoff after the last change, at most
         `max_delay` after the first, never before the initial listing."""
+        refresher = asyncio.create_task(self._refresh_pull_secrets(), name="pull secrets")
+        try:
+            await self._loop()
+        finally:
+            refresher.cancel()
+
+    async def _refresh_pull_secrets(self) -> None:
+        """Re-read the chart's pull Secrets now and then; rebuild all on a change."""
+        if not self.pull.enabled:
+            return
+        while True:
+            await self.sleep(self.pull.refresh_seconds)
+            try:
+                changed = await self.pull.refresh(self.cluster.read_secret)
+            except Exception:
+                log.exception("pull secrets not refreshed")
+                continue
+            if changed and self.store.synced:
+                self.mark_dirty(list(self.store.load_balancers))
+
+    async def _loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -268,6 +292,10 @@ class Reconciler:
         if result.ports:
             # A Service needs at least one port: none until a Listener is accepted.
             manifests.append(owned.service(lb, result.ports))
+        if self.pull.enabled:
+            if self.pull.stale() and await self.pull.refresh(self.cluster.read_secret):
+                self.mark_dirty(list(self.store.load_balancers))  # their copies changed
+            manifests.append(owned.pull_secret(lb, self.pull.config))
         for manifest in manifests:
             cache_key = (key, str(manifest["kind"]), str(manifest["metadata"]["name"]))
             if self._applied.get(cache_key) == manifest:

@@ -67,6 +67,7 @@ pytestmark = [
 ]
 
 API = "wslb.io/v1alpha1"
+RELEASE_NS = "wslb-system"
 CONDITIONS = ["Accepted", "ResolvedRefs", "Programmed"]
 # What a missing RBAC rule looks like in the controller's log (kopf, lightkube, ours).
 DENIED = re.compile(r"forbidden|\b403\b", re.IGNORECASE)
@@ -233,11 +234,15 @@ class ControllerThread(threading.Thread):
 
 
 @contextlib.asynccontextmanager
-async def running_controller(tls_dir: Path) -> AsyncIterator[ControllerThread]:
+async def running_controller(
+    tls_dir: Path, pull_secrets: tuple[str, ...] = ()
+) -> AsyncIterator[ControllerThread]:
     """The controller as the wslb-controller process runs it, on ephemeral loopback ports."""
     controller = ControllerThread(
         Settings(
             leader_election=False,
+            image_pull_secrets=pull_secrets,
+            namespace=RELEASE_NS,
             config_tls_dir=str(tls_dir),
             config_host="127.0.0.1",
             config_port=0,
@@ -661,9 +666,6 @@ async def test_stopping_controller_closes_data_planes_promptly(
 # ---------------------------------------------------------------------- leader election
 
 
-RELEASE_NS = "wslb-system"
-
-
 def lightkube_client(cluster: ControlPlane) -> AsyncClient:
     """A lightkube client with the controller's own token (the chart's RBAC applies)."""
     return AsyncClient(config=KubeConfig.from_file(cluster.controller_kubeconfig))
@@ -882,3 +884,38 @@ def test_the_rendered_chart_passes_the_api_servers_validation(cluster: ControlPl
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "customresourcedefinition.apiextensions.k8s.io/loadbalancers.wslb.io" in result.stdout
+
+
+async def test_chart_pull_secret_is_copied_to_the_load_balancer_namespace(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """The chart's pull Secret (release namespace) reaches the data-plane pods' namespace
+    as `<lb>-wslb-pull`, read with the ServiceAccount's token, and the pods pull with it."""
+    ns = namespace
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    write_tls(tls_dir)
+    auths = {"auths": {"registry.example": {"username": "u", "password": "p"}}}
+    name = f"regcred-{ns}"
+    regcred = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": RELEASE_NS},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(auths).encode()).decode()},
+    }
+    await apply(cluster, regcred, load_balancer(ns))
+    async with running_controller(tls_dir, pull_secrets=(name,)):
+
+        async def copied() -> dict[str, Any] | None:
+            return await get(cluster, "secret", "lb-wslb-pull", ns)
+
+        copy = await eventually(copied, "the pull Secret copy")
+        assert copy["type"] == "kubernetes.io/dockerconfigjson"
+        assert json.loads(base64.b64decode(copy["data"][".dockerconfigjson"])) == auths
+        assert copy["metadata"]["ownerReferences"][0]["name"] == "lb"
+        deployment = await eventually(
+            lambda: get(cluster, "deployment", "lb-wslb", ns), "the data-plane Deployment"
+        )
+        pod_spec = deployment["spec"]["template"]["spec"]
+        assert pod_spec["imagePullSecrets"] == [{"name": "lb-wslb-pull"}]

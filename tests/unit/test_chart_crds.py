@@ -306,6 +306,14 @@ def test_image_pull_secrets_reach_the_controller_and_the_data_planes() -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["WSLB_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+    (reader,) = [
+        r for r in by_kind(documents, "Role") if r["metadata"]["name"].endswith("-pull-secrets")
+    ]
+    assert grants(reader) == {
+        ("", "secrets", "regcred"): {"get"},
+        ("", "secrets", "mirror"): {"get"},
+    }
+    assert reader["metadata"]["namespace"] == "wslb-system"
     (deployment,) = by_kind(render(), "Deployment")
     env = {
         e["name"]: e.get("value")
