@@ -373,7 +373,6 @@ def test_chart_rbac_allows_the_controller_no_more(cluster: ControlPlane) -> None
         ("patch", "deployments.apps", "-n", "default"),
         ("patch", "poddisruptionbudgets.policy", "-n", "default"),
         ("create", "events", "-n", "default"),
-        ("create", "leases.coordination.k8s.io", "-n", "wslb-system"),
         ("update", "leases.coordination.k8s.io/wslb-controller", "-n", "wslb-system"),
         ("patch", "pods", "-n", "wslb-system"),
     ]
@@ -383,6 +382,7 @@ def test_chart_rbac_allows_the_controller_no_more(cluster: ControlPlane) -> None
         ("delete", "pods", "-n", "default"),
         ("patch", "pods", "-n", "default"),  # only the release namespace's (leader label)
         ("update", "leases.coordination.k8s.io/other", "-n", "wslb-system"),
+        ("create", "leases.coordination.k8s.io", "-n", "wslb-system"),  # the chart creates it
         ("delete", "services", "-n", "default"),  # the garbage collector deletes owned objects
         ("delete", "secrets", "-n", "default"),
         ("update", "deployments.apps", "-n", "default"),

@@ -166,7 +166,6 @@ def test_leader_election_rights_are_namespaced_to_the_release() -> None:
     (role,) = by_kind(documents, "Role")
     assert role["metadata"]["namespace"] == "wslb-system"
     assert grants(role) == {
-        ("coordination.k8s.io", "leases", ""): {"create"},
         ("coordination.k8s.io", "leases", "wslb-controller"): {"get", "update"},
         ("", "pods", ""): {"get", "list", "patch"},
     }
@@ -185,6 +184,13 @@ def test_leader_election_rights_are_namespaced_to_the_release() -> None:
         "--set", "controller.replicas=1", "--set", "controller.leaderElection.enabled=false"
     )
     assert by_kind(without, "Role") == []
+    assert by_kind(without, "Lease") == []
+    (lease,) = by_kind(documents, "Lease")  # the chart creates it: no create right needed
+    assert (lease["metadata"]["name"], lease["metadata"]["namespace"]) == (
+        "wslb-controller",
+        "wslb-system",
+    )
+    assert lease["spec"] == {}  # the holder is the controller's to write, never Helm's
 
 
 @needs_helm
