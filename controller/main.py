@@ -215,8 +215,9 @@ async def run(
                 await task
         await health.close()
         await server.close()
-        if elector is not None and label is not None and not lost.is_set():
-            await elector.release()
+        if elector is not None and label is not None:
+            if not lost.is_set():
+                await elector.release()  # the standby need not wait the Lease out
             await _quietly(label.stand_by(), "leader label not removed")
         metrics.leader.set(0)
         await cluster.close()
