@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from lbwire.logs import rate_limit
-from lbwire.snapshot import Certificate, Listener, LoadBalancerLimits
+from lbwire.snapshot import Certificate, Listener, LoadBalancerLimits, Snapshot
 
 PREFIX = "wslb_dataplane"
 
@@ -307,9 +307,14 @@ def certificate_expiries(listeners: Iterable[Listener]) -> list[CertificateExpir
 
 
 class CertificateCollector(Collector):
-    """`..._certificate_expiry_timestamp_seconds{listener, certificate}`; replaced on apply."""
+    """`..._certificate_expiry_timestamp_seconds{listener, certificate}`.
 
-    def __init__(self) -> None:
+    With a `source`, each scrape reads the listeners in force and re-parses certificates only
+    when their PEM changed; without one, `update()` is called on every config apply.
+    """
+
+    def __init__(self, source: Callable[[], Sequence[Listener]] | None = None) -> None:
+        self.source = source
         self.expiries: list[CertificateExpiry] = []
         self.digest = ""
 
@@ -326,6 +331,8 @@ class CertificateCollector(Collector):
             self.digest = digest
 
     def collect(self) -> Iterator[Metric]:
+        if self.source is not None:
+            self.update(self.source())
         family = GaugeMetricFamily(
             f"{PREFIX}_certificate_expiry_timestamp_seconds",
             "Unix time when a listener's certificate (the leaf of the chain) expires.",
@@ -400,15 +407,29 @@ class Observability:
     def install(
         cls,
         registry: CollectorRegistry,
-        limits: Callable[[], LimitsInForce | None],
+        snapshot: Callable[[], Snapshot | None],
+        workers: int = 1,
         controller_mode: bool = False,
     ) -> Observability:
-        """Register everything; the channel gauges only where a channel exists (a standalone
-        data plane would otherwise look disconnected forever)."""
+        """Register everything on a process's registry. `snapshot` returns the config in
+        force (None before the first); limits and certificates are read from it at scrape
+        time. The channel gauges only where a channel exists (a standalone data plane would
+        otherwise look disconnected forever)."""
+
+        def limits() -> LimitsInForce | None:
+            current = snapshot()
+            if current is None:
+                return None
+            return LimitsInForce(current.load_balancer.limits, current.listeners, workers)
+
+        def listeners() -> Sequence[Listener]:
+            current = snapshot()
+            return current.listeners if current is not None else ()
+
         register_process(registry)
         registry.register(BuildInfoCollector())
         registry.register(LimitsCollector(limits))
-        made = cls(TlsFailures(), CertificateCollector(), ChannelState())
+        made = cls(TlsFailures(), CertificateCollector(listeners), ChannelState())
         registry.register(made.tls)
         registry.register(made.certificates)
         if controller_mode:

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from controller.metrics import ControllerMetrics
 from dataplane.access_log import AccessLog, AccessLogCollector
 from dataplane.metrics import Metrics, TrafficTotals
-from dataplane.process_metrics import LimitsInForce, Observability
-from lbwire.snapshot import Listener, LoadBalancerLimits
+from dataplane.process_metrics import Observability
+from lbwire.snapshot import Listener, Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "helm/wslb/files/prometheus-rules.yaml"
@@ -54,11 +54,8 @@ def exposed_metric_names() -> set[str]:
     dataplane = Metrics()
     dataplane.watch_traffic(lambda: [("ws", TrafficTotals())])  # as Runtime registers it
     listener = Listener.model_validate({"name": "ws", "port": 8080})
-    made = Observability.install(
-        dataplane.registry,
-        lambda: LimitsInForce(LoadBalancerLimits(), [listener]),
-        controller_mode=True,
-    )
+    snap = Snapshot(listeners=[listener])
+    made = Observability.install(dataplane.registry, lambda: snap, controller_mode=True)
     made.channel.acked()
     made.channel.nacked()
     dataplane.registry.register(AccessLogCollector(AccessLog()))

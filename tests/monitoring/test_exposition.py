@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from dataplane.access_log import AccessLog, AccessLogCollector
 from dataplane.admin import AdminServer
 from dataplane.metrics import Metrics
-from dataplane.process_metrics import LimitsInForce, Observability
+from dataplane.process_metrics import Observability
 from dataplane.workers import _Merged
 from lbwire.snapshot import Snapshot
 from tests.integration.conftest import Backend, DataplaneProcess, listener, snapshot
@@ -73,11 +73,8 @@ async def test_new_collectors_pass_promtool_alone_and_merged() -> None:
         wss = https_listener("wss", names=["chat.example.com"])
         snap = Snapshot(listeners=[wss])
         made = Observability.install(
-            metrics.registry,
-            lambda snap=snap: LimitsInForce(snap.load_balancer.limits, snap.listeners, 2),
-            controller_mode=True,
+            metrics.registry, lambda snap=snap: snap, workers=2, controller_mode=True
         )
-        made.certificates.update(snap.listeners)
         made.tls.observe("wss", TimeoutError())
         made.channel.connected(True)
         made.channel.acked()

@@ -40,13 +40,15 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str,
     }
 
 
-def https_listener(name: str, days: int = 30, names: list[str] | None = None) -> Listener:
+def https_listener(
+    name: str, days: int = 30, names: list[str] | None = None, port: int = 8443
+) -> Listener:
     cert, key = self_signed(["lb.example.com"], days=days)
     return Listener.model_validate(
         {
             "name": name,
             "protocol": "HTTPS",
-            "port": 8443,
+            "port": port,
             "tls": {
                 "certificates": [
                     {"certificatePem": cert, "privateKeyPem": key, "serverNames": names or []}
@@ -85,11 +87,11 @@ def test_limits_are_each_process_share_and_listener_values() -> None:
             ],
         }
     )
-    current: list[LimitsInForce | None] = [None]
+    current: list[Snapshot | None] = [None]
     registry = CollectorRegistry()
-    Observability.install(registry, lambda: current[0])
+    Observability.install(registry, lambda: current[0], workers=3)
     assert not any(name.startswith("wslb_dataplane_listener_") for name, _ in samples(registry))
-    current[0] = LimitsInForce(snap.load_balancer.limits, snap.listeners, workers=3)
+    current[0] = snap
     got = samples(registry)
     ws = frozenset({("listener", "ws")})
     assert got[("wslb_dataplane_load_balancer_max_connections", frozenset())] == 1667
@@ -99,8 +101,10 @@ def test_limits_are_each_process_share_and_listener_values() -> None:
     assert got[("wslb_dataplane_listener_keepalive_interval_seconds", ws)] == 20
     assert got[("wslb_dataplane_listener_max_message_bytes", ws)] == 1024 * 1024
     # A listener that left the config leaves no series behind.
-    current[0] = LimitsInForce(LoadBalancerLimits(), [], workers=1)
+    current[0] = Snapshot()
     assert not any(labels == ws for _, labels in samples(registry))
+    limits = LimitsInForce(LoadBalancerLimits(max_connections=10), [], workers=4)
+    assert (limits.lb_max_connections, limits.lb_new_connections_per_second) == (3, 750)
 
 
 def test_process_metrics_and_channel_only_in_controller_mode() -> None:
@@ -287,18 +291,20 @@ def test_tls_failures_are_counted_by_listener_and_logged_rate_limited(
 
 def test_certificate_expiry_per_listener_and_certificate() -> None:
     soon = https_listener("wss", days=10, names=["chat.example.com"])
-    later = https_listener("wss2", days=400)
-    collector = CertificateCollector()
-    collector.update([soon, later])
+    later = https_listener("wss2", days=400, port=9443)
+    current = [Snapshot(listeners=[soon, later])]
     registry = CollectorRegistry()
-    registry.register(collector)
+    Observability.install(registry, lambda: current[0])
     got = samples(registry)
     name = "wslb_dataplane_certificate_expiry_timestamp_seconds"
     first = got[(name, frozenset({("listener", "wss"), ("certificate", "chat.example.com")}))]
     second = got[(name, frozenset({("listener", "wss2"), ("certificate", "lb.example.com")}))]
     assert 380 * 86400 < second - first < 400 * 86400
-    collector.update([later])
+    current[0] = Snapshot(listeners=[later])
     assert len([k for k in samples(registry) if k[0] == name]) == 1
+    pushed = CertificateCollector()
+    pushed.update([soon])
+    assert [e.certificate for e in pushed.expiries] == ["chat.example.com"]
 
 
 # --------------------------------------------------------------------------- workers' merge
@@ -308,10 +314,8 @@ def test_per_worker_series_survive_the_workers_merge() -> None:
     texts = []
     for worker in (0, 1):
         registry = CollectorRegistry()
-        Observability.install(
-            registry,
-            lambda: LimitsInForce(LoadBalancerLimits(max_connections=10), [], workers=2),
-        )
+        snap = Snapshot.model_validate({"loadBalancer": {"limits": {"maxConnections": 10}}})
+        Observability.install(registry, lambda snap=snap: snap, workers=2)
         texts.append((worker, generate_latest(registry).decode()))
     merged = CollectorRegistry()
     merged.register(_Merged(texts))
