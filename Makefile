@@ -5,19 +5,26 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck contracts check unit integration e2e test run echo bench \
+.PHONY: help venv lock lint typecheck contracts check unit integration e2e test run echo bench \
         image e2e-assets base-image node-image cluster-up cluster-down clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-$(STAMP): pyproject.toml
+# The venv installs the lock (requirements/, pinned with hashes: the same versions as the image),
+# then the project itself with --no-deps; a lock older than pyproject.toml stops it (make lock).
+$(STAMP): pyproject.toml requirements/build.txt requirements/dev.txt
+	python3 hack/lock.py check
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --require-hashes -r requirements/build.txt
+	$(PIP) install -q --require-hashes -r requirements/dev.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv with the project and its dev tools
+
+lock: ## resolve pyproject.toml again into requirements/*.txt (pinned, hashed; needs the index)
+	python3 hack/lock.py write
 
 PY_DIRS := $(wildcard lbwire dataplane controller tests bench)
 
