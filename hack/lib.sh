@@ -6,6 +6,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
 BASE_IMAGE_NAME=${WSLB_BASE_IMAGE:-localhost/wslb-base:bookworm}
 PYTHON_BASE_IMAGE_NAME=${WSLB_PYTHON_BASE_IMAGE:-localhost/wslb-python:bookworm}
 NODE_IMAGE_NAME=${WSLB_NODE_IMAGE_BUILD:-localhost/wslb-kind-node:${K8S_VERSION}}
+# Our image. `make image` tags it with the chart's appVersion, the tag of the chart's default
+# image (so `helm install` works on a cluster it was loaded into), and with WSLB_IMAGE (default
+# :dev, the name the e2e tier loads) when that differs.
+WSLB_APP_VERSION=$(sed -n 's/^appVersion: *["'\'']*\([^"'\'' ]*\).*/\1/p' \
+  "$(dirname "${BASH_SOURCE[0]}")/../helm/wslb/Chart.yaml")
+WSLB_RELEASE_IMAGE=localhost/wslb:${WSLB_APP_VERSION:?appVersion not found in helm/wslb/Chart.yaml}
 WSLB_IMAGE=${WSLB_IMAGE:-localhost/wslb:dev}
 
 log() { printf '>> %s\n' "$*" >&2; }
