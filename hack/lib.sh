@@ -11,7 +11,7 @@ NODE_IMAGE_NAME=${WSLB_NODE_IMAGE_BUILD:-localhost/wslb-kind-node:${K8S_VERSION}
 # :dev, the name the e2e tier loads) when that differs.
 WSLB_APP_VERSION=$(sed -n 's/^appVersion: *["'\'']*\([^"'\'' ]*\).*/\1/p' \
   "$(dirname "${BASH_SOURCE[0]}")/../helm/wslb/Chart.yaml")
-WSLB_RELEASE_IMAGE=localhost/wslb:${WSLB_APP_VERSION:?appVersion not found in helm/wslb/Chart.yaml}
+WSLB_RELEASE_IMAGE=${WSLB_RELEASE_IMAGE:-localhost/wslb:${WSLB_APP_VERSION:?appVersion not found in helm/wslb/Chart.yaml}}
 WSLB_IMAGE=${WSLB_IMAGE:-localhost/wslb:dev}
 
 log() { printf '>> %s\n' "$*" >&2; }
