@@ -22,7 +22,9 @@
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-# strip(1), for this stage only.
+# strip(1), for this stage only (it never reaches the final image). Unpinned: Debian stable
+# takes only fixes, and a pinned version disappears from the mirror with the next one.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
@@ -59,7 +61,10 @@ COPY --from=build /opt/wslb /opt/wslb
 RUN --mount=type=bind,source=hack/image-rootfs.sh,target=/tmp/image-rootfs.sh \
     sh /tmp/image-rootfs.sh
 
+# One layer from the trimmed tree: what `rootfs` deleted would otherwise still ship in the
+# base image's layers.
 FROM scratch
+# hadolint ignore=DL3067
 COPY --from=rootfs / /
 # Read-only root filesystem: bytecode is compiled at build time and never written at run time;
 # output is unbuffered so logs reach the kubelet at once.
