@@ -6,7 +6,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
 .PHONY: help venv lock lint typecheck contracts check unit integration e2e test run echo bench \
-        image e2e-assets base-image node-image cluster-up cluster-down clean
+        image e2e-assets base-image node-image cluster-up cluster-down kind-demo kind-demo-down \
+        clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -67,7 +68,7 @@ echo: $(STAMP) ## one demo echo backend on 127.0.0.1:9001
 bench: $(STAMP) ## benchmarks against HAProxy and nginx; writes BENCHMARKS.md
 	bash bench/run.sh
 
-image: ## our image from the top-level Dockerfile, with podman
+image: ## our image (Dockerfile), tagged localhost/wslb:<chart appVersion> and :dev
 	bash hack/image.sh
 
 base-image: ## the debootstrap base and Python base images, with podman
@@ -84,6 +85,12 @@ cluster-up: ## a kind cluster for a person to use
 
 cluster-down: ## delete that cluster
 	bash hack/cluster.sh down
+
+kind-demo: ## kind cluster + image + chart + an echo LoadBalancer; prints the ws:// and wss:// URLs
+	bash hack/kind-demo.sh up
+
+kind-demo-down: ## delete the kind-demo cluster
+	bash hack/kind-demo.sh down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

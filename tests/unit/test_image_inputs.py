@@ -90,3 +90,12 @@ def test_make_image_tags_the_charts_app_version() -> None:
         check=True,
     )
     assert result.stdout.split() == [f"localhost/wslb:{chart['appVersion']}", "localhost/wslb:dev"]
+
+
+def test_kind_demo_runs_the_image_make_image_builds() -> None:
+    """examples/kind-demo/echo.yaml names the tag `make image` builds and kind loads."""
+    chart = yaml.safe_load((REPO / "helm" / "wslb" / "Chart.yaml").read_text())
+    documents = yaml.safe_load_all((REPO / "examples" / "kind-demo" / "echo.yaml").read_text())
+    (deployment,) = (d for d in documents if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"localhost/wslb:{chart['appVersion']}"
