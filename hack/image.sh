@@ -24,7 +24,7 @@ build_args=()
 if [ -n "${WSLB_IMAGE_BASE:-}" ]; then
   build_args=(--build-arg "BASE_IMAGE=$WSLB_IMAGE_BASE")
 elif [ -z "${WSLB_KIND_NODE_IMAGE:-}" ]; then
-  timed "base images (cached)" bash hack/base-image.sh
+  timed "base images (built once)" bash hack/base-image.sh
   build_args=(--build-arg "BASE_IMAGE=$PYTHON_BASE_IMAGE_NAME")
   [ "$engine" != podman ] || build_args+=(--pull=never)
 fi
@@ -75,7 +75,7 @@ check() {
   [ $((SECONDS - start)) -lt 5 ] || die "PID 1 did not stop on SIGTERM (took $((SECONDS - start))s)"
   [ "$code" = 0 ] || log "note: echo backend exited $code on SIGTERM"
   size=$("$engine" image inspect -f '{{.Size}}' "$WSLB_IMAGE")
-  log "$WSLB_RELEASE_IMAGE (also $WSLB_IMAGE): $((size / 1048576)) MiB"
+  log "$WSLB_RELEASE_IMAGE: $((size / 1048576)) MiB"
 }
 
 timed "our image ($WSLB_RELEASE_IMAGE)" build
