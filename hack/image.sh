@@ -35,10 +35,12 @@ secret_dir=$(mktemp -d)
 chmod 700 "$secret_dir"
 trap 'rm -rf "$secret_dir"' EXIT
 secrets=()
-cacert=$(python3 hack/pip_settings.py cert)
-[ -z "$cacert" ] || secrets+=(--secret "id=cacert,src=$cacert")
-python3 hack/pip_settings.py pip-conf >"$secret_dir/pip.conf"
-[ ! -s "$secret_dir/pip.conf" ] || secrets+=(--secret "id=pipconf,src=$secret_dir/pip.conf")
+if command -v python3 >/dev/null; then
+  cacert=$(python3 hack/pip_settings.py cert)
+  [ -z "$cacert" ] || secrets+=(--secret "id=cacert,src=$cacert")
+  python3 hack/pip_settings.py pip-conf >"$secret_dir/pip.conf"
+  [ ! -s "$secret_dir/pip.conf" ] || secrets+=(--secret "id=pipconf,src=$secret_dir/pip.conf")
+fi
 
 build() {
   local layers=() revision

@@ -25,7 +25,8 @@ DEADLINE=${WSLB_DEMO_TIMEOUT:-300}   # seconds for each wait below
 # tool NAME: $WSLB_<NAME>, then the build cache of hack/e2e-assets.sh, then PATH (the order of
 # tests/e2e/kind_cluster.py, which creates the cluster with the same tools).
 tool() {
-  local var="WSLB_${1^^}" cached
+  local var cached
+  var=WSLB_$(tr '[:lower:]' '[:upper:]' <<<"$1")
   if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
   case $1 in
     kind) cached=$WSLB_CACHE/kind/$KIND_VERSION/kind ;;

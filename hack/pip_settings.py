@@ -27,13 +27,15 @@ SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 def settings() -> dict[str, str]:
     """pip's effective index settings and `cert` on this host (only those that are set)."""
-    listing = subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-    ).stdout
+    )
+    # A Python without pip (Debian's python3 without python3-pip) has no pip settings either.
+    listing = result.stdout if result.returncode == 0 else ""
     found: dict[str, tuple[int, str]] = {}
     for line in listing.splitlines():
         key, sep, raw = line.partition("=")
