@@ -14,6 +14,10 @@ WSLB_APP_VERSION=$(sed -n 's/^appVersion: *["'\'']*\([^"'\'' ]*\).*/\1/p' \
 WSLB_RELEASE_IMAGE=${WSLB_RELEASE_IMAGE:-localhost/wslb:${WSLB_APP_VERSION:?appVersion not found in helm/wslb/Chart.yaml}}
 WSLB_IMAGE=${WSLB_IMAGE:-localhost/wslb:dev}
 
+# apt_get ARGS...: apt-get that waits (up to 10 minutes) for another apt or dpkg to finish
+# instead of failing at once: two scripts preparing the same machine may overlap.
+apt_get() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }
+
 log() { printf '>> %s\n' "$*" >&2; }
 die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
