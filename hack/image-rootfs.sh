@@ -17,8 +17,9 @@ useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
 # lacks is skipped with a warning.
 dpkg --purge --force-remove-essential --force-remove-protected apt gpgv libapt-pkg6.0 \
   libgnutls30 libhogweed6 libnettle8 libp11-kit0 libtasn1-6 libunistring2 libidn2-0 \
-  libseccomp2 libxxhash0 e2fsprogs libext2fs2 libss2 logsave >/dev/null 2>&1 \
-  || { echo "image-rootfs.sh: dpkg --purge failed" >&2; exit 1; }
+  libseccomp2 libxxhash0 e2fsprogs libext2fs2 libss2 logsave >/tmp/purge.log 2>&1 \
+  || { cat /tmp/purge.log >&2; echo "image-rootfs.sh: dpkg --purge failed (above)" >&2; exit 1; }
+rm /tmp/purge.log
 
 # Debian: documentation (the copyright files stay: they are the licences), manuals,
 # translations, package-manager caches and logs. dpkg's database stays, so image scanners still
