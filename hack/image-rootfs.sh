@@ -30,6 +30,10 @@ rm -rf /usr/share/man/* /usr/share/info/* /usr/share/locale/* /usr/share/lintian
   /usr/share/python-wheels /var/cache/apt/* /var/lib/apt/lists/* /var/cache/debconf/*-old \
   /var/log/*
 
+# glibc's iconv modules: Python converts text with its own codecs, and glibc handles UTF-8 (the
+# image's C.UTF-8 locale) and ASCII without them.
+rm -rf /usr/lib/*-linux-gnu*/gconv
+
 # Python: the parts of the standard library no program here imports (tests, GUI, IDE, 2to3,
 # help text), and everything that installs packages (pip, ensurepip, venv, setuptools): nothing
 # in the image can fetch or build code at run time.
