@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock lint typecheck contracts check unit integration e2e test run echo bench \
+.PHONY: help venv lock lock-upgrade lint typecheck contracts check unit integration e2e test run echo bench \
         image e2e-assets base-image node-image cluster-up cluster-down kind-demo kind-demo-down \
         clean
 
@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml requirements/build.txt requirements/dev.txt
 
 venv: $(STAMP) ## create .venv with the project and its dev tools
 
-lock: ## resolve pyproject.toml again into requirements/*.txt (pinned, hashed; needs the index)
+lock: ## requirements/*.txt from pyproject.toml: new requirements added, other pins kept
 	python3 hack/lock.py write
+
+lock-upgrade: ## requirements/*.txt with the newest version of everything
+	python3 hack/lock.py write --upgrade
 
 PY_DIRS := $(wildcard lbwire dataplane controller tests bench)
 

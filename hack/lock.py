@@ -13,8 +13,10 @@ so a package has one version everywhere. Each file records a digest of the pypro
 requirements it was made from; ``check`` (run by ``make venv``, offline) fails when those have
 changed since, instead of installing a stale set.
 
-    python3 hack/lock.py write   # make lock: resolve again (network: the package index)
-    python3 hack/lock.py check   # make venv: is the lock still the one of pyproject.toml?
+    python3 hack/lock.py write            # make lock: add what pyproject.toml gained, keep
+                                          # every other pin (uv prefers the existing file)
+    python3 hack/lock.py write --upgrade  # make lock-upgrade: newest versions of everything
+    python3 hack/lock.py check            # make venv: is the lock still pyproject.toml's?
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ def uv_env() -> dict[str, str]:
     return env
 
 
-def compile_lock(out: Path, sources: list[str], extra: list[str], env: dict[str, str]) -> None:
+def compile_lock(
+    out: Path, sources: list[str], extra: list[str], env: dict[str, str], upgrade: bool
+) -> None:
     """One `uv pip compile` into `out`, with the digest line on top."""
     command = [
         str(uv()),
@@ -113,6 +117,7 @@ def compile_lock(out: Path, sources: list[str], extra: list[str], env: dict[str,
         "--no-strip-extras",
         "--custom-compile-command",
         "make lock",
+        *(["--upgrade"] if upgrade else []),
         "--output-file",
         str(out),
         *extra,
@@ -124,7 +129,7 @@ def compile_lock(out: Path, sources: list[str], extra: list[str], env: dict[str,
     out.write_text(f"{DIGEST_PREFIX}{digest()}\n{out.read_text()}")
 
 
-def write() -> None:
+def write(upgrade: bool = False) -> None:
     """Resolve pyproject.toml again and write the three files."""
     LOCK_DIR.mkdir(exist_ok=True)
     env = uv_env()
@@ -132,9 +137,9 @@ def write() -> None:
         build_in = Path(tmp) / "build.in"
         build_in.write_text("\n".join(["pip", *pyproject()["build-system"]["requires"]]) + "\n")
         dev, runtime, build = (LOCK_DIR / name for name in FILES)
-        compile_lock(dev, ["pyproject.toml", str(build_in)], ["--extra", "dev"], env)
-        compile_lock(runtime, ["pyproject.toml"], ["--constraint", str(dev)], env)
-        compile_lock(build, [str(build_in)], ["--constraint", str(dev)], env)
+        compile_lock(dev, ["pyproject.toml", str(build_in)], ["--extra", "dev"], env, upgrade)
+        compile_lock(runtime, ["pyproject.toml"], ["--constraint", str(dev)], env, upgrade)
+        compile_lock(build, [str(build_in)], ["--constraint", str(dev)], env, upgrade)
     for name in FILES:
         text = (LOCK_DIR / name).read_text()
         if tmp in text:  # the temporary input's path in uv's `# via` comments
@@ -158,12 +163,12 @@ def check() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`write` or `check`; a failure is one line on stderr and exit 1."""
-    if argv not in (["write"], ["check"]):
-        print("usage: hack/lock.py write|check", file=sys.stderr)
+    """`write [--upgrade]` or `check`; a failure is one line on stderr and exit 1."""
+    if argv not in (["write"], ["write", "--upgrade"], ["check"]):
+        print("usage: hack/lock.py write [--upgrade] | check", file=sys.stderr)
         return 2
     try:
-        write() if argv == ["write"] else check()
+        check() if argv == ["check"] else write(upgrade="--upgrade" in argv)
     except (LockError, subprocess.CalledProcessError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
