@@ -1,19 +1,17 @@
-"""The chart's monitoring switches, rendered with `helm template` on a copy of the chart that
-has this branch's values merged in: off by default, and what each one makes when on."""
+"""The chart's monitoring switches, rendered with `helm template`: off by default, and what
+each one makes when on."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.monitoring.chart import CHART, helm, merged_chart, render
+from tests.monitoring.chart import CHART, helm, render
 from tests.monitoring.known import DASHBOARD, RULES, promtool
 from tests.unit.test_chart_crds import needs_helm
 
@@ -31,12 +29,6 @@ ALL_ON = (
 )
 
 
-@pytest.fixture(scope="module")
-def chart() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="wslb-chart-") as tmp:
-        yield merged_chart(Path(tmp))
-
-
 def kinds(documents: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for doc in documents:
@@ -44,26 +36,16 @@ def kinds(documents: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def test_monitoring_objects_are_off_by_default(chart: Path) -> None:
-    found = kinds(render(chart))
+def test_monitoring_objects_are_off_by_default() -> None:
+    found = kinds(render())
     assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"} & set(found)
     # Only the controller's helm test pod: no LoadBalancer is named.
     (pod,) = found["Pod"]
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
 
 
-def test_the_chart_without_the_new_values_still_renders() -> None:
-    """Until values.yaml carries the new blocks, the new templates must not break the chart."""
-    out = helm("template", "wslb", str(CHART), "-n", "wslb-system").stdout
-    assert "kind: Deployment" in out
-
-
-def test_service_monitor_scrapes_the_controller_metrics_port_as_wslb_controller(
-    chart: Path,
-) -> None:
-    found = kinds(
-        render(chart, *ALL_ON, "--set", "metrics.serviceMonitor.additionalLabels.release=kps")
-    )
+def test_service_monitor_scrapes_the_controller_metrics_port_as_wslb_controller() -> None:
+    found = kinds(render(*ALL_ON, "--set", "metrics.serviceMonitor.additionalLabels.release=kps"))
     (monitor,) = found["ServiceMonitor"]
     assert monitor["metadata"]["labels"]["release"] == "kps"
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -83,8 +65,8 @@ def test_service_monitor_scrapes_the_controller_metrics_port_as_wslb_controller(
     assert selected == ["wslb-metrics"]
 
 
-def test_pod_monitor_scrapes_data_planes_with_job_and_load_balancer_labels(chart: Path) -> None:
-    (monitor,) = kinds(render(chart, *ALL_ON))["PodMonitor"]
+def test_pod_monitor_scrapes_data_planes_with_job_and_load_balancer_labels() -> None:
+    (monitor,) = kinds(render(*ALL_ON))["PodMonitor"]
     spec = monitor["spec"]
     assert spec["namespaceSelector"] == {"any": True}
     assert spec["selector"]["matchLabels"] == {"app.kubernetes.io/name": "wslb-dataplane"}
@@ -98,19 +80,18 @@ def test_pod_monitor_scrapes_data_planes_with_job_and_load_balancer_labels(chart
     }
     assert relabel[1]["sourceLabels"] == ["__meta_kubernetes_pod_label_wslb_io_load_balancer"]
     assert relabel[1]["targetLabel"] == "load_balancer"
-    scoped = kinds(render(chart, *ALL_ON, "--set", "watchNamespaces={team-a,team-b}"))
+    scoped = kinds(render(*ALL_ON, "--set", "watchNamespaces={team-a,team-b}"))
     assert scoped["PodMonitor"][0]["spec"]["namespaceSelector"] == {
         "matchNames": ["team-a", "team-b"]
     }
 
 
 def test_prometheus_rule_carries_every_alert_with_runbook_base_and_stays_valid(
-    chart: Path, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     source = yaml.safe_load(RULES.read_text())["groups"]
     (rule,) = kinds(
         render(
-            chart,
             *ALL_ON,
             "--set",
             "prometheusRule.runbookBaseUrl=https://docs.example/wslb/",
@@ -142,18 +123,17 @@ def test_prometheus_rule_carries_every_alert_with_runbook_base_and_stays_valid(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dashboard_config_map_has_the_sidecar_label_and_the_generated_json(chart: Path) -> None:
-    (config_map,) = kinds(render(chart, *ALL_ON))["ConfigMap"]
+def test_dashboard_config_map_has_the_sidecar_label_and_the_generated_json() -> None:
+    (config_map,) = kinds(render(*ALL_ON))["ConfigMap"]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(config_map["data"]["wslb.json"]) == json.loads(DASHBOARD.read_text())
 
 
-def test_helm_test_pods_reach_the_controller_and_a_load_balancer(chart: Path) -> None:
+def test_helm_test_pods_reach_the_controller_and_a_load_balancer() -> None:
     pods = {
         p["metadata"]["name"]: p
         for p in kinds(
             render(
-                chart,
                 "--set",
                 "tests.loadBalancer.name=chat",
                 "--set",
@@ -178,8 +158,8 @@ def test_helm_test_pods_reach_the_controller_and_a_load_balancer(chart: Path) ->
     assert dataplane[-1] == "ws://chat-wslb.apps.svc:80/ws"
 
 
-def test_helm_test_scripts_are_valid_python(chart: Path) -> None:
-    pods = kinds(render(chart, "--set", "tests.loadBalancer.name=chat"))["Pod"]
+def test_helm_test_scripts_are_valid_python() -> None:
+    pods = kinds(render("--set", "tests.loadBalancer.name=chat"))["Pod"]
     for pod in pods:
         command = pod["spec"]["containers"][0]["command"]
         assert command[:2] == ["python", "-c"]
@@ -196,12 +176,12 @@ def test_helm_test_scripts_are_valid_python(chart: Path) -> None:
         "dashboard.colour=red",
     ],
 )
-def test_the_schema_refuses_bad_values(chart: Path, bad: str) -> None:
-    result = helm("template", "wslb", str(chart), "--set", bad, check=False)
+def test_the_schema_refuses_bad_values(bad: str) -> None:
+    result = helm("template", "wslb", str(CHART), "--set", bad, check=False)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
 
 
-def test_helm_lint_strict_passes_with_everything_on(chart: Path) -> None:
-    result = helm("lint", "--strict", str(chart), *ALL_ON, check=False)
+def test_helm_lint_strict_passes_with_everything_on() -> None:
+    result = helm("lint", "--strict", str(CHART), *ALL_ON, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
