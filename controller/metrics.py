@@ -1,14 +1,26 @@
 """Every controller metric, with its help text, in one registry.
 
-Names are `wslb_controller_<thing>_<unit>`; labels are bounded (kind, result, load
-balancer, nack reason), never a client address. The config server calls `pushed`,
-`acked`, `nacked` and `connected`; the handlers call `event`; the reconciler calls the
-rest. This module must not import kopf or do I/O beyond rendering the exposition text.
+Names are `wslb_controller_<thing>_<unit>` (and the shared `wslb_build_info`); labels are
+bounded (kind, result, load balancer, listener, nack reason), never a client address. The
+config server calls `pushed`, `acked`, `nacked` and `connected`; the handlers call
+`event`; the status writer calls `listener_programmed` and `keep_listeners`; the reconciler
+calls the rest. This module must not import kopf or do I/O beyond rendering the exposition
+text (Prometheus text, or OpenMetrics when the scraper's Accept header asks for it).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from lbwire.build import BUILD_INFO, BUILD_INFO_HELP, build_labels
+
+# The nack reasons data planes send (dataplane/config_client.py). Their counters exist at 0
+# from the moment a data plane of the LoadBalancer connects, so that `increase()` sees the
+# first nack (a series born at 1 has no earlier sample to increase from).
+NACK_REASONS = ("InvalidConfig", "DigestMismatch", "ApplyFailed")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -17,6 +29,9 @@ class ControllerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        labels = build_labels()
+        self.build_info = Gauge(BUILD_INFO, BUILD_INFO_HELP, list(labels), registry=r)
+        self.build_info.labels(**labels).set(1)
         self.leader = Gauge(
             "wslb_controller_leader",
             "1 while this replica holds the leader Lease and reconciles; 0 while it stands by.",
@@ -95,6 +110,15 @@ class ControllerMetrics:
             "Owned-object applies that failed (retried on the next round).",
             registry=r,
         )
+        self.listener_programmed_state = Gauge(
+            "wslb_controller_listener_programmed",
+            "1 when the Listener's Programmed condition is True, else 0; `reason` is the"
+            " condition's reason. One series per Listener (namespace is the Listener's).",
+            ["namespace", "load_balancer", "listener", "reason"],
+            registry=r,
+        )
+        # Listener key (ns/name) -> the label values of its one series.
+        self._listener_series: dict[str, tuple[str, str, str, str]] = {}
 
     # ------------------------------------------------------------------ config server
 
@@ -110,6 +134,9 @@ class ControllerMetrics:
 
     def connected(self, lb: str, count: int) -> None:
         self.data_planes_connected.labels(lb).set(count)
+        if count:
+            for reason in NACK_REASONS:
+                self.nacks_total.labels(lb, reason)  # created at 0, see NACK_REASONS
 
     # ------------------------------------------------------------------ handlers, reconciler
 
@@ -134,5 +161,30 @@ class ControllerMetrics:
         except KeyError:
             pass
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    # ------------------------------------------------------------------ status writer
+
+    def listener_programmed(
+        self, key: str, load_balancer: str, programmed: bool, reason: str
+    ) -> None:
+        """The Programmed condition of Listener `key` (`ns/name`) of LoadBalancer
+        `load_balancer` (its name). A new reason or LoadBalancer replaces the old series,
+        so an alert on `== 0` never sees a stale one."""
+        namespace, _, name = key.partition("/")
+        series = (namespace, load_balancer, name, reason)
+        old = self._listener_series.get(key)
+        if old is not None and old != series:
+            self.listener_programmed_state.remove(*old)
+        self._listener_series[key] = series
+        self.listener_programmed_state.labels(*series).set(1 if programmed else 0)
+
+    def keep_listeners(self, keys: Iterable[str]) -> None:
+        """Drop the series of every Listener not in `keys` (deleted ones)."""
+        kept = set(keys)
+        for key in [k for k in self._listener_series if k not in kept]:
+            self.listener_programmed_state.remove(*self._listener_series.pop(key))
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition body and its content type: OpenMetrics when `accept` (the
+        scraper's Accept header) asks for it, else the Prometheus text format."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type

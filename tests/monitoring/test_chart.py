@@ -185,3 +185,16 @@ def test_the_schema_refuses_bad_values(bad: str) -> None:
 def test_helm_lint_strict_passes_with_everything_on() -> None:
     result = helm("lint", "--strict", str(CHART), *ALL_ON, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def controller_container(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = kinds(documents)["Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_log_format_reaches_the_controller_environment() -> None:
+    default = {e["name"]: e.get("value") for e in controller_container(render())["env"]}
+    assert default["WSLB_LOG_FORMAT"] == "text"
+    json_env = controller_container(render("--set", "logFormat=json"))["env"]
+    assert {"name": "WSLB_LOG_FORMAT", "value": "json"} in json_env
