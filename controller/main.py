@@ -151,6 +151,7 @@ async def run(
             ca_pem=ca_pem,
             image_pull_policy=settings.image_pull_policy,
             image_pull_secrets=settings.image_pull_secrets,
+            scrape_annotations=settings.scrape_annotations,
         ),
         metrics=metrics,
         holdoff=settings.holdoff_seconds,

@@ -11,11 +11,21 @@ from typing import Any
 import pytest
 import yaml
 
+from controller import owned
+from controller.models import parse
 from tests.monitoring.chart import CHART, helm, render
 from tests.monitoring.known import DASHBOARD, RULES, promtool
+from tests.unit import kubeobjects as k
 from tests.unit.test_chart_crds import needs_helm
 
 pytestmark = [pytest.mark.unit, needs_helm]
+
+PARAMS = owned.DataPlaneParams(image="wslb:test", config_url="wss://wslb-config:9443")
+
+
+def load_balancer() -> Any:
+    return parse(k.KINDS["LoadBalancer"], k.load_balancer())
+
 
 ALL_ON = (
     "--set",
@@ -51,6 +61,7 @@ def test_service_monitor_scrapes_the_controller_metrics_port_as_wslb_controller(
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "metrics"
     assert endpoint["interval"] == "30s"
+    assert endpoint["honorLabels"] is True  # listener_programmed's own `namespace`
     assert {"action": "replace", "targetLabel": "job", "replacement": "wslb-controller"} in (
         endpoint["relabelings"]
     )
@@ -71,7 +82,10 @@ def test_pod_monitor_scrapes_data_planes_with_job_and_load_balancer_labels() -> 
     assert spec["namespaceSelector"] == {"any": True}
     assert spec["selector"]["matchLabels"] == {"app.kubernetes.io/name": "wslb-dataplane"}
     (endpoint,) = spec["podMetricsEndpoints"]
-    assert endpoint["port"] == "admin"
+    # The port the controller names on every data-plane pod (controller/owned.py).
+    assert endpoint["port"] == owned.METRICS_PORT_NAME == "metrics"
+    pod = owned.deployment(load_balancer(), [], 0, PARAMS)["spec"]["template"]["spec"]
+    assert endpoint["port"] in [port["name"] for port in pod["containers"][0]["ports"]]
     relabel = endpoint["relabelings"]
     assert relabel[0] == {
         "action": "replace",
@@ -198,3 +212,28 @@ def test_log_format_reaches_the_controller_environment() -> None:
     assert default["WSLB_LOG_FORMAT"] == "text"
     json_env = controller_container(render("--set", "logFormat=json"))["env"]
     assert {"name": "WSLB_LOG_FORMAT", "value": "json"} in json_env
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_scrape_annotations_are_on_by_default_and_off_under_the_operator() -> None:
+    """Without the Prometheus Operator both the controller pods and (through the controller)
+    the data-plane pods carry prometheus.io annotations; a ServiceMonitor or PodMonitor
+    turns off the ones it replaces, so nothing is scraped twice."""
+    (deployment,) = kinds(render())["Deployment"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert env_of(controller_container(render()))["WSLB_SCRAPE_ANNOTATIONS"] == "true"
+    (deployment,) = kinds(render(*ALL_ON, "--set", "controller.podAnnotations.team=edge"))[
+        "Deployment"
+    ]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert not any(key.startswith("prometheus.io/") for key in annotations)
+    assert annotations["team"] == "edge"
+    assert env_of(controller_container(render(*ALL_ON)))["WSLB_SCRAPE_ANNOTATIONS"] == "false"
+    off = render("--set", "metrics.scrapeAnnotations=false")
+    assert env_of(controller_container(off))["WSLB_SCRAPE_ANNOTATIONS"] == "false"
