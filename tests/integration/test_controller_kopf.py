@@ -556,6 +556,22 @@ async def test_controller_against_a_real_api_server(
             await eventually(lb_acked, "LoadBalancer appliedVersion after the restart")
             _, metrics = await http_get(ctl.ports["http"], "/metrics")
             assert f'wslb_controller_acks_total{{load_balancer="{ns}/lb"}} 1.0' in metrics
+            # The nack counters exist before any nack (increase() sees the first one),
+            # build info is there, and no counter has a `_created` twin.
+            nacks = f'wslb_controller_nacks_total{{load_balancer="{ns}/lb",reason="InvalidConfig"}}'
+            assert f"{nacks} 0.0" in metrics
+            assert "wslb_build_info{" in metrics
+            assert "_created" not in metrics
+
+            async def listener_programmed() -> bool:
+                _, text = await http_get(ctl.ports["http"], "/metrics")
+                series = (
+                    "wslb_controller_listener_programmed{"
+                    f'listener="web",load_balancer="lb",namespace="{ns}",reason="Programmed"}} 1.0'
+                )
+                return series in text
+
+            await eventually(listener_programmed, "listener_programmed 1 after the restart")
             complete = len(client.received)
 
             # Deleting the EndpointSlice empties the backends: a real empty, not a partial one.
