@@ -894,6 +894,10 @@ def test_the_rendered_chart_passes_the_api_servers_validation(cluster: ControlPl
     kinds = [doc["kind"] for doc in yaml.safe_load_all(rendered) if doc]
     assert kinds.count("CustomResourceDefinition") == 2
     assert "PodDisruptionBudget" in kinds and "Role" in kinds
+    assert "Pod" in kinds  # the `helm test` hook, run under the namespace's default account
+    # No controller-manager here makes the namespace's default ServiceAccount.
+    cluster.kubectl("create", "namespace", RELEASE_NS, check=False)
+    cluster.kubectl("create", "serviceaccount", "default", "-n", RELEASE_NS, check=False)
     result = cluster.kubectl(
         "apply", "--server-side", "--dry-run=server", "--force-conflicts", "-f", "-",
         input=rendered, check=False,
