@@ -188,6 +188,8 @@ def test_helm_test_scripts_are_valid_python() -> None:
         "metrics.podMonitor.interval=soon",
         "prometheusRule.disabled={NotAnAlert}",
         "dashboard.colour=red",
+        "metrics.scrapeAnnotations=maybe",
+        "metrics.serviceMonitor.port=admin",
     ],
 )
 def test_the_schema_refuses_bad_values(bad: str) -> None:
