@@ -10,6 +10,7 @@ text (Prometheus text, or OpenMetrics when the scraper's Accept header asks for 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -119,6 +120,8 @@ class ControllerMetrics:
         )
         # Listener key (ns/name) -> the label values of its one series.
         self._listener_series: dict[str, tuple[str, str, str, str]] = {}
+        # LoadBalancer -> the nack reasons it has series for (removed with it).
+        self._nack_reasons: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ config server
 
@@ -130,12 +133,14 @@ class ControllerMetrics:
         self.push_ack_seconds.labels(lb).observe(seconds)
 
     def nacked(self, lb: str, reason: str) -> None:
+        self._nack_reasons.setdefault(lb, set()).add(reason)
         self.nacks_total.labels(lb, reason).inc()
 
     def connected(self, lb: str, count: int) -> None:
         self.data_planes_connected.labels(lb).set(count)
         if count:
             for reason in NACK_REASONS:
+                self._nack_reasons.setdefault(lb, set()).add(reason)
                 self.nacks_total.labels(lb, reason)  # created at 0, see NACK_REASONS
 
     # ------------------------------------------------------------------ handlers, reconciler
@@ -155,11 +160,21 @@ class ControllerMetrics:
         self.propagation_seconds.labels(lb).observe(seconds)
 
     def forgotten(self, lb: str) -> None:
-        """A LoadBalancer was deleted: drop its gauge so it does not report forever."""
-        try:
-            self.data_planes_connected.remove(lb)
-        except KeyError:
-            pass
+        """A LoadBalancer was deleted: drop every series of it, so a cluster that creates
+        and deletes LoadBalancers does not grow the exposition forever."""
+        per_lb = (
+            self.snapshots_pushed_total,
+            self.acks_total,
+            self.push_ack_seconds,
+            self.data_planes_connected,
+            self.propagation_seconds,
+        )
+        for metric in per_lb:
+            with contextlib.suppress(KeyError):
+                metric.remove(lb)
+        for reason in self._nack_reasons.pop(lb, set()):
+            with contextlib.suppress(KeyError):
+                self.nacks_total.remove(lb, reason)
 
     # ------------------------------------------------------------------ status writer
 

@@ -103,3 +103,23 @@ async def test_health_server_answers_openmetrics_to_a_scraper_that_asks() -> Non
     assert "wslb_build_info{" in plain and "# EOF" not in plain
     assert om_type.startswith(OPENMETRICS)
     assert om.endswith("# EOF\n")
+
+
+def test_a_forgotten_load_balancer_leaves_no_series() -> None:
+    metrics = ControllerMetrics()
+    for lb in ("apps/chat", "apps/news"):
+        metrics.connected(lb, 1)
+        metrics.pushed(lb)
+        metrics.acked(lb, 0.1)
+        metrics.nacked(lb, "SomethingNew")
+        metrics.propagated(lb, 0.5)
+    metrics.forgotten("apps/chat")
+    left = {
+        sample.labels.get("load_balancer")
+        for family in metrics.registry.collect()
+        for sample in family.samples
+    }
+    assert "apps/chat" not in left
+    assert "apps/news" in left
+    news = {"load_balancer": "apps/news", "reason": "SomethingNew"}
+    assert metrics.registry.get_sample_value("wslb_controller_nacks_total", news) == 1
