@@ -1,7 +1,9 @@
 """Every controller metric, with its help text, in one registry.
 
 Names are `wslb_controller_<thing>_<unit>` (and the shared `wslb_build_info`); labels are
-bounded (kind, result, load balancer, listener, nack reason), never a client address. The
+bounded (kind, result, LoadBalancer namespace and name, listener, nack reason), never a
+client address. A LoadBalancer's own `namespace` label must survive the scrape
+(honor_labels; the chart's ServiceMonitor sets it). The
 config server calls `pushed`, `acked`, `nacked` and `connected`; the handlers call
 `event`; the status writer calls `listener_programmed` and `keep_listeners`; the reconciler
 calls the rest. This module must not import kopf or do I/O beyond rendering the exposition
@@ -22,6 +24,10 @@ from lbwire.build import BUILD_INFO, BUILD_INFO_HELP, build_labels
 # from the moment a data plane of the LoadBalancer connects, so that `increase()` sees the
 # first nack (a series born at 1 has no earlier sample to increase from).
 NACK_REASONS = ("InvalidConfig", "DigestMismatch", "ApplyFailed")
+
+# A LoadBalancer's series carry its namespace and name, as the data planes' targets do (the
+# chart's PodMonitor), so one selector serves both and alerts route by namespace.
+LB_LABELS = ["namespace", "load_balancer"]
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -64,39 +70,39 @@ class ControllerMetrics:
         self.snapshots_pushed_total = Counter(
             "wslb_controller_snapshots_pushed_total",
             "Snapshot messages sent to data planes.",
-            ["load_balancer"],
+            LB_LABELS,
             registry=r,
         )
         self.acks_total = Counter(
             "wslb_controller_acks_total",
             "Snapshots acknowledged by data planes.",
-            ["load_balancer"],
+            LB_LABELS,
             registry=r,
         )
         self.nacks_total = Counter(
             "wslb_controller_nacks_total",
             "Snapshots rejected by data planes, by nack reason.",
-            ["load_balancer", "reason"],
+            ["namespace", "load_balancer", "reason"],
             registry=r,
         )
         self.push_ack_seconds = Histogram(
             "wslb_controller_push_ack_seconds",
             "Time from sending a snapshot to one data plane's ack.",
-            ["load_balancer"],
+            LB_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.data_planes_connected = Gauge(
             "wslb_controller_data_planes_connected",
             "Data planes connected to the config server.",
-            ["load_balancer"],
+            LB_LABELS,
             registry=r,
         )
         self.propagation_seconds = Histogram(
             "wslb_controller_propagation_seconds",
             "Time from the first change that triggered a build to the ack of that snapshot"
             " by every connected data plane.",
-            ["load_balancer"],
+            LB_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -124,24 +130,25 @@ class ControllerMetrics:
         self._nack_reasons: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ config server
+    # `lb` is the LoadBalancer's key, `namespace/name`.
 
     def pushed(self, lb: str) -> None:
-        self.snapshots_pushed_total.labels(lb).inc()
+        self.snapshots_pushed_total.labels(*_split(lb)).inc()
 
     def acked(self, lb: str, seconds: float) -> None:
-        self.acks_total.labels(lb).inc()
-        self.push_ack_seconds.labels(lb).observe(seconds)
+        self.acks_total.labels(*_split(lb)).inc()
+        self.push_ack_seconds.labels(*_split(lb)).observe(seconds)
 
     def nacked(self, lb: str, reason: str) -> None:
         self._nack_reasons.setdefault(lb, set()).add(reason)
-        self.nacks_total.labels(lb, reason).inc()
+        self.nacks_total.labels(*_split(lb), reason).inc()
 
     def connected(self, lb: str, count: int) -> None:
-        self.data_planes_connected.labels(lb).set(count)
+        self.data_planes_connected.labels(*_split(lb)).set(count)
         if count:
             for reason in NACK_REASONS:
                 self._nack_reasons.setdefault(lb, set()).add(reason)
-                self.nacks_total.labels(lb, reason)  # created at 0, see NACK_REASONS
+                self.nacks_total.labels(*_split(lb), reason)  # created at 0, see NACK_REASONS
 
     # ------------------------------------------------------------------ handlers, reconciler
 
@@ -157,7 +164,7 @@ class ControllerMetrics:
             self.builds_total.inc()
 
     def propagated(self, lb: str, seconds: float) -> None:
-        self.propagation_seconds.labels(lb).observe(seconds)
+        self.propagation_seconds.labels(*_split(lb)).observe(seconds)
 
     def forgotten(self, lb: str) -> None:
         """A LoadBalancer was deleted: drop every series of it, so a cluster that creates
@@ -171,10 +178,10 @@ class ControllerMetrics:
         )
         for metric in per_lb:
             with contextlib.suppress(KeyError):
-                metric.remove(lb)
+                metric.remove(*_split(lb))
         for reason in self._nack_reasons.pop(lb, set()):
             with contextlib.suppress(KeyError):
-                self.nacks_total.remove(lb, reason)
+                self.nacks_total.remove(*_split(lb), reason)
 
     # ------------------------------------------------------------------ status writer
 
@@ -203,3 +210,9 @@ class ControllerMetrics:
         scraper's Accept header) asks for it, else the Prometheus text format."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+
+def _split(lb: str) -> tuple[str, str]:
+    """`namespace/name` -> (namespace, name)."""
+    namespace, _, name = lb.partition("/")
+    return namespace, name

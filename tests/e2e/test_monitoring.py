@@ -4,7 +4,7 @@ chart, through NodePorts mapped to 127.0.0.1, with the chart's alert rules loade
 While the test holds known traffic (two tunnels at a listener limit of two, messages both
 ways, refused third connections), every rule evaluates without error, every dashboard query
 and every alert's metric whose series exist returns data, the controller's own series keep
-their Listener `namespace` (honor_labels, as the chart's ServiceMonitor), and
+their LoadBalancer's `namespace` (honor_labels, as the chart's ServiceMonitor), and
 WslbNewConnectionsRefused fires and shows in /api/v1/alerts. The rules are loaded with their
 `for:` removed so the alert fires within seconds; the durations are promtool's to test
 (monitoring/alerts.test.yaml). `helm test` passes against the release, and the controller
@@ -243,8 +243,8 @@ def prometheus(cluster: Cluster, stack: str) -> Iterator[Prometheus]:
     data_plane_pod = pod_name(cluster, stack, f"wslb.io/load-balancer={LB}")
     scrape = [
         {
-            # As the chart's ServiceMonitor: the controller's own `namespace` label (on
-            # wslb_controller_listener_programmed) wins over the target's.
+            # As the chart's ServiceMonitor: the LoadBalancer's `namespace` label on the
+            # controller's series wins over the target's.
             "job_name": "wslb-controller",
             "honor_labels": True,
             "static_configs": [

@@ -555,10 +555,11 @@ async def test_controller_against_a_real_api_server(
             assert restarted["metadata"]["uid"] == secret["metadata"]["uid"]
             await eventually(lb_acked, "LoadBalancer appliedVersion after the restart")
             _, metrics = await http_get(ctl.ports["http"], "/metrics")
-            assert f'wslb_controller_acks_total{{load_balancer="{ns}/lb"}} 1.0' in metrics
+            lb_labels = f'load_balancer="lb",namespace="{ns}"'
+            assert f"wslb_controller_acks_total{{{lb_labels}}} 1.0" in metrics
             # The nack counters exist before any nack (increase() sees the first one),
             # build info is there, and no counter has a `_created` twin.
-            nacks = f'wslb_controller_nacks_total{{load_balancer="{ns}/lb",reason="InvalidConfig"}}'
+            nacks = f'wslb_controller_nacks_total{{{lb_labels},reason="InvalidConfig"}}'
             assert f"{nacks} 0.0" in metrics
             assert "wslb_build_info{" in metrics
             assert "_created" not in metrics

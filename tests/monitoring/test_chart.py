@@ -61,7 +61,7 @@ def test_service_monitor_scrapes_the_controller_metrics_port_as_wslb_controller(
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "metrics"
     assert endpoint["interval"] == "30s"
-    assert endpoint["honorLabels"] is True  # listener_programmed's own `namespace`
+    assert endpoint["honorLabels"] is True  # the LoadBalancer's `namespace`
     assert {"action": "replace", "targetLabel": "job", "replacement": "wslb-controller"} in (
         endpoint["relabelings"]
     )

@@ -41,16 +41,17 @@ def test_nack_counters_exist_at_zero_once_a_data_plane_connects() -> None:
     registry = metrics.registry
     assert (
         registry.get_sample_value(
-            "wslb_controller_nacks_total", {"load_balancer": "apps/chat", "reason": "InvalidConfig"}
+            "wslb_controller_nacks_total",
+            {"namespace": "apps", "load_balancer": "chat", "reason": "InvalidConfig"},
         )
         is None
     )
     metrics.connected("apps/chat", 1)
     for reason in NACK_REASONS:
-        labels = {"load_balancer": "apps/chat", "reason": reason}
+        labels = {"namespace": "apps", "load_balancer": "chat", "reason": reason}
         assert registry.get_sample_value("wslb_controller_nacks_total", labels) == 0
     metrics.nacked("apps/chat", "InvalidConfig")
-    labels = {"load_balancer": "apps/chat", "reason": "InvalidConfig"}
+    labels = {"namespace": "apps", "load_balancer": "chat", "reason": "InvalidConfig"}
     assert registry.get_sample_value("wslb_controller_nacks_total", labels) == 1
 
 
@@ -115,11 +116,11 @@ def test_a_forgotten_load_balancer_leaves_no_series() -> None:
         metrics.propagated(lb, 0.5)
     metrics.forgotten("apps/chat")
     left = {
-        sample.labels.get("load_balancer")
+        (sample.labels.get("namespace"), sample.labels.get("load_balancer"))
         for family in metrics.registry.collect()
         for sample in family.samples
     }
-    assert "apps/chat" not in left
-    assert "apps/news" in left
-    news = {"load_balancer": "apps/news", "reason": "SomethingNew"}
+    assert ("apps", "chat") not in left
+    assert ("apps", "news") in left
+    news = {"namespace": "apps", "load_balancer": "news", "reason": "SomethingNew"}
     assert metrics.registry.get_sample_value("wslb_controller_nacks_total", news) == 1

@@ -299,7 +299,8 @@ async def test_listener_status_reports_programmed_from_sessions(
     assert lb_status["appliedVersion"] == session.applied_version
     assert [c["status"] for c in lb_status["conditions"]] == ["True", "True"]
     observed = reconciler.metrics.registry.get_sample_value(
-        "wslb_controller_propagation_seconds_count", {"load_balancer": LB}
+        "wslb_controller_propagation_seconds_count",
+        {"namespace": "default", "load_balancer": "lb"},
     )
     assert observed == 1
 
