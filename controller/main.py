@@ -5,7 +5,8 @@ reconciler, the config server, the health/metrics HTTP server, then kopf (cluste
 or the namespaces of WSLB_WATCH_NAMESPACES). kopf handles SIGTERM/SIGINT; when it
 returns, the reconciler stops and the servers close. Nothing here decides what to build.
 
-    /metrics  Prometheus text of ControllerMetrics
+    /metrics  ControllerMetrics as Prometheus text, or OpenMetrics when the scraper's
+              Accept header asks for it; no `_created` series (process-wide)
     /healthz  200 while the process serves
     /readyz   200 once every kind has listed and the config server is listening
               (or, with no LoadBalancer at all at startup, once it is listening: kopf
@@ -25,11 +26,11 @@ import ssl
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
 import kopf
+import prometheus_client
 from lightkube import AsyncClient
 
 from controller import handlers
@@ -42,6 +43,8 @@ from controller.pull_secrets import PullSecrets
 from controller.reconciler import Reconciler
 from controller.settings import Settings, SettingsError
 from controller.store import Store
+from lbwire import logs
+from lbwire.build import distribution_version
 
 log = logging.getLogger("wslb.controller")
 
@@ -79,9 +82,10 @@ class HealthServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-            parts = head.split(b"\r\n", 1)[0].split()
-            path = parts[1].decode("ascii", "replace").split("?", 1)[0] if len(parts) > 1 else ""
-            status, content_type, body = self._route(path)
+            request_line, *fields = head.decode("latin-1").split("\r\n")
+            parts = request_line.split()
+            path = parts[1].split("?", 1)[0] if len(parts) > 1 else ""
+            status, content_type, body = self._route(path, _header(fields, "accept"))
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -95,9 +99,10 @@ class HealthServer:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    def _route(self, path: str) -> tuple[str, str, bytes]:
+    def _route(self, path: str, accept: str = "") -> tuple[str, str, bytes]:
         if path == "/metrics":
-            return "200 OK", "text/plain; version=0.0.4", self.metrics.render()
+            body, content_type = self.metrics.render(accept)
+            return "200 OK", content_type, body
         if path == "/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
@@ -105,6 +110,15 @@ class HealthServer:
                 return "200 OK", "text/plain", b"ready\n"
             return "503 Service Unavailable", "text/plain", b"initial listing not complete\n"
         return "404 Not Found", "text/plain", b"not found\n"
+
+
+def _header(fields: Sequence[str], name: str) -> str:
+    """The value of header `name` (lower case) among a request's header lines, or ""."""
+    for field in fields:
+        key, sep, value = field.partition(":")
+        if sep and key.strip().lower() == name:
+            return value.strip()
+    return ""
 
 
 async def run(
@@ -115,6 +129,8 @@ async def run(
     """Run the controller until kopf stops (a signal, or `stop` being set).
     `started(config_port, http_port)` is called once both servers listen (port 0 binds
     an ephemeral port, for tests)."""
+    # A `_created` series per counter doubles the series count for a timestamp nothing reads.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     context, ca_pem = server_tls(Path(settings.config_tls_dir))
     metrics = ControllerMetrics()
     store = Store()
@@ -135,6 +151,7 @@ async def run(
             ca_pem=ca_pem,
             image_pull_policy=settings.image_pull_policy,
             image_pull_secrets=settings.image_pull_secrets,
+            scrape_annotations=settings.scrape_annotations,
         ),
         metrics=metrics,
         holdoff=settings.holdoff_seconds,
@@ -329,10 +346,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def version() -> str:
-    try:
-        return metadata.version("wslb")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return distribution_version("wslb")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -345,10 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (OSError, ssl.SSLError) as exc:
         where = os.environ.get("WSLB_CONFIG_TLS_DIR") or Settings().config_tls_dir
         _fail(f"WSLB_CONFIG_TLS_DIR={where!r}: cannot load tls.crt and tls.key: {exc}")
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     if settings.log_level.upper() != "DEBUG":
         # kopf logs every handler call at INFO: one line per endpoint change is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

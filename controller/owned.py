@@ -32,6 +32,7 @@ from controller.models import (
 from controller.store import config_secret_name, owned_name
 
 ADMIN_PORT = 9901
+METRICS_PORT_NAME = "metrics"  # the admin port serves /metrics; the PodMonitor names it
 RUN_AS = 10001  # the image's user (Dockerfile)
 DRAIN_MARGIN_SECONDS = 15
 MAX_DRAIN_SECONDS = 3600  # the CRD's maximum drainTimeoutSeconds
@@ -54,6 +55,9 @@ class DataPlaneParams:
     image_pull_secrets: tuple[str, ...] = ()
     """The chart's pull Secrets (controller namespace); when set, the pods pull with the
     owned copy `<lb>-wslb-pull` (pull_secrets.py)."""
+    scrape_annotations: bool = False
+    """Annotate the pods with `prometheus.io/scrape`, `port` and `path` for a Prometheus
+    that discovers pods by annotation (the chart turns it off under a PodMonitor)."""
 
 
 def metrics_service_name(load_balancer: str) -> str:
@@ -108,6 +112,15 @@ def spread(lb: LoadBalancer, constraints: Sequence[Mapping[str, Any]] | None) ->
             }
         ]
     return [{"labelSelector": {"matchLabels": selector(lb)}, **dict(item)} for item in constraints]
+
+
+def scrape_annotations() -> dict[str, str]:
+    """The annotations a Prometheus without the Operator discovers scrape targets by."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ADMIN_PORT),
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def labels(lb: LoadBalancer) -> dict[str, str]:
@@ -197,11 +210,14 @@ def deployment(
         "--workers",
         str(plane.workers),
     ]
-    container_ports = [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}]
+    container_ports = [{"name": METRICS_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"}]
     # The user's labels first: the selector labels must win, or the pods leave their set.
     pod_metadata: dict[str, Any] = {"labels": {**plane.pod_labels, **labels(lb)}}
-    if plane.pod_annotations:
-        pod_metadata["annotations"] = dict(plane.pod_annotations)
+    # Ours first: the user's annotations win (e.g. prometheus.io/scrape: "false").
+    annotations = {**(scrape_annotations() if params.scrape_annotations else {})}
+    annotations.update(plane.pod_annotations)
+    if annotations:
+        pod_metadata["annotations"] = annotations
     scheduling: dict[str, Any] = {
         "topologySpreadConstraints": spread(lb, plane.topology_spread_constraints)
     }
@@ -364,7 +380,8 @@ def disruption_budget(lb: LoadBalancer) -> dict[str, Any]:
 
 
 def metrics_service(lb: LoadBalancer) -> dict[str, Any]:
-    """Headless Service over every data plane's admin port, for Prometheus discovery."""
+    """Headless Service over every data plane's admin port (named `metrics`, as in the
+    pods), for Prometheus discovery."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -373,7 +390,12 @@ def metrics_service(lb: LoadBalancer) -> dict[str, Any]:
             "clusterIP": "None",
             "selector": selector(lb),
             "ports": [
-                {"name": "admin", "port": ADMIN_PORT, "targetPort": ADMIN_PORT, "protocol": "TCP"}
+                {
+                    "name": METRICS_PORT_NAME,
+                    "port": ADMIN_PORT,
+                    "targetPort": ADMIN_PORT,  # by number: pods of older versions named it admin
+                    "protocol": "TCP",
+                }
             ],
         },
     }

@@ -13,6 +13,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lbwire.logs import LogFormat
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the controller cannot use."""
@@ -23,6 +25,7 @@ class SettingsError(ValueError):
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = tuple(item.value for item in LogFormat)
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
@@ -79,6 +82,15 @@ class Settings:
 
     log_level: str = "INFO"
     """`WSLB_LOG_LEVEL`."""
+
+    scrape_annotations: bool = True
+    """`WSLB_SCRAPE_ANNOTATIONS`: put `prometheus.io/scrape`, `port` and `path` on the
+    data-plane pods, for a Prometheus without the Operator (the chart sets false when its
+    PodMonitor is on, so no pod is scraped twice)."""
+
+    log_format: str = "text"
+    """`WSLB_LOG_FORMAT`: `text` for people reading `kubectl logs`, `json` (one object per
+    line) for log pipelines. The data planes this controller creates log in the same format."""
 
     leader_election: bool = True
     """`WSLB_LEADER_ELECTION`: hold a Lease before reconciling, so that two replicas can
@@ -138,6 +150,8 @@ class Settings:
         def choice(name: str, default: str, choices: tuple[str, ...], upper: bool) -> str:
             value = text(name, default)
             key = value.upper() if upper else value
+            if key not in choices and key.lower() in choices:
+                key = key.lower()  # json, JSON
             if key not in choices:
                 raise SettingsError(name, value, "one of " + ", ".join(choices))
             return key
@@ -173,6 +187,8 @@ class Settings:
             max_delay_seconds=number("WSLB_MAX_DELAY_SECONDS", defaults.max_delay_seconds),
             retry_seconds=number("WSLB_RETRY_SECONDS", defaults.retry_seconds),
             log_level=choice("WSLB_LOG_LEVEL", defaults.log_level, LOG_LEVELS, True),
+            scrape_annotations=flag("WSLB_SCRAPE_ANNOTATIONS", defaults.scrape_annotations),
+            log_format=choice("WSLB_LOG_FORMAT", defaults.log_format, LOG_FORMATS, False),
             leader_election=flag("WSLB_LEADER_ELECTION", defaults.leader_election),
             lease_name=text("WSLB_LEASE_NAME", defaults.lease_name),
             lease_duration_seconds=number(
@@ -198,6 +214,8 @@ ENVIRONMENT = {
     "max_delay_seconds": "WSLB_MAX_DELAY_SECONDS",
     "retry_seconds": "WSLB_RETRY_SECONDS",
     "log_level": "WSLB_LOG_LEVEL",
+    "scrape_annotations": "WSLB_SCRAPE_ANNOTATIONS",
+    "log_format": "WSLB_LOG_FORMAT",
     "leader_election": "WSLB_LEADER_ELECTION",
     "lease_name": "WSLB_LEASE_NAME",
     "lease_duration_seconds": "WSLB_LEASE_DURATION_SECONDS",

@@ -66,12 +66,16 @@ class StatusWriter:
         ok = True
         lb = self.store.load_balancers.get(key)
         desired = lb.spec.replicas if lb is not None and lb.spec is not None else 0
+        lb_name = key.partition("/")[2]
         for item in result.listeners:
             listener = self.store.listeners.get(item.key)
             if listener is None:
                 continue
             programmed = st.listener_programmed(
                 item.name, item.generation, sessions, item.in_snapshot, item.why_not, desired
+            )
+            self.metrics.listener_programmed(
+                item.key, lb_name, programmed.status == st.TRUE, programmed.reason
             )
             conditions = [item.accepted, item.resolved_refs, programmed]
             body: dict[str, Any] = {
@@ -162,6 +166,7 @@ class StatusWriter:
 
     def prune(self) -> None:
         """Forget what was written to objects that are gone (bounded memory)."""
+        self.metrics.keep_listeners(self.store.listeners)
         for cache_key in list(self._written):
             kind, key, _ = cache_key
             objects = (

@@ -15,19 +15,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import platform
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lbwire.build import BUILD_INFO, BUILD_INFO_HELP, build_labels
 from lbwire.logs import rate_limit
 from lbwire.snapshot import Certificate, Listener, LoadBalancerLimits, Snapshot
 
@@ -48,34 +52,12 @@ def register_process(registry: CollectorRegistry) -> None:
     GCCollector(registry=registry)
 
 
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def build_labels() -> dict[str, str]:
-    """What this process runs: wslb, Python, uvloop and the OpenSSL it is linked with."""
-    openssl = ssl.OPENSSL_VERSION.split()
-    return {
-        "version": _version("wslb"),
-        "python": platform.python_version(),
-        "uvloop": _version("uvloop"),
-        "openssl": openssl[1] if len(openssl) > 1 else ssl.OPENSSL_VERSION,
-    }
-
-
 class BuildInfoCollector(Collector):
     def __init__(self, labels: dict[str, str] | None = None) -> None:
         self.labels = labels if labels is not None else build_labels()
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "wslb_build_info",
-            "Always 1; the labels say which wslb, Python, uvloop and OpenSSL run.",
-            labels=list(self.labels),
-        )
+        family = GaugeMetricFamily(BUILD_INFO, BUILD_INFO_HELP, labels=list(self.labels))
         family.add_metric(list(self.labels.values()), 1)
         yield family
 
@@ -414,7 +396,9 @@ class Observability:
         """Register everything on a process's registry. `snapshot` returns the config in
         force (None before the first); limits and certificates are read from it at scrape
         time. The channel gauges only where a channel exists (a standalone data plane would
-        otherwise look disconnected forever)."""
+        otherwise look disconnected forever). Also turns off `_created` series for the whole
+        process (a timestamp per counter that nothing reads doubles the series count)."""
+        disable_created_metrics()  # type: ignore[no-untyped-call]
 
         def limits() -> LimitsInForce | None:
             current = snapshot()

@@ -31,14 +31,11 @@ fi
 
 log "helm lint --strict helm/wslb"
 "$helm" lint --strict helm/wslb
-# With every optional object on too, once the chart's values carry the monitoring switches.
-if grep -q '^prometheusRule:' helm/wslb/values.yaml; then
-  log "helm lint --strict helm/wslb (monitoring objects and helm test on)"
-  "$helm" lint --strict helm/wslb \
-    --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true \
-    --set prometheusRule.enabled=true --set dashboard.enabled=true \
-    --set tests.loadBalancer.name=check
-fi
+log "helm lint --strict helm/wslb (monitoring objects, json logs and helm test on)"
+"$helm" lint --strict helm/wslb \
+  --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true \
+  --set prometheusRule.enabled=true --set dashboard.enabled=true \
+  --set logFormat=json --set tests.loadBalancer.name=check
 
 log "hadolint Dockerfile"
 "$hadolint" Dockerfile

@@ -345,7 +345,7 @@ def build() -> Dashboard:
                     "reloads {{result}}",
                 ),
                 (
-                    "sum by (reason) (increase(wslb_controller_nacks_total[" + RATE + "]))",
+                    f"sum by (reason) (increase(wslb_controller_nacks_total{{{LB}}}[{RATE}]))",
                     "controller nacks {{reason}}",
                 ),
                 (

@@ -555,7 +555,24 @@ async def test_controller_against_a_real_api_server(
             assert restarted["metadata"]["uid"] == secret["metadata"]["uid"]
             await eventually(lb_acked, "LoadBalancer appliedVersion after the restart")
             _, metrics = await http_get(ctl.ports["http"], "/metrics")
-            assert f'wslb_controller_acks_total{{load_balancer="{ns}/lb"}} 1.0' in metrics
+            lb_labels = f'load_balancer="lb",namespace="{ns}"'
+            assert f"wslb_controller_acks_total{{{lb_labels}}} 1.0" in metrics
+            # The nack counters exist before any nack (increase() sees the first one),
+            # build info is there, and no counter has a `_created` twin.
+            nacks = f'wslb_controller_nacks_total{{{lb_labels},reason="InvalidConfig"}}'
+            assert f"{nacks} 0.0" in metrics
+            assert "wslb_build_info{" in metrics
+            assert "_created" not in metrics
+
+            async def listener_programmed() -> bool:
+                _, text = await http_get(ctl.ports["http"], "/metrics")
+                series = (
+                    "wslb_controller_listener_programmed{"
+                    f'listener="web",load_balancer="lb",namespace="{ns}",reason="Programmed"}} 1.0'
+                )
+                return series in text
+
+            await eventually(listener_programmed, "listener_programmed 1 after the restart")
             complete = len(client.received)
 
             # Deleting the EndpointSlice empties the backends: a real empty, not a partial one.
@@ -878,6 +895,10 @@ def test_the_rendered_chart_passes_the_api_servers_validation(cluster: ControlPl
     kinds = [doc["kind"] for doc in yaml.safe_load_all(rendered) if doc]
     assert kinds.count("CustomResourceDefinition") == 2
     assert "PodDisruptionBudget" in kinds and "Role" in kinds
+    assert "Pod" in kinds  # the `helm test` hook, run under the namespace's default account
+    # No controller-manager here makes the namespace's default ServiceAccount.
+    cluster.kubectl("create", "namespace", RELEASE_NS, check=False)
+    cluster.kubectl("create", "serviceaccount", "default", "-n", RELEASE_NS, check=False)
     result = cluster.kubectl(
         "apply", "--server-side", "--dry-run=server", "--force-conflicts", "-f", "-",
         input=rendered, check=False,

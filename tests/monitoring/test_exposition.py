@@ -1,6 +1,6 @@
 """`promtool check metrics` on real scrapes: the running `wslb-dataplane` (two workers, so the
-parent's merge is what is checked) after known traffic, and the new collectors served by the
-real admin server, alone and merged as two workers."""
+parent's merge is what is checked) after known traffic, the new collectors served by the
+real admin server, alone and merged as two workers, and the controller's health server."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from websockets.asyncio.client import connect
 
+from controller.main import HealthServer
+from controller.metrics import ControllerMetrics
 from dataplane.access_log import AccessLog, AccessLogCollector
 from dataplane.admin import AdminServer
 from dataplane.metrics import Metrics
@@ -103,3 +105,28 @@ async def test_new_collectors_pass_promtool_alone_and_merged() -> None:
     assert 'process_open_fds{worker="1"}' in merged_text
     result = check_metrics(merged_text)
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+async def test_controller_metrics_served_by_its_health_server_pass_promtool() -> None:
+    """Every controller family with children (a data plane connected, pushes, an ack, a
+    nack, a Listener's Programmed state), scraped from the real health server."""
+    metrics = ControllerMetrics()
+    metrics.connected("apps/chat", 1)
+    metrics.pushed("apps/chat")
+    metrics.acked("apps/chat", 0.02)
+    metrics.nacked("apps/chat", "InvalidConfig")
+    metrics.propagated("apps/chat", 0.3)
+    metrics.listener_programmed("apps/ws", "chat", False, "Rejected")
+    metrics.event("Listener", "ADDED")
+    metrics.reconciled("ok")
+    metrics.built(0.001, True)
+    health = HealthServer(metrics, lambda: True)
+    port = await health.start("127.0.0.1", 0)
+    try:
+        text = await scrape(port)
+    finally:
+        await health.close()
+    assert 'wslb_controller_listener_programmed{listener="ws"' in text
+    result = check_metrics(text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""

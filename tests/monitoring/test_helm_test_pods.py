@@ -6,25 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
 from controller.main import HealthServer
 from controller.metrics import ControllerMetrics
 from tests.integration.conftest import Backend, DataplaneProcess, listener, snapshot
-from tests.monitoring.chart import merged_chart, render
+from tests.monitoring.chart import render
 from tests.unit.test_chart_crds import needs_helm
 
 pytestmark = [pytest.mark.integration, needs_helm]
 
 
 def scripts() -> dict[str, list[str]]:
-    with tempfile.TemporaryDirectory(prefix="wslb-chart-") as tmp:
-        chart = merged_chart(Path(tmp))
-        pods = render(chart, "--set", "tests.loadBalancer.name=chat")
+    pods = render("--set", "tests.loadBalancer.name=chat")
     return {
         pod["metadata"]["name"]: pod["spec"]["containers"][0]["command"]
         for pod in pods

@@ -6,20 +6,7 @@ every dashboard query whose metrics the data plane exposes returns data after a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,45 +17,22 @@ from websockets.exceptions import ConnectionClosed
 from tests.integration.conftest import (
     Backend,
     DataplaneProcess,
-    free_port,
     listener,
     raw_request,
     snapshot,
 )
+from tests.monitoring import prometheus as prometheus_server
 from tests.monitoring.known import RULES, metric_names_in
+from tests.monitoring.prometheus import Prometheus
 from tests.monitoring.test_dashboard import expressions
 
 pytestmark = pytest.mark.integration
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-if not Path(PROMETHEUS).exists():
-    pytest.skip(
-        "prometheus not found: install Debian's prometheus package (hack/ci-packages.sh does)",
-        allow_module_level=True,
-    )
+if not prometheus_server.available():
+    pytest.skip(prometheus_server.MISSING, allow_module_level=True)
 
 # What the chart's PodMonitor gives every data-plane target in a cluster.
 TARGET_LABELS = {"namespace": "apps", "load_balancer": "chat", "pod": "chat-wslb-0"}
-
-
-@dataclass
-class Prometheus:
-    proc: subprocess.Popen[bytes]
-    port: int
-    workdir: Path
-
-    def get(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}{query}", timeout=5) as r:
-            return json.loads(r.read())
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        data = self.get("/api/v1/query", query=promql)
-        assert data["status"] == "success", data
-        return list(data["data"]["result"])
-
-    def log(self) -> str:
-        return (self.workdir / "prometheus.log").read_text(errors="replace")
 
 
 @pytest.fixture
@@ -76,73 +40,20 @@ def prometheus() -> Iterator[Callable[[int], Prometheus]]:
     started: list[Prometheus] = []
 
     def start(admin_port: int) -> Prometheus:
-        workdir = Path(tempfile.mkdtemp(prefix="wslb-prometheus-"))
-        shutil.copy(RULES, workdir / "rules.yaml")
-        config = {
-            "global": {
-                "scrape_interval": "1s",
-                "scrape_timeout": "1s",
-                "evaluation_interval": "1s",
-            },
-            "rule_files": ["rules.yaml"],
-            "scrape_configs": [
-                {
-                    "job_name": "wslb-dataplane",
-                    "static_configs": [
-                        {"targets": [f"127.0.0.1:{admin_port}"], "labels": TARGET_LABELS}
-                    ],
-                }
-            ],
+        scrape = {
+            "job_name": "wslb-dataplane",
+            "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"], "labels": TARGET_LABELS}],
         }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        with (workdir / "prometheus.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={workdir / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--storage.tsdb.retention.time=1h",
-                    "--log.level=warn",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-                start_new_session=True,
-            )
-        started.append(Prometheus(proc, port, workdir))
+        started.append(prometheus_server.start([scrape], yaml.safe_load(RULES.read_text())))
         return started[-1]
 
     yield start
     for running in started:
-        if running.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(running.proc.pid, signal.SIGTERM)
-            try:
-                running.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(running.proc.pid, signal.SIGKILL)
-                running.proc.wait()
-        shutil.rmtree(running.workdir, ignore_errors=True)
+        running.stop()
 
 
 async def poll(check: Callable[[], Any], what: str, prom: Prometheus, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await asyncio.to_thread(check)
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            last = error
-        if last and not isinstance(last, Exception):
-            return last
-        if prom.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited {prom.proc.returncode}:\n{prom.log()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s; last: {last!r}\n{prom.log()}")
-        await asyncio.sleep(0.25)
+    return await asyncio.to_thread(prom.poll, check, what, timeout)
 
 
 async def known_session(port: int) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from controller import main
 from controller.settings import ENVIRONMENT, Settings, SettingsError
+from dataplane.certs import self_signed
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -51,6 +54,7 @@ def test_unknown_flag_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str
         ("WSLB_CONFIG_PORT", "99999", "a port number"),
         ("WSLB_HTTP_PORT", "http", "a port number"),
         ("WSLB_LOG_LEVEL", "loud", "one of DEBUG"),
+        ("WSLB_LOG_FORMAT", "yaml", "one of text, json"),
         ("WSLB_IMAGE_PULL_POLICY", "Sometimes", "one of Always"),
         ("WSLB_LEADER_ELECTION", "maybe", "true or false"),
         ("WSLB_CONFIG_URL", "http://x", "a wss:// URL"),
@@ -113,6 +117,7 @@ def test_good_environment_is_read() -> None:
             "WSLB_LEADER_ELECTION": "false",
             "WSLB_LEASE_DURATION_SECONDS": "4",
             "WSLB_LOG_LEVEL": "debug",
+            "WSLB_LOG_FORMAT": "JSON",
             "POD_NAME": "controller-0",
         }
     )
@@ -120,4 +125,38 @@ def test_good_environment_is_read() -> None:
     assert settings.leader_election is False
     assert settings.lease_duration_seconds == 4.0
     assert settings.log_level == "DEBUG"
+    assert settings.log_format == "json"
+    assert Settings.from_env({}).log_format == "text"
     assert settings.pod_name == "controller-0"
+
+
+def test_log_format_json_makes_every_line_a_json_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(["wslb-config"])
+    (tmp_path / "tls.crt").write_text(cert)
+    (tmp_path / "tls.key").write_text(key)
+    seen: list[Settings] = []
+
+    async def fake_run(settings: Settings) -> None:
+        seen.append(settings)
+        logging.getLogger("wslb.controller").info("started %s", "here")
+
+    monkeypatch.setattr(main, "run", fake_run)
+    monkeypatch.setenv("WSLB_CONFIG_TLS_DIR", str(tmp_path))
+    monkeypatch.setenv("WSLB_LOG_FORMAT", "json")
+    try:
+        main.main([])
+        _, err = capsys.readouterr()
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "_wslb_handler", False):
+                logging.getLogger().removeHandler(handler)
+    assert seen[0].log_format == "json"
+    (line,) = [line for line in err.splitlines() if "started" in line]
+    record = json.loads(line)
+    assert (record["level"], record["logger"], record["message"]) == (
+        "INFO",
+        "wslb.controller",
+        "started here",
+    )

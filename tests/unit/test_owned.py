@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from typing import Any
 
 from controller import owned
@@ -132,12 +133,32 @@ def test_default_service_type_is_load_balancer_and_cluster_ip_drops_node_ports()
     assert all("nodePort" not in port for port in cluster["spec"]["ports"])
 
 
-def test_metrics_service_is_headless_on_the_admin_port() -> None:
+def test_metrics_service_is_headless_on_the_admin_port_named_metrics() -> None:
     manifest = owned.metrics_service(lb())
     assert manifest["spec"]["clusterIP"] == "None"
     assert manifest["spec"]["ports"] == [
-        {"name": "admin", "port": 9901, "targetPort": 9901, "protocol": "TCP"}
+        {"name": "metrics", "port": 9901, "targetPort": 9901, "protocol": "TCP"}
     ]
+
+
+def test_data_plane_pod_names_its_metrics_port_and_is_annotated_for_scraping() -> None:
+    plain = owned.deployment(lb(), PORTS, 120, PARAMS)
+    assert container(plain)["ports"] == [
+        {"name": "metrics", "containerPort": 9901, "protocol": "TCP"}
+    ]
+    assert "annotations" not in plain["spec"]["template"]["metadata"]
+    scraped = dataclasses.replace(PARAMS, scrape_annotations=True)
+    annotated = owned.deployment(lb(), PORTS, 120, scraped)["spec"]["template"]["metadata"]
+    assert annotated["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9901",
+        "prometheus.io/path": "/metrics",
+    }
+    # The LoadBalancer's own pod annotations win over ours.
+    opted_out = lb(dataPlane={"podAnnotations": {"prometheus.io/scrape": "false", "a": "b"}})
+    metadata = owned.deployment(opted_out, PORTS, 120, scraped)["spec"]["template"]["metadata"]
+    assert metadata["annotations"]["prometheus.io/scrape"] == "false"
+    assert metadata["annotations"]["a"] == "b"
 
 
 def test_config_secret_has_a_random_token_ca_and_sticky_key() -> None:

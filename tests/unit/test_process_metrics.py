@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dataplane.certs import self_signed
@@ -21,11 +21,11 @@ from dataplane.process_metrics import (
     LimitsInForce,
     Observability,
     TlsFailures,
-    build_labels,
     tls_failure_reason,
 )
 from dataplane.tls import CertificateSet
 from dataplane.workers import _Merged
+from lbwire.build import build_labels
 from lbwire.snapshot import Listener, LoadBalancerLimits, Snapshot
 
 pytestmark = pytest.mark.unit
@@ -328,3 +328,12 @@ def test_per_worker_series_survive_the_workers_merge() -> None:
             == 5
         )
     assert any(name == "wslb_build_info" for name, _ in got)
+
+
+def test_install_turns_off_created_series() -> None:
+    registry = CollectorRegistry()
+    Observability.install(registry, lambda: None)
+    Counter("wslb_dataplane_example_total", "An example.", registry=registry).inc()
+    text = generate_latest(registry).decode()
+    assert "wslb_dataplane_example_total 1.0" in text
+    assert "_created" not in text

@@ -299,9 +299,41 @@ async def test_listener_status_reports_programmed_from_sessions(
     assert lb_status["appliedVersion"] == session.applied_version
     assert [c["status"] for c in lb_status["conditions"]] == ["True", "True"]
     observed = reconciler.metrics.registry.get_sample_value(
-        "wslb_controller_propagation_seconds_count", {"load_balancer": LB}
+        "wslb_controller_propagation_seconds_count",
+        {"namespace": "default", "load_balancer": "lb"},
     )
     assert observed == 1
+
+
+def programmed_series(reconciler: Reconciler) -> dict[tuple[str, ...], float]:
+    """wslb_controller_listener_programmed as {(namespace, lb, listener, reason): value}."""
+    (family,) = [
+        f
+        for f in reconciler.metrics.registry.collect()
+        if f.name == "wslb_controller_listener_programmed"
+    ]
+    keys = ("namespace", "load_balancer", "listener", "reason")
+    return {tuple(s.labels[key] for key in keys): s.value for s in family.samples}
+
+
+async def test_listener_programmed_gauge_follows_the_condition_with_one_series_per_listener(
+    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+) -> None:
+    """The alert WslbListenerNotProgrammed reads `== 0`: a reason that changed must not
+    leave its old series behind, and a deleted Listener takes its series with it."""
+    store, reconciler, server, _ = parts
+    session = PushSession("pod-a", LB, nonce_factory=lambda: "n1")
+    server.peers[LB] = [session]
+    await synced_round(store, reconciler, k.load_balancer(replicas=1), *BODIES[1:])
+    assert programmed_series(reconciler) == {("default", "lb", "web", "Pending"): 0}
+    assert session.in_flight is not None
+    session.on_ack(Ack(version=session.in_flight[1].version, nonce="n1"))
+    reconciler.sessions_changed(LB)
+    await reconciler.round()
+    assert programmed_series(reconciler) == {("default", "lb", "web", "Programmed"): 1}
+    reconciler.mark_dirty(store.delete(Kind.LISTENER, "default", "web"))
+    await reconciler.round()
+    assert programmed_series(reconciler) == {}
 
 
 async def test_programmed_waits_for_desired_data_planes_that_never_connected(
