@@ -405,3 +405,32 @@ def test_every_value_is_in_the_docs_table() -> None:
     assert "controller.leaderElection.enabled" in paths and "crds.keep" in paths
     missing = [path for path in paths if f"| `{path}` |" not in documented]
     assert missing == []
+
+
+@needs_helm
+def test_image_digest_pins_the_controller_and_the_data_planes() -> None:
+    """With `image.digest` every pod runs repository@digest (the tag is ignored); without it,
+    the tag, or the chart's appVersion, as `make image` tags it."""
+    digest = "sha256:" + "ab" * 32
+    pinned = by_kind(
+        render("--set", f"image.digest={digest}", "--set", "image.tag=ignored"), "Deployment"
+    )[0]
+    container = pinned["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert container["image"] == f"localhost/wslb@{digest}"
+    assert env["WSLB_IMAGE"] == f"localhost/wslb@{digest}"
+    default = by_kind(render(), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert default["image"] == "localhost/wslb:0.1.0"
+
+
+@needs_helm
+def test_a_malformed_image_digest_is_refused() -> None:
+    assert HELM is not None
+    result = subprocess.run(
+        [HELM, "template", "wslb", str(CHART), "--set", "image.digest=latest"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "/image/digest" in result.stderr

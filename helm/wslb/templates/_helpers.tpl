@@ -45,7 +45,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The image of the controller and of the data planes it creates. */}}
 {{- define "wslb.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "wslb.configService" -}}
