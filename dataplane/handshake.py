@@ -47,11 +47,17 @@ _HOP_BY_HOP_FORWARDED = (
 
 @dataclass
 class Rejection(Exception):
-    """An HTTP error answer to a client, before any backend is involved."""
+    """An HTTP error answer to a client, before any backend is involved; `label` is the
+    reason counted in the rejections metric (derived from the status when not given)."""
 
     status: int
     reason: str
     headers: list[tuple[str, str]] = field(default_factory=list)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = "header_too_large" if self.status == 431 else "bad_request"
 
     def render(self) -> bytes:
         return render_response(self.status, self.reason, self.headers)

@@ -19,11 +19,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dataplane.admission import Capacity
 from dataplane.frames import CLOSE_GOING_AWAY
-from dataplane.listener import Capacity, ListenerRuntime
+from dataplane.listener import ListenerRuntime
 from dataplane.metrics import Metrics, TrafficTotals
+from dataplane.relay import CLOSE_TIMEOUT
 from dataplane.tls import CertificateSet
-from dataplane.tunnel import CLOSE_TIMEOUT
 from lbwire.errors import ConfigError, FieldProblem
 from lbwire.snapshot import Listener, Snapshot
 

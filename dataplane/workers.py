@@ -15,7 +15,9 @@ import os
 import shutil
 import signal
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
@@ -25,14 +27,19 @@ from prometheus_client.registry import Collector
 from dataplane.admin import AdminServer
 from dataplane.config import load_file
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from dataplane.cli import Options
-
 log = logging.getLogger("wslb.workers")
 
 RESTART_DELAY = 1.0
+
+
+class WorkerOptions(Protocol):
+    """What the worker supervisor reads of the command line (cli.Options has it); declared
+    here so this module never imports the command line back."""
+
+    config: Path | None
+    workers: int
+    admin_host: str
+    admin_port: int
 
 
 async def _ask(path: str, target: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -70,7 +77,7 @@ class _Merged(Collector):
 
 
 class WorkerSet:
-    def __init__(self, options: Options, runtime_dir: str, argv: list[str]) -> None:
+    def __init__(self, options: WorkerOptions, runtime_dir: str, argv: list[str]) -> None:
         self.options = options
         self.runtime_dir = runtime_dir
         self.argv = argv
