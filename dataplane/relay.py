@@ -98,6 +98,7 @@ class Relay:
         "ka_backend_pending",
         "ka_check_at",
         "ka_client_pending",
+        "ka_marks",
         "ka_next",
         "ka_prefix",
         "ka_seq",
@@ -135,6 +136,7 @@ class Relay:
         self.ka_seq = 0
         self.ka_client_pending = False
         self.ka_backend_pending = False
+        self.ka_marks = (0, 0)  # bytes each way when the ping went
         self.drain_at = 0.0
         self.close_at = 0.0  # 0: no close timer running
         self.closing = False  # the proxy sent (or queued) its own Close
@@ -206,9 +208,11 @@ class Relay:
         if self.failing_client:
             if self.backend_sent_close and (self.c2b.lost or self.client_sent_close):
                 self._finish()
-        elif self.closing:
+        elif self.closing or self.backend_eof:
             if self._both_closed():
-                self._finish()  # both answered the proxy's Close
+                self._finish()  # both answered the proxy's Close, or the backend is done
+            elif not self.close_at:
+                self._arm_close(self.last_activity)
         elif not self.close_at:
             self._arm_close(self.last_activity)
 
@@ -388,6 +392,7 @@ class Relay:
         self.ka_seq += 1
         payload = self.ka_prefix + str(self.ka_seq).encode()
         self.ka_client_pending = self.ka_backend_pending = True
+        self.ka_marks = (self.bytes_c2b, self.bytes_b2c)
         self._send_client(self.b2c.inject_at_boundary(ping_frame(payload, mask=False)))
         self._send_backend(self.c2b.inject_at_boundary(ping_frame(payload, mask=True)))
         # Counted from when the ping was due, so a late tick never stretches the bound.
@@ -395,13 +400,22 @@ class Relay:
 
     def _keepalive_check(self, now: float) -> None:
         self.ka_check_at = 0.0
-        # A ping still queued behind a long frame in flight was not sent yet: wait more.
-        client_late = self.ka_client_pending and not self.b2c.injection_pending
-        backend_late = self.ka_backend_pending and not self.c2b.injection_pending
+        # A ping still queued behind a long frame in flight was not sent yet, and a peer
+        # still sending bytes (its pong queued behind its own frame) is alive: wait more.
+        c2b_mark, b2c_mark = self.ka_marks
+        client_late = (
+            self.ka_client_pending and not self.b2c.injection_pending and self.bytes_c2b == c2b_mark
+        )
+        backend_late = (
+            self.ka_backend_pending
+            and not self.c2b.injection_pending
+            and self.bytes_b2c == b2c_mark
+        )
         if client_late or backend_late:
             self._act(COUNT_KEEPALIVE_TIMEOUT)
             self.close(CLOSE_INTERNAL_ERROR, "keepalive timeout", now)
         elif self.ka_client_pending or self.ka_backend_pending:
+            self.ka_marks = (self.bytes_c2b, self.bytes_b2c)
             self.ka_check_at = now + self.settings.keepalive_timeout
 
     def _stop_keepalive(self) -> None:
