@@ -1,7 +1,8 @@
 """`wslb-dataplane`: run the data plane from a YAML file or from the controller.
 
 Owns the process: argument parsing, uvloop, signals (SIGTERM/SIGINT drain and exit 0,
-SIGHUP reloads the file), watching the config file, the admin port, `--workers N` (N
+SIGHUP reloads the file), watching the config file and the certificate and key files it
+names, the admin port, `--workers N` (N
 processes sharing each port with SO_REUSEPORT; the parent serves the admin port and
 merges the workers' metrics with a `worker` label), and `--controller URL` (snapshots
 pushed over the config channel; see config_client.py).
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataplane.admin import AdminServer
-from dataplane.config import load_file
+from dataplane.config import load_with_sources
 from dataplane.config_client import ClientSettings, ConfigClient
 from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
@@ -122,23 +123,24 @@ class DataPlaneProcess:
         self.runtime = Runtime(self.metrics, workers=options.workers)
         self.admin = AdminServer(self.metrics.registry, lambda: self.runtime.ready)
         self.stop = asyncio.Event()
-        self._stamp: tuple[float, int, int] | None = None
+        self._stamp: tuple[tuple[float, int, int] | None, ...] = ()
+        self._sources: list[Path] = []  # certificate and key files the config names
 
-    def _file_stamp(self) -> tuple[float, int, int] | None:
+    def _file_stamp(self) -> tuple[tuple[float, int, int] | None, ...]:
+        """Change stamps of the config file and of every file it names."""
         if self.options.config is None:
-            return None
-        try:
-            st = self.options.config.stat()
-        except OSError:
-            return None
-        return (st.st_mtime, st.st_size, st.st_ino)
+            return ()
+        return tuple(_stat(path) for path in [self.options.config, *self._sources])
 
     async def reload(self, first: bool = False) -> bool:
         if self.options.config is None:
             return False  # controller mode: snapshots arrive over the channel
         self._stamp = self._file_stamp()
         try:
-            snapshot = load_file(self.options.config)
+            snapshot, sources = load_with_sources(self.options.config)
+            if sources != self._sources:
+                self._sources = sources
+                self._stamp = self._file_stamp()
             await self.runtime.apply(snapshot)
         except ConfigError as exc:
             if first:
@@ -154,7 +156,7 @@ class DataPlaneProcess:
                 async with asyncio.timeout(WATCH_INTERVAL):
                     await self.stop.wait()
             if not self.stop.is_set() and self._file_stamp() != self._stamp:
-                log.info("config file changed; reloading")
+                log.info("config file or a certificate file changed; reloading")
                 await self.reload()
 
     async def run(self) -> int:
@@ -191,6 +193,14 @@ class DataPlaneProcess:
         await self.admin.close()
         log.info("stopped")
         return 0
+
+
+def _stat(path: Path) -> tuple[float, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size, st.st_ino)
 
 
 def _run(coro_factory: object) -> int:

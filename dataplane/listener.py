@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Collection
 from typing import Any
 
@@ -27,7 +28,7 @@ from dataplane.health import HealthChecker
 from dataplane.metrics import Metrics, TrafficTotals, close_code_label
 from dataplane.relay import RelaySettings
 from dataplane.sticky import StickyCookies
-from dataplane.tls import CertificateSet, front_context
+from dataplane.tls import CertificateSet, front_context, set_min_version
 from dataplane.tunnel import ClientSide, Site
 from lbwire.snapshot import Listener, Protocol, StickyMode
 
@@ -36,9 +37,10 @@ log = logging.getLogger("wslb.listener")
 BACKLOG = 4096
 
 
-def _bind_key(config: Listener) -> tuple[str, int, str, str]:
-    min_version = config.tls.min_version if config.tls is not None else ""
-    return (config.address, config.port, config.protocol.value, min_version)
+def _bind_key(config: Listener) -> tuple[str, int, str]:
+    """What only a new socket can change. TLS settings are not in it: they apply to new
+    handshakes on the same socket, and live connections never notice."""
+    return (config.address, config.port, config.protocol.value)
 
 
 class ListenerRuntime:
@@ -58,6 +60,7 @@ class ListenerRuntime:
         self.endpoints: dict[str, EndpointState] = {}
         self.totals = TrafficTotals()
         self.server: asyncio.Server | None = None
+        self.front: ssl.SSLContext | None = None  # the socket's TLS context (HTTPS)
         self.retired = False
         self.certificates = certificates
         self.health: HealthChecker | None = None
@@ -84,6 +87,8 @@ class ListenerRuntime:
     def _apply(self, config: Listener, certificates: CertificateSet | None, first: bool) -> None:
         self.config = config
         self.certificates = certificates
+        if self.front is not None and config.tls is not None:
+            set_min_version(self.front, config.tls.min_version)
         self.scheme = "https" if config.protocol is Protocol.HTTPS else "http"
         self.gate: Gate = Gate(config, self.capacity, None if first else self.gate)
         limits = config.limits
@@ -148,8 +153,11 @@ class ListenerRuntime:
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         ssl_context = None
-        if self.certificates is not None:
-            ssl_context = front_context(lambda: self._current_certificates(), self.bind_key[3])
+        if self.certificates is not None and self.config.tls is not None:
+            ssl_context = front_context(
+                lambda: self._current_certificates(), self.config.tls.min_version
+            )
+            self.front = ssl_context
         self.server = await loop.create_server(
             lambda: ClientSide(self),
             sock=sock,
