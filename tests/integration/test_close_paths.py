@@ -216,3 +216,38 @@ async def test_rsv_bits_pass_when_the_backend_negotiated_an_extension(dataplane:
         # the frame went through unchanged, and the client was not failed.
         assert client.frames == []
         client.close()
+
+
+async def test_backend_failing_a_long_fragmented_message_and_half_closing_ends_quickly(
+    dataplane: Any,
+) -> None:
+    """A conformant server refusing a message with too many fragments sends Close 1009,
+    half-closes and stops reading: the client must not wait for its own close timeout."""
+    release = asyncio.Event()
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, b: Any) -> None:
+        await b.read_frames(reader, lambda frame: len(b.frames) < 3)
+        writer.write(close(1009, mask=False, reason="too many fragments"))
+        writer.write_eof()
+        await release.wait()  # reads nothing more, keeps the socket
+
+    async with raw_backend(refuse) as backend:
+        runtime = await dataplane(snapshot(listener(backends={"endpoints": [backend.endpoint]})))
+
+        async def fragments() -> Any:
+            for _ in range(400):
+                yield b"f" * 65536
+
+        try:
+            async with connect(
+                f"ws://127.0.0.1:{port_of(runtime)}/", close_timeout=10, max_size=None
+            ) as ws:
+                started = time.monotonic()
+                sender = asyncio.ensure_future(ws.send(fragments()))
+                await asyncio.wait_for(ws.wait_closed(), 8)
+                elapsed = time.monotonic() - started
+                sender.cancel()
+            assert ws.close_code == 1009
+            assert elapsed < 1.5, elapsed  # not the 3 s close timer, not the 10 s of the client
+        finally:
+            release.set()
