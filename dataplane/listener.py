@@ -121,6 +121,7 @@ class ListenerRuntime:
             endpoint_keys=self.endpoints,
         )
         self.sticky_rewrites_response = backends.sticky.mode is not StickyMode.NONE
+        self.sticky_enabled = self.sticky.enabled
         self.balancer = Balancer(backends, self.endpoints)
         # Keep one checker across swaps so a dead endpoint does not look healthy again.
         if self.health is None:

@@ -26,7 +26,9 @@ from dataplane.balancer import EndpointState, RequestInfo
 from dataplane.deadlines import DeadlineWheel
 from dataplane.handshake import (
     HEAD_END,
+    FastRequest,
     Rejection,
+    fast_request,
     parse_backend_head,
     parse_request,
     parse_status_line,
@@ -65,6 +67,7 @@ class Site(Protocol):
     scheme: str
     wheel: DeadlineWheel
     relay_settings: RelaySettings
+    sticky_enabled: bool
     sticky_rewrites_response: bool
 
     def admit(self, connection: ClientSide) -> Rejection | None: ...
@@ -225,9 +228,16 @@ class ClientSide(asyncio.Protocol):
     def _handle_request(self, head: bytes) -> None:
         if self.admission is not None:
             raise self.admission
-        request = parse_request(head)
-        validate_upgrade(request)
-        refused = self.listener.check_origin(request.headers.get_all("Origin"))
+        fast = fast_request(head)
+        request: Request | FastRequest
+        if fast is None:
+            request = parse_request(head)
+            validate_upgrade(request)
+            origins = request.headers.get_all("Origin")
+        else:
+            request = fast
+            origins = fast.origins
+        refused = self.listener.check_origin(origins)
         if refused is not None:
             raise refused
         self.task = self.loop.create_task(self._open_backend(request))
@@ -249,7 +259,7 @@ class ClientSide(asyncio.Protocol):
 
     # ---------------------------------------------------------------- backend
 
-    async def _open_backend(self, request: Request) -> None:
+    async def _open_backend(self, request: Request | FastRequest) -> None:
         """Dial backends until one answers; any unexpected error becomes a 502, never a
         hung client or a leaked backend socket."""
         try:
@@ -276,13 +286,15 @@ class ClientSide(asyncio.Protocol):
                 self.task.cancel()
             self._reject(Rejection(502, "No backend answered in time", label="backend_unavailable"))
 
-    async def _dial(self, request: Request) -> None:
+    async def _dial(self, request: Request | FastRequest) -> None:
         listener = self.listener
         limits = listener.config.limits
-        info = RequestInfo(self.client_ip, request.path, request.headers)
+        info = RequestInfo(self.client_ip, request.path, request=request)
         tried: list[str] = []
-        sticky_key = listener.sticky_endpoint(request.headers)
-        listener.rewrite_request(request.headers)
+        sticky_key = None
+        if listener.sticky_enabled:
+            sticky_key = listener.sticky_endpoint(request.headers)
+            listener.rewrite_request(request.headers)
         head = render_request(
             request,
             client_ip=self.client_ip,

@@ -8,10 +8,13 @@ its extra headers and its metric label.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.http11 import Request
 
 from dataplane.handshake import (
     Rejection,
+    fast_request,
     parse_backend_head,
     parse_request,
     parse_status_line,
@@ -141,3 +144,67 @@ def test_bad_backend_heads_are_refused(bad: bytes) -> None:
         parse_status_line(bad)
     with pytest.raises(ValueError):
         parse_backend_head(bad)
+
+
+# ---------------------------------------------------------------------- the fast path
+
+
+@pytest.mark.parametrize("name", list(TABLE), ids=list(TABLE))
+def test_fast_path_never_accepts_a_malformed_request(name: str) -> None:
+    assert fast_request(TABLE[name][0]) is None
+
+
+VALID_VARIANTS = {
+    "minimal": head(*VALID),
+    "with origin and others": head(*VALID, "Origin: https://a.example", "User-Agent: x/1"),
+    "connection list": replaced("Connection", "Connection: keep-alive, Upgrade"),
+    "odd case": replaced("Upgrade", "upgrade:   WebSocket  "),
+    "forwarded headers": head(*VALID, "X-Forwarded-For: 10.0.0.1", "Forwarded: for=10.0.0.1"),
+}
+
+
+@pytest.mark.parametrize("name", list(VALID_VARIANTS), ids=list(VALID_VARIANTS))
+def test_fast_path_gives_what_the_full_parser_gives(name: str) -> None:
+    data = VALID_VARIANTS[name]
+    fast = fast_request(data)
+    assert fast is not None
+    full = parse_request(data)
+    validate_upgrade(full)
+    assert (fast.method, fast.path) == (full.method, full.path)
+    assert fast.raw_items() == list(full.headers.raw_items())
+    assert fast.origins == full.headers.get_all("Origin")
+    for forwarded in (True, False):
+        kwargs = {"client_ip": "192.0.2.1", "scheme": "http", "port": 80, "forwarded": forwarded}
+        assert render_request(fast, **kwargs) == render_request(full, **kwargs)  # type: ignore[arg-type]
+
+
+def test_fast_path_leaves_extension_offers_to_the_full_parser() -> None:
+    offer = head(*VALID, "Sec-WebSocket-Extensions: permessage-deflate")
+    assert fast_request(offer) is None
+    assert isinstance(answer(offer), Request)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    position=st.integers(0, 400),
+    removed=st.integers(0, 3),
+    inserted=st.binary(max_size=4) | st.sampled_from([b"\r\n", b" ", b":", b",", b"\t", b"\n"]),
+)
+def test_fast_path_accepts_only_what_the_full_parser_accepts_identically(
+    position: int, removed: int, inserted: bytes
+) -> None:
+    """Mutate a valid head anywhere: when the fast path still accepts it, the full
+    parser must accept it too and read the same path and fields."""
+    base = head(*VALID, "Origin: https://a.example", "X-Extra: 1")
+    position %= len(base)
+    data = base[:position] + inserted + base[position + removed :]
+    if not data.endswith(b"\r\n\r\n") or data.count(b"\r\n\r\n") != 1:
+        return  # the tunnel only ever passes one complete head
+    fast = fast_request(data)
+    if fast is None:
+        return
+    full = answer(data)
+    assert isinstance(full, Request), (data, full)
+    assert fast.path == full.path
+    assert fast.raw_items() == list(full.headers.raw_items())
+    assert fast.origins == full.headers.get_all("Origin")
