@@ -71,6 +71,7 @@ class ListenerRuntime:
         self._m_duration = metrics.connection_seconds.labels(self.name)
         self._m_upgraded = metrics.upgrades.labels(self.name, "101")
         self._m_backend: dict[str, Any] = {}
+        self._m_closes: dict[tuple[str, str], Any] = {}
         self.config = config
         self.bind_key = _bind_key(config)
         self._apply(config, certificates, first=True)
@@ -160,7 +161,7 @@ class ListenerRuntime:
             )
             self.front = ssl_context
         self.server = await loop.create_server(
-            lambda: ClientSide(self),
+            lambda: ClientSide(self, loop),
             sock=sock,
             ssl=ssl_context,
             ssl_handshake_timeout=self.config.limits.handshake_timeout_seconds
@@ -224,11 +225,12 @@ class ListenerRuntime:
             totals.messages_b2c += relay.messages_b2c
             totals.bytes_c2b += relay.bytes_c2b
             totals.bytes_b2c += relay.bytes_b2c
-            self.metrics.closes.labels(
-                self.name,
-                close_code_label(relay.close_code),
-                relay.closed_by or "unknown",
-            ).inc()
+            key = (close_code_label(relay.close_code), relay.closed_by or "unknown")
+            child = self._m_closes.get(key)
+            if child is None:
+                # Cached (bounded: labels are classes): labels() locks and hashes each time.
+                child = self._m_closes[key] = self.metrics.closes.labels(self.name, *key)
+            child.inc()
             self._m_duration.observe(connection.ended_at - relay.opened_at)
             endpoint = connection.endpoint
             if endpoint is not None and self.endpoints.get(endpoint.key) is endpoint:

@@ -128,9 +128,9 @@ class ClientSide(asyncio.Protocol):
         "wheel_slot",
     )
 
-    def __init__(self, listener: Site) -> None:
+    def __init__(self, listener: Site, loop: asyncio.AbstractEventLoop) -> None:
         self.listener = listener
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop  # passed in: get_running_loop() per connection shows in profiles
         self.state = State.HEAD
         self.transport: asyncio.Transport | None = None
         self.backend: BackendSide | None = None
