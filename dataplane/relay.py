@@ -53,6 +53,8 @@ COUNT_KEEPALIVE_TIMEOUT = 8
 RESUME_CLIENT = 16  # the backend stopped reading for good: read the client again
 DEADLINE_MOVED = 32  # next_deadline() moved earlier: file it again
 
+_NOTHING: list[bytes] = []  # shared, never appended to: see _send_client
+
 CLIENT = "client"
 BACKEND = "backend"
 PROXY = "proxy"
@@ -149,8 +151,9 @@ class Relay:
         self.finished = False
         self.close_code = CLOSE_NO_STATUS
         self.closed_by = ""
-        self.to_client: list[bytes] = []
-        self.to_backend: list[bytes] = []
+        # Frames of the proxy's own: rare, so both start as one shared empty list.
+        self.to_client: list[bytes] = _NOTHING
+        self.to_backend: list[bytes] = _NOTHING
         self.actions = 0
         self.pending = False
 
@@ -436,11 +439,15 @@ class Relay:
 
     def _send_client(self, data: bytes) -> None:
         if data:
+            if self.to_client is _NOTHING:
+                self.to_client = []
             self.to_client.append(data)
             self.pending = True
 
     def _send_backend(self, data: bytes) -> None:
         if data:
+            if self.to_backend is _NOTHING:
+                self.to_backend = []
             self.to_backend.append(data)
             self.pending = True
 
@@ -457,8 +464,7 @@ class Relay:
     def take(self) -> tuple[list[bytes], list[bytes], int]:
         """Hand the waiting outputs to the adapter and clear them."""
         out = (self.to_client, self.to_backend, self.actions)
-        self.to_client = []
-        self.to_backend = []
+        self.to_client = self.to_backend = _NOTHING
         self.actions = 0
         self.pending = False
         return out

@@ -139,8 +139,10 @@ class ClientSide(asyncio.Protocol):
         self.client_port = 0
         self.accepted_at = 0.0
         self.ended_at = 0.0
-        self.buffer = bytearray()
-        self.pending = bytearray()  # client bytes that arrived before the 101
+        # Head bytes of a head split over reads, and client bytes that came before the
+        # 101: both usually empty, and then the shared b"" (an empty bytearray is 56 B).
+        self.buffer: bytes | bytearray = b""
+        self.pending: bytes | bytearray = b""
         self.admission: Rejection | None = None
         self.rejection: Rejection | None = None  # what the client was answered, if refused
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
@@ -191,20 +193,28 @@ class ClientSide(asyncio.Protocol):
                 )
 
     def _head_data(self, data: bytes) -> None:
-        searched = max(0, len(self.buffer) - 3)
-        self.buffer += data
-        end = self.buffer.find(HEAD_END, searched)
+        buffer: bytes | bytearray
+        if self.buffer:
+            searched = max(0, len(self.buffer) - 3)
+            self.buffer += data
+            buffer = self.buffer
+        else:
+            searched = 0
+            buffer = data  # the usual case: the whole head in one read, no copy
+        end = buffer.find(HEAD_END, searched)
         limit = self.listener.config.limits.max_header_bytes
         if end < 0:
-            if len(self.buffer) > limit:
+            if len(buffer) > limit:
                 self._reject(HEADER_TOO_LARGE)
+            elif buffer is data:
+                self.buffer = bytearray(data)
             return
         if end + 4 > limit:
             self._reject(HEADER_TOO_LARGE)
             return
-        head = bytes(self.buffer[: end + 4])
-        self.pending = self.buffer[end + 4 :]
-        self.buffer = bytearray()
+        head = bytes(buffer[: end + 4]) if end + 4 < len(buffer) else bytes(buffer)
+        self.pending = buffer[end + 4 :] or b""
+        self.buffer = b""
         self._cancel_timer()
         self.state = State.CONNECTING
         limits = self.listener.config.limits
@@ -401,10 +411,10 @@ class ClientSide(asyncio.Protocol):
         if rest:
             self.backend_data(rest)
         if self.pending and self.state is State.TUNNEL:
-            pending, self.pending = bytes(self.pending), bytearray()
+            pending, self.pending = bytes(self.pending), b""
             self.data_received(pending)
         else:
-            self.pending = bytearray()
+            self.pending = b""
         config = listener.config
         if self.draining:
             relay.drain(now + config.drain_timeout_seconds)
@@ -603,7 +613,7 @@ class BackendSide(asyncio.Protocol):
     def __init__(self, client: ClientSide) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.buffer: bytes | bytearray = b""
         self.head: asyncio.Future[bytes] | None = client.loop.create_future()
         self.attached = False  # ClientSide took over: bytes go straight to it
         self.lost = False
@@ -625,7 +635,7 @@ class BackendSide(asyncio.Protocol):
         end = self.buffer.find(HEAD_END)
         if end >= 0:
             head = bytes(self.buffer[: end + 4])
-            del self.buffer[: end + 4]
+            self.buffer = self.buffer[end + 4 :]
             self.head.set_result(head)
         elif len(self.buffer) > MAX_BACKEND_HEAD:
             self.head.set_exception(ValueError("backend response head too large"))
@@ -633,7 +643,7 @@ class BackendSide(asyncio.Protocol):
     def attach(self) -> bytes:
         """From now on bytes go to the client side; return those that came early."""
         self.attached = True
-        rest, self.buffer = bytes(self.buffer), bytearray()
+        rest, self.buffer = bytes(self.buffer), b""
         self.head = None  # the answer was consumed: free it for the connection's lifetime
         return rest
 
