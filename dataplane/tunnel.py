@@ -56,6 +56,8 @@ log = logging.getLogger("wslb.tunnel")
 MAX_BACKEND_HEAD = 16 * 1024
 REFUSED_HEAD_WAIT = 1.0  # how long a refused client may take to send its head
 
+Dialled = asyncio.Future[tuple[asyncio.Transport, "BackendSide"]]
+
 HEADER_TOO_LARGE = Rejection(431, "Request header fields too large", label="header_too_large")
 
 
@@ -109,6 +111,7 @@ class ClientSide(asyncio.Protocol):
         "buffer",
         "client_ip",
         "client_port",
+        "dial",
         "dialing",
         "draining",
         "ended_at",
@@ -146,8 +149,9 @@ class ClientSide(asyncio.Protocol):
         self.admission: Rejection | None = None
         self.rejection: Rejection | None = None  # what the client was answered, if refused
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
-        self.task: asyncio.Task[None] | None = None
-        self.dialing: tuple[EndpointState, BackendSide] | None = None
+        self.task: Dialled | None = None
+        self.dial: _Dial | None = None  # what every attempt of the dial needs
+        self.dialing: tuple[EndpointState, BackendSide] | None = None  # the attempt
         self.timer: asyncio.TimerHandle | None = None  # handshake deadlines
         self.relay: Relay | None = None
         self.relay_remaining: int | None = None
@@ -217,9 +221,6 @@ class ClientSide(asyncio.Protocol):
         self.buffer = b""
         self._cancel_timer()
         self.state = State.CONNECTING
-        limits = self.listener.config.limits
-        budget = limits.connect_timeout_seconds * (limits.connect_retries + 1) + 1
-        self.timer = self.loop.call_later(budget, self._connect_deadline)
         try:
             self._handle_request(head)
         except Rejection as rejection:
@@ -250,7 +251,7 @@ class ClientSide(asyncio.Protocol):
         refused = self.listener.check_origin(origins)
         if refused is not None:
             raise refused
-        self.task = self.loop.create_task(self._open_backend(request))
+        self._start_dial(request)
 
     def _reject(self, rejection: Rejection) -> None:
         self.listener.count_rejection(rejection)
@@ -258,6 +259,7 @@ class ClientSide(asyncio.Protocol):
         self.status = rejection.status
         self.state = State.CLOSED
         self._cancel_timer()
+        self._stop_dial()
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(rejection.render())
@@ -269,38 +271,10 @@ class ClientSide(asyncio.Protocol):
 
     # ---------------------------------------------------------------- backend
 
-    async def _open_backend(self, request: Request | FastRequest) -> None:
-        """Dial backends until one answers; any unexpected error becomes a 502, never a
-        hung client or a leaked backend socket."""
-        try:
-            await self._dial(request)
-        except asyncio.CancelledError:
-            self.task = None
-            raise
-        except Exception as exc:
-            log.warning("backend handshake failed on listener %s: %r", self.listener.name, exc)
-            log.debug("backend handshake failure", exc_info=True)
-            if self.dialing is not None:
-                endpoint, backend = self.dialing
-                endpoint.active -= 1
-                backend.abandon()
-            self.dialing = None
-            if self.state is State.CONNECTING:
-                self._reject(Rejection(502, "Backend handshake failed", label="backend_invalid"))
-        self.task = None  # a finished task would stay referenced for the whole connection
-
-    def _connect_deadline(self) -> None:
-        self.timer = None
-        if self.state is State.CONNECTING:
-            if self.task is not None:
-                self.task.cancel()
-            self._reject(Rejection(502, "No backend answered in time", label="backend_unavailable"))
-
-    async def _dial(self, request: Request | FastRequest) -> None:
+    def _start_dial(self, request: Request | FastRequest) -> None:
+        """Render the request for the backends, then try them one by one (callbacks and a
+        deadline handle per attempt: no coroutine of ours runs per connection)."""
         listener = self.listener
-        limits = listener.config.limits
-        info = RequestInfo(self.client_ip, request.path, request=request)
-        tried: list[str] = []
         sticky_key = None
         if listener.sticky_enabled:
             sticky_key = listener.sticky_endpoint(request.headers)
@@ -312,49 +286,92 @@ class ClientSide(asyncio.Protocol):
             port=listener.config.port,
             forwarded=listener.config.forwarded_headers.enabled,
         )
-        for _ in range(limits.connect_retries + 1):
-            endpoint = listener.choose(info, tried, sticky_key)
-            if endpoint is None:
-                break
-            tried.append(endpoint.key)
-            endpoint.active += 1
-            backend = BackendSide(self)
-            self.dialing = (endpoint, backend)
-            try:
-                async with asyncio.timeout(limits.connect_timeout_seconds):
-                    await self.loop.create_connection(
-                        backend.itself, endpoint.address, endpoint.port
+        info = RequestInfo(self.client_ip, request.path, request=request)
+        self.dial = _Dial(info, sticky_key, head, listener.config.limits.connect_retries + 1)
+        self._next_attempt()
+
+    def _next_attempt(self) -> None:
+        dial = self.dial
+        if dial is None or self.state is not State.CONNECTING:
+            return
+        listener = self.listener
+        endpoint = None
+        if dial.attempts_left > 0:
+            endpoint = listener.choose(dial.info, dial.tried, dial.sticky_key)
+        if endpoint is None:
+            self.dial = None
+            if not dial.tried:
+                self._reject(
+                    Rejection(
+                        503, "No ready backend", [("Retry-After", "5")], label="no_ready_backend"
                     )
-                    assert backend.transport is not None and backend.head is not None
-                    backend.transport.write(head)
-                    answer_head = await backend.head
-            except (OSError, TimeoutError, ConnectionError, ValueError) as exc:
-                self.dialing = None
-                endpoint.active -= 1
-                backend.abandon()
-                listener.count_backend_failure(endpoint)
-                log.debug("backend %s failed: %r", endpoint.key, exc)
-                continue
-            except BaseException:  # cancelled: the client went away or the deadline passed
-                self.dialing = None
-                endpoint.active -= 1
-                backend.abandon()
-                raise
+                )
+            else:
+                self._reject(
+                    Rejection(502, "No backend could be reached", label="backend_unavailable")
+                )
+            return
+        dial.attempts_left -= 1
+        dial.tried.append(endpoint.key)
+        endpoint.active += 1
+        backend = BackendSide(self)
+        self.dialing = (endpoint, backend)
+        timeout = listener.config.limits.connect_timeout_seconds
+        self.timer = self.loop.call_later(timeout, self._attempt_failed, backend, "timed out")
+        # uvloop's create_connection is a coroutine: its own Task is the only one per dial.
+        task = self.task = asyncio.ensure_future(
+            self.loop.create_connection(backend.itself, endpoint.address, endpoint.port)
+        )
+        task.add_done_callback(backend.connected)
+
+    def _attempt_failed(self, backend: BackendSide, why: str) -> None:
+        """This attempt is over (refused, timed out, closed, bad answer): try the next."""
+        if self.dialing is None or self.dialing[1] is not backend:
+            return  # a stale callback of an attempt already given up
+        endpoint = self.dialing[0]
+        self._stop_dial(keep_context=True)
+        self.listener.count_backend_failure(endpoint)
+        log.debug("backend %s failed: %s", endpoint.key, why)
+        self._next_attempt()
+
+    def _stop_dial(self, keep_context: bool = False) -> None:
+        """Give up the attempt in progress: its deadline, its task, its socket."""
+        self._cancel_timer()
+        if self.task is not None:
+            if not self.task.done():
+                self.task.cancel()
+            self.task = None
+        if self.dialing is not None:
+            endpoint, backend = self.dialing
             self.dialing = None
-            if self.state is State.CLOSED:  # the client left meanwhile
-                endpoint.active -= 1
+            endpoint.active -= 1
+            backend.abandon()
+        if not keep_context:
+            self.dial = None
+
+    def backend_head(self, backend: BackendSide, head: bytes) -> None:
+        """The backend answered the upgrade (called by BackendSide)."""
+        if self.dialing is None or self.dialing[1] is not backend:
+            return
+        endpoint = self.dialing[0]
+        self.dialing = None
+        self.task = None
+        self.dial = None
+        self._cancel_timer()
+        if self.state is not State.CONNECTING:
+            endpoint.active -= 1
+            backend.abandon()
+            return
+        try:
+            self._backend_answered(backend, endpoint, head)
+        except Exception as exc:  # never a hung client or a leaked backend socket
+            log.warning("backend handshake failed on listener %s: %r", self.listener.name, exc)
+            log.debug("backend handshake failure", exc_info=True)
+            if self.state is State.CONNECTING:
+                if self.endpoint is None:
+                    endpoint.active -= 1
                 backend.abandon()
-                return
-            self._backend_answered(backend, endpoint, answer_head)
-            return
-        if self.state is State.CLOSED:
-            return
-        if not tried:
-            self._reject(
-                Rejection(503, "No ready backend", [("Retry-After", "5")], label="no_ready_backend")
-            )
-        else:
-            self._reject(Rejection(502, "No backend could be reached", label="backend_unavailable"))
+                self._reject(Rejection(502, "Backend handshake failed", label="backend_invalid"))
 
     def _backend_answered(self, backend: BackendSide, endpoint: EndpointState, head: bytes) -> None:
         listener = self.listener
@@ -543,8 +560,8 @@ class ClientSide(asyncio.Protocol):
         self.ended_at = self.loop.time()
         self.listener.wheel.discard(self)
         self._cancel_timer()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        if self.dialing is not None or self.task is not None:
+            self._stop_dial()
         relay = self.relay
         if state is State.TUNNEL and relay is not None:
             relay.client_lost()
@@ -602,10 +619,10 @@ class BackendSide(asyncio.Protocol):
     """The backend connection: collects the answer head, then hands bytes to ClientSide."""
 
     __slots__ = (
+        "answered",
         "attached",
         "buffer",
         "client",
-        "head",
         "lost",
         "transport",
     )
@@ -614,13 +631,31 @@ class BackendSide(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.buffer: bytes | bytearray = b""
-        self.head: asyncio.Future[bytes] | None = client.loop.create_future()
+        self.answered = False  # the head of the answer went to the client side
         self.attached = False  # ClientSide took over: bytes go straight to it
         self.lost = False
 
     def itself(self) -> BackendSide:
         """Protocol factory for create_connection: this very instance."""
         return self
+
+    def connected(self, task: Dialled) -> None:
+        """create_connection finished: send the request, or report the failure."""
+        client = self.client
+        if task.cancelled():
+            return  # the attempt was given up; _stop_dial cleaned up
+        exc = task.exception()
+        if client.dialing is None or client.dialing[1] is not self:
+            if exc is None:
+                self.abandon()  # connected after all, but nobody wants it any more
+            return
+        client.task = None  # done: not kept for the connection's lifetime
+        if exc is not None:
+            client._attempt_failed(self, repr(exc))
+            return
+        dial = client.dial
+        if dial is not None and self.transport is not None:
+            self.transport.write(dial.head)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -630,21 +665,21 @@ class BackendSide(asyncio.Protocol):
             self.client.backend_data(data)
             return
         self.buffer += data
-        if self.head is None or self.head.done():
+        if self.answered:
             return  # kept in buffer until the client side attaches
         end = self.buffer.find(HEAD_END)
         if end >= 0:
             head = bytes(self.buffer[: end + 4])
             self.buffer = self.buffer[end + 4 :]
-            self.head.set_result(head)
+            self.answered = True
+            self.client.backend_head(self, head)
         elif len(self.buffer) > MAX_BACKEND_HEAD:
-            self.head.set_exception(ValueError("backend response head too large"))
+            self.client._attempt_failed(self, "response head too large")
 
     def attach(self) -> bytes:
         """From now on bytes go to the client side; return those that came early."""
         self.attached = True
         rest, self.buffer = bytes(self.buffer), b""
-        self.head = None  # the answer was consumed: free it for the connection's lifetime
         return rest
 
     def eof_received(self) -> bool | None:
@@ -654,8 +689,8 @@ class BackendSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.head is not None and not self.head.done():
-            self.head.set_exception(ConnectionError("backend closed before answering"))
+        if not self.answered:
+            self.client._attempt_failed(self, "closed before answering")
         elif self.client.backend is self:
             self.client.backend_lost()
 
@@ -671,8 +706,6 @@ class BackendSide(asyncio.Protocol):
 
     def abandon(self) -> None:
         """Close this backend connection (flushing what is buffered, with a bound)."""
-        if self.head is not None and not self.head.done():
-            self.head.cancel()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
             self.client.loop.call_later(CLOSE_TIMEOUT, self._abort_if_stuck)
@@ -680,3 +713,18 @@ class BackendSide(asyncio.Protocol):
     def _abort_if_stuck(self) -> None:
         if not self.lost and self.transport is not None:
             self.transport.abort()
+
+
+class _Dial:
+    """What every attempt of one connection's dial needs; dropped once a backend answers."""
+
+    __slots__ = ("attempts_left", "head", "info", "sticky_key", "tried")
+
+    def __init__(
+        self, info: RequestInfo, sticky_key: str | None, head: bytes, attempts: int
+    ) -> None:
+        self.info = info
+        self.sticky_key = sticky_key
+        self.head = head
+        self.attempts_left = attempts
+        self.tried: list[str] = []
