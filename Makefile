@@ -5,19 +5,30 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck contracts check unit integration e2e test run echo bench \
-        image e2e-assets base-image node-image cluster-up cluster-down clean
+.PHONY: help venv lock lock-upgrade lint typecheck contracts check unit integration e2e test run echo bench \
+        image e2e-assets base-image node-image cluster-up cluster-down kind-demo kind-demo-down \
+        clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-$(STAMP): pyproject.toml
+# The venv installs the lock (requirements/, pinned with hashes: the same versions as the image),
+# then the project itself with --no-deps; a lock older than pyproject.toml stops it (make lock).
+$(STAMP): pyproject.toml requirements/build.txt requirements/dev.txt
+	python3 hack/lock.py check
 	python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --require-hashes -r requirements/build.txt
+	$(PIP) install -q --require-hashes -r requirements/dev.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP) ## create .venv with the project and its dev tools
+
+lock: ## requirements/*.txt from pyproject.toml: new requirements added, other pins kept
+	python3 hack/lock.py write
+
+lock-upgrade: ## requirements/*.txt with the newest version of everything
+	python3 hack/lock.py write --upgrade
 
 PY_DIRS := $(wildcard lbwire dataplane controller tests bench)
 
@@ -60,7 +71,7 @@ echo: $(STAMP) ## one demo echo backend on 127.0.0.1:9001
 bench: $(STAMP) ## benchmarks against HAProxy and nginx; writes BENCHMARKS.md
 	bash bench/run.sh
 
-image: ## our image from the top-level Dockerfile, with podman
+image: ## our image (Dockerfile), tagged localhost/wslb:<chart appVersion> and :dev
 	bash hack/image.sh
 
 base-image: ## the debootstrap base and Python base images, with podman
@@ -77,6 +88,12 @@ cluster-up: ## a kind cluster for a person to use
 
 cluster-down: ## delete that cluster
 	bash hack/cluster.sh down
+
+kind-demo: ## kind cluster + image + chart + an echo LoadBalancer; prints the ws:// and wss:// URLs
+	bash hack/kind-demo.sh up
+
+kind-demo-down: ## delete the kind-demo cluster
+	bash hack/kind-demo.sh down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -17,6 +17,7 @@ at data-plane sessions (Programmed is status.py's).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -29,6 +30,7 @@ from controller.models import (
     TLS_CERT_KEY,
     TLS_KEY_KEY,
     BackendRef,
+    IpFamilyPolicy,
     Listener,
     LoadBalancer,
     Tier,
@@ -51,6 +53,70 @@ TIER_LIMITS: dict[Tier, wire.LoadBalancerLimits] = {
     ),
 }
 DEFAULT_DRAIN_SECONDS = 30
+
+
+def _weight_ceiling() -> int:
+    """The largest endpoint weight the snapshot accepts (its `le` bound)."""
+    for item in wire.Endpoint.model_fields["weight"].metadata:
+        bound = getattr(item, "le", None)
+        if isinstance(bound, int):
+            return bound
+    return 100
+
+
+MAX_ENDPOINT_WEIGHT = _weight_ceiling()
+
+
+def share(limits: wire.LoadBalancerLimits, replicas: int) -> wire.LoadBalancerLimits:
+    """One data plane's share of the tier: the tier is the LoadBalancer's total, and the
+    Service spreads clients over `replicas` data planes (each splits it again across its
+    workers). Rounded up, so the shares never add up to less than the tier."""
+    replicas = max(1, replicas)
+    return wire.LoadBalancerLimits(
+        max_connections=math.ceil(limits.max_connections / replicas),
+        new_connections_per_second=math.ceil(limits.new_connections_per_second / replicas),
+    )
+
+
+def spread_weights(
+    groups: list[tuple[int, list[wire.Endpoint]]],
+) -> list[wire.Endpoint]:
+    """Endpoint weights such that each backend Service gets its `weight` share of new
+    connections whatever its number of pods: an endpoint of a Service with weight W and n
+    serving endpoints gets W / n (summed when it backs several Services), scaled so the
+    heaviest gets MAX_ENDPOINT_WEIGHT and rounded, never below 1 for a nonzero share.
+
+    `groups` is (Service weight, its endpoints) per backend entry. Endpoints that are not
+    ready or draining keep their share out of the count, so the rest carry the Service's."""
+    shares: dict[str, float] = {}
+    merged: dict[str, wire.Endpoint] = {}
+    for weight, endpoints in groups:
+        serving = {e.key for e in endpoints if e.ready and not e.draining}
+        count = len(serving) or len({e.key for e in endpoints}) or 1
+        for endpoint in endpoints:
+            before = merged.get(endpoint.key)
+            if before is not None:
+                endpoint = before.model_copy(
+                    update={
+                        "ready": before.ready or endpoint.ready,
+                        "draining": before.draining and endpoint.draining,
+                    }
+                )
+            merged[endpoint.key] = endpoint
+            counted = endpoint.key in serving or not serving
+            shares.setdefault(endpoint.key, 0.0)
+            if counted:
+                shares[endpoint.key] += weight / count
+    heaviest = max(shares.values(), default=0.0)
+    result = []
+    for key, endpoint in merged.items():
+        value = shares[key]
+        if heaviest <= 0 or value <= 0:
+            weight = 0
+        else:
+            weight = max(1, round(MAX_ENDPOINT_WEIGHT * value / heaviest))
+        result.append(endpoint.model_copy(update={"weight": weight}))
+    return sorted(result, key=lambda e: (e.address, e.port))
 
 
 @dataclass(frozen=True)
@@ -121,6 +187,7 @@ def build(store: Store, load_balancer: str, version: str) -> Build:
     taken_ports: dict[int, str] = {}
     taken_node_ports: dict[int, str] = {}
     sticky_secret = _sticky_secret(store, lb)
+    address = listen_address(lb)
     for item in listeners:
         if item.spec is None:
             results_list.append(_invalid(item))
@@ -133,7 +200,7 @@ def build(store: Store, load_balancer: str, version: str) -> Build:
             message = f"port {spec.port} or nodePort of this Listener is taken by Listener {holder}"
             results_list.append(_refused(item, st.REASON_PORT_CONFLICT, message))
             continue
-        result, listener = _listener(store, item, sticky_secret)
+        result, listener = _listener(store, item, sticky_secret, address)
         if result.accepted.status == "True":
             taken_ports[spec.port] = item.meta.name
             if spec.node_port is not None:
@@ -147,7 +214,9 @@ def build(store: Store, load_balancer: str, version: str) -> Build:
     snapshot = wire.Snapshot(
         version=version,
         load_balancer=wire.LoadBalancerInfo(
-            name=lb.meta.name, namespace=lb.meta.namespace, limits=TIER_LIMITS[lb.spec.tier]
+            name=lb.meta.name,
+            namespace=lb.meta.namespace,
+            limits=share(TIER_LIMITS[lb.spec.tier], lb.spec.replicas),
         ),
         listeners=sorted(built, key=lambda item: item.name),
     )
@@ -165,6 +234,18 @@ def build(store: Store, load_balancer: str, version: str) -> Build:
         ports=tuple(sorted(ports, key=lambda port: port.name)),
         max_drain_seconds=max(drains, default=DEFAULT_DRAIN_SECONDS),
     )
+
+
+def listen_address(lb: LoadBalancer) -> str:
+    """Where the data plane binds its listeners: `::` (both families on a dual-stack
+    socket) when the Service asks for IPv6, else `0.0.0.0`. Only when asked: a pod in an
+    IPv4-only cluster may have IPv6 disabled, and binding `::` would then fail."""
+    assert lb.spec is not None
+    service = lb.spec.service
+    wants_v6 = "IPv6" in service.ip_families or (
+        service.ip_family_policy is IpFamilyPolicy.REQUIRE_DUAL_STACK
+    )
+    return "::" if wants_v6 else "0.0.0.0"
 
 
 def _refused(item: Listener, reason: str, message: str) -> ListenerResult:
@@ -189,7 +270,7 @@ def _sticky_secret(store: Store, lb: LoadBalancer) -> str | None:
 
 
 def _listener(
-    store: Store, item: Listener, sticky_secret: str | None
+    store: Store, item: Listener, sticky_secret: str | None, address: str = "0.0.0.0"
 ) -> tuple[ListenerResult, wire.Listener | None]:
     """Resolve one accepted-so-far Listener into its snapshot form."""
     spec = item.spec
@@ -197,22 +278,13 @@ def _listener(
     namespace, generation = item.meta.namespace, item.meta.generation
     problems: list[tuple[str, str]] = []  # (reason, message)
 
-    endpoints: dict[str, wire.Endpoint] = {}
+    groups: list[tuple[int, list[wire.Endpoint]]] = []
     for ref in spec.backends:
         found, problem = _endpoints(store, namespace, ref)
         if problem is not None:
             problems.append((st.REASON_SERVICE_NOT_FOUND, problem))
-        for endpoint in found:
-            before = endpoints.get(endpoint.key)
-            if before is not None:
-                endpoint = before.model_copy(
-                    update={
-                        "ready": before.ready or endpoint.ready,
-                        "draining": before.draining and endpoint.draining,
-                    }
-                )
-            endpoints[endpoint.key] = endpoint
-    ordered = sorted(endpoints.values(), key=lambda e: (e.address, e.port))
+        groups.append((ref.weight, found))
+    ordered = spread_weights(groups)
 
     tls: wire.Tls | None = None
     blocking = False
@@ -262,6 +334,7 @@ def _listener(
     try:
         listener = wire.Listener(
             name=item.meta.name,
+            address=address,
             protocol=spec.protocol,
             port=spec.port,
             tls=tls,

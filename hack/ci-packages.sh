@@ -27,8 +27,8 @@ test_packages() {
       > "$policy" && chmod 755 "$policy" && ours=1 || return 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -qq &&
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || status=$?
+  { apt_get update -qq &&
+    apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || status=$?
   [ -z "$ours" ] || rm -f "$policy"
   return "$status"
 }

@@ -16,8 +16,8 @@ install_packages() {
   [ ${#missing[@]} -eq 0 ] && return
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq "${missing[@]}" >/dev/null
 }
 
 # configure_podman: root here lacks CAP_SYS_RESOURCE and cannot raise rlimits, so podman's

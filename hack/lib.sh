@@ -6,7 +6,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
 BASE_IMAGE_NAME=${WSLB_BASE_IMAGE:-localhost/wslb-base:bookworm}
 PYTHON_BASE_IMAGE_NAME=${WSLB_PYTHON_BASE_IMAGE:-localhost/wslb-python:bookworm}
 NODE_IMAGE_NAME=${WSLB_NODE_IMAGE_BUILD:-localhost/wslb-kind-node:${K8S_VERSION}}
+# Our image. `make image` tags it with the chart's appVersion, the tag of the chart's default
+# image (so `helm install` works on a cluster it was loaded into), and with WSLB_IMAGE (default
+# :dev, the name the e2e tier loads) when that differs.
+WSLB_APP_VERSION=$(sed -n 's/^appVersion: *["'\'']*\([^"'\'' ]*\).*/\1/p' \
+  "$(dirname "${BASH_SOURCE[0]}")/../helm/wslb/Chart.yaml")
+WSLB_RELEASE_IMAGE=${WSLB_RELEASE_IMAGE:-localhost/wslb:${WSLB_APP_VERSION:?appVersion not found in helm/wslb/Chart.yaml}}
 WSLB_IMAGE=${WSLB_IMAGE:-localhost/wslb:dev}
+
+# apt_get ARGS...: apt-get that waits (up to 10 minutes) for another apt or dpkg to finish
+# instead of failing at once: two scripts preparing the same machine may overlap.
+apt_get() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }
 
 log() { printf '>> %s\n' "$*" >&2; }
 die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }

@@ -1,0 +1,240 @@
+"""Access log: one line per WebSocket connection when it ends, one per refused handshake.
+
+The connection core fills a `ConnectionRecord` at the end of a connection and hands it to
+`AccessLog.record()`, which only decides sampling and puts the record on a bounded queue:
+rendering and writing happen on a writer thread, so a slow log pipe never stalls the event
+loop. When the queue is full the line is dropped and counted (`..._access_log_dropped_total`)
+rather than blocking. Lines are logfmt (`--log-format text`) or one JSON object each
+(`json`); client-controlled fields (Host, path, X-Forwarded-For) are escaped and truncated, so
+a request cannot forge a line. The path loses its query string unless the listener asks to
+keep it (queries carry tokens). This module must not decide anything about the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import random
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lbwire.logs import LogFormat
+
+MAX_FIELD = 1024  # longest Host, path or forwarded-for chain written, in characters
+QUEUE_SIZE = 8192  # lines waiting for the writer thread before new ones are dropped
+CLOSE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogPolicy:
+    """A listener's access-log switches (defaults: every connection, no query string)."""
+
+    enabled: bool = True
+    """On by default: an operator's first question after an incident is "who connected"."""
+    sample_rate: float = 1.0
+    """Fraction of lines written, 0 < rate <= 1; for listeners with very many short sockets."""
+    include_query: bool = False
+    """Off by default: query strings often carry tokens that must not land in logs."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], not {self.sample_rate}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRecord:
+    """Everything the access log says about one connection, handed over when it ends.
+
+    `status` is 101 for a tunnelled WebSocket, or the status the load balancer (or the
+    backend) answered instead; `reason` is the refusal's metric label. Directions are seen
+    from the client: `from_client` is client to backend.
+    """
+
+    listener: str
+    started: float  # Unix time of the accept
+    duration: float  # seconds from the accept to the end
+    client_addr: str
+    client_port: int
+    status: int
+    forwarded_for: str | None = None  # the chain as sent upstream, client address last
+    host: str | None = None
+    path: str | None = None  # the request target as received, query included
+    backend: str | None = None  # "ip:port" of the backend, None when refused before one
+    reason: str | None = None
+    bytes_from_client: int = 0
+    bytes_to_client: int = 0
+    messages_from_client: int = 0
+    messages_to_client: int = 0
+    close_code: int | None = None
+    closed_by: str | None = None  # client, backend or proxy
+    kind: str = "websocket"  # "http" for plain requests once those are proxied
+    method: str | None = None
+
+
+def _clip(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value if len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
+
+
+def fields(record: ConnectionRecord, include_query: bool, worker: int | None) -> dict[str, Any]:
+    """The ordered fields of one line; the same keys in text and JSON."""
+    path = record.path
+    if path is not None and not include_query:
+        path = path.split("?", 1)[0]
+    out: dict[str, Any] = {
+        "time": datetime.fromtimestamp(record.started + record.duration, UTC).isoformat(
+            timespec="milliseconds"
+        ),
+        "kind": record.kind,
+        "listener": record.listener,
+        "client_addr": record.client_addr,
+        "client_port": record.client_port,
+        "forwarded_for": _clip(record.forwarded_for),
+        "host": _clip(record.host),
+        "method": record.method,
+        "path": _clip(path),
+        "backend": record.backend,
+        "status": record.status,
+        "reason": record.reason,
+        "duration_seconds": round(record.duration, 6),
+        "bytes_from_client": record.bytes_from_client,
+        "bytes_to_client": record.bytes_to_client,
+        "messages_from_client": record.messages_from_client,
+        "messages_to_client": record.messages_to_client,
+        "close_code": record.close_code,
+        "closed_by": record.closed_by,
+    }
+    if worker is not None:
+        out["worker"] = worker
+    return out
+
+
+def _logfmt_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int | float):
+        return str(value)
+    text = str(value)
+    if text and all(c.isprintable() and c not in ' "=\\' for c in text) and text != "-":
+        return text
+    return json.dumps(text)  # quotes, escapes control characters and non-ASCII
+
+
+def render(values: dict[str, Any], fmt: LogFormat) -> str:
+    """One line, newline included."""
+    if fmt is LogFormat.JSON:
+        return json.dumps(values, separators=(",", ":")) + "\n"
+    return " ".join(f"{key}={_logfmt_value(value)}" for key, value in values.items()) + "\n"
+
+
+class AccessLog:
+    """Samples, queues and (on its own thread) writes access-log lines to `stream`."""
+
+    def __init__(
+        self,
+        fmt: LogFormat = LogFormat.TEXT,
+        stream: IO[str] | None = None,
+        worker: int | None = None,
+        rng: Callable[[], float] = random.random,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
+        self.fmt = fmt
+        self.stream = stream if stream is not None else sys.stdout
+        self.worker = worker
+        self.rng = rng
+        self.policies: dict[str, AccessLogPolicy] = {}
+        self.default = AccessLogPolicy()
+        self.written = 0
+        self.dropped = 0  # queue full; counted on the loop thread only
+        self.failed = 0  # the stream refused a write; counted on the writer thread only
+        self._queue: queue.Queue[tuple[ConnectionRecord, bool] | None] = queue.Queue(queue_size)
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ config
+
+    def set_policies(self, policies: dict[str, AccessLogPolicy]) -> None:
+        """Every listener's switches after a config swap; a listener not named gets the default."""
+        self.policies = dict(policies)
+
+    # ------------------------------------------------------------------ event loop side
+
+    def record(self, record: ConnectionRecord) -> None:
+        """Called on the loop at the end of a connection: O(1), never blocks, never raises."""
+        policy = self.policies.get(record.listener, self.default)
+        if not policy.enabled or (policy.sample_rate < 1.0 and self.rng() >= policy.sample_rate):
+            return
+        try:
+            self._queue.put_nowait((record, policy.include_query))
+        except queue.Full:
+            self.dropped += 1
+
+    # ------------------------------------------------------------------ writer thread
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write, name="wslb-access-log", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Write what is queued, then stop the thread (bounded by `timeout`)."""
+        if self._thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _write(self) -> None:
+        while True:
+            item = self._queue.get()
+            lines: list[str] = []
+            stop = False
+            while item is not None:
+                record, include_query = item
+                lines.append(render(fields(record, include_query, self.worker), self.fmt))
+                try:
+                    item = self._queue.get_nowait()  # batch what is already waiting
+                except queue.Empty:
+                    break
+            else:
+                stop = True
+            if lines:
+                try:
+                    self.stream.write("".join(lines))
+                    self.stream.flush()
+                    self.written += len(lines)
+                except (OSError, ValueError):
+                    self.failed += len(lines)  # a closed or broken stream: count, go on
+            if stop:
+                return
+
+
+class AccessLogCollector(Collector):
+    """Lines written and dropped, read at scrape time from the AccessLog's counters."""
+
+    def __init__(self, access_log: AccessLog) -> None:
+        self.access_log = access_log
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "wslb_dataplane_access_log_lines",
+            "Access-log lines written.",
+            value=self.access_log.written,
+        )
+        dropped = CounterMetricFamily(
+            "wslb_dataplane_access_log_dropped",
+            "Access-log lines lost: the writer fell behind (queue_full) or its stream failed.",
+            labels=["cause"],
+        )
+        dropped.add_metric(["queue_full"], self.access_log.dropped)
+        dropped.add_metric(["write_error"], self.access_log.failed)
+        yield dropped

@@ -1,0 +1,218 @@
+"""dataplane.access_log: the fields of each line, sampling, escaping, and a writer that never
+blocks the caller."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from dataplane.access_log import (
+    AccessLog,
+    AccessLogCollector,
+    AccessLogPolicy,
+    ConnectionRecord,
+)
+from lbwire.logs import LogFormat
+
+pytestmark = pytest.mark.unit
+
+LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+SESSION = ConnectionRecord(
+    listener="ws",
+    started=1_800_000_000.0,
+    duration=61.25,
+    client_addr="192.0.2.7",
+    client_port=53412,
+    status=101,
+    forwarded_for="203.0.113.9, 192.0.2.7",
+    host="chat.example.com",
+    path="/socket?token=secret&room=1",
+    backend="10.1.0.4:8080",
+    bytes_from_client=1200,
+    bytes_to_client=34000,
+    messages_from_client=12,
+    messages_to_client=340,
+    close_code=1001,
+    closed_by="proxy",
+)
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """A reader independent of the writer: key=value, values JSON-quoted when needed."""
+    assert line.endswith("\n") and "\n" not in line[:-1]
+    out: dict[str, str] = {}
+    for key, value in LOGFMT.findall(line):
+        out[key] = json.loads(value) if value.startswith('"') else value
+    return out
+
+
+def write(records: list[ConnectionRecord], log: AccessLog) -> list[str]:
+    assert isinstance(log.stream, io.StringIO)
+    log.start()
+    for record in records:
+        log.record(record)
+    log.close()
+    return log.stream.getvalue().splitlines(keepends=True)
+
+
+def test_text_line_carries_every_field_of_an_idle_closed_session() -> None:
+    (line,) = write([SESSION], AccessLog(LogFormat.TEXT, io.StringIO(), worker=2))
+    got = parse_logfmt(line)
+    assert got == {
+        "time": "2027-01-15T08:01:01.250+00:00",
+        "kind": "websocket",
+        "listener": "ws",
+        "client_addr": "192.0.2.7",
+        "client_port": "53412",
+        "forwarded_for": "203.0.113.9, 192.0.2.7",
+        "host": "chat.example.com",
+        "method": "-",
+        "path": "/socket",
+        "backend": "10.1.0.4:8080",
+        "status": "101",
+        "reason": "-",
+        "duration_seconds": "61.25",
+        "bytes_from_client": "1200",
+        "bytes_to_client": "34000",
+        "messages_from_client": "12",
+        "messages_to_client": "340",
+        "close_code": "1001",
+        "closed_by": "proxy",
+        "worker": "2",
+    }
+
+
+def test_json_line_has_the_same_fields_typed() -> None:
+    (line,) = write([SESSION], AccessLog(LogFormat.JSON, io.StringIO()))
+    got: dict[str, Any] = json.loads(line)
+    assert got["status"] == 101
+    assert got["client_port"] == 53412
+    assert got["path"] == "/socket"
+    assert got["close_code"] == 1001
+    assert got["reason"] is None
+    assert got["messages_to_client"] == 340
+    assert "worker" not in got
+
+
+def test_refused_handshake_gets_its_own_line_with_status_and_reason() -> None:
+    refused = ConnectionRecord(
+        listener="ws",
+        started=1_800_000_000.0,
+        duration=0.0004,
+        client_addr="2001:db8::1",
+        client_port=40000,
+        status=503,
+        reason="listener_connections",
+        path="/socket",
+    )
+    (line,) = write([refused], AccessLog(LogFormat.TEXT, io.StringIO()))
+    got = parse_logfmt(line)
+    assert (got["status"], got["reason"], got["backend"], got["close_code"]) == (
+        "503",
+        "listener_connections",
+        "-",
+        "-",
+    )
+    assert got["client_addr"] == "2001:db8::1"
+
+
+def test_query_string_is_kept_only_when_the_listener_asks() -> None:
+    log = AccessLog(LogFormat.JSON, io.StringIO())
+    log.set_policies({"ws": AccessLogPolicy(include_query=True)})
+    (line,) = write([SESSION], log)
+    assert json.loads(line)["path"] == "/socket?token=secret&room=1"
+
+
+def test_client_fields_cannot_forge_a_line() -> None:
+    forged = ConnectionRecord(
+        listener="ws",
+        started=0.0,
+        duration=1.0,
+        client_addr="192.0.2.1",
+        client_port=1,
+        status=101,
+        host='evil.example\nlistener=admin status="200"',
+        path="/a b" + "x" * 5000,
+    )
+    (line,) = write([forged], AccessLog(LogFormat.TEXT, io.StringIO()))
+    got = parse_logfmt(line)
+    assert got["listener"] == "ws"
+    assert got["host"] == 'evil.example\nlistener=admin status="200"'
+    assert got["path"].startswith("/a bxxx")
+    assert len(got["path"]) == 1024 + 3
+
+
+def test_a_listener_switched_off_writes_nothing_and_others_still_do() -> None:
+    log = AccessLog(LogFormat.TEXT, io.StringIO())
+    log.set_policies({"ws": AccessLogPolicy(enabled=False)})
+    other = ConnectionRecord("wss", 0.0, 1.0, "192.0.2.1", 1, 101)
+    lines = write([SESSION, other], log)
+    assert [parse_logfmt(line)["listener"] for line in lines] == ["wss"]
+
+
+def test_sampling_writes_the_chosen_fraction() -> None:
+    draws = iter([0.05, 0.5, 0.09, 0.95])
+    log = AccessLog(LogFormat.TEXT, io.StringIO(), rng=lambda: next(draws))
+    log.set_policies({"ws": AccessLogPolicy(sample_rate=0.1)})
+    assert len(write([SESSION] * 4, log)) == 2
+
+
+def test_bad_sample_rate_is_refused() -> None:
+    with pytest.raises(ValueError, match="sample_rate"):
+        AccessLogPolicy(sample_rate=0)
+
+
+class BlockedStream(io.StringIO):
+    """A log pipe nobody reads: every write waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        self.release.wait(10)
+        return super().write(text)
+
+
+def test_a_stuck_stream_never_blocks_the_caller_and_overflow_is_counted() -> None:
+    stream = BlockedStream()
+    log = AccessLog(LogFormat.TEXT, stream, queue_size=4)
+    log.start()
+    log.record(SESSION)
+    assert stream.entered.wait(5)  # the writer thread holds one record, blocked
+    started = time.perf_counter()
+    for _ in range(10):
+        log.record(SESSION)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.5  # put_nowait: microseconds, not the 10 s the write waits
+    assert log.dropped == 6  # 4 fit in the queue
+    stream.release.set()
+    log.close()
+    assert log.written == 5
+    assert len(stream.getvalue().splitlines()) == 5
+    registry = CollectorRegistry()
+    registry.register(AccessLogCollector(log))
+    text = generate_latest(registry).decode()
+    assert "wslb_dataplane_access_log_lines_total 5.0" in text
+    assert 'wslb_dataplane_access_log_dropped_total{cause="queue_full"} 6.0' in text
+
+
+def test_a_closed_stream_is_counted_not_raised() -> None:
+    stream = io.StringIO()
+    stream.close()
+    log = AccessLog(LogFormat.TEXT, stream)
+    write_log = log
+    write_log.start()
+    write_log.record(SESSION)
+    write_log.close()
+    assert (log.written, log.failed) == (0, 1)
