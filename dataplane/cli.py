@@ -192,6 +192,10 @@ class DataPlaneProcess:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.metrics = Metrics()
+        # Started and closed with the process; each ended connection's record goes to it
+        # once the runtime is handed it.
+        self.access_log = AccessLog(options.log_format, worker=options.worker_index)
+        self.metrics.registry.register(AccessLogCollector(self.access_log))
         self.runtime = Runtime(self.metrics, workers=options.workers)
         # A worker's parent holds the config channel, so only a lone process reports it.
         holds_channel = options.client is not None and options.admin_socket is None
@@ -201,10 +205,6 @@ class DataPlaneProcess:
             workers=options.workers,
             controller_mode=holds_channel,
         )
-        # Created, started and closed with the process; the connection core records into
-        # it once the runtime is handed it (see the lead's Runtime change).
-        self.access_log = AccessLog(options.log_format, worker=options.worker_index)
-        self.metrics.registry.register(AccessLogCollector(self.access_log))
         self.admin = AdminServer(self.metrics.registry, lambda: self.runtime.ready)
         self.stop = asyncio.Event()
         self._stamp: tuple[tuple[float, int, int] | None, ...] = ()

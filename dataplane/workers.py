@@ -188,10 +188,10 @@ class WorkerSet:
 
     async def _sync(self, index: int) -> None:
         """Once the worker's socket answers, give it the snapshot in force (controller mode)."""
-        proc = self.procs[index]
+        proc = self.procs.get(index)
         deadline = time.monotonic() + START_TIMEOUT
         while (await _ask(self._socket(index), "/healthz"))[0] != 200:
-            if proc.returncode is not None or time.monotonic() > deadline:
+            if (proc is not None and proc.returncode is not None) or time.monotonic() > deadline:
                 return  # it died or hangs: the supervisor restarts or the probes see it
             await asyncio.sleep(0.05)
         async with self._lock:
@@ -211,7 +211,8 @@ class WorkerSet:
         status, answer = await _request(self._socket(index), head, body, timeout=PUSH_TIMEOUT)
         if status == 200:
             return None
-        if status == 0 and self.procs[index].returncode is not None:
+        proc = self.procs.get(index)
+        if status == 0 and (proc is None or proc.returncode is not None):
             return None  # it died: restarted, it is given the snapshot in force
         return _refusal(index, status, answer)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -195,6 +196,12 @@ async def test_two_workers_share_one_session_ack_once_and_nack_together(
     assert "wslb_dataplane_config_channel_connected 1.0" in text
     assert "wslb_dataplane_config_last_ack_timestamp_seconds " in text
     assert channel.counted.acks == 1
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool not found: install Debian's prometheus package"
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0 and checked.stdout == "", checked.stdout + checked.stderr
     for index in range(6):
         await echo_once(good.listeners[0].port, f"hello {index}")
     assert (tmp_path / "state" / "snapshot.json").exists()
