@@ -105,10 +105,10 @@ class Process:
 
 
 @pytest.fixture
-def start_process(tmp_path: Path) -> Iterator[Callable[[Channel], Process]]:
+def start_process(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     started: list[Process] = []
 
-    def start(channel: Channel) -> Process:
+    def start(channel: Channel, workers: int = 2) -> Process:
         (tmp_path / "token").write_text(TOKEN)
         admin_port = free_port()
         log_path = tmp_path / "dataplane.log"
@@ -133,7 +133,7 @@ def start_process(tmp_path: Path) -> Iterator[Callable[[Channel], Process]]:
                     "--admin",
                     f"127.0.0.1:{admin_port}",
                     "--workers",
-                    "2",
+                    str(workers),
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -174,7 +174,7 @@ async def echo_once(port: int, text: str) -> None:
 
 
 async def test_two_workers_share_one_session_ack_once_and_nack_together(
-    channel: Channel, start_process: Callable[[Channel], Process], backends: Any, tmp_path: Path
+    channel: Channel, start_process: Callable[..., Process], backends: Any, tmp_path: Path
 ) -> None:
     (backend,) = await backends(1)
     good = desired("1", listener(backends={"endpoints": [backend.endpoint]}))
@@ -265,3 +265,27 @@ async def test_two_workers_share_one_session_ack_once_and_nack_together(
 
     process.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.proc.wait, 30) == 0, process.log()
+
+
+async def test_single_process_reports_the_channel_state(
+    channel: Channel, start_process: Callable[..., Process], backends: Any
+) -> None:
+    (backend,) = await backends(1)
+    channel.server.publish(LB, desired("1", listener(backends={"endpoints": [backend.endpoint]})))
+    process = start_process(channel, workers=1)
+    deadline = time.monotonic() + 30
+    while (await process.get("/readyz"))[0] != 200:
+        assert process.proc.poll() is None and time.monotonic() < deadline, process.log()
+        await asyncio.sleep(0.05)
+    await wait_until(lambda: channel.counted.acks == 1, timeout=10)
+    text = (await process.get("/metrics"))[1]
+    assert "wslb_dataplane_config_channel_connected 1.0" in text
+    assert "wslb_dataplane_config_channel_connects_total 1.0" in text
+    assert "wslb_dataplane_config_last_ack_timestamp_seconds " in text
+    await channel.server.close()  # the controller goes away: the gauge says so
+    deadline = time.monotonic() + 10
+    while "wslb_dataplane_config_channel_connected 0.0" not in text:
+        assert time.monotonic() < deadline, text
+        await asyncio.sleep(0.1)
+        text = (await process.get("/metrics"))[1]
+    assert (await process.get("/readyz"))[0] == 200  # static stability: still serving
