@@ -111,7 +111,7 @@ def start_process(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     def start(channel: Channel, workers: int = 2) -> Process:
         (tmp_path / "token").write_text(TOKEN)
         admin_port = free_port()
-        log_path = tmp_path / "dataplane.log"
+        log_path = tmp_path / f"dataplane-{len(started)}.log"
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
                 [
@@ -289,3 +289,27 @@ async def test_single_process_reports_the_channel_state(
         await asyncio.sleep(0.1)
         text = (await process.get("/metrics"))[1]
     assert (await process.get("/readyz"))[0] == 200  # static stability: still serving
+
+
+async def test_restart_without_controller_serves_the_persisted_snapshot_on_every_worker(
+    channel: Channel, start_process: Callable[..., Process], backends: Any
+) -> None:
+    (backend,) = await backends(1)
+    wanted = desired("7", listener(backends={"endpoints": [backend.endpoint]}))
+    channel.server.publish(LB, wanted)
+    first = start_process(channel)
+    await wait_until(lambda: channel.counted.acks == 1, timeout=30)
+    first.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(first.proc.wait, 30) == 0, first.log()
+    await channel.server.close()  # the controller is gone when the pod comes back
+
+    again = start_process(channel)
+    deadline = time.monotonic() + 30
+    while (await again.get("/readyz"))[0] != 200:
+        assert again.proc.poll() is None and time.monotonic() < deadline, again.log()
+        await asyncio.sleep(0.05)
+    text = (await again.get("/metrics"))[1]
+    assert limit_lines(text, "ws") == {"0", "1"}, text
+    assert "wslb_dataplane_config_channel_connected 0.0" in text
+    for index in range(4):
+        await echo_once(wanted.listeners[0].port, f"from the persisted snapshot {index}")
