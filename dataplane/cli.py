@@ -80,7 +80,11 @@ def version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = _Parser(prog="wslb-dataplane", description=__doc__.splitlines()[0])
+    result = _Parser(
+        prog="wslb-dataplane",
+        description="The wslb data plane: WebSocket listeners configured from a YAML file"
+        " (--config) or pushed by the wslb controller (--controller).",
+    )
     result.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     source = result.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", "-c", type=Path, help="standalone YAML file")
@@ -88,7 +92,11 @@ def parser() -> argparse.ArgumentParser:
         "--controller", help="config server URL, e.g. wss://wslb-config.ns.svc:9443"
     )
     result.add_argument("--load-balancer", help="namespace/name (controller mode)")
-    result.add_argument("--node", default=os.environ.get("POD_NAME") or socket.gethostname())
+    result.add_argument(
+        "--node",
+        default=os.environ.get("POD_NAME") or socket.gethostname(),
+        help="this data plane's name on the config channel (default $POD_NAME, else the host name)",
+    )
     result.add_argument("--token-file", type=Path, help="bearer token for the config channel")
     result.add_argument("--ca-file", type=Path, help="CA certificate of the config server")
     result.add_argument("--state-dir", type=Path, help="keeps the last applied snapshot")
@@ -99,7 +107,13 @@ def parser() -> argparse.ArgumentParser:
         f" or ${ENV_ADMIN}; loopback unless you expose it on purpose; an empty host, as in"
         " :9901, binds every IPv4 and IPv6 address)",
     )
-    result.add_argument("--workers", type=int, default=1, help="processes sharing each port")
+    result.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing each port (default 1); with --controller the parent"
+        " holds the one config session and hands each snapshot to every worker",
+    )
     result.add_argument(
         "--drain-timeout",
         type=float,

@@ -5,7 +5,9 @@ applied at start, so a data plane that restarts while the controller is unreacha
 serves what it served before. Each pushed snapshot goes through the same
 validate-then-swap path as a YAML reload (`Runtime.apply`); a refused one is nacked
 with the fields and listeners at fault, and the old config keeps serving. The
-connection is retried with capped exponential backoff and jitter.
+connection is retried with capped exponential backoff and jitter. With `--workers N` the
+parent of the workers holds the one session and is the apply target (workers.py). The
+channel's state (connected, last ack and nack) is kept in a ChannelState for /metrics.
 """
 
 from __future__ import annotations
