@@ -15,6 +15,7 @@ import bisect
 import hashlib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 from websockets.datastructures import Headers
@@ -67,14 +68,36 @@ class EndpointState:
         return self.ready and self.healthy and not self.draining and self.weight > 0
 
 
-@dataclass(frozen=True)
-class RequestInfo:
-    """What the schedulers may look at in a client's upgrade request."""
+class _HasHeaders(Protocol):
+    @property
+    def headers(self) -> Headers: ...
 
-    source_ip: str
-    path: str
-    """Request target including the query string."""
-    headers: Headers
+
+class RequestInfo:
+    """What the schedulers may look at in a client's upgrade request: the source IP, the
+    request target (with its query string) and the headers, built only when a hash
+    policy reads them (most handshakes never need a header object)."""
+
+    __slots__ = ("_headers", "_request", "path", "source_ip")
+
+    def __init__(
+        self,
+        source_ip: str,
+        path: str,
+        headers: Headers | None = None,
+        *,
+        request: _HasHeaders | None = None,
+    ) -> None:
+        self.source_ip = source_ip
+        self.path = path
+        self._headers = headers
+        self._request = request
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = self._request.headers if self._request is not None else Headers()
+        return self._headers
 
 
 class Balancer:

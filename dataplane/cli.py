@@ -1,10 +1,12 @@
 """`wslb-dataplane`: run the data plane from a YAML file or from the controller.
 
-Owns the process: argument parsing, uvloop, signals (SIGTERM/SIGINT drain and exit 0,
-SIGHUP reloads the file), watching the config file, the admin port, `--workers N` (N
-processes sharing each port with SO_REUSEPORT; the parent serves the admin port and
-merges the workers' metrics with a `worker` label), and `--controller URL` (snapshots
-pushed over the config channel; see config_client.py).
+Owns the process: argument parsing (a bad flag or environment value is one line naming it,
+exit 2), log setup (`--log-format`), uvloop, signals (SIGTERM/SIGINT drain and exit 0,
+SIGHUP reloads the file), watching the config file and the certificate and key files it
+names, the admin port, the access log, `--workers N` (N processes sharing each port with
+SO_REUSEPORT; the parent serves the admin port, merges the workers' metrics with a
+`worker` label and, in controller mode, holds the config session for all of them), and
+`--controller URL` (snapshots pushed over the config channel; see config_client.py).
 """
 
 from __future__ import annotations
@@ -20,17 +22,27 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
+from prometheus_client import disable_created_metrics
+
+from dataplane.access_log import AccessLog, AccessLogCollector
 from dataplane.admin import AdminServer
-from dataplane.config import load_file
+from dataplane.config import load_with_sources
 from dataplane.config_client import ClientSettings, ConfigClient
 from dataplane.metrics import Metrics
+from dataplane.process_metrics import ChannelState, Observability
 from dataplane.runtime import Runtime
-from dataplane.workers import WorkerSet
+from dataplane.workers import WorkerSet, snapshot_receiver
+from lbwire import logs
 from lbwire.errors import ConfigError
+from lbwire.logs import ENV_FORMAT, ENV_LEVEL, LogFormat, LogSetupError, parse_format, parse_level
 
 log = logging.getLogger("wslb.dataplane")
+
+ENV_ADMIN = "WSLB_ADMIN"
 
 WATCH_INTERVAL = 1.0
 
@@ -38,57 +50,132 @@ WATCH_INTERVAL = 1.0
 @dataclass
 class Options:
     config: Path | None
-    admin_host: str
+    admin_host: str | None  # None: every address of every family
     admin_port: int
     workers: int
     drain_timeout: float | None
     watch: bool
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
     admin_socket: str | None = None  # a worker's private admin socket
+    worker_index: int | None = None  # set by the parent of `--workers N` on each worker
     client: ClientSettings | None = None  # controller mode
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="wslb-dataplane", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
+class UsageError(ValueError):
+    """A bad flag or environment value; the message names it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line naming the bad flag, exit status 2 (argparse's usual status)."""
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def version() -> str:
+    try:
+        return metadata.version("wslb")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parser() -> argparse.ArgumentParser:
+    result = _Parser(
+        prog="wslb-dataplane",
+        description="The wslb data plane: WebSocket listeners configured from a YAML file"
+        " (--config) or pushed by the wslb controller (--controller).",
+    )
+    result.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    source = result.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", "-c", type=Path, help="standalone YAML file")
     source.add_argument(
         "--controller", help="config server URL, e.g. wss://wslb-config.ns.svc:9443"
     )
-    parser.add_argument("--load-balancer", help="namespace/name (controller mode)")
-    parser.add_argument("--node", default=os.environ.get("POD_NAME") or socket.gethostname())
-    parser.add_argument("--token-file", type=Path, help="bearer token for the config channel")
-    parser.add_argument("--ca-file", type=Path, help="CA certificate of the config server")
-    parser.add_argument("--state-dir", type=Path, help="keeps the last applied snapshot")
-    parser.add_argument("--insecure-channel", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--admin",
-        default=os.environ.get("WSLB_ADMIN", "127.0.0.1:9901"),
-        help="admin address host:port for /metrics /healthz /readyz (default 127.0.0.1:9901;"
-        " loopback unless you expose it on purpose)",
+    result.add_argument("--load-balancer", help="namespace/name (controller mode)")
+    result.add_argument(
+        "--node",
+        default=os.environ.get("POD_NAME") or socket.gethostname(),
+        help="this data plane's name on the config channel (default $POD_NAME, else the host name)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="processes sharing each port")
-    parser.add_argument(
+    result.add_argument("--token-file", type=Path, help="bearer token for the config channel")
+    result.add_argument("--ca-file", type=Path, help="CA certificate of the config server")
+    result.add_argument("--state-dir", type=Path, help="keeps the last applied snapshot")
+    result.add_argument("--insecure-channel", action="store_true", help=argparse.SUPPRESS)
+    result.add_argument(
+        "--admin",
+        help="admin address host:port for /metrics /healthz /readyz (default 127.0.0.1:9901,"
+        f" or ${ENV_ADMIN}; loopback unless you expose it on purpose; an empty host, as in"
+        " :9901, binds every IPv4 and IPv6 address)",
+    )
+    result.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing each port (default 1); with --controller the parent"
+        " holds the one config session and hands each snapshot to every worker",
+    )
+    result.add_argument(
         "--drain-timeout",
         type=float,
         default=None,
         help="override every listener's drainTimeoutSeconds at shutdown",
     )
-    parser.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only")
-    parser.add_argument("--log-level", default=os.environ.get("WSLB_LOG_LEVEL", "INFO"))
-    parser.add_argument("--admin-socket", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    host, _, port = args.admin.rpartition(":")
-    if not port.isdigit() or args.workers < 1:
-        parser.error("--admin must be host:port and --workers at least 1")
+    result.add_argument("--no-watch", action="store_true", help="reload on SIGHUP only")
+    result.add_argument(
+        "--log-level", help=f"DEBUG, INFO, WARNING or ERROR (default INFO, or ${ENV_LEVEL})"
+    )
+    result.add_argument(
+        "--log-format",
+        help=f"text or json, one object per line (default text, or ${ENV_FORMAT}); also the"
+        " access log's format",
+    )
+    result.add_argument("--admin-socket", help=argparse.SUPPRESS)
+    result.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    return result
+
+
+def _setting(value: str | None, flag: str, env: str, default: str) -> tuple[str, str]:
+    """The value of a flag, else of its environment variable, else the default, with the
+    name to blame when it is bad."""
+    if value is not None:
+        return value, flag
+    if env in os.environ:
+        return os.environ[env], f"{env}={os.environ[env]!r}"
+    return default, flag
+
+
+def _admin_address(value: str, name: str) -> tuple[str | None, int]:
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{name}: must be host:port, [v6]:port or :port, not {value!r}")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    """The command line; raises UsageError (or exits 2 through argparse) naming what is bad."""
+    args = parser().parse_args(argv)
+    admin, admin_name = _setting(args.admin, "--admin", ENV_ADMIN, "127.0.0.1:9901")
+    admin_host, admin_port = _admin_address(admin, admin_name)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {args.workers}")
+    level, level_name = _setting(args.log_level, "--log-level", ENV_LEVEL, "INFO")
+    fmt, fmt_name = _setting(args.log_format, "--log-format", ENV_FORMAT, LogFormat.TEXT.value)
+    try:
+        parse_level(level)
+    except LogSetupError as exc:
+        raise UsageError(f"{level_name}: {exc}") from None
+    try:
+        log_format = parse_format(fmt)
+    except LogSetupError as exc:
+        raise UsageError(f"{fmt_name}: {exc}") from None
     client = None
     if args.controller:
         if not args.load_balancer or "/" not in args.load_balancer or not args.token_file:
-            parser.error("--controller needs --load-balancer namespace/name and --token-file")
+            raise UsageError("--controller needs --load-balancer namespace/name and --token-file")
         if not args.controller.startswith("wss://") and not args.insecure_channel:
             # Certificates and keys travel on this channel: never in clear by accident.
-            parser.error("--controller must be a wss:// URL (--insecure-channel is for tests)")
-        if args.workers > 1:
-            parser.error("--workers applies to --config only; scale replicas instead")
+            raise UsageError("--controller must be a wss:// URL (--insecure-channel is for tests)")
         client = ClientSettings(
             url=args.controller,
             load_balancer=args.load_balancer,
@@ -97,48 +184,66 @@ def parse_args(argv: list[str] | None = None) -> Options:
             ca_file=args.ca_file,
             state_dir=args.state_dir,
         )
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     return Options(
         config=args.config,
-        admin_host=host.strip("[]") or "127.0.0.1",
-        admin_port=int(port),
+        admin_host=admin_host,
+        admin_port=admin_port,
         workers=args.workers,
         drain_timeout=args.drain_timeout,
         watch=not args.no_watch,
+        log_level=level,
+        log_format=log_format,
         admin_socket=args.admin_socket,
+        worker_index=args.worker_index,
         client=client,
     )
 
 
 class DataPlaneProcess:
-    """One data-plane process: a YAML file or the controller feeds its runtime."""
+    """One data-plane process: a YAML file, the controller or (a worker of `--workers N`
+    in controller mode) its parent feeds its runtime."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
         self.metrics = Metrics()
+        # Started and closed with the process; each ended connection's record goes to it
+        # once the runtime is handed it.
+        self.access_log = AccessLog(options.log_format, worker=options.worker_index)
+        self.metrics.registry.register(AccessLogCollector(self.access_log))
         self.runtime = Runtime(self.metrics, workers=options.workers)
+        # A worker's parent holds the config channel, so only a lone process reports it.
+        holds_channel = options.client is not None and options.admin_socket is None
+        self.observability = Observability.install(
+            self.metrics.registry,
+            lambda: self.runtime.snapshot,
+            workers=options.workers,
+            controller_mode=holds_channel,
+        )
         self.admin = AdminServer(self.metrics.registry, lambda: self.runtime.ready)
         self.stop = asyncio.Event()
-        self._stamp: tuple[float, int, int] | None = None
+        self._stamp: tuple[tuple[float, int, int] | None, ...] = ()
+        self._sources: list[Path] = []  # certificate and key files the config names
 
-    def _file_stamp(self) -> tuple[float, int, int] | None:
+    @property
+    def fed_by_parent(self) -> bool:
+        """A worker of `--workers N` in controller mode: snapshots come from its parent."""
+        return self.options.client is not None and self.options.admin_socket is not None
+
+    def _file_stamp(self) -> tuple[tuple[float, int, int] | None, ...]:
+        """Change stamps of the config file and of every file it names."""
         if self.options.config is None:
-            return None
-        try:
-            st = self.options.config.stat()
-        except OSError:
-            return None
-        return (st.st_mtime, st.st_size, st.st_ino)
+            return ()
+        return tuple(_stat(path) for path in [self.options.config, *self._sources])
 
     async def reload(self, first: bool = False) -> bool:
         if self.options.config is None:
             return False  # controller mode: snapshots arrive over the channel
         self._stamp = self._file_stamp()
         try:
-            snapshot = load_file(self.options.config)
+            snapshot, sources = load_with_sources(self.options.config)
+            if sources != self._sources:
+                self._sources = sources
+                self._stamp = self._file_stamp()
             await self.runtime.apply(snapshot)
         except ConfigError as exc:
             if first:
@@ -154,23 +259,31 @@ class DataPlaneProcess:
                 async with asyncio.timeout(WATCH_INTERVAL):
                     await self.stop.wait()
             if not self.stop.is_set() and self._file_stamp() != self._stamp:
-                log.info("config file changed; reloading")
+                log.info("config file or a certificate file changed; reloading")
                 await self.reload()
 
     async def run(self) -> int:
+        self.access_log.start()
+        try:
+            return await self._run()
+        finally:
+            await asyncio.to_thread(self.access_log.close)
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         client_task = None
-        if self.options.client is not None:
-            client = ConfigClient(self.options.client, self.runtime)
+        if self.options.client is not None and not self.fed_by_parent:
+            client = ConfigClient(self.options.client, self.runtime, self.observability.channel)
             await client.restore()
             client_task = loop.create_task(client.run(self.stop))
-        else:
+        elif self.options.config is not None:
             await self.reload(first=True)
         # Everything allocated so far (modules, config, TLS contexts) lives for the whole
         # process: keep it out of the cyclic GC's full collections, which pause the loop.
         gc.freeze()
         if self.options.admin_socket:
-            await self.admin.start_unix(self.options.admin_socket)
+            apply = snapshot_receiver(self.runtime.apply) if self.fed_by_parent else None
+            await self.admin.start_unix(self.options.admin_socket, apply)
         else:
             await self.admin.start(self.options.admin_host, self.options.admin_port)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,6 +306,31 @@ class DataPlaneProcess:
         return 0
 
 
+async def run_workers(options: Options, runtime_dir: str, argv: list[str]) -> int:
+    """The parent of `--workers N`; in controller mode it holds the one config session
+    (one node per pod for the controller) and hands each snapshot to every worker."""
+    workers = WorkerSet(options, runtime_dir, argv)
+    if options.client is None:
+        return await workers.run()
+    channel = ChannelState()
+    workers.registry.register(channel)
+    client = ConfigClient(options.client, workers, channel)
+
+    async def session(stop: asyncio.Event) -> None:
+        await client.restore()  # once every worker is up: they take it from the parent
+        await client.run(stop)
+
+    return await workers.run(session)
+
+
+def _stat(path: Path) -> tuple[float, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size, st.st_ino)
+
+
 def _run(coro_factory: object) -> int:
     import uvloop
 
@@ -200,21 +338,28 @@ def _run(coro_factory: object) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    options = parse_args(argv)
+    # Counters' `_created` series double the scrape for a start time nobody alerts on.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        options = parse_args(argv)
+    except UsageError as exc:
+        _fail(str(exc))
+    logs.configure(options.log_level, options.log_format, worker=options.worker_index)
     try:
         if options.workers > 1 and options.admin_socket is None:
             runtime_dir = tempfile.mkdtemp(prefix="wslb-workers-")
-            code = _run(
-                lambda: WorkerSet(
-                    options, runtime_dir, sys.argv[1:] if argv is None else argv
-                ).run()
-            )
+            args = sys.argv[1:] if argv is None else argv
+            code = _run(lambda: run_workers(options, runtime_dir, args))
         else:
             code = _run(lambda: DataPlaneProcess(options).run())
     except ConfigError as exc:
-        print(f"wslb-dataplane: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc))
     sys.exit(code)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"wslb-dataplane: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

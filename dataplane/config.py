@@ -20,6 +20,12 @@ from lbwire.snapshot import Snapshot, parse_snapshot
 
 def load_file(path: str | os.PathLike[str]) -> Snapshot:
     """Read, resolve file references, and validate; raise ConfigError naming the file."""
+    return load_with_sources(path)[0]
+
+
+def load_with_sources(path: str | os.PathLike[str]) -> tuple[Snapshot, list[Path]]:
+    """Like `load_file`, also naming every certificate and key file the config read, so
+    a watcher can reload when one of them changes."""
     source = str(path)
     try:
         text = Path(path).read_text()
@@ -35,13 +41,16 @@ def load_file(path: str | os.PathLike[str]) -> Snapshot:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [FieldProblem("(root)", "must be a mapping")])
-    problems = _resolve_certificate_files(data, Path(path).resolve().parent)
+    files: list[Path] = []
+    problems = _resolve_certificate_files(data, Path(path).resolve().parent, files)
     if problems:
         raise ConfigError(source, problems)
-    return parse_snapshot(data, source)
+    return parse_snapshot(data, source), files
 
 
-def _resolve_certificate_files(data: dict[str, Any], base: Path) -> list[FieldProblem]:
+def _resolve_certificate_files(
+    data: dict[str, Any], base: Path, files: list[Path]
+) -> list[FieldProblem]:
     problems: list[FieldProblem] = []
     listeners = data.get("listeners")
     if not isinstance(listeners, list):
@@ -62,6 +71,7 @@ def _resolve_certificate_files(data: dict[str, Any], base: Path) -> list[FieldPr
                     continue
                 where = f"listeners[{i}].tls.certificates[{j}].{file_key}"
                 target = base / os.path.expanduser(str(certificate.pop(file_key)))
+                files.append(target)
                 try:
                     certificate[pem_key] = target.read_text()
                 except OSError as exc:

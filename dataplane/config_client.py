@@ -5,7 +5,9 @@ applied at start, so a data plane that restarts while the controller is unreacha
 serves what it served before. Each pushed snapshot goes through the same
 validate-then-swap path as a YAML reload (`Runtime.apply`); a refused one is nacked
 with the fields and listeners at fault, and the old config keeps serving. The
-connection is retried with capped exponential backoff and jitter.
+connection is retried with capped exponential backoff and jitter. With `--workers N` the
+parent of the workers holds the one session and is the apply target (workers.py). The
+channel's state (connected, last ack and nack) is kept in a ChannelState for /metrics.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from dataplane.runtime import Runtime
+from dataplane.process_metrics import ChannelState
 from lbwire.errors import ConfigError, ProtocolError
 from lbwire.messages import (
     MAX_MESSAGE_BYTES,
@@ -66,10 +68,21 @@ class ClientSettings:
     backoff_max: float = 15.0
 
 
+class Applier(Protocol):
+    """Where snapshots go: the Runtime, or the parent of `--workers N` (every worker)."""
+
+    async def apply(self, snapshot: Snapshot) -> None:
+        """Serve `snapshot`, or raise ConfigError and keep serving the previous one."""
+
+
 class ConfigClient:
-    def __init__(self, settings: ClientSettings, runtime: Runtime) -> None:
+    def __init__(
+        self, settings: ClientSettings, runtime: Applier, channel: ChannelState | None = None
+    ) -> None:
         self.settings = settings
         self.runtime = runtime
+        self.channel = channel if channel is not None else ChannelState()
+        """Connected state and last ack/nack times, for /metrics."""
         self.connected = asyncio.Event()
         self.applied_version: str | None = None
         self.applied_digest: str | None = None
@@ -143,6 +156,7 @@ class ConfigClient:
                 ) as connection:
                     delay = self.settings.backoff_min
                     self.connected.set()
+                    self.channel.connected(True)
                     await self._session(connection, stop)
             except InvalidStatus as exc:
                 log.error("controller refused us: HTTP %d", exc.response.status_code)
@@ -153,6 +167,7 @@ class ConfigClient:
                 log.exception("config channel failed unexpectedly; reconnecting")
             finally:
                 self.connected.clear()
+                self.channel.connected(False)
             if stop.is_set():
                 break
             pause = delay * random.uniform(0.5, 1.0)
@@ -205,12 +220,14 @@ class ConfigClient:
         self.applied_digest = message.digest
         self._persist(snapshot)
         log.info("applied snapshot version %s from the controller", snapshot.version)
+        self.channel.acked()
         return Ack(version=message.version, nonce=message.nonce)
 
     def _nack(
         self, message: SnapshotMessage, reason: str, text: str, listeners: list[str] | None = None
     ) -> Nack:
         log.error("refused snapshot version %s: %s", message.version, text)
+        self.channel.nacked()
         return Nack(
             nonce=message.nonce,
             applied_version=self.applied_version,

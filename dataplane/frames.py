@@ -89,6 +89,8 @@ class FrameTracker:
         "max_message",
         "messages",
         "on_control",
+        "require_mask",
+        "rsv_forbidden",
         "stopped",
     )
 
@@ -97,8 +99,15 @@ class FrameTracker:
         max_message: int,
         on_control: Callable[[ControlFrame], None] | None = None,
         drop_pong: Callable[[bytes], bool] | None = None,
+        *,
+        require_mask: bool = False,
+        extensions: bool = True,
     ) -> None:
         self.max_message = max_message
+        # RFC 6455 §5.1: a client masks every frame; §5.2: RSV bits only with an extension
+        # negotiated in the 101 (any extension: the proxy cannot know which bits it uses).
+        self.require_mask = require_mask
+        self.rsv_forbidden = 0 if extensions else 0x70
         self.on_control = on_control
         self.drop_pong = drop_pong
         self.messages = 0
@@ -123,6 +132,11 @@ class FrameTracker:
         if self.error is not None:
             return True
         return self._skip == 0 and not self._head and self._ctrl is None
+
+    @property
+    def lost(self) -> bool:
+        """Framing can no longer be followed (after a protocol error): nothing more is seen."""
+        return self._lost
 
     @property
     def injection_pending(self) -> bool:
@@ -180,10 +194,14 @@ class FrameTracker:
         size = len(data)
         message_bytes = self._message_bytes
         limit = self.max_message
+        forbidden = self.rsv_forbidden
+        masked = 0x80 if self.require_mask else 0
         frames = messages = 0
         while pos + 2 <= size:
             b0 = data[pos]
             b1 = data[pos + 1]
+            if b0 & forbidden or (b1 & masked) != masked:
+                break  # the full parser reports the protocol error
             opcode = b0 & 0x0F
             length = b1 & 0x7F
             header = 2
@@ -354,7 +372,13 @@ class FrameTracker:
         elif length == 127:
             length = struct.unpack_from("!Q", header, 2)[0]
         self.frames += 1
+        if b0 & self.rsv_forbidden:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
+        if self.require_mask and not b1 & 0x80:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, "unmasked client frame")
         if opcode >= 0x8:
+            if opcode > OP_PONG:
+                raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode}")
             if length > 125 or not b0 & 0x80:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, "bad control frame")
             self._ctrl = bytearray()  # marker; the caller stores the header
@@ -402,8 +426,13 @@ def _header_length(head: bytes | bytearray) -> int:
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR with the 4-byte mask; only ever used on small control payloads."""
-    return bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+    """XOR with the 4-byte mask; only ever used on small control payloads (one big-int
+    XOR: a per-byte generator cost more than the rest of a Close frame's handling)."""
+    size = len(payload)
+    if not size:
+        return b""
+    key = (bytes(mask) * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
 
 
 def build_frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:

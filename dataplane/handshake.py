@@ -4,6 +4,10 @@ Parsing and RFC 6455 validation are the `websockets` library's (its HTTP/1.1 par
 its `ServerProtocol.process_request` checks); this module maps its exceptions to the
 HTTP statuses a load balancer answers with, and renders the request forwarded to the
 backend with X-Forwarded-* headers. Sans-I/O: bytes in, bytes or a rejection out.
+
+`fast_request` recognises the common, plainly valid upgrade with a few C-level scans and
+no header objects; anything it is not sure of (a second Upgrade, an extension offer, a
+body, odd spacing) goes to the full parser, so every answer stays the full parser's.
 """
 
 from __future__ import annotations
@@ -47,11 +51,17 @@ _HOP_BY_HOP_FORWARDED = (
 
 @dataclass
 class Rejection(Exception):
-    """An HTTP error answer to a client, before any backend is involved."""
+    """An HTTP error answer to a client, before any backend is involved; `label` is the
+    reason counted in the rejections metric (derived from the status when not given)."""
 
     status: int
     reason: str
     headers: list[tuple[str, str]] = field(default_factory=list)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = "header_too_large" if self.status == 431 else "bad_request"
 
     def render(self) -> bytes:
         return render_response(self.status, self.reason, self.headers)
@@ -70,6 +80,159 @@ def render_response(status: int, text: str, headers: list[tuple[str, str]] | Non
     ]
     lines.extend(f"{name}: {value}" for name, value in headers or [])
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+# ------------------------------------------------------------------ fast path
+
+_FAST_MAX = 8192  # one websockets line limit: no line of a shorter head can be too long
+_FAST_MAX_FIELDS = 128  # websockets' MAX_NUM_HEADERS
+_FAST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\r\n")
+# A field line: the value without its surrounding blanks, matched greedily (no lazy
+# quantifier: it made this scan several times slower).
+_FAST_FIELD = re.compile(
+    rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?)[ \t]*\r\n"
+)
+_FAST_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
+_FAST_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+# Headers the checks read: each must appear once for the fast path to decide.
+_ONCE = frozenset(
+    {b"host", b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"origin"}
+)
+# Headers only the full parser judges (bodies, extension and subprotocol offers).
+_FULL_ONLY = frozenset(
+    {
+        b"transfer-encoding",
+        b"content-length",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+    }
+)
+
+
+class FastRequest:
+    """A plainly valid upgrade recognised by `fast_request`: its head as received, the
+    path, the Origin values, and the fields or a `Headers` only when someone asks."""
+
+    __slots__ = (
+        "_headers",
+        "_items",
+        "canonical",
+        "fields",
+        "forwarded",
+        "head",
+        "method",
+        "origins",
+        "path",
+    )
+
+    def __init__(
+        self,
+        head: bytes,
+        path: str,
+        fields: list[tuple[bytes, bytes]],
+        origins: list[str],
+        forwarded: bool,
+        canonical: bool,
+    ) -> None:
+        self.method = "GET"
+        self.head = head
+        self.path = path
+        self.fields = fields
+        self.origins = origins
+        self.forwarded = forwarded  # it carries X-Forwarded-* or Forwarded fields
+        self.canonical = canonical  # every field reads "Name: value": rendering is a no-op
+        self._items: list[tuple[str, str]] | None = None
+        self._headers: Headers | None = None
+
+    @property
+    def items(self) -> list[tuple[str, str]]:
+        if self._items is None:
+            self._items = [(name.decode(), value.decode()) for name, value in self.fields]
+        return self._items
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            headers = Headers()
+            for name, value in self.items:
+                headers[name] = value
+            self._headers = headers
+        return self._headers
+
+    def raw_items(self) -> list[tuple[str, str]]:
+        """The fields as they will be forwarded (after any rewrite of `headers`)."""
+        if self._headers is not None:
+            return list(self._headers.raw_items())
+        return self.items
+
+    @property
+    def unchanged(self) -> bool:
+        """The received head is what rendering would give: it may be forwarded as is."""
+        return self.canonical and self._headers is None
+
+
+def fast_request(head: bytes) -> FastRequest | None:
+    """The request if it is a plainly valid upgrade, else None (use the full parser)."""
+    if len(head) > _FAST_MAX or not head.isascii():
+        return None
+    lines = head.count(b"\n")
+    if head.count(b"\r") != lines or head.count(b"\r\n") != lines:
+        return None
+    line = _FAST_LINE.match(head)
+    if line is None:
+        return None
+    pos = line.end()
+    end = len(head) - 2
+    seen: dict[bytes, bytes] = {}
+    fields: list[tuple[bytes, bytes]] = []
+    forwarded = False
+    canonical = True
+    for match in _FAST_FIELD.finditer(head, pos, end):
+        if match.start() != pos:
+            return None  # something between fields that is not a field
+        pos = match.end()
+        raw_name: bytes = match[1]
+        raw_value: bytes = match[2]
+        fields.append((raw_name, raw_value))
+        if pos - match.start() != len(raw_name) + len(raw_value) + 4:
+            canonical = False  # blanks other than one space after the colon
+        lower = raw_name.lower()
+        if lower in _ONCE:
+            if lower in seen:
+                return None
+            seen[lower] = raw_value
+        elif lower in _FULL_ONLY:
+            return None
+        elif lower in _FORWARDED_BYTES:
+            forwarded = True
+    if pos != end or len(fields) > _FAST_MAX_FIELDS:
+        return None
+    if (
+        seen.get(b"upgrade", b"").lower() != b"websocket"
+        or seen.get(b"sec-websocket-version") != b"13"
+        or _FAST_KEY.fullmatch(seen.get(b"sec-websocket-key", b"")) is None
+        or not seen.get(b"host")
+    ):
+        return None
+    connection = seen.get(b"connection", b"")
+    if connection.lower() != b"upgrade":
+        tokens = [token.strip(b" \t") for token in connection.split(b",")]
+        if not all(_FAST_TOKEN.fullmatch(token) for token in tokens):
+            return None
+        if b"upgrade" not in [token.lower() for token in tokens]:
+            return None
+    origin = seen.get(b"origin")
+    return FastRequest(
+        head,
+        line.group(1).decode(),
+        fields,
+        [] if origin is None else [origin.decode()],
+        forwarded,
+        canonical,
+    )
+
+
+# ------------------------------------------------------------------ full parser
 
 
 def parse_request(head: bytes) -> Request:
@@ -129,7 +292,7 @@ def validate_upgrade(request: Request) -> None:
 
 
 def render_request(
-    request: Request,
+    request: Request | FastRequest,
     *,
     client_ip: str,
     scheme: str,
@@ -137,25 +300,46 @@ def render_request(
     forwarded: bool,
 ) -> bytes:
     """The request forwarded to the backend, over HTTP/1.1, with X-Forwarded-* added."""
+    if isinstance(request, FastRequest) and request.unchanged:
+        if not forwarded:
+            return request.head
+        if not request.forwarded:
+            return request.head[:-2] + _forwarded_lines(client_ip, scheme, port, "", "")
     lines = [f"{request.method} {request.path} HTTP/1.1"]
-    prior_xff = ", ".join(request.headers.get_all("X-Forwarded-For"))
-    prior_forwarded = ", ".join(request.headers.get_all("Forwarded"))
-    for name, value in request.headers.raw_items():
+    items = (
+        request.raw_items()
+        if isinstance(request, FastRequest)
+        else list(request.headers.raw_items())
+    )
+    prior_xff = ", ".join(value for name, value in items if name.lower() == "x-forwarded-for")
+    prior_forwarded = ", ".join(value for name, value in items if name.lower() == "forwarded")
+    for name, value in items:
         if forwarded and name.lower() in _FORWARDED_LOWER:
             continue
         lines.append(f"{name}: {value}")
+    head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
     if forwarded:
-        lines.append(f"X-Forwarded-For: {prior_xff + ', ' if prior_xff else ''}{client_ip}")
-        lines.append(f"X-Forwarded-Proto: {scheme}")
-        lines.append(f"X-Forwarded-Port: {port}")
-        lines.append(f"X-Real-IP: {client_ip}")
-        node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
-        ours = f"for={node};proto={scheme}"
-        lines.append(f"Forwarded: {prior_forwarded + ', ' if prior_forwarded else ''}{ours}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head + _forwarded_lines(client_ip, scheme, port, prior_xff, prior_forwarded)
+    return head + b"\r\n"
+
+
+def _forwarded_lines(
+    client_ip: str, scheme: str, port: int, prior_xff: str, prior_forwarded: str
+) -> bytes:
+    """The X-Forwarded-* and Forwarded fields the proxy adds, and the head's end."""
+    node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+    ours = f"for={node};proto={scheme}"
+    return (
+        f"X-Forwarded-For: {prior_xff + ', ' if prior_xff else ''}{client_ip}\r\n"
+        f"X-Forwarded-Proto: {scheme}\r\n"
+        f"X-Forwarded-Port: {port}\r\n"
+        f"X-Real-IP: {client_ip}\r\n"
+        f"Forwarded: {prior_forwarded + ', ' if prior_forwarded else ''}{ours}\r\n\r\n"
+    ).encode("latin-1")
 
 
 _FORWARDED_LOWER = frozenset(name.lower() for name in _HOP_BY_HOP_FORWARDED)
+_FORWARDED_BYTES = frozenset(name.encode() for name in _FORWARDED_LOWER)
 
 
 @dataclass(frozen=True)

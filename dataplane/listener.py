@@ -1,7 +1,8 @@
 """One listener at run time: its socket, policy objects, backends and live connections.
 
-A `ListenerRuntime` is what every `ClientSide` of that port talks to: admission (ACL,
-connection and rate limits), backend choice (sticky, then the scheduler), counters.
+A `ListenerRuntime` is what every `ClientSide` of that port talks to, through the
+`tunnel.Site` interface: admission (admission.py's gate), backend choice (sticky, then
+the scheduler), counters, and the end-of-connection hook.
 `update()` takes a new config for the same port in place, so live connections are
 untouched unless their backend left, and then they drain. It must not parse configs or
 decide whether a port is rebound; `runtime.py` does that.
@@ -12,55 +13,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import socket
+import ssl
 from collections.abc import Collection
 from typing import Any
 
 from websockets.datastructures import Headers
 
+from dataplane.admission import Capacity, Gate
 from dataplane.balancer import Balancer, EndpointState, RequestInfo
 from dataplane.deadlines import DeadlineWheel
 from dataplane.handshake import Rejection
 from dataplane.health import HealthChecker
 from dataplane.metrics import Metrics, TrafficTotals, close_code_label
-from dataplane.policy import OriginPolicy, SourceFilter
-from dataplane.ratelimit import TokenBucket
+from dataplane.relay import RelaySettings
 from dataplane.sticky import StickyCookies
-from dataplane.tls import CertificateSet, front_context
-from dataplane.tunnel import ClientSide
-from lbwire.snapshot import Listener, LoadBalancerLimits, Protocol, StickyMode
+from dataplane.tls import CertificateSet, front_context, set_min_version
+from dataplane.tunnel import ClientSide, Site
+from lbwire.snapshot import Listener, Protocol, StickyMode
 
 log = logging.getLogger("wslb.listener")
 
 BACKLOG = 4096
 
 
-class Capacity:
-    """The load balancer's own limits (its spec tier), shared by all its listeners.
-
-    With several worker processes each enforces its share: the kernel spreads new
-    connections evenly across SO_REUSEPORT sockets, so per-worker shares add up.
-    """
-
-    def __init__(self, limits: LoadBalancerLimits, workers: int = 1) -> None:
-        self.active = 0
-        self.workers = max(1, workers)
-        self.rate = 0.0
-        self.update(limits)
-
-    def update(self, limits: LoadBalancerLimits) -> None:
-        self.max_connections = math.ceil(limits.max_connections / self.workers)
-        rate = limits.new_connections_per_second / self.workers
-        if rate != self.rate:
-            # Only a changed rate gets a fresh bucket: a swap must not refill the burst.
-            self.rate = rate
-            self.bucket = TokenBucket(rate)
-
-
-def _bind_key(config: Listener) -> tuple[str, int, str, str]:
-    min_version = config.tls.min_version if config.tls is not None else ""
-    return (config.address, config.port, config.protocol.value, min_version)
+def _bind_key(config: Listener) -> tuple[str, int, str]:
+    """What only a new socket can change. TLS settings are not in it: they apply to new
+    handshakes on the same socket, and live connections never notice."""
+    return (config.address, config.port, config.protocol.value)
 
 
 class ListenerRuntime:
@@ -80,6 +60,7 @@ class ListenerRuntime:
         self.endpoints: dict[str, EndpointState] = {}
         self.totals = TrafficTotals()
         self.server: asyncio.Server | None = None
+        self.front: ssl.SSLContext | None = None  # the socket's TLS context (HTTPS)
         self.retired = False
         self.certificates = certificates
         self.health: HealthChecker | None = None
@@ -90,6 +71,7 @@ class ListenerRuntime:
         self._m_duration = metrics.connection_seconds.labels(self.name)
         self._m_upgraded = metrics.upgrades.labels(self.name, "101")
         self._m_backend: dict[str, Any] = {}
+        self._m_closes: dict[tuple[str, str], Any] = {}
         self.config = config
         self.bind_key = _bind_key(config)
         self._apply(config, certificates, first=True)
@@ -104,16 +86,20 @@ class ListenerRuntime:
         self._apply(config, certificates, first=False)
 
     def _apply(self, config: Listener, certificates: CertificateSet | None, first: bool) -> None:
-        old = None if first else self.config
         self.config = config
         self.certificates = certificates
+        if self.front is not None and config.tls is not None:
+            set_min_version(self.front, config.tls.min_version)
         self.scheme = "https" if config.protocol is Protocol.HTTPS else "http"
-        self.acl = SourceFilter(config.source_ranges)
-        self.origins = OriginPolicy(config.allowed_origins)
+        self.gate: Gate = Gate(config, self.capacity, None if first else self.gate)
         limits = config.limits
-        rate = limits.new_connections_per_second
-        if old is None or old.limits.new_connections_per_second != rate:
-            self.bucket = TokenBucket(limits.new_connections_per_second)
+        keepalive = config.keepalive
+        self.relay_settings = RelaySettings(
+            max_message=limits.max_message_bytes,
+            idle_timeout=config.idle_timeout_seconds,
+            keepalive_interval=keepalive.interval_seconds if keepalive.enabled else 0.0,
+            keepalive_timeout=keepalive.timeout_seconds if keepalive.enabled else 0.0,
+        )
         backends = config.backends
         fresh: dict[str, EndpointState] = {}
         for endpoint in backends.endpoints:
@@ -136,6 +122,7 @@ class ListenerRuntime:
             endpoint_keys=self.endpoints,
         )
         self.sticky_rewrites_response = backends.sticky.mode is not StickyMode.NONE
+        self.sticky_enabled = self.sticky.enabled
         self.balancer = Balancer(backends, self.endpoints)
         # Keep one checker across swaps so a dead endpoint does not look healthy again.
         if self.health is None:
@@ -168,10 +155,13 @@ class ListenerRuntime:
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         ssl_context = None
-        if self.certificates is not None:
-            ssl_context = front_context(lambda: self._current_certificates(), self.bind_key[3])
+        if self.certificates is not None and self.config.tls is not None:
+            ssl_context = front_context(
+                lambda: self._current_certificates(), self.config.tls.min_version
+            )
+            self.front = ssl_context
         self.server = await loop.create_server(
-            lambda: ClientSide(self),
+            lambda: ClientSide(self, loop),
             sock=sock,
             ssl=ssl_context,
             ssl_handshake_timeout=self.config.limits.handshake_timeout_seconds
@@ -206,29 +196,21 @@ class ListenerRuntime:
 
     # ------------------------------------------------------------------ per connection
 
-    def admit(self, connection: ClientSide) -> tuple[Rejection, str] | None:
+    def admit(self, connection: ClientSide) -> Rejection | None:
         """Register a new connection; say why it must be refused, if it must."""
         self.connections.add(connection)
         self.empty.clear()
         self.capacity.active += 1
         self._m_active.inc()
         if self.retired:
-            return Rejection(503, "Listener is closing", [("Retry-After", "1")]), "draining"
-        if self.acl.restricts and not self.acl.allows(connection.client_ip):
-            return Rejection(403, "Source address not allowed"), "source_denied"
-        if len(self.connections) > self.config.limits.max_connections:
-            return _busy("Too many connections on this listener"), "listener_connections"
-        if self.capacity.active > self.capacity.max_connections:
-            return _busy("Too many connections on this load balancer"), "lb_connections"
-        now = connection.accepted_at
-        if not self.bucket.take(now):
-            return _busy("Too many new connections", self.bucket.retry_after(now)), "listener_rate"
-        if not self.capacity.bucket.take(now):
-            retry = self.capacity.bucket.retry_after(now)
-            return _busy("Too many new connections", retry), "lb_rate"
-        return None
+            return CLOSING
+        return self.gate.check(connection.client_ip, len(self.connections), connection.accepted_at)
 
-    def release(self, connection: ClientSide, tunnelled: bool) -> None:
+    def check_origin(self, values: list[str]) -> Rejection | None:
+        return self.gate.origin(values)
+
+    def connection_ended(self, connection: ClientSide) -> None:
+        """The end-of-connection hook: bookkeeping and metrics from what it did."""
         self.connections.discard(connection)
         if not self.connections:
             self.empty.set()
@@ -236,18 +218,20 @@ class ListenerRuntime:
         self._m_active.dec()
         if connection.draining:
             self.count_draining(-1)
-        if tunnelled:
+        relay = connection.relay
+        if relay is not None:
             totals = self.totals
-            totals.messages_c2b += connection.messages_c2b
-            totals.messages_b2c += connection.messages_b2c
-            totals.bytes_c2b += connection.bytes_c2b
-            totals.bytes_b2c += connection.bytes_b2c
-            self.metrics.closes.labels(
-                self.name,
-                close_code_label(connection.close_code),
-                connection.close_initiator or "unknown",
-            ).inc()
-            self._m_duration.observe(connection.loop.time() - connection.tunnel_at)
+            totals.messages_c2b += relay.messages_c2b
+            totals.messages_b2c += relay.messages_b2c
+            totals.bytes_c2b += relay.bytes_c2b
+            totals.bytes_b2c += relay.bytes_b2c
+            key = (close_code_label(relay.close_code), relay.closed_by or "unknown")
+            child = self._m_closes.get(key)
+            if child is None:
+                # Cached (bounded: labels are classes): labels() locks and hashes each time.
+                child = self._m_closes[key] = self.metrics.closes.labels(self.name, *key)
+            child.inc()
+            self._m_duration.observe(connection.ended_at - relay.opened_at)
             endpoint = connection.endpoint
             if endpoint is not None and self.endpoints.get(endpoint.key) is endpoint:
                 # connection_lost already took this connection off endpoint.active
@@ -257,10 +241,12 @@ class ListenerRuntime:
         """Totals of closed connections plus the live ones, for the scrape collector."""
         totals = TrafficTotals(**vars(self.totals))
         for connection in self.connections:
-            totals.messages_c2b += connection.messages_c2b
-            totals.messages_b2c += connection.messages_b2c
-            totals.bytes_c2b += connection.bytes_c2b
-            totals.bytes_b2c += connection.bytes_b2c
+            relay = connection.relay
+            if relay is not None:
+                totals.messages_c2b += relay.messages_c2b
+                totals.messages_b2c += relay.messages_b2c
+                totals.bytes_c2b += relay.bytes_c2b
+                totals.bytes_b2c += relay.bytes_b2c
         return totals
 
     def sticky_endpoint(self, headers: Headers) -> str | None:
@@ -301,9 +287,9 @@ class ListenerRuntime:
     def count_upgrade(self, status: int) -> None:
         self.metrics.upgrades.labels(self.name, str(status)).inc()
 
-    def count_rejection(self, status: int, reason: str) -> None:
-        self.metrics.upgrades.labels(self.name, str(status)).inc()
-        self.metrics.rejections.labels(self.name, reason).inc()
+    def count_rejection(self, rejection: Rejection) -> None:
+        self.metrics.upgrades.labels(self.name, str(rejection.status)).inc()
+        self.metrics.rejections.labels(self.name, rejection.label).inc()
 
     def count_backend_failure(self, endpoint: EndpointState) -> None:
         self.metrics.backend_connect_failures.labels(self.name, endpoint.key).inc()
@@ -318,6 +304,9 @@ class ListenerRuntime:
         self._m_draining.inc(delta)
 
 
-def _busy(text: str, retry_after: float = 1.0) -> Rejection:
-    seconds = max(1, math.ceil(retry_after))
-    return Rejection(503, text, [("Retry-After", str(seconds))])
+CLOSING = Rejection(503, "Listener is closing", [("Retry-After", "1")], label="draining")
+
+
+def _site(listener: ListenerRuntime) -> Site:
+    """mypy checks here that ListenerRuntime is the Site its connections expect."""
+    return listener

@@ -175,5 +175,26 @@ class Metrics:
             registry=r,
         )
 
+    def forget_listener(self, name: str) -> None:
+        """Drop every series of a listener that left the config, so its series all go
+        together (the traffic collector stops reporting it at the same moment)."""
+        for metric in (
+            self.connections_active,
+            self.connections_draining,
+            self.upgrades,
+            self.rejections,
+            self.handshake_seconds,
+            self.connection_seconds,
+            self.closes,
+            self.idle_timeouts,
+            self.keepalive_timeouts,
+            self.backend_connect_failures,
+            self.backend_healthy,
+            self.backend_connections,
+        ):
+            for labels in list(metric._metrics):  # the children, keyed by label values
+                if labels[0] == name:
+                    metric.remove(*labels)
+
     def watch_traffic(self, source: Callable[[], Iterable[tuple[str, TrafficTotals]]]) -> None:
         self.registry.register(TrafficCollector(source))

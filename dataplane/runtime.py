@@ -19,11 +19,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dataplane.admission import Capacity
 from dataplane.frames import CLOSE_GOING_AWAY
-from dataplane.listener import Capacity, ListenerRuntime
+from dataplane.listener import ListenerRuntime
 from dataplane.metrics import Metrics, TrafficTotals
+from dataplane.relay import CLOSE_TIMEOUT
 from dataplane.tls import CertificateSet
-from dataplane.tunnel import CLOSE_TIMEOUT
 from lbwire.errors import ConfigError, FieldProblem
 from lbwire.snapshot import Listener, Snapshot
 
@@ -74,8 +75,18 @@ class Runtime:
         return self.snapshot is not None and not self.shutting_down
 
     def _traffic(self) -> Iterator[tuple[str, TrafficTotals]]:
-        for name, listener in self.listeners.items():
-            yield name, listener.traffic()
+        """Live and draining listeners, summed by name: a retired listener's traffic is
+        reported until it is reaped, then all its series go at once."""
+        totals: dict[str, TrafficTotals] = {}
+        for listener in [*self.listeners.values(), *self.retired]:
+            current = listener.traffic()
+            known = totals.get(listener.name)
+            if known is not None:
+                for field_name, value in vars(current).items():
+                    setattr(known, field_name, getattr(known, field_name) + value)
+            else:
+                totals[listener.name] = current
+        yield from totals.items()
 
     async def apply(self, snapshot: Snapshot) -> None:
         """Swap to `snapshot` or raise ConfigError and keep the current one."""
@@ -206,6 +217,13 @@ class Runtime:
                 await listener.empty.wait()
         await listener.close()
         self.retired.discard(listener)
+        live = self.listeners.get(listener.name)
+        if live is not None:
+            # Same name again (rebound): its counters must not go backwards.
+            for field_name, value in vars(listener.totals).items():
+                setattr(live.totals, field_name, getattr(live.totals, field_name) + value)
+        elif not any(other.name == listener.name for other in self.retired):
+            self.metrics.forget_listener(listener.name)
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
         """Not ready, stop accepting, drain up to the drain timeout, then 1001 to the rest."""

@@ -4,7 +4,8 @@ Owns the server-side OpenSSL settings: TLS 1.2 minimum, AEAD ECDHE suites only, 
 session ticket per handshake (OpenSSL's default of two costs a signature-free but
 measurable write on every full handshake), and certificate choice by SNI. The listener's
 socket keeps one front context whose SNI callback reads the current certificate set, so
-a config swap rotates certificates for new connections without rebinding the port.
+a config swap rotates certificates and changes the minimum TLS version for new
+connections without rebinding the port (live connections keep what they negotiated).
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ from lbwire.snapshot import Certificate, Tls
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
-def _base_context(min_version: str) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def set_min_version(context: ssl.SSLContext, min_version: str) -> None:
+    """Set the lowest TLS version; on a listening socket's context this applies to new
+    handshakes only (OpenSSL copies it into each connection), so no rebind is needed."""
     context.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
+
+
+def _base_context(min_version: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    set_min_version(context, min_version)
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.options |= ssl.OP_NO_RENEGOTIATION

@@ -1,0 +1,210 @@
+# ruff: noqa: E501  (the table reads best one row per line)
+"""The opening handshake without sockets: every malformed request gets its answer.
+
+The table is the contract for any faster validation path: each row must keep its status,
+its extra headers and its metric label.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.http11 import Request
+
+from dataplane.handshake import (
+    Rejection,
+    fast_request,
+    parse_backend_head,
+    parse_request,
+    parse_status_line,
+    render_request,
+    validate_upgrade,
+)
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+VALID = [
+    "GET /chat?room=1 HTTP/1.1",
+    "Host: example.com",
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    f"Sec-WebSocket-Key: {KEY}",
+    "Sec-WebSocket-Version: 13",
+]
+
+
+def head(*lines: str) -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def replaced(old: str, new: str | None) -> bytes:
+    lines = [line for line in VALID if not line.startswith(old)]
+    index = next(i for i, line in enumerate(VALID) if line.startswith(old))
+    if new is not None:
+        lines.insert(index, new)
+    return head(*lines)
+
+
+def answer(data: bytes) -> Request | Rejection:
+    try:
+        request = parse_request(data)
+        validate_upgrade(request)
+    except Rejection as rejection:
+        return rejection
+    return request
+
+
+# fmt: off
+# name: (request head, status, headers the answer must carry, metric label)
+TABLE: dict[str, tuple[bytes, int, dict[str, str], str]] = {
+    "plain GET": (head("GET / HTTP/1.1", "Host: x", "Accept: */*"), 426, {"Upgrade": "websocket"}, "bad_request"),
+    "no Connection: Upgrade": (replaced("Connection", None), 426, {"Upgrade": "websocket"}, "bad_request"),
+    "Upgrade: h2c": (replaced("Upgrade", "Upgrade: h2c"), 426, {"Upgrade": "websocket"}, "bad_request"),
+    "version 8": (replaced("Sec-WebSocket-Version", "Sec-WebSocket-Version: 8"), 426, {"Sec-WebSocket-Version": "13"}, "bad_request"),
+    "no version": (replaced("Sec-WebSocket-Version", None), 426, {"Sec-WebSocket-Version": "13"}, "bad_request"),
+    "no key": (replaced("Sec-WebSocket-Key", None), 400, {}, "bad_request"),
+    "short key": (replaced("Sec-WebSocket-Key", "Sec-WebSocket-Key: c2hvcnQ="), 400, {}, "bad_request"),
+    "key not base64": (replaced("Sec-WebSocket-Key", "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!!!"), 400, {}, "bad_request"),
+    "two keys": (head(*VALID, f"Sec-WebSocket-Key: {KEY}"), 400, {}, "bad_request"),
+    "POST": (replaced("GET", "POST / HTTP/1.1"), 405, {"Allow": "GET"}, "bad_request"),
+    "no Host": (replaced("Host", None), 400, {}, "bad_request"),
+    "empty Host": (replaced("Host", "Host: "), 400, {}, "bad_request"),
+    "two Hosts": (head(*VALID, "Host: evil.example.com"), 400, {}, "bad_request"),
+    "HTTP/1.0": (replaced("GET", "GET / HTTP/1.0"), 505, {}, "bad_request"),
+    "HTTP/2.0": (replaced("GET", "GET / HTTP/2.0"), 400, {}, "bad_request"),
+    "garbage request line": (b"\x16\x03\x01 hello there\r\nfoo\r\n\r\n", 400, {}, "bad_request"),
+    "absolute-form target": (replaced("GET", "GET http://example.com/ HTTP/1.1"), 400, {}, "bad_request"),
+    "asterisk target": (replaced("GET", "GET * HTTP/1.1"), 400, {}, "bad_request"),
+    "bare CR in target": (replaced("GET", "GET /a\rb HTTP/1.1"), 400, {}, "bad_request"),
+    "space in target": (replaced("GET", "GET /a b HTTP/1.1"), 400, {}, "bad_request"),
+    "header without colon": (head(*VALID, "X-Broken"), 400, {}, "bad_request"),
+    "space before colon": (head(*VALID, "X-Bad : 1"), 400, {}, "bad_request"),
+    "control character in value": (head(*VALID, "X-Bad: a\x01b"), 400, {}, "bad_request"),
+    "obsolete line folding": (head(*VALID, "X-Fold: a", " b"), 400, {}, "bad_request"),
+    "no final empty line": (("\r\n".join(VALID) + "\r\n").encode(), 400, {}, "bad_request"),
+    "too many headers": (head(*VALID, *(f"X-{i}: {i}" for i in range(200))), 431, {}, "header_too_large"),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("name", list(TABLE), ids=list(TABLE))
+def test_malformed_request_gets_its_status_headers_and_label(name: str) -> None:
+    data, status, headers, label = TABLE[name]
+    result = answer(data)
+    assert isinstance(result, Rejection), result
+    assert result.status == status, result
+    assert dict(result.headers).items() >= headers.items(), result.headers
+    assert result.label == label
+    rendered = result.render()
+    assert rendered.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"\r\nConnection: close\r\n" in rendered
+
+
+def test_valid_upgrade_is_accepted_and_forwarded_with_x_forwarded_headers() -> None:
+    result = answer(head(*VALID, "X-Forwarded-For: 10.0.0.1"))
+    assert isinstance(result, Request)
+    assert result.path == "/chat?room=1"
+    forwarded = render_request(
+        result, client_ip="192.0.2.7", scheme="https", port=443, forwarded=True
+    )
+    lines = forwarded.decode().split("\r\n")
+    assert lines[0] == "GET /chat?room=1 HTTP/1.1"
+    assert "X-Forwarded-For: 10.0.0.1, 192.0.2.7" in lines
+    assert "X-Forwarded-Proto: https" in lines
+    assert "Forwarded: for=192.0.2.7;proto=https" in lines
+    assert forwarded.endswith(b"\r\n\r\n")
+
+
+def test_a_rejection_carries_its_own_label() -> None:
+    assert Rejection(403, "Origin not allowed", label="origin").label == "origin"
+    assert Rejection(431, "too large").label == "header_too_large"
+    assert Rejection(400, "bad").label == "bad_request"
+
+
+@pytest.mark.parametrize(
+    "status_line",
+    [b"HTTP/1.1 101 Switching Protocols", b"HTTP/1.0 404 Not Found", b"HTTP/1.1 200 "],
+)
+def test_backend_status_lines_are_read(status_line: bytes) -> None:
+    assert parse_status_line(status_line + b"\r\n\r\n") == int(status_line.split()[1])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"HTTP/2 101 x\r\n\r\n",
+        b"HTTP/1.1 1O1 x\r\n\r\n",
+        b"HTTP/1.1 101 x\r\nX: a\rb\r\n\r\n",
+        b"HTTP/1.1 101 x\r\nX: a\x00\r\n\r\n",
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+    ],
+)
+def test_bad_backend_heads_are_refused(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_status_line(bad)
+    with pytest.raises(ValueError):
+        parse_backend_head(bad)
+
+
+# ---------------------------------------------------------------------- the fast path
+
+
+@pytest.mark.parametrize("name", list(TABLE), ids=list(TABLE))
+def test_fast_path_never_accepts_a_malformed_request(name: str) -> None:
+    assert fast_request(TABLE[name][0]) is None
+
+
+VALID_VARIANTS = {
+    "minimal": head(*VALID),
+    "with origin and others": head(*VALID, "Origin: https://a.example", "User-Agent: x/1"),
+    "connection list": replaced("Connection", "Connection: keep-alive, Upgrade"),
+    "odd case": replaced("Upgrade", "upgrade:   WebSocket  "),
+    "forwarded headers": head(*VALID, "X-Forwarded-For: 10.0.0.1", "Forwarded: for=10.0.0.1"),
+}
+
+
+@pytest.mark.parametrize("name", list(VALID_VARIANTS), ids=list(VALID_VARIANTS))
+def test_fast_path_gives_what_the_full_parser_gives(name: str) -> None:
+    data = VALID_VARIANTS[name]
+    fast = fast_request(data)
+    assert fast is not None
+    full = parse_request(data)
+    validate_upgrade(full)
+    assert (fast.method, fast.path) == (full.method, full.path)
+    assert fast.raw_items() == list(full.headers.raw_items())
+    assert fast.origins == full.headers.get_all("Origin")
+    for forwarded in (True, False):
+        kwargs = {"client_ip": "192.0.2.1", "scheme": "http", "port": 80, "forwarded": forwarded}
+        assert render_request(fast, **kwargs) == render_request(full, **kwargs)  # type: ignore[arg-type]
+
+
+def test_fast_path_leaves_extension_offers_to_the_full_parser() -> None:
+    offer = head(*VALID, "Sec-WebSocket-Extensions: permessage-deflate")
+    assert fast_request(offer) is None
+    assert isinstance(answer(offer), Request)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    position=st.integers(0, 400),
+    removed=st.integers(0, 3),
+    inserted=st.binary(max_size=4) | st.sampled_from([b"\r\n", b" ", b":", b",", b"\t", b"\n"]),
+)
+def test_fast_path_accepts_only_what_the_full_parser_accepts_identically(
+    position: int, removed: int, inserted: bytes
+) -> None:
+    """Mutate a valid head anywhere: when the fast path still accepts it, the full
+    parser must accept it too and read the same path and fields."""
+    base = head(*VALID, "Origin: https://a.example", "X-Extra: 1")
+    position %= len(base)
+    data = base[:position] + inserted + base[position + removed :]
+    if not data.endswith(b"\r\n\r\n") or data.count(b"\r\n\r\n") != 1:
+        return  # the tunnel only ever passes one complete head
+    fast = fast_request(data)
+    if fast is None:
+        return
+    full = answer(data)
+    assert isinstance(full, Request), (data, full)
+    assert fast.path == full.path
+    assert fast.raw_items() == list(full.headers.raw_items())
+    assert fast.origins == full.headers.get_all("Origin")
