@@ -152,6 +152,7 @@ async def run(
             image_pull_policy=settings.image_pull_policy,
             image_pull_secrets=settings.image_pull_secrets,
             scrape_annotations=settings.scrape_annotations,
+            log_format=settings.log_format,
         ),
         metrics=metrics,
         holdoff=settings.holdoff_seconds,

@@ -55,6 +55,9 @@ class DataPlaneParams:
     image_pull_secrets: tuple[str, ...] = ()
     """The chart's pull Secrets (controller namespace); when set, the pods pull with the
     owned copy `<lb>-wslb-pull` (pull_secrets.py)."""
+    log_format: str | None = None
+    """`--log-format` of the data planes (the controller's own); None passes no flag, for
+    a data-plane image that predates it."""
     scrape_annotations: bool = False
     """Annotate the pods with `prometheus.io/scrape`, `port` and `path` for a Prometheus
     that discovers pods by annotation (the chart turns it off under a PodMonitor)."""
@@ -210,6 +213,8 @@ def deployment(
         "--workers",
         str(plane.workers),
     ]
+    if params.log_format is not None:
+        args += ["--log-format", params.log_format]
     container_ports = [{"name": METRICS_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"}]
     # The user's labels first: the selector labels must win, or the pods leave their set.
     pod_metadata: dict[str, Any] = {"labels": {**plane.pod_labels, **labels(lb)}}

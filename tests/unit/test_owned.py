@@ -99,6 +99,17 @@ def test_deployment_args_point_at_the_config_server() -> None:
     assert c["env"][0]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
+def test_deployment_passes_the_log_format_only_when_set() -> None:
+    """The controller's WSLB_LOG_FORMAT reaches the data planes as --log-format; unset
+    (an older data plane without the flag) adds nothing."""
+    default_args = container(owned.deployment(lb(), PORTS, 30, PARAMS))["args"]
+    assert "--log-format" not in default_args
+    json_params = dataclasses.replace(PARAMS, log_format="json")
+    args = container(owned.deployment(lb(), PORTS, 30, json_params))["args"]
+    assert args[: len(default_args)] == default_args
+    assert args[len(default_args) :] == ["--log-format", "json"]
+
+
 def test_probes_and_termination_grace() -> None:
     manifest = owned.deployment(lb(), PORTS, 120, PARAMS)
     c = container(manifest)
