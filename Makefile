@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv lock lock-upgrade lint typecheck contracts check unit integration e2e test run echo bench \
+.PHONY: help venv lock lock-upgrade lint typecheck contracts chart dashboard check unit integration e2e test run echo bench \
         image e2e-assets base-image node-image cluster-up cluster-down kind-demo kind-demo-down \
         clean
 
@@ -30,7 +30,7 @@ lock: ## requirements/*.txt from pyproject.toml: new requirements added, other p
 lock-upgrade: ## requirements/*.txt with the newest version of everything
 	python3 hack/lock.py write --upgrade
 
-PY_DIRS := $(wildcard lbwire dataplane controller tests bench)
+PY_DIRS := $(wildcard lbwire dataplane controller monitoring tests bench)
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check $(PY_DIRS)
@@ -42,7 +42,14 @@ typecheck: $(STAMP) ## mypy --strict
 contracts: $(STAMP) ## import-linter architecture contracts
 	$(VENV)/bin/lint-imports
 
-check: lint typecheck contracts ## all static checks
+chart: $(STAMP) ## helm lint --strict, hadolint of the Dockerfiles; the committed dashboard is current
+	bash hack/check-chart.sh
+	$(PY) -m monitoring.dashboard --check
+
+dashboard: $(STAMP) ## regenerate helm/wslb/files/dashboards/wslb.json from monitoring/dashboard.py
+	$(PY) -m monitoring.dashboard
+
+check: lint typecheck contracts chart ## all static checks
 
 unit: $(STAMP) ## unit tier: pure code
 	$(PY) -m pytest tests/unit -q
@@ -58,7 +65,7 @@ E2E_ON = [ -x hack/e2e.sh ] && [ "$${WSLB_SKIP_E2E:-}" != 1 ]
 test: check ## every tier this machine can run (what CI runs)
 	@# The Go-built kube-apiserver/etcd/helm serve the integration tier's controller tests too.
 	@if $(E2E_ON); then bash hack/e2e-assets.sh; fi
-	$(PY) -m pytest tests/unit tests/integration -q -rs -p no:cacheprovider
+	$(PY) -m pytest tests/unit tests/integration tests/monitoring -q -rs -p no:cacheprovider
 	@if $(E2E_ON); then bash hack/e2e.sh; \
 	  else echo "e2e tier skipped: WSLB_SKIP_E2E=1 was set"; fi
 
