@@ -1,7 +1,8 @@
 """Demo echo backend: a small websockets server for demos, tests and e2e pods.
 
 It echoes every message back unchanged. A text message `whoami` is answered with the
-backend's name instead, so a client can tell which backend it reached. It also serves
+backend's name instead, so a client can tell which backend it reached, and `peer` with the
+address the connection came from (behind a load balancer: which data plane relays it). It also serves
 plain HTTP GET `/healthz` (200) for HTTP health checks and readiness probes, and
 negotiates permessage-deflate and any subprotocol listed with `--subprotocol`.
 
@@ -41,6 +42,8 @@ def make_handler(name: str) -> object:
             async for message in connection:
                 if message == "whoami":
                     await connection.send(name)
+                elif message == "peer":
+                    await connection.send(str(connection.remote_address[0]))
                 else:
                     await connection.send(message)
         except ConnectionClosed:

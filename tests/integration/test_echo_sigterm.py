@@ -57,6 +57,8 @@ def test_sigterm_closes_open_connections_with_1001(
     with connect(f"ws://127.0.0.1:{port}/", open_timeout=5) as ws:
         ws.send("hi")
         assert ws.recv(timeout=5) == "hi"
+        ws.send("peer")  # the address the backend sees: here, the client itself
+        assert ws.recv(timeout=5) == "127.0.0.1"
         proc.send_signal(signal.SIGTERM)
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
