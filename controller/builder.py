@@ -17,6 +17,7 @@ at data-plane sessions (Programmed is status.py's).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -51,6 +52,70 @@ TIER_LIMITS: dict[Tier, wire.LoadBalancerLimits] = {
     ),
 }
 DEFAULT_DRAIN_SECONDS = 30
+
+
+def _weight_ceiling() -> int:
+    """The largest endpoint weight the snapshot accepts (its `le` bound)."""
+    for item in wire.Endpoint.model_fields["weight"].metadata:
+        bound = getattr(item, "le", None)
+        if isinstance(bound, int):
+            return bound
+    return 100
+
+
+MAX_ENDPOINT_WEIGHT = _weight_ceiling()
+
+
+def share(limits: wire.LoadBalancerLimits, replicas: int) -> wire.LoadBalancerLimits:
+    """One data plane's share of the tier: the tier is the LoadBalancer's total, and the
+    Service spreads clients over `replicas` data planes (each splits it again across its
+    workers). Rounded up, so the shares never add up to less than the tier."""
+    replicas = max(1, replicas)
+    return wire.LoadBalancerLimits(
+        max_connections=math.ceil(limits.max_connections / replicas),
+        new_connections_per_second=math.ceil(limits.new_connections_per_second / replicas),
+    )
+
+
+def spread_weights(
+    groups: list[tuple[int, list[wire.Endpoint]]],
+) -> list[wire.Endpoint]:
+    """Endpoint weights such that each backend Service gets its `weight` share of new
+    connections whatever its number of pods: an endpoint of a Service with weight W and n
+    serving endpoints gets W / n (summed when it backs several Services), scaled so the
+    heaviest gets MAX_ENDPOINT_WEIGHT and rounded, never below 1 for a nonzero share.
+
+    `groups` is (Service weight, its endpoints) per backend entry. Endpoints that are not
+    ready or draining keep their share out of the count, so the rest carry the Service's."""
+    shares: dict[str, float] = {}
+    merged: dict[str, wire.Endpoint] = {}
+    for weight, endpoints in groups:
+        serving = {e.key for e in endpoints if e.ready and not e.draining}
+        count = len(serving) or len({e.key for e in endpoints}) or 1
+        for endpoint in endpoints:
+            before = merged.get(endpoint.key)
+            if before is not None:
+                endpoint = before.model_copy(
+                    update={
+                        "ready": before.ready or endpoint.ready,
+                        "draining": before.draining and endpoint.draining,
+                    }
+                )
+            merged[endpoint.key] = endpoint
+            counted = endpoint.key in serving or not serving
+            shares.setdefault(endpoint.key, 0.0)
+            if counted:
+                shares[endpoint.key] += weight / count
+    heaviest = max(shares.values(), default=0.0)
+    result = []
+    for key, endpoint in merged.items():
+        value = shares[key]
+        if heaviest <= 0 or value <= 0:
+            weight = 0
+        else:
+            weight = max(1, round(MAX_ENDPOINT_WEIGHT * value / heaviest))
+        result.append(endpoint.model_copy(update={"weight": weight}))
+    return sorted(result, key=lambda e: (e.address, e.port))
 
 
 @dataclass(frozen=True)
@@ -147,7 +212,9 @@ def build(store: Store, load_balancer: str, version: str) -> Build:
     snapshot = wire.Snapshot(
         version=version,
         load_balancer=wire.LoadBalancerInfo(
-            name=lb.meta.name, namespace=lb.meta.namespace, limits=TIER_LIMITS[lb.spec.tier]
+            name=lb.meta.name,
+            namespace=lb.meta.namespace,
+            limits=share(TIER_LIMITS[lb.spec.tier], lb.spec.replicas),
         ),
         listeners=sorted(built, key=lambda item: item.name),
     )
@@ -197,22 +264,13 @@ def _listener(
     namespace, generation = item.meta.namespace, item.meta.generation
     problems: list[tuple[str, str]] = []  # (reason, message)
 
-    endpoints: dict[str, wire.Endpoint] = {}
+    groups: list[tuple[int, list[wire.Endpoint]]] = []
     for ref in spec.backends:
         found, problem = _endpoints(store, namespace, ref)
         if problem is not None:
             problems.append((st.REASON_SERVICE_NOT_FOUND, problem))
-        for endpoint in found:
-            before = endpoints.get(endpoint.key)
-            if before is not None:
-                endpoint = before.model_copy(
-                    update={
-                        "ready": before.ready or endpoint.ready,
-                        "draining": before.draining and endpoint.draining,
-                    }
-                )
-            endpoints[endpoint.key] = endpoint
-    ordered = sorted(endpoints.values(), key=lambda e: (e.address, e.port))
+        groups.append((ref.weight, found))
+    ordered = spread_weights(groups)
 
     tls: wire.Tls | None = None
     blocking = False

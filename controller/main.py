@@ -15,22 +15,31 @@ returns, the reconciler stops and the servers close. Nothing here decides what t
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import ssl
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 import kopf
 from lightkube import AsyncClient
 
 from controller import handlers
+from controller.cluster import FIELD_MANAGER, LightkubeCluster, LoadBalancerResource
 from controller.config_server import ConfigServer
+from controller.election import Elector, LightkubeLeases, PodLabel
 from controller.metrics import ControllerMetrics
-from controller.owned import FIELD_MANAGER, DataPlaneParams
-from controller.reconciler import LightkubeCluster, LoadBalancerResource, Reconciler
-from controller.settings import Settings
+from controller.owned import DataPlaneParams
+from controller.reconciler import Reconciler
+from controller.settings import Settings, SettingsError
 from controller.store import Store
 
 log = logging.getLogger("wslb.controller")
@@ -109,6 +118,13 @@ async def run(
     metrics = ControllerMetrics()
     store = Store()
     cluster = LightkubeCluster(AsyncClient(field_manager=FIELD_MANAGER))
+    stop_flag = stop if stop is not None else asyncio.Event()
+    elector: Elector | None = None
+    label: PodLabel | None = None
+    if settings.leader_election:
+        leases = LightkubeLeases(cluster.client, settings.namespace, settings.lease_name)
+        elector = Elector(leases, settings.pod_name, settings.lease_duration_seconds)
+        label = PodLabel(cluster.client, settings.namespace, settings.pod_name)
     reconciler = Reconciler(
         store,
         cluster,
@@ -117,6 +133,7 @@ async def run(
             config_url=settings.config_url,
             ca_pem=ca_pem,
             image_pull_policy=settings.image_pull_policy,
+            image_pull_secrets=settings.image_pull_secrets,
         ),
         metrics=metrics,
         holdoff=settings.holdoff_seconds,
@@ -131,10 +148,13 @@ async def run(
     )
     reconciler.server = server
     nothing_to_sync = asyncio.Event()
-    health = HealthServer(
-        metrics,
-        lambda: server.listening and (reconciler.synced or nothing_to_sync.is_set()),
-    )
+
+    def ready() -> bool:
+        if elector is not None and not elector.leading:
+            return True  # a standby is healthy; the config Service selects the leader only
+        return server.listening and (reconciler.synced or nothing_to_sync.is_set())
+
+    health = HealthServer(metrics, ready)
 
     registry = kopf.OperatorRegistry()
     handlers.register(registry, store, reconciler, metrics)
@@ -148,37 +168,125 @@ async def run(
     kopf_settings = kopf.OperatorSettings()
     handlers.configure(kopf_settings)
 
-    config_port = await server.start(settings.config_host, settings.config_port)
     http_port = await health.start(settings.config_host, settings.http_port)
-    if started is not None:
-        started(config_port, http_port)
-    loop_task = asyncio.create_task(reconciler.run(), name="reconciler")
-    namespaces = list(settings.watch_namespaces)
-    probe_task = asyncio.create_task(
-        _no_load_balancers(cluster.client, namespaces, nothing_to_sync), name="startup probe"
-    )
-    log.info(
-        "watching %s; data planes dial %s",
-        ", ".join(namespaces) or "all namespaces",
-        settings.config_url,
-    )
+    lost = asyncio.Event()
+    keeper: asyncio.Task[None] | None = None
+    labeller: asyncio.Task[None] | None = None
+    if elector is not None and label is not None:
+        if not await _stand_by(elector, label, stop_flag, metrics):
+            await health.close()
+            await cluster.close()
+            return
+        keeper = asyncio.create_task(_keep(elector, stop_flag, lost), name="lease")
+        labeller = asyncio.create_task(_label_until_done(label), name="leader label")
+    loop_task: asyncio.Task[None] | None = None
+    probe_task: asyncio.Task[None] | None = None
     try:
+        metrics.leader.set(1)
+        config_port = await server.start(settings.config_host, settings.config_port)
+        if started is not None:
+            started(config_port, http_port)
+        loop_task = asyncio.create_task(reconciler.run(), name="reconciler")
+        namespaces = list(settings.watch_namespaces)
+        probe_task = asyncio.create_task(
+            _no_load_balancers(cluster.client, namespaces, nothing_to_sync), name="startup probe"
+        )
+        log.info(
+            "watching %s; data planes dial %s",
+            ", ".join(namespaces) or "all namespaces",
+            settings.config_url,
+        )
         await kopf.operator(
             registry=registry,
             settings=kopf_settings,
             standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            stop_flag=stop,
+            stop_flag=stop_flag,
         )
     finally:
-        for task in (probe_task, loop_task):
+        for task in (probe_task, loop_task, keeper, labeller):
+            if task is None:
+                continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await health.close()
         await server.close()
+        if elector is not None and label is not None and not lost.is_set():
+            await elector.release()
+            await _quietly(label.stand_by(), "leader label not removed")
+        metrics.leader.set(0)
         await cluster.close()
+    if lost.is_set():
+        raise LeadershipLost(f"{settings.pod_name} lost the Lease {settings.lease_name}")
+
+
+class LeadershipLost(RuntimeError):
+    """Another replica leads now: this process exits and comes back as a standby."""
+
+
+async def _stand_by(
+    elector: Elector, label: PodLabel, stop: asyncio.Event, metrics: ControllerMetrics
+) -> bool:
+    """Wait for the Lease; False when stopped first. Nothing is watched or served
+    meanwhile, so a standby cannot reconcile or answer a data plane."""
+    metrics.leader.set(0)
+    # A pod keeps its labels across container restarts: a former leader must not keep
+    # attracting data planes while it stands by.
+    await _quietly(label.stand_by(), "leader label not removed")
+    log.info("standing by for the Lease")
+    with _stop_on_signals(stop):
+        acquire = asyncio.create_task(elector.acquire(), name="acquire lease")
+        stopped = asyncio.create_task(stop.wait(), name="stop")
+        await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (acquire, stopped):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return elector.leading
+
+
+async def _keep(elector: Elector, stop: asyncio.Event, lost: asyncio.Event) -> None:
+    """Renew the Lease; when it is lost, stop everything at once."""
+    await elector.keep()
+    lost.set()
+    stop.set()
+
+
+async def _label_until_done(label: PodLabel, retry: float = 2.0) -> None:
+    """Label this pod the leader, retrying: until it is, data planes cannot reach us."""
+    while True:
+        try:
+            await label.lead()
+        except Exception as exc:
+            log.warning("leader label not set (%s); retrying", exc)
+            await asyncio.sleep(retry)
+        else:
+            return
+
+
+async def _quietly(call: Awaitable[None], what: str) -> None:
+    try:
+        await call
+    except Exception as exc:
+        log.warning("%s: %s", what, exc)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` while kopf (which handles them later) is not running."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, stop.set)
+            installed.append(number)
+    try:
+        yield
+    finally:
+        for number in installed:
+            loop.remove_signal_handler(number)
 
 
 async def _no_load_balancers(
@@ -195,8 +303,45 @@ async def _no_load_balancers(
     flag.set()
 
 
-def main() -> None:
-    settings = Settings.from_env()
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line naming the bad flag, exit status 2 (argparse's usual status)."""
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: no flags but --help and --version; settings come from the
+    environment (controller/settings.py), which the chart sets."""
+    names = "\n".join(f"  {line}" for line in Settings.variables())
+    result = _Parser(
+        prog="wslb-controller",
+        description="The wslb controller: watches LoadBalancers and Listeners, builds one "
+        "config snapshot per LoadBalancer, owns the data-plane objects and serves the "
+        "config channel to data planes.",
+        epilog=f"Settings are environment variables:\n{names}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    result.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    return result
+
+
+def version() -> str:
+    try:
+        return metadata.version("wslb")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        server_tls(Path(settings.config_tls_dir))  # fail here, in one line, not mid-startup
+    except SettingsError as exc:
+        _fail(str(exc))
+    except (OSError, ssl.SSLError) as exc:
+        where = os.environ.get("WSLB_CONFIG_TLS_DIR") or Settings().config_tls_dir
+        _fail(f"WSLB_CONFIG_TLS_DIR={where!r}: cannot load tls.crt and tls.key: {exc}")
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -206,7 +351,17 @@ def main() -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         for name in ("httpx", "httpx2"):  # lightkube's HTTP client: one line per request
             logging.getLogger(name).setLevel(logging.WARNING)
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except LeadershipLost as exc:
+        # The kubelet restarts the container; it comes back as a standby.
+        print(f"wslb-controller: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"wslb-controller: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ class ControllerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.leader = Gauge(
+            "wslb_controller_leader",
+            "1 while this replica holds the leader Lease and reconciles; 0 while it stands by.",
+            registry=r,
+        )
         self.events_total = Counter(
             "wslb_controller_events_total",
             "Watch events received, by kind and event type.",

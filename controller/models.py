@@ -116,15 +116,51 @@ class ServiceType(StrEnum):
     LOAD_BALANCER = "LoadBalancer"
 
 
+class TrafficPolicy(StrEnum):
+    LOCAL = "Local"
+    CLUSTER = "Cluster"
+
+
+class IpFamilyPolicy(StrEnum):
+    SINGLE_STACK = "SingleStack"
+    PREFER_DUAL_STACK = "PreferDualStack"
+    REQUIRE_DUAL_STACK = "RequireDualStack"
+
+
 class ServiceSpec(SpecModel):
     type: ServiceType = ServiceType.LOAD_BALANCER
     annotations: dict[str, str] = {}
+    external_traffic_policy: TrafficPolicy = TrafficPolicy.LOCAL
+    load_balancer_class: str | None = None
+    load_balancer_source_ranges: list[str] = []
+    ip_family_policy: IpFamilyPolicy | None = None
+    ip_families: list[Literal["IPv4", "IPv6"]] = []
+
+
+MAX_WORKERS = 64
+
+
+class DataPlaneSpec(SpecModel):
+    """How the data-plane pods are shaped and scheduled. The Kubernetes-typed parts
+    (resources, tolerations, affinity, spread) pass through as plain mappings: the API
+    server validates them when the Deployment is applied."""
+
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
+    resources: dict[str, Any] | None = None
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    affinity: dict[str, Any] = {}
+    topology_spread_constraints: list[dict[str, Any]] | None = None
+    pod_annotations: dict[str, str] = {}
+    pod_labels: dict[str, str] = {}
+    priority_class_name: str = ""
 
 
 class LoadBalancerSpec(SpecModel):
     tier: Tier = Tier.S1_SMALL
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
     service: ServiceSpec = ServiceSpec()
+    data_plane: DataPlaneSpec = DataPlaneSpec()
 
 
 class LoadBalancerRef(SpecModel):

@@ -1,30 +1,24 @@
 """The objects the controller owns per LoadBalancer, and how they reach the cluster.
 
 Pure builders (no I/O, no kopf) turn a LoadBalancer and its build into plain manifests:
-the config Secret `<lb>-wslb-config`, the data-plane Deployment and Service `<lb>-wslb`,
-and the headless metrics Service `<lb>-wslb-metrics` (docs/resources.md). Each carries a
-controller owner reference to the LoadBalancer, so deleting it garbage-collects them.
+the config Secret `<lb>-wslb-config`, the data-plane Deployment, Service and
+PodDisruptionBudget `<lb>-wslb`, and the headless metrics Service `<lb>-wslb-metrics`
+(docs/resources.md). Each carries a controller owner reference to the LoadBalancer, so
+deleting it garbage-collects them.
 
-The I/O functions at the bottom are the only ones here that talk to the API server:
-server-side apply with field manager `wslb-controller` for the Deployment and Services,
-and create-once for the Secret, whose token must stay stable for as long as the
-LoadBalancer lives (only its `ca.crt` is refreshed, by a merge patch of that key alone).
+No I/O here: cluster.py applies what these return.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightkube import AsyncClient, codecs
-from lightkube.core.exceptions import ApiError
-from lightkube.resources.core_v1 import Secret
-from lightkube.types import PatchType
-
 from controller.builder import ServicePortSpec
+from controller.cluster import FIELD_MANAGER
 from controller.models import (
     CA_KEY,
     GROUP,
@@ -36,7 +30,6 @@ from controller.models import (
 )
 from controller.store import config_secret_name, owned_name
 
-FIELD_MANAGER = "wslb-controller"
 ADMIN_PORT = 9901
 RUN_AS = 10001  # the image's user (Dockerfile)
 DRAIN_MARGIN_SECONDS = 15
@@ -57,6 +50,8 @@ class DataPlaneParams:
     config_url: str
     ca_pem: str = ""
     image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    """Names of Secrets the pods pull with; they must exist in the LoadBalancer's namespace."""
 
 
 def metrics_service_name(load_balancer: str) -> str:
@@ -65,6 +60,36 @@ def metrics_service_name(load_balancer: str) -> str:
 
 def selector(lb: LoadBalancer) -> dict[str, str]:
     return {NAME_LABEL: DATA_PLANE, LB_LABEL: lb.meta.name}
+
+
+def selector_text(lb: LoadBalancer) -> str:
+    """The selector as `status.selector` carries it for the scale subresource (HPA)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector(lb).items()))
+
+
+def default_resources(workers: int) -> dict[str, Any]:
+    """Requests only: a data plane holding live sockets must not be BestEffort (first to be
+    evicted), and a CPU limit would throttle the event loop mid-frame; memory grows with
+    connections, so its limit is the operator's to set for their tier."""
+    return {"requests": {"cpu": f"{200 * workers}m", "memory": f"{128 * workers}Mi"}}
+
+
+def spread(lb: LoadBalancer, constraints: Sequence[Mapping[str, Any]] | None) -> list[Any]:
+    """Topology spread: by default one data plane per node where possible (ScheduleAnyway,
+    so a small cluster still schedules all). A given constraint without a labelSelector gets
+    the data planes' own, so it spreads what it means to spread."""
+    if constraints is None:
+        return [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector(lb)},
+                # Count only the pods of the current revision during a rollout.
+                "matchLabelKeys": ["pod-template-hash"],
+            }
+        ]
+    return [{"labelSelector": {"matchLabels": selector(lb)}, **dict(item)} for item in constraints]
 
 
 def labels(lb: LoadBalancer) -> dict[str, str]:
@@ -134,6 +159,7 @@ def deployment(
     del ports, max_drain_seconds  # deliberately unused, see above
     assert lb.spec is not None
     name = lb.meta.name
+    plane = lb.spec.data_plane
     args = [
         "wslb-dataplane",
         "--controller",
@@ -150,8 +176,27 @@ def deployment(
         STATE_DIR,
         "--admin",
         f"0.0.0.0:{ADMIN_PORT}",
+        "--workers",
+        str(plane.workers),
     ]
     container_ports = [{"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}]
+    # The user's labels first: the selector labels must win, or the pods leave their set.
+    pod_metadata: dict[str, Any] = {"labels": {**plane.pod_labels, **labels(lb)}}
+    if plane.pod_annotations:
+        pod_metadata["annotations"] = dict(plane.pod_annotations)
+    scheduling: dict[str, Any] = {
+        "topologySpreadConstraints": spread(lb, plane.topology_spread_constraints)
+    }
+    if plane.node_selector:
+        scheduling["nodeSelector"] = dict(plane.node_selector)
+    if plane.tolerations:
+        scheduling["tolerations"] = [dict(item) for item in plane.tolerations]
+    if plane.affinity:
+        scheduling["affinity"] = dict(plane.affinity)
+    if plane.priority_class_name:
+        scheduling["priorityClassName"] = plane.priority_class_name
+    if params.image_pull_secrets:
+        scheduling["imagePullSecrets"] = [{"name": item} for item in params.image_pull_secrets]
 
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
         return {
@@ -174,11 +219,12 @@ def deployment(
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
             },
             "template": {
-                "metadata": {"labels": labels(lb)},
+                "metadata": pod_metadata,
                 "spec": {
                     "automountServiceAccountToken": False,  # it never talks to the API
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": MAX_DRAIN_SECONDS + DRAIN_MARGIN_SECONDS,
+                    **scheduling,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": RUN_AS,
@@ -201,6 +247,9 @@ def deployment(
                                 }
                             ],
                             "ports": container_ports,
+                            "resources": plane.resources
+                            if plane.resources is not None
+                            else default_resources(plane.workers),
                             "readinessProbe": probe("/readyz", 2, 2),
                             # Let endpoint removal reach every node before the drain starts.
                             "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
@@ -257,15 +306,43 @@ def service(lb: LoadBalancer, ports: Sequence[ServicePortSpec]) -> dict[str, Any
     metadata = _metadata(lb, owned_name(lb.meta.name))
     if lb.spec.service.annotations:
         metadata["annotations"] = dict(lb.spec.service.annotations)
+    knobs = lb.spec.service
     spec: dict[str, Any] = {
         "type": service_type.value,
         "selector": selector(lb),
         "ports": rendered,
     }
     if has_node_ports:
-        # Keep the client's address (source ACLs, X-Forwarded-For): no SNAT to a node IP.
-        spec["externalTrafficPolicy"] = "Local"
+        # Local (the default) keeps the client's address (source ACLs, X-Forwarded-For):
+        # no SNAT to a node IP, at the price of nodes without a data plane failing the
+        # cloud's health check. Cluster spreads evenly but hides the client.
+        spec["externalTrafficPolicy"] = knobs.external_traffic_policy.value
+    if service_type is ServiceType.LOAD_BALANCER:
+        if knobs.load_balancer_class:
+            spec["loadBalancerClass"] = knobs.load_balancer_class
+        if knobs.load_balancer_source_ranges:
+            spec["loadBalancerSourceRanges"] = list(knobs.load_balancer_source_ranges)
+    if knobs.ip_family_policy is not None:
+        spec["ipFamilyPolicy"] = knobs.ip_family_policy.value
+    if knobs.ip_families:
+        spec["ipFamilies"] = list(knobs.ip_families)
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
+
+
+def disruption_budget(lb: LoadBalancer) -> dict[str, Any]:
+    """At most one data plane down by a voluntary disruption (node drain, cluster upgrade):
+    the others keep every other client connected while the evicted one drains."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(lb, owned_name(lb.meta.name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector(lb)},
+            # A pod that never became ready may be evicted: it serves nobody.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
 
 
 def metrics_service(lb: LoadBalancer) -> dict[str, Any]:
@@ -282,37 +359,3 @@ def metrics_service(lb: LoadBalancer) -> dict[str, Any]:
             ],
         },
     }
-
-
-# --------------------------------------------------------------------------- I/O
-
-
-async def apply(client: AsyncClient, manifest: dict[str, Any]) -> None:
-    """Server-side apply one manifest as `wslb-controller`, taking over conflicting fields."""
-    obj = codecs.from_dict(manifest)
-    await client.apply(obj, field_manager=FIELD_MANAGER, force=True)
-
-
-async def ensure_config_secret(client: AsyncClient, manifest: dict[str, Any]) -> bool:
-    """Create the config Secret unless it exists; return True when it was created.
-    An existing Secret is never overwritten: its token must stay stable."""
-    try:
-        await client.create(codecs.from_dict(manifest), field_manager=FIELD_MANAGER)
-    except ApiError as exc:
-        if exc.status.code == 409:  # AlreadyExists
-            return False
-        raise
-    return True
-
-
-async def refresh_ca(client: AsyncClient, namespace: str, name: str, ca_pem: str) -> None:
-    """Replace only `ca.crt` of an existing config Secret (the config server's CA rotated)."""
-    patch = {"data": {CA_KEY: base64.b64encode(ca_pem.encode()).decode()}}
-    await client.patch(
-        Secret,
-        name,
-        patch,
-        namespace=namespace,
-        patch_type=PatchType.MERGE,
-        field_manager=FIELD_MANAGER,
-    )

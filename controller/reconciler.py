@@ -1,59 +1,39 @@
 """The debounced rebuild loop: dirty LoadBalancers -> snapshot, owned objects, status.
 
-This module owns when things happen. Handlers mark LoadBalancer keys dirty; after a
-quiet holdoff (bounded by a maximum delay, so a stream of changes cannot starve it) one
-round rebuilds every dirty LoadBalancer from the store: publish the snapshot to the
-config server when its digest moved, apply the owned objects that changed, and patch
-the status of the LoadBalancer and its Listeners that changed. Nothing is built until
+This module owns when things happen. Handlers mark LoadBalancer keys dirty; when the
+holdoff (holdoff.py) says so, one round rebuilds every dirty LoadBalancer from the store:
+publish the snapshot to the config server when its digest moved, apply the owned objects
+that changed, and have the status writer patch what changed. Nothing is built until
 every watched kind has finished its initial listing, so a restarted controller never
 pushes an empty or partial snapshot. A failed apply or status patch is logged, counted
 and retried after `retry_seconds`.
 
-What is built is builder.py's; what the conditions say is status.py's; how the owned
-objects look is owned.py's. The Kubernetes I/O is behind the `Cluster` protocol; its
-lightkube implementation, `LightkubeCluster`, is at the bottom.
+What is built is builder.py's; what the conditions say is status.py's and how they are
+written status_writer.py's; how the owned objects look is owned.py's; the Kubernetes
+calls are behind cluster.py's `Cluster`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-from lightkube import AsyncClient
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.types import PatchType
-
 from controller import owned
-from controller import status as st
 from controller.builder import Build, build
+from controller.cluster import Cluster
+from controller.holdoff import Holdoff
 from controller.metrics import ControllerMetrics
-from controller.models import (
-    CA_KEY,
-    GROUP,
-    TOKEN_KEY,
-    VERSION,
-    Kind,
-    Listener,
-    LoadBalancer,
-    ServiceType,
-    key_of,
-)
-from controller.store import Store, config_secret_name, owned_name
+from controller.models import CA_KEY, TOKEN_KEY, Kind, key_of
+from controller.status_writer import StatusWriter
+from controller.store import Store, config_secret_name
 from lbwire.session import PushSession
 from lbwire.snapshot import Snapshot
 
 log = logging.getLogger("wslb.reconciler")
-
-LoadBalancerResource = create_namespaced_resource(
-    GROUP, VERSION, "LoadBalancer", "loadbalancers", verbs=None
-)
-ListenerResource = create_namespaced_resource(GROUP, VERSION, "Listener", "listeners", verbs=None)
 
 
 class Publisher(Protocol):
@@ -62,21 +42,6 @@ class Publisher(Protocol):
     def publish(self, load_balancer: str, snapshot: Snapshot) -> None: ...
     def forget(self, load_balancer: str) -> None: ...
     def sessions(self, load_balancer: str) -> list[PushSession]: ...
-
-
-class Cluster(Protocol):
-    """The API-server writes the reconciler makes."""
-
-    async def ensure_config_secret(self, manifest: dict[str, Any]) -> bool: ...
-    async def refresh_ca(self, namespace: str, name: str, ca_pem: str) -> None: ...
-    async def apply(self, manifest: dict[str, Any]) -> None: ...
-    async def patch_status(
-        self, kind: Kind, namespace: str, name: str, status: dict[str, Any]
-    ) -> None: ...
-
-
-def rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Reconciler:
@@ -92,26 +57,27 @@ class Reconciler:
         max_delay: float = 1.0,
         retry: float = 5.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.cluster = cluster
         self.params = params
         self.server = server
         self.metrics = metrics if metrics is not None else ControllerMetrics()
-        self.holdoff = holdoff
-        self.max_delay = max_delay
         self.retry = retry
         self.clock = clock
+        self.sleep = sleep
+        self.holdoff = Holdoff(holdoff, max_delay, monotonic)
+        self.status = StatusWriter(store, cluster, self.metrics, clock)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._last_mark = 0.0
         self._last_version = 0
         self._changed_at: dict[str, float] = {}  # lb -> wall time of its first unbuilt change
         self._awaiting: dict[str, tuple[str, float]] = {}  # lb -> (digest, changed_at)
         self._published: dict[str, Snapshot] = {}
         self._digests: dict[str, str] = {}  # of what was published
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}  # (lb, kind, name)
-        self._written: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, key, uid)
         self._tokens: dict[str, str] = {}  # created by us, until the watch shows the Secret
         self.rounds = 0
 
@@ -127,7 +93,7 @@ class Reconciler:
                 self._changed_at.setdefault(key, now)
                 added = True
         if added:
-            self._last_mark = time.monotonic()
+            self.holdoff.mark()
             self._wake.set()
 
     def sessions_changed(self, load_balancer: str) -> None:
@@ -137,7 +103,7 @@ class Reconciler:
         if self.server is not None:
             self._observe_propagation(load_balancer, self.server.sessions(load_balancer))
         self._dirty.add(load_balancer)
-        self._last_mark = time.monotonic()
+        self.holdoff.mark()
         self._wake.set()
 
     def mark_synced(self) -> None:
@@ -180,19 +146,15 @@ class Reconciler:
             self._wake.clear()
             if not self.store.synced or not self._dirty:
                 continue
-            first = time.monotonic()
-            while True:
-                deadline = min(self._last_mark + self.holdoff, first + self.max_delay)
-                delay = deadline - time.monotonic()
-                if delay <= 0:
-                    break
-                await asyncio.sleep(delay)
+            while (delay := self.holdoff.delay()) > 0:
+                await self.sleep(delay)
             self._wake.clear()
             await self.round()
 
     async def round(self) -> None:
         """One rebuild of every dirty LoadBalancer (public for tests)."""
         keys, self._dirty = sorted(self._dirty), set()
+        self.holdoff.fired()
         self.rounds += 1
         for key in keys:
             try:
@@ -203,17 +165,7 @@ class Reconciler:
                 self._retry_later(key)
             else:
                 self.metrics.reconciled("ok")
-        self._prune_written()
-
-    def _prune_written(self) -> None:
-        """Forget what was written to objects that are gone (bounded memory)."""
-        for cache_key in list(self._written):
-            kind, key, _ = cache_key
-            objects = (
-                self.store.listeners if kind == Kind.LISTENER.value else self.store.load_balancers
-            )
-            if key not in objects:
-                del self._written[cache_key]
+        self.status.prune()
 
     def _retry_later(self, key: str) -> None:
         loop = asyncio.get_running_loop()
@@ -229,7 +181,7 @@ class Reconciler:
         ok = True
         if result.found and result.snapshot is not None:
             ok = await self._apply_owned(key, result) and ok
-        ok = await self._write_statuses(key, result, sessions) and ok
+        ok = await self.status.write(key, result, sessions, self._digests.get(key)) and ok
         if not ok:
             self._retry_later(key)
 
@@ -303,12 +255,12 @@ class Reconciler:
             ok = False
         manifests = [
             owned.deployment(lb, result.ports, result.max_drain_seconds, self.params),
-            owned.service(lb, result.ports),
             owned.metrics_service(lb),
+            owned.disruption_budget(lb),
         ]
-        if not result.ports:
+        if result.ports:
             # A Service needs at least one port: none until a Listener is accepted.
-            manifests = [manifests[0], manifests[2]]
+            manifests.append(owned.service(lb, result.ports))
         for manifest in manifests:
             cache_key = (key, str(manifest["kind"]), str(manifest["metadata"]["name"]))
             if self._applied.get(cache_key) == manifest:
@@ -322,124 +274,3 @@ class Reconciler:
             else:
                 self._applied[cache_key] = manifest
         return ok
-
-    async def _write_statuses(self, key: str, result: Build, sessions: list[PushSession]) -> bool:
-        now = rfc3339(self.clock())
-        ok = True
-        for item in result.listeners:
-            listener = self.store.listeners.get(item.key)
-            if listener is None:
-                continue
-            programmed = st.listener_programmed(
-                item.name, item.generation, sessions, item.in_snapshot, item.why_not
-            )
-            conditions = [item.accepted, item.resolved_refs, programmed]
-            body: dict[str, Any] = {
-                "observedGeneration": item.generation,
-                "readyBackends": item.ready_backends,
-                "totalBackends": item.total_backends,
-            }
-            ok = await self._patch(Kind.LISTENER, listener, body, conditions, now) and ok
-        lb = self.store.load_balancers.get(key)
-        if lb is not None and result.accepted is not None:
-            generation = lb.meta.generation
-            digest = self._digests.get(key) if result.snapshot is not None else None
-            lb_conditions = [
-                result.accepted,
-                st.load_balancer_programmed(digest, sessions, generation),
-            ]
-            replicas = lb.spec.replicas if lb.spec is not None else 0
-            body = {
-                "observedGeneration": generation,
-                "address": self._address(key),
-                "dataPlanes": {
-                    "desired": replicas,
-                    "connected": len(sessions),
-                    "acked": st.acked_count(digest, sessions),
-                },
-                "appliedVersion": st.applied_version(sessions),
-            }
-            ok = await self._patch(Kind.LOAD_BALANCER, lb, body, lb_conditions, now) and ok
-        return ok
-
-    async def _patch(
-        self,
-        kind: Kind,
-        obj: LoadBalancer | Listener,
-        body: dict[str, Any],
-        conditions: list[st.Condition],
-        now: str,
-    ) -> bool:
-        """Patch a status unless it already says that; True unless the patch failed."""
-        meta = obj.meta
-        cache_key = (kind.value, meta.key, meta.uid)
-        written = self._written.get(cache_key)
-        basis = written if written is not None else obj.status
-        desired = {
-            **body,
-            "conditions": st.merge_conditions(basis.get("conditions") or [], conditions, now),
-        }
-        if desired == written or _same(desired, obj.status):
-            return True
-        try:
-            await self.cluster.patch_status(kind, meta.namespace, meta.name, desired)
-        except Exception as exc:
-            log.warning("status of %s %s not written: %s", kind.value, meta.key, exc)
-            self.metrics.status_patch_errors_total.labels(kind.value).inc()
-            return False
-        self._written[cache_key] = desired
-        return True
-
-    def _address(self, key: str) -> str:
-        namespace, _, name = key.partition("/")
-        service = self.store.services.get(key_of(namespace, owned_name(name)))
-        if service is None:
-            return ""
-        if service.ingress:
-            return ", ".join(service.ingress)
-        node_ports = [port.node_port for port in service.ports if port.node_port]
-        if service.type != ServiceType.CLUSTER_IP.value and node_ports:
-            return ", ".join(f"<nodeIP>:{port}" for port in node_ports)
-        return service.cluster_ip
-
-
-def _same(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
-    """True when `current` already carries every field of `desired` with the same value
-    (a null in `desired` matches an absent field)."""
-    return all(current.get(field) == value for field, value in desired.items())
-
-
-# --------------------------------------------------------------------------- lightkube
-
-
-class LightkubeCluster:
-    """`Cluster` over a lightkube AsyncClient."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-
-    async def ensure_config_secret(self, manifest: dict[str, Any]) -> bool:
-        return await owned.ensure_config_secret(self.client, manifest)
-
-    async def refresh_ca(self, namespace: str, name: str, ca_pem: str) -> None:
-        await owned.refresh_ca(self.client, namespace, name, ca_pem)
-
-    async def apply(self, manifest: dict[str, Any]) -> None:
-        await owned.apply(self.client, manifest)
-
-    async def patch_status(
-        self, kind: Kind, namespace: str, name: str, status: dict[str, Any]
-    ) -> None:
-        resource = LoadBalancerResource if kind is Kind.LOAD_BALANCER else ListenerResource
-        await self.client.patch(
-            resource.Status,
-            name,
-            {"status": status},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
-            field_manager=owned.FIELD_MANAGER,
-        )
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.client.close()

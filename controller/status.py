@@ -6,9 +6,10 @@ object (`lastTransitionTime` moves only when the status flips), and how the conn
 data planes' sessions decide `Programmed`. It must not import kopf or talk to the API
 server; the reconciler patches what these functions return.
 
-Programmed, for a Listener in the snapshot:
+Programmed, for a Listener in the snapshot (and alike for a LoadBalancer):
     no data plane connected                               -> False NoDataPlanes
     a connected data plane nacked naming it, or naming none -> False Rejected (nack message)
+    fewer data planes connected than the spec's replicas  -> False Pending (N never connected)
     every connected data plane acked its current generation -> True  Programmed
     otherwise                                             -> False Pending
 """
@@ -87,10 +88,24 @@ def merge_conditions(
     return merged
 
 
+def missing(desired: int, sessions: Sequence[PushSession]) -> str:
+    """Why the connected data planes fall short of the `desired` ones, or ""."""
+    absent = desired - len(sessions)
+    if absent <= 0:
+        return ""
+    return f"{absent} of {desired} desired data planes not connected"
+
+
 def listener_programmed(
-    name: str, generation: int, sessions: Sequence[PushSession], in_snapshot: bool, why_not: str
+    name: str,
+    generation: int,
+    sessions: Sequence[PushSession],
+    in_snapshot: bool,
+    why_not: str,
+    desired: int = 0,
 ) -> Condition:
-    """Programmed for one Listener; `why_not` explains a Listener left out of the snapshot."""
+    """Programmed for one Listener; `why_not` explains a Listener left out of the snapshot;
+    `desired` data planes (the LoadBalancer's replicas) must all be connected."""
     if not in_snapshot:
         return Condition.of(PROGRAMMED, False, REASON_PENDING, why_not, generation)
     if not sessions:
@@ -108,14 +123,17 @@ def listener_programmed(
             sorted(behind)[:10]
         )
         return Condition.of(PROGRAMMED, False, REASON_PENDING, message, generation)
+    if absent := missing(desired, sessions):
+        return Condition.of(PROGRAMMED, False, REASON_PENDING, absent, generation)
     message = f"generation {generation} applied by {len(sessions)} data planes"
     return Condition.of(PROGRAMMED, True, REASON_PROGRAMMED, message, generation)
 
 
 def load_balancer_programmed(
-    digest: str | None, sessions: Sequence[PushSession], generation: int
+    digest: str | None, sessions: Sequence[PushSession], generation: int, desired: int = 0
 ) -> Condition:
-    """Programmed for a LoadBalancer: every connected data plane runs the latest snapshot."""
+    """Programmed for a LoadBalancer: the `desired` data planes are connected and every
+    connected one runs the latest snapshot."""
     if digest is None:
         return Condition.of(
             PROGRAMMED, False, REASON_PENDING, "no snapshot has been built", generation
@@ -133,6 +151,8 @@ def load_balancer_programmed(
     if behind:
         message = f"waiting for {behind} of {len(sessions)} data planes"
         return Condition.of(PROGRAMMED, False, REASON_PENDING, message, generation)
+    if absent := missing(desired, sessions):
+        return Condition.of(PROGRAMMED, False, REASON_PENDING, absent, generation)
     message = f"{len(sessions)} data planes run the latest snapshot"
     return Condition.of(PROGRAMMED, True, REASON_PROGRAMMED, message, generation)
 

@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from controller import main
-from controller.owned import FIELD_MANAGER
+from controller.cluster import FIELD_MANAGER
 from controller.settings import Settings
 from dataplane.certs import self_signed
 from dataplane.config_client import ClientSettings, ConfigClient
@@ -224,6 +224,7 @@ async def running_controller(tls_dir: Path) -> AsyncIterator[ControllerThread]:
     """The controller as the wslb-controller process runs it, on ephemeral loopback ports."""
     controller = ControllerThread(
         Settings(
+            leader_election=False,
             config_tls_dir=str(tls_dir),
             config_host="127.0.0.1",
             config_port=0,

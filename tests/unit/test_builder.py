@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from controller import builder
 from controller.builder import Build, ListenerResult, build
 from controller.status import FALSE, TRUE
 from lbwire.snapshot import Snapshot, parse_snapshot
@@ -32,7 +33,8 @@ def test_http_listener_becomes_the_exact_snapshot() -> None:
             "loadBalancer": {
                 "name": "lb",
                 "namespace": "default",
-                "limits": {"maxConnections": 5000, "newConnectionsPerSecond": 3000},
+                # slb.s1.small split across the default 2 replicas
+                "limits": {"maxConnections": 2500, "newConnectionsPerSecond": 1500},
             },
             "listeners": [
                 {
@@ -103,6 +105,8 @@ def test_port_is_matched_through_the_service_port_name() -> None:
 
 
 def test_weights_across_two_services() -> None:
+    """Backend weights are per Service: blue's 80 is shared by its two pods, green's 20
+    goes to its one pod, so blue still gets 80% of new connections."""
     store = k.store_of(
         k.load_balancer(),
         k.listener(
@@ -120,10 +124,55 @@ def test_weights_across_two_services() -> None:
     assert out.snapshot is not None
     endpoints = out.snapshot.listeners[0].backends.endpoints
     assert [(e.address, e.weight) for e in endpoints] == [
-        ("10.0.1.1", 80),
-        ("10.0.1.2", 80),
-        ("10.0.2.1", 20),
+        ("10.0.1.1", 100),
+        ("10.0.1.2", 100),
+        ("10.0.2.1", 50),
     ]
+
+
+def canary_share(stable_pods: int, canary_pods: int, unready_canary: int = 0) -> float:
+    """The canary's share of the endpoint weights of a 90/10 split."""
+    canary = [k.endpoint(f"10.0.2.{i}") for i in range(canary_pods)]
+    canary += [k.endpoint(f"10.0.3.{i}", ready=False) for i in range(unready_canary)]
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(
+            backends=[
+                {"serviceName": "stable", "port": 8080, "weight": 90},
+                {"serviceName": "canary", "port": 8080, "weight": 10},
+            ]
+        ),
+        k.service("stable"),
+        k.service("canary"),
+        k.endpoint_slice(
+            "stable-1", "stable", [k.endpoint(f"10.0.1.{i}") for i in range(stable_pods)]
+        ),
+        k.endpoint_slice("canary-1", "canary", canary),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    endpoints = out.snapshot.listeners[0].backends.endpoints
+    serving = [e for e in endpoints if e.ready and not e.draining]
+    total = sum(e.weight for e in serving)
+    return sum(e.weight for e in serving if e.address.startswith("10.0.2.")) / total
+
+
+@pytest.mark.parametrize(
+    ("stable_pods", "canary_pods"), [(1, 1), (9, 1), (1, 3), (2, 7), (4, 4), (10, 2)]
+)
+def test_a_canary_split_stays_ninety_ten_whatever_the_pod_counts(
+    stable_pods: int, canary_pods: int
+) -> None:
+    # Rounding to the snapshot's integer weights (at most 100) costs under one point here.
+    assert canary_share(stable_pods, canary_pods) == pytest.approx(0.10, abs=0.01)
+
+
+def test_unready_pods_leave_their_service_share_to_the_ready_ones() -> None:
+    assert canary_share(3, 1, unready_canary=3) == pytest.approx(0.10, abs=0.01)
+
+
+def test_endpoint_weight_ceiling_is_read_from_the_snapshot_model() -> None:
+    assert builder.MAX_ENDPOINT_WEIGHT == 100  # lbwire Endpoint.weight's upper bound
 
 
 def test_missing_service_keeps_listener_without_its_endpoints() -> None:
@@ -237,10 +286,24 @@ def test_port_conflict_refuses_the_later_listener() -> None:
     ],
 )
 def test_tier_sets_load_balancer_limits(tier: str, connections: int, rate: int) -> None:
-    out = build(k.store_of(k.load_balancer(tier=tier)), LB, "1")
+    out = build(k.store_of(k.load_balancer(tier=tier, replicas=1)), LB, "1")
     assert out.snapshot is not None
     limits = out.snapshot.load_balancer.limits
     assert (limits.max_connections, limits.new_connections_per_second) == (connections, rate)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "connections", "rate"), [(1, 50_000, 5_000), (3, 16_667, 1_667), (50, 1_000, 100)]
+)
+def test_tier_is_the_total_split_across_replicas(
+    replicas: int, connections: int, rate: int
+) -> None:
+    """Each data plane gets its share of slb.s2.small (50,000 / 5,000), rounded up."""
+    out = build(k.store_of(k.load_balancer(tier="slb.s2.small", replicas=replicas)), LB, "1")
+    assert out.snapshot is not None
+    limits = out.snapshot.load_balancer.limits
+    assert (limits.max_connections, limits.new_connections_per_second) == (connections, rate)
+    assert limits.max_connections * replicas >= 50_000
 
 
 def test_sticky_insert_takes_the_load_balancer_secret() -> None:

@@ -103,12 +103,25 @@ def test_short_names_do_not_shadow_the_category() -> None:
     assert not categories & short_names
 
 
+# Core types passed through to the data-plane pods as written; the API server validates them
+# when the controller applies the Deployment (a schema copy of core/v1 Affinity would be
+# hundreds of lines to keep in step with Kubernetes).
+PASS_THROUGH = {("LoadBalancer", "spec.dataPlane.affinity")}
+
+
 @pytest.mark.parametrize("kind", sorted(CRDS))
 def test_schema_is_structural(kind: str) -> None:
-    """Every node has a type, objects list their properties, nothing preserves unknown fields:
-    the API server prunes what the schema does not name (kopf cannot hide state in status)."""
+    """Every node has a type, objects list their properties, nothing preserves unknown fields
+    but the one pass-through of a core type (PASS_THROUGH): the API server prunes what the
+    schema does not name (kopf cannot hide state in status)."""
     for path, schema in walk(root_schema(kind)):
-        assert "x-kubernetes-preserve-unknown-fields" not in schema, path
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            assert (kind, path) in PASS_THROUGH, path
+            assert schema["type"] == "object", path
+            continue
+        if schema.get("x-kubernetes-int-or-string"):  # resource quantities
+            assert schema["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            continue
         assert schema.get("type") in {"object", "array", "string", "integer", "boolean"}, path
         if schema["type"] == "array":
             assert "items" in schema, path
@@ -121,7 +134,7 @@ def test_schema_is_structural(kind: str) -> None:
 @pytest.mark.parametrize("kind", sorted(CRDS))
 def test_status_subresource_and_programmed_column(kind: str) -> None:
     version = version_of(CRDS[kind])
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"]["status"] == {}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert columns["Programmed"]["jsonPath"] == PROGRAMMED_PATH
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
@@ -201,7 +214,7 @@ def test_every_defaulted_object_gets_its_nested_defaults(kind: str) -> None:
     """A nested default applies only when its parent object exists, so optional objects with
     defaulted fields default to {}: `kubectl get -o yaml` then shows every effective value."""
     for path, schema in walk(root_schema(kind)):
-        if not path.startswith("spec.") or schema["type"] != "object" or path == "spec.tls":
+        if not path.startswith("spec.") or schema.get("type") != "object" or path == "spec.tls":
             continue
         if path.endswith("[]"):  # a list item exists whenever it is written
             continue
@@ -418,6 +431,14 @@ TYPES: dict[str, type | tuple[type, ...]] = {
 def check(value: Any, schema: Schema, path: str) -> list[str]:
     """Problems of `value` against a structural schema: unknown fields, types, enums, ranges,
     lengths, patterns, required fields and list-map keys. CEL rules are the API server's."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return [] if isinstance(value, dict) else [f"{path}: expected object"]
+    if schema.get("x-kubernetes-int-or-string"):
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            return [f"{path}: expected integer or string"]
+        if isinstance(value, str) and not re.search(schema["pattern"], value):
+            return [f"{path}: {value!r} is not a quantity"]
+        return []
     expected = TYPES[schema["type"]]
     if not isinstance(value, expected) or (schema["type"] == "integer" and value is True):
         return [f"{path}: expected {schema['type']}, got {type(value).__name__}"]
@@ -539,3 +560,55 @@ def test_invalid_examples_cover_the_rules_of_the_brief() -> None:
         "spec.tls", "spec.port", "spec.idleTimeoutSeconds", "spec.hash.name",
         "spec.healthCheck.timeoutSeconds", "spec.nodePort", "spec.backends[1]",
     }  # fmt: skip
+
+
+def test_load_balancer_scale_subresource_reads_replicas_and_selector() -> None:
+    """`kubectl scale` and an HPA write spec.replicas and read the status the controller
+    writes (controller/status_writer.py)."""
+    assert version_of(CRDS["LoadBalancer"])["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert node("LoadBalancer", "status.replicas")["type"] == "integer"
+    assert node("LoadBalancer", "status.selector")["type"] == "string"
+    assert "scale" not in version_of(CRDS["Listener"])["subresources"]
+
+
+def test_load_balancer_data_plane_and_service_knobs() -> None:
+    plane = node("LoadBalancer", "spec.dataPlane")
+    assert plane["default"] == {}
+    assert set(plane["properties"]) == {
+        "workers",
+        "resources",
+        "nodeSelector",
+        "tolerations",
+        "affinity",
+        "topologySpreadConstraints",
+        "podAnnotations",
+        "podLabels",
+        "priorityClassName",
+    }
+    assert node("LoadBalancer", "spec.dataPlane.workers")["default"] == 1
+    service = node("LoadBalancer", "spec.service")
+    assert {
+        "externalTrafficPolicy",
+        "loadBalancerClass",
+        "loadBalancerSourceRanges",
+        "ipFamilyPolicy",
+        "ipFamilies",
+    } <= set(service["properties"])
+    assert node("LoadBalancer", "spec.service.externalTrafficPolicy")["default"] == "Local"
+    service_rules = [r["rule"] for r in service["x-kubernetes-validations"]]
+    assert any("loadBalancerClass" in r and "'LoadBalancer'" in r for r in service_rules)
+    ranges = node("LoadBalancer", "spec.service.loadBalancerSourceRanges[]")
+    assert [r["rule"] for r in ranges["x-kubernetes-validations"]] == ["isCIDR(self)"]
+
+
+def test_quantities_accept_integers_and_suffixed_strings() -> None:
+    schema = node("LoadBalancer", "spec.dataPlane.resources.requests")["additionalProperties"]
+    requests = {"type": "object", "additionalProperties": schema}
+    assert check({"cpu": 2, "memory": "1Gi"}, requests, "") == []
+    assert check("500m", schema, "cpu") == []
+    assert check("1.5Gi", schema, "memory") == []
+    assert check("lots", schema, "cpu") != []

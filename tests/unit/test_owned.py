@@ -91,6 +91,8 @@ def test_deployment_args_point_at_the_config_server() -> None:
         "/var/lib/wslb",
         "--admin",
         "0.0.0.0:9901",
+        "--workers",
+        "1",
     ]
     assert c["env"][0]["name"] == "POD_NAME"
     assert c["env"][0]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
@@ -147,3 +149,128 @@ def test_config_secret_has_a_random_token_ca_and_sticky_key() -> None:
     assert len(base64.urlsafe_b64decode(data["token"] + "=")) == 32
     assert data["token"] != data["sticky-secret"]
     assert first["data"]["token"] != second["data"]["token"]
+
+
+def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = manifest["spec"]["template"]["spec"]
+    return result
+
+
+def test_data_plane_pods_get_default_requests_and_spread_across_nodes() -> None:
+    manifest = owned.deployment(lb(), PORTS, 30, PARAMS)
+    assert container(manifest)["resources"] == {"requests": {"cpu": "200m", "memory": "128Mi"}}
+    assert pod_spec(manifest)["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "wslb-dataplane",
+                    "wslb.io/load-balancer": "edge",
+                }
+            },
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+    ]
+    for absent in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        assert absent not in pod_spec(manifest)
+    assert "imagePullSecrets" not in pod_spec(manifest)
+
+
+def test_data_plane_knobs_reach_the_pod_template() -> None:
+    resources = {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    toleration = {"key": "edge", "operator": "Exists", "effect": "NoSchedule"}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}
+    zone_spread = {
+        "maxSkew": 2,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "DoNotSchedule",
+    }
+    balancer = lb(
+        dataPlane={
+            "workers": 4,
+            "resources": resources,
+            "nodeSelector": {"role": "edge"},
+            "tolerations": [toleration],
+            "affinity": affinity,
+            "topologySpreadConstraints": [zone_spread],
+            "podAnnotations": {"example.com/scrape": "true"},
+            "podLabels": {"team": "web", "wslb.io/load-balancer": "hijack"},
+            "priorityClassName": "edge-critical",
+        }
+    )
+    params = owned.DataPlaneParams(
+        image="wslb:test", config_url="wss://c:9443", image_pull_secrets=("regcred", "mirror")
+    )
+    manifest = owned.deployment(balancer, PORTS, 30, params)
+    pod = pod_spec(manifest)
+    c = container(manifest)
+    assert c["args"][-2:] == ["--workers", "4"]
+    assert c["resources"] == resources
+    assert pod["nodeSelector"] == {"role": "edge"}
+    assert pod["tolerations"] == [toleration]
+    assert pod["affinity"] == affinity
+    assert pod["priorityClassName"] == "edge-critical"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread == {**zone_spread, "labelSelector": {"matchLabels": owned.selector(balancer)}}
+    metadata = manifest["spec"]["template"]["metadata"]
+    assert metadata["annotations"] == {"example.com/scrape": "true"}
+    # The user's labels are added, but the selector labels cannot be overridden.
+    assert metadata["labels"]["team"] == "web"
+    assert metadata["labels"]["wslb.io/load-balancer"] == "edge"
+    assert manifest["spec"]["selector"]["matchLabels"].items() <= metadata["labels"].items()
+
+
+def test_default_requests_grow_with_workers() -> None:
+    manifest = owned.deployment(lb(dataPlane={"workers": 3}), PORTS, 30, PARAMS)
+    assert container(manifest)["resources"] == {"requests": {"cpu": "600m", "memory": "384Mi"}}
+
+
+def test_disruption_budget_allows_one_data_plane_down() -> None:
+    balancer = lb(replicas=4)
+    budget = owned.disruption_budget(balancer)
+    assert (budget["apiVersion"], budget["kind"]) == ("policy/v1", "PodDisruptionBudget")
+    assert budget["metadata"]["name"] == "edge-wslb"
+    assert budget["metadata"]["ownerReferences"][0]["uid"] == "uid-edge"
+    assert budget["spec"]["maxUnavailable"] == 1
+    deployment = owned.deployment(balancer, PORTS, 30, PARAMS)
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_scale_selector_text_selects_the_data_plane_pods() -> None:
+    assert owned.selector_text(lb()) == (
+        "app.kubernetes.io/name=wslb-dataplane,wslb.io/load-balancer=edge"
+    )
+
+
+def test_service_knobs_reach_the_service() -> None:
+    balancer = lb(
+        service={
+            "type": "LoadBalancer",
+            "externalTrafficPolicy": "Cluster",
+            "loadBalancerClass": "example.com/lb",
+            "loadBalancerSourceRanges": ["10.0.0.0/8", "2001:db8::/32"],
+            "ipFamilyPolicy": "PreferDualStack",
+            "ipFamilies": ["IPv6", "IPv4"],
+        }
+    )
+    spec = owned.service(balancer, PORTS)["spec"]
+    assert spec["externalTrafficPolicy"] == "Cluster"
+    assert spec["loadBalancerClass"] == "example.com/lb"
+    assert spec["loadBalancerSourceRanges"] == ["10.0.0.0/8", "2001:db8::/32"]
+    assert spec["ipFamilyPolicy"] == "PreferDualStack"
+    assert spec["ipFamilies"] == ["IPv6", "IPv4"]
+
+
+def test_service_defaults_keep_the_client_address_and_omit_load_balancer_fields() -> None:
+    spec = owned.service(lb(service={"type": "NodePort"}), PORTS)["spec"]
+    assert spec["externalTrafficPolicy"] == "Local"
+    for absent in ("loadBalancerClass", "loadBalancerSourceRanges", "ipFamilyPolicy", "ipFamilies"):
+        assert absent not in spec
+    # A NodePort Service cannot carry load-balancer fields: they are dropped, not sent.
+    spec = owned.service(
+        lb(service={"type": "NodePort", "loadBalancerSourceRanges": ["10.0.0.0/8"]}), PORTS
+    )["spec"]
+    assert "loadBalancerSourceRanges" not in spec

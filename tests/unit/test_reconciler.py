@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from controller.holdoff import Holdoff
 from controller.models import Kind, parse
 from controller.owned import DataPlaneParams
 from controller.reconciler import Reconciler
@@ -78,6 +78,28 @@ def feed(store: Store, reconciler: Reconciler, *bodies: dict[str, Any]) -> None:
         reconciler.mark_dirty(store.put(parse(k.KINDS[body["kind"]], body)))
 
 
+class FakeTime:
+    """A monotonic clock that only moves when the reconciler sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def settle(turns: int = 20) -> None:
+    """Let every ready task run (no wall time passes; nothing here waits on a timer)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
 async def until(predicate: Any, timeout: float = 3.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -86,13 +108,30 @@ async def until(predicate: Any, timeout: float = 3.0) -> None:
 
 
 @pytest.fixture
-async def parts() -> AsyncIterator[tuple[Store, Reconciler, FakeServer, FakeCluster]]:
+def parts() -> tuple[Store, Reconciler, FakeServer, FakeCluster]:
+    """A reconciler whose rounds the test runs itself (no loop, no timers)."""
     store, server, cluster = Store(), FakeServer(), FakeCluster()
+    reconciler = Reconciler(store, cluster, PARAMS, server=server, retry=3600)
+    return store, reconciler, server, cluster
+
+
+@pytest.fixture
+async def looping() -> AsyncIterator[tuple[Store, Reconciler, FakeServer, FakeTime]]:
+    """A reconciler running its loop on a fake clock: holdoffs pass instantly."""
+    store, server, cluster, fake = Store(), FakeServer(), FakeCluster(), FakeTime()
     reconciler = Reconciler(
-        store, cluster, PARAMS, server=server, holdoff=0.03, max_delay=0.3, retry=0.05
+        store,
+        cluster,
+        PARAMS,
+        server=server,
+        holdoff=0.25,
+        max_delay=5.0,
+        retry=3600,
+        monotonic=fake.monotonic,
+        sleep=fake.sleep,
     )
     task = asyncio.create_task(reconciler.run())
-    yield store, reconciler, server, cluster
+    yield store, reconciler, server, fake
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -107,18 +146,20 @@ BODIES = (
 
 
 async def test_nothing_is_built_until_every_kind_has_listed(
-    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+    looping: tuple[Store, Reconciler, FakeServer, FakeTime],
 ) -> None:
-    store, reconciler, server, cluster = parts
+    store, reconciler, server, fake = looping
     feed(store, reconciler, *BODIES)
     for kind in list(Kind)[:-1]:
         store.mark_listed(kind)
         reconciler.mark_dirty([LB])
-        await asyncio.sleep(0.1)  # several holdoffs: a build would have happened by now
-        assert server.published == [] and cluster.applied == [] and cluster.statuses == []
+        fake.now += 10  # far past any holdoff
+        await settle()
+        assert server.published == []
     assert reconciler.rounds == 0
     reconciler.mark_synced()
-    await until(lambda: len(server.published) == 1)
+    await settle()
+    assert len(server.published) == 1
     key, snapshot = server.published[0]
     assert key == LB
     assert [e.address for e in snapshot.listeners[0].backends.endpoints] == ["10.0.0.1"]
@@ -131,46 +172,47 @@ async def test_mark_synced_builds_every_known_load_balancer(
     for body in (k.load_balancer("a"), k.load_balancer("b")):
         store.put(parse(Kind.LOAD_BALANCER, body))  # no dirty marks at all
     reconciler.mark_synced()
-    await until(lambda: len(server.published) == 2)
+    await reconciler.round()
     assert sorted(key for key, _ in server.published) == ["default/a", "default/b"]
 
 
-async def test_a_burst_of_changes_becomes_one_build(
-    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+async def test_a_burst_of_changes_becomes_one_build_after_the_holdoff(
+    looping: tuple[Store, Reconciler, FakeServer, FakeTime],
 ) -> None:
-    store, reconciler, server, _ = parts
-    reconciler.holdoff, reconciler.max_delay = 0.25, 5.0  # wide margins for a busy CI
+    store, reconciler, server, fake = looping
     feed(store, reconciler, *BODIES)
     reconciler.mark_synced()
-    await until(lambda: len(server.published) == 1)
-    rounds = reconciler.rounds
-    for i in range(2, 22):  # endpoints arriving one by one, faster than the holdoff
+    await settle()
+    assert len(server.published) == 1
+    rounds, fake.sleeps = reconciler.rounds, []
+    for i in range(2, 22):  # endpoints arriving one by one, 2 ms apart
+        fake.now += 0.002
         feed(
             store, reconciler, k.endpoint_slice(f"echo-{i}", endpoints=[k.endpoint(f"10.0.1.{i}")])
         )
-        await asyncio.sleep(0.002)
-    await until(lambda: len(server.published) == 2)
-    await asyncio.sleep(0.3)
+    await settle()
     assert reconciler.rounds == rounds + 1
     assert len(server.published) == 2
     assert len(server.published[1][1].listeners[0].backends.endpoints) == 21
+    # It waited the holdoff after the last change, no longer.
+    assert sum(fake.sleeps) == pytest.approx(0.25)
 
 
-async def test_endless_changes_still_build_within_the_max_delay(
-    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
-) -> None:
-    store, reconciler, server, _ = parts
-    feed(store, reconciler, *BODIES)
-    reconciler.mark_synced()
-    await until(lambda: len(server.published) == 1)
-    for i in itertools.count(2):  # a change every 10 ms, never quiet for the 30 ms holdoff
-        feed(
-            store, reconciler, k.endpoint_slice(f"echo-{i}", endpoints=[k.endpoint(f"10.0.1.{i}")])
-        )
-        await asyncio.sleep(0.01)
-        if len(server.published) > 1:
-            break
-        assert i < 200, "no build despite max_delay"
+def test_holdoff_waits_for_quiet_but_never_past_the_max_delay() -> None:
+    now = [0.0]
+    holdoff = Holdoff(0.1, 1.0, clock=lambda: now[0])
+    assert not holdoff.pending and holdoff.delay() == 0
+    holdoff.mark()
+    assert holdoff.delay() == pytest.approx(0.1)
+    for _ in range(30):  # a change every 50 ms: never quiet for 100 ms
+        now[0] += 0.05
+        holdoff.mark()
+    assert holdoff.delay() == 0  # 1.5 s after the first change: past the max delay
+    holdoff.fired()
+    assert not holdoff.pending
+    now[0] += 0.05
+    holdoff.mark()
+    assert holdoff.delay() == pytest.approx(0.1)  # the next burst starts afresh
 
 
 async def test_versions_strictly_increase_even_when_the_clock_does_not() -> None:
@@ -179,17 +221,21 @@ async def test_versions_strictly_increase_even_when_the_clock_does_not() -> None
     assert versions == [1_000_000, 1_000_001, 1_000_002, 1_000_003, 1_000_004]
 
 
+async def synced_round(store: Store, reconciler: Reconciler, *bodies: dict[str, Any]) -> None:
+    feed(store, reconciler, *bodies)
+    reconciler.mark_synced()
+    await reconciler.round()
+
+
 async def test_unchanged_content_is_not_published_again(
     parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
 ) -> None:
     store, reconciler, server, cluster = parts
-    feed(store, reconciler, *BODIES)
-    reconciler.mark_synced()
-    await until(lambda: len(server.published) == 1)
+    await synced_round(store, reconciler, *BODIES)
+    assert len(server.published) == 1
     applied = len(cluster.applied)
     feed(store, reconciler, k.service())  # same content again (a resync)
-    rounds = reconciler.rounds
-    await until(lambda: reconciler.rounds > rounds)
+    await reconciler.round()
     assert len(server.published) == 1
     assert len(cluster.applied) == applied  # owned objects unchanged: no apply either
 
@@ -198,19 +244,19 @@ async def test_owned_objects_are_applied_and_the_secret_created_once(
     parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
 ) -> None:
     store, reconciler, server, cluster = parts
-    feed(store, reconciler, *BODIES)
-    reconciler.mark_synced()
-    await until(lambda: len(cluster.applied) == 3)
+    await synced_round(store, reconciler, *BODIES)
     assert [(m["kind"], m["metadata"]["name"]) for m in cluster.applied] == [
         ("Deployment", "lb-wslb"),
-        ("Service", "lb-wslb"),
         ("Service", "lb-wslb-metrics"),
+        ("PodDisruptionBudget", "lb-wslb"),
+        ("Service", "lb-wslb"),
     ]
     assert len(cluster.secrets) == 1
     token = reconciler.token_for(LB)
     assert token is not None and len(token) >= 43
     feed(store, reconciler, k.listener(generation=2, idleTimeoutSeconds=30))
-    await until(lambda: len(server.published) == 2)
+    await reconciler.round()
+    assert len(server.published) == 2
     assert len(cluster.secrets) == 1  # never recreated, so the token stays
     # Once the watch shows the Secret, its token is the one served.
     feed(store, reconciler, k.secret("lb-wslb-config", {"token": "from-secret", "ca.crt": "CA"}))
@@ -224,9 +270,7 @@ async def test_listener_status_reports_programmed_from_sessions(
     store, reconciler, server, cluster = parts
     session = PushSession("pod-a", LB, nonce_factory=lambda: "n1")
     server.peers[LB] = [session]
-    feed(store, reconciler, *BODIES)
-    reconciler.mark_synced()
-    await until(lambda: any(s[0] is Kind.LISTENER for s in cluster.statuses))
+    await synced_round(store, reconciler, k.load_balancer(replicas=1), *BODIES[1:])
     status = cluster.last_status(Kind.LISTENER, "web")
     assert [c["type"] for c in status["conditions"]] == ["Accepted", "ResolvedRefs", "Programmed"]
     assert status["conditions"][2]["reason"] == "Pending"
@@ -238,12 +282,10 @@ async def test_listener_status_reports_programmed_from_sessions(
     assert session.in_flight is not None
     session.on_ack(Ack(version=session.in_flight[1].version, nonce="n1"))
     reconciler.sessions_changed(LB)  # what the config server's on_change does
-    await until(
-        lambda: cluster.last_status(Kind.LISTENER, "web")["conditions"][2]["status"] == "True"
-    )
-    await until(lambda: cluster.last_status(Kind.LOAD_BALANCER, "lb")["dataPlanes"]["acked"] == 1)
+    await reconciler.round()
+    assert cluster.last_status(Kind.LISTENER, "web")["conditions"][2]["status"] == "True"
     lb_status = cluster.last_status(Kind.LOAD_BALANCER, "lb")
-    assert lb_status["dataPlanes"] == {"desired": 2, "connected": 1, "acked": 1}
+    assert lb_status["dataPlanes"] == {"desired": 1, "connected": 1, "acked": 1}
     assert lb_status["appliedVersion"] == session.applied_version
     assert [c["status"] for c in lb_status["conditions"]] == ["True", "True"]
     observed = reconciler.metrics.registry.get_sample_value(
@@ -252,14 +294,52 @@ async def test_listener_status_reports_programmed_from_sessions(
     assert observed == 1
 
 
+async def test_programmed_waits_for_desired_data_planes_that_never_connected(
+    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+) -> None:
+    """Two replicas wanted, one connected and acked: not Programmed, and it says why."""
+    store, reconciler, server, cluster = parts
+    session = PushSession("pod-a", LB, nonce_factory=lambda: "n1")
+    server.peers[LB] = [session]
+    await synced_round(store, reconciler, *BODIES)  # replicas: 2 (the default)
+    assert session.in_flight is not None
+    session.on_ack(Ack(version=session.in_flight[1].version, nonce="n1"))
+    reconciler.sessions_changed(LB)
+    await reconciler.round()
+    for kind, name in ((Kind.LISTENER, "web"), (Kind.LOAD_BALANCER, "lb")):
+        programmed = cluster.last_status(kind, name)["conditions"][-1]
+        assert (programmed["status"], programmed["reason"]) == ("False", "Pending")
+        assert programmed["message"] == "1 of 2 desired data planes not connected"
+
+
+async def test_load_balancer_status_carries_scale_and_capacity_share(
+    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+) -> None:
+    store, reconciler, _, cluster = parts
+    body = k.load_balancer(tier="slb.s2.small", replicas=3, dataPlane={"workers": 2})
+    await synced_round(store, reconciler, body, *BODIES[1:])
+    status = cluster.last_status(Kind.LOAD_BALANCER, "lb")
+    assert status["replicas"] == 3
+    assert status["selector"] == "app.kubernetes.io/name=wslb-dataplane,wslb.io/load-balancer=lb"
+    assert status["capacity"] == {
+        "maxConnections": 50_000,
+        "newConnectionsPerSecond": 5_000,
+        "perDataPlane": {"maxConnections": 16_667, "newConnectionsPerSecond": 1_667},
+        "workersPerDataPlane": 2,
+    }
+
+
 async def test_failed_status_patch_is_retried(
     parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
 ) -> None:
     store, reconciler, _, cluster = parts
+    reconciler.retry = 0  # the retry is due at the next turn of the loop
     cluster.fail_status = 2  # the first round's two patches (Listener, LoadBalancer) fail
-    feed(store, reconciler, *BODIES)
-    reconciler.mark_synced()
-    await until(lambda: {s[0] for s in cluster.statuses} == {Kind.LISTENER, Kind.LOAD_BALANCER})
+    await synced_round(store, reconciler, *BODIES)
+    assert cluster.statuses == []
+    await settle()  # the retry marks the LoadBalancer dirty again
+    await reconciler.round()
+    assert {s[0] for s in cluster.statuses} == {Kind.LISTENER, Kind.LOAD_BALANCER}
     registry = reconciler.metrics.registry
     for kind in ("Listener", "LoadBalancer"):
         errors = registry.get_sample_value(
@@ -272,29 +352,23 @@ async def test_deleted_load_balancer_is_forgotten_and_listeners_refused(
     parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
 ) -> None:
     store, reconciler, server, cluster = parts
-    feed(store, reconciler, *BODIES)
-    reconciler.mark_synced()
-    await until(lambda: len(server.published) == 1)
+    await synced_round(store, reconciler, *BODIES)
+    assert len(server.published) == 1
     reconciler.mark_dirty(store.delete(Kind.LOAD_BALANCER, "default", "lb"))
-    await until(lambda: server.forgotten == [LB])
-    await until(
-        lambda: (
-            cluster.last_status(Kind.LISTENER, "web")["conditions"][0]["reason"]
-            == "LoadBalancerNotFound"
-        )
-    )
+    await reconciler.round()
+    assert server.forgotten == [LB]
+    reason = cluster.last_status(Kind.LISTENER, "web")["conditions"][0]["reason"]
+    assert reason == "LoadBalancerNotFound"
 
 
 async def test_unchanged_status_is_not_patched_again(
     parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
 ) -> None:
     store, reconciler, _, cluster = parts
-    feed(store, reconciler, *BODIES)
-    reconciler.mark_synced()
-    await until(lambda: len(cluster.statuses) == 2)
-    rounds = reconciler.rounds
+    await synced_round(store, reconciler, *BODIES)
+    assert len(cluster.statuses) == 2
     reconciler.sessions_changed(LB)
-    await until(lambda: reconciler.rounds > rounds)
+    await reconciler.round()
     assert len(cluster.statuses) == 2
 
 
@@ -302,15 +376,14 @@ async def test_deleted_config_secret_is_created_again(
     parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
 ) -> None:
     store, reconciler, _, cluster = parts
-    feed(store, reconciler, *BODIES)
-    reconciler.mark_synced()
-    await until(lambda: len(cluster.secrets) == 1)
+    await synced_round(store, reconciler, *BODIES)
+    assert len(cluster.secrets) == 1
     feed(store, reconciler, k.secret("lb-wslb-config", {"token": "seen", "ca.crt": "CA"}))
-    rounds = reconciler.rounds
-    await until(lambda: reconciler.rounds > rounds)
+    await reconciler.round()
     assert len(cluster.secrets) == 1 and reconciler.token_for(LB) == "seen"
     reconciler.mark_dirty(store.delete(Kind.SECRET, "default", "lb-wslb-config"))
-    await until(lambda: len(cluster.secrets) == 2)
+    await reconciler.round()
+    assert len(cluster.secrets) == 2
     assert reconciler.token_for(LB) not in (None, "seen")
 
 
@@ -318,9 +391,11 @@ async def test_load_balancer_without_listeners_gets_no_portless_service(
     parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
 ) -> None:
     store, reconciler, server, cluster = parts
-    feed(store, reconciler, k.load_balancer())
-    reconciler.mark_synced()
-    await until(lambda: len(server.published) == 1)
-    await until(lambda: len(cluster.applied) == 2)
-    assert [m["metadata"]["name"] for m in cluster.applied] == ["lb-wslb", "lb-wslb-metrics"]
+    await synced_round(store, reconciler, k.load_balancer())
+    assert len(server.published) == 1
+    assert [(m["kind"], m["metadata"]["name"]) for m in cluster.applied] == [
+        ("Deployment", "lb-wslb"),
+        ("Service", "lb-wslb-metrics"),
+        ("PodDisruptionBudget", "lb-wslb"),
+    ]
     assert server.published[0][1].listeners == []

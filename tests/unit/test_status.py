@@ -165,3 +165,21 @@ def test_transition_time_moves_only_when_status_changes() -> None:
         "observedGeneration": 2,
         "lastTransitionTime": "2026-01-03T00:00:00Z",
     }
+
+
+def test_desired_data_planes_that_never_connected_keep_programmed_false() -> None:
+    a = session("a")
+    a.offer(snap("1", {"web": 1}))
+    ack(a)
+    digest = a.applied_digest
+    short = st.listener_programmed("web", 1, [a], True, "", desired=3)
+    assert (short.status, short.reason) == (st.FALSE, "Pending")
+    assert short.message == "2 of 3 desired data planes not connected"
+    lb_short = st.load_balancer_programmed(digest, [a], 1, desired=2)
+    assert (lb_short.status, lb_short.message) == (
+        st.FALSE,
+        "1 of 2 desired data planes not connected",
+    )
+    # All desired are connected (a surge pod during a rollout counts too).
+    assert st.listener_programmed("web", 1, [a], True, "", desired=1).status == st.TRUE
+    assert st.load_balancer_programmed(digest, [a], 1, desired=1).status == st.TRUE

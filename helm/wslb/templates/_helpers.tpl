@@ -55,3 +55,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "wslb.configTLSSecret" -}}
 {{- printf "%s-config-tls" (include "wslb.fullname" .) -}}
 {{- end -}}
+
+{{/* The names in imagePullSecrets, comma-separated, for the data-plane pods. */}}
+{{- define "wslb.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range .Values.imagePullSecrets -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
