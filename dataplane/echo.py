@@ -2,9 +2,9 @@
 
 It echoes every message back unchanged. A text message `whoami` is answered with the
 backend's name instead, so a client can tell which backend it reached, and `peer` with the
-address the connection came from (behind a load balancer: which data plane relays it). It also serves
-plain HTTP GET `/healthz` (200) for HTTP health checks and readiness probes, and
-negotiates permessage-deflate and any subprotocol listed with `--subprotocol`.
+address the connection came from (behind a load balancer: which data plane relays it). It
+also serves plain HTTP GET `/healthz` (200) for HTTP health checks and readiness probes,
+and negotiates permessage-deflate and any subprotocol listed with `--subprotocol`.
 
 On SIGTERM it closes its open connections with 1001, as a well-behaved backend does. With
 `--hold-on-sigterm` it only stops accepting (so readiness fails) and keeps open connections
