@@ -2,9 +2,11 @@
 echo every `interval`, and when closed records the close code and reconnects.
 
 A client knows several entry URLs (one per node, as a client of a multi-address service or
-an external load balancer does) and reconnects through the other entries first. It asks the
-echo backend `peer` on every connection: the address the backend sees names the data plane
-that relays it. Every wait is bounded; `stop()` ends the thread within a few seconds.
+an external load balancer does) and reconnects through the other entries first. The entry
+names the data plane that relays a connection: the data-plane Service has
+`externalTrafficPolicy: Local`, so a node's NodePort reaches only that node's data plane.
+(The address the backend sees would not tell: traffic between nodes is masqueraded.)
+Every wait is bounded; `stop()` ends the thread within a few seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -25,11 +27,10 @@ OPEN_TIMEOUT = 3.0
 
 @dataclass
 class Connection:
-    """One connection of a client: where it entered, which data plane relayed it, how it
-    ended, and how long the client was without a connection before it opened."""
+    """One connection of a client: where it entered (the node of the data plane that relayed
+    it), how it ended, and how long the client was without a connection before it opened."""
 
     entry: str
-    data_plane: str
     opened_at: float
     gap_seconds: float | None  # None for the first connection
     closed_at: float | None = None
@@ -43,7 +44,6 @@ class Client:
 
     name: str
     entries: dict[str, str]  # entry name (node) -> URL
-    locate: Callable[[str], str]  # peer address -> data plane name
     prefer: str  # entry to try first for the first connection
     interval: float = 0.3
     connections: list[Connection] = field(default_factory=list)
@@ -89,12 +89,15 @@ class Client:
             if self._stop.is_set():
                 return None
             try:
-                ws = connect(self.entries[entry], open_timeout=OPEN_TIMEOUT, close_timeout=2)
+                ws = connect(
+                    self.entries[entry], open_timeout=OPEN_TIMEOUT, close_timeout=2, legacy=True
+                )
             except (OSError, TimeoutError, InvalidHandshake):
                 continue
-            try:
-                ws.send("peer")
-                peer = ws.recv(timeout=5)
+            try:  # an echo proves the data plane relays (a SYN-ACK alone does not)
+                ws.send("hello")
+                if ws.recv(timeout=5) != "hello":
+                    raise TimeoutError
             except (ConnectionClosed, TimeoutError):
                 ws.close()
                 continue
@@ -102,7 +105,6 @@ class Client:
             self.connections.append(
                 Connection(
                     entry=entry,
-                    data_plane=self.locate(str(peer)),
                     opened_at=now,
                     gap_seconds=None if since is None else now - since,
                 )
@@ -145,17 +147,10 @@ class Client:
         return record.closed_at
 
 
-def start_clients(
-    count: int,
-    entries: dict[str, str],
-    locate: Callable[[str], str],
-    prefix: str = "client",
-) -> list[Client]:
+def start_clients(count: int, entries: dict[str, str], prefix: str = "client") -> list[Client]:
     """`count` clients, spread over the entries in turn; waits until every one connected."""
     names = sorted(entries)
-    clients = [
-        Client(f"{prefix}-{i}", entries, locate, prefer=names[i % len(names)]) for i in range(count)
-    ]
+    clients = [Client(f"{prefix}-{i}", entries, prefer=names[i % len(names)]) for i in range(count)]
     for client in clients:
         client.start()
     deadline = time.monotonic() + 60

@@ -78,20 +78,6 @@ def two_planes_on_two_nodes(cluster: Cluster, namespace: str) -> dict[str, str] 
     return nodes if len(nodes) == 2 and len(set(nodes.values())) == 2 else None
 
 
-def locator(cluster: Cluster, namespace: str) -> dict[str, str]:
-    """Address a backend sees -> the node of the data plane behind it: a data plane's pod
-    address, or its node's (pod traffic leaving a node is masqueraded by our bridge CNI)."""
-    where: dict[str, str] = {}
-    for node in cluster.get("nodes")["items"]:
-        for address in node["status"]["addresses"]:
-            if address["type"] == "InternalIP":
-                where[address["address"]] = node["metadata"]["name"]
-    for pod in cluster.get("pods", "-n", namespace, "-l", f"{LB_LABEL}={LB}")["items"]:
-        if pod["status"].get("podIP"):
-            where[pod["status"]["podIP"]] = pod["spec"]["nodeName"]
-    return where
-
-
 @pytest.fixture(scope="module")
 def lb(cluster: Cluster, namespace: str) -> Iterator[str]:
     """The chart installed; held echo backends on both workers; a LoadBalancer with two data
@@ -121,15 +107,20 @@ def lb(cluster: Cluster, namespace: str) -> Iterator[str]:
     cluster.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", timeout=300)
 
 
+def history(clients: list[Client]) -> str:
+    return "; ".join(f"{c.name}: {c.connections} {c.errors}" for c in clients)
+
+
 def clients_for(cluster: Cluster, namespace: str, prefix: str) -> list[Client]:
-    """CLIENTS clients entering through every node that runs a data plane, each located by
-    the data plane that relays it."""
+    """CLIENTS clients entering through every node that runs a data plane; the node a client
+    enters names its data plane (externalTrafficPolicy Local, checked here)."""
+    policy = cluster.get("service", f"{LB}-wslb", "-n", namespace)["spec"]
+    assert policy.get("externalTrafficPolicy") == "Local", policy
     entries = cluster.wait_for(
         lambda: (urls := entry_urls(cluster, namespace, LB, NODE_PORT)) and len(urls) == 2 and urls,
         what="two nodes with a ready data plane",
     )
-    where = locator(cluster, namespace)
-    return start_clients(CLIENTS, entries, lambda peer: where.get(peer, peer), prefix)
+    return start_clients(CLIENTS, entries, prefix)
 
 
 def test_data_planes_are_spread_across_nodes(cluster: Cluster, lb: str) -> None:
@@ -155,8 +146,8 @@ def test_sigkill_of_a_data_plane_moves_its_clients_to_the_other(
     try:
         victim, node = sorted(planes.items())[0]
         survivor_node = next(n for n in planes.values() if n != node)
-        on_victim = [c for c in clients if c.connections[0].data_plane == node]
-        on_survivor = [c for c in clients if c.connections[0].data_plane == survivor_node]
+        on_victim = [c for c in clients if c.connections[0].entry == node]
+        on_survivor = [c for c in clients if c.connections[0].entry == survivor_node]
         assert on_victim and on_survivor, [c.connections[0] for c in clients]
         before = cluster.get("pod", victim, "-n", ns)["status"]["containerStatuses"][0]
         killed_at = time.monotonic()
@@ -173,10 +164,13 @@ def test_sigkill_of_a_data_plane_moves_its_clients_to_the_other(
 
         def moved() -> bool:
             return all(
-                c.current is not None and c.current.data_plane == survivor_node for c in on_victim
+                c.current is not None and c.current.entry == survivor_node for c in on_victim
             )
 
-        cluster.wait_for(moved, timeout=60, interval=0.1, what="the victim's clients to move")
+        try:
+            cluster.wait_for(moved, timeout=60, interval=0.1, what="the victim's clients to move")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}: {history(on_victim)}") from None
         moved_in = time.monotonic() - killed_at
         # The container was SIGKILLed (exit 137) and restarted in place.
         after = cluster.wait_for(
@@ -230,7 +224,7 @@ def test_pdb_protected_drain_keeps_clients_or_hands_them_over_with_1001(
     victim, node = sorted(planes.items())[0]
     survivor_node = next(n for n in planes.values() if n != node)
     clients = clients_for(cluster, ns, "drain")
-    assert any(c.connections[0].data_plane == node for c in clients), "no client on the victim"
+    assert any(c.connections[0].entry == node for c in clients), "no client on the victim"
     started = time.monotonic()
     try:
         cluster.kubectl(
@@ -252,14 +246,14 @@ def test_pdb_protected_drain_keeps_clients_or_hands_them_over_with_1001(
     closes = [c for client in clients for c in client.closes()]
     codes = sorted({c.close_code for c in closes if c.close_code is not None})
     assert all(c.close_code == 1001 for c in closes), [
-        (c.entry, c.data_plane, c.close_code, c.close_reason) for c in closes
+        (c.entry, c.close_code, c.close_reason) for c in closes
     ]
     # The evicted data plane's clients were drained over to the other one.
     for client in clients:
-        if client.connections[0].data_plane == node:
+        if client.connections[0].entry == node:
             assert client.closes(), client.name
             assert client.current is not None
-            assert client.current.data_plane == survivor_node
+            assert client.current.entry == survivor_node
         assert all(c.gap_seconds is None or c.gap_seconds < MAX_GAP for c in client.connections)
         assert client.errors == []
     figure(
