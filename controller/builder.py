@@ -30,6 +30,7 @@ from controller.models import (
     TLS_CERT_KEY,
     TLS_KEY_KEY,
     BackendRef,
+    IpFamilyPolicy,
     Listener,
     LoadBalancer,
     Tier,
@@ -186,6 +187,7 @@ def build(store: Store, load_balancer: str, version: str) -> Build:
     taken_ports: dict[int, str] = {}
     taken_node_ports: dict[int, str] = {}
     sticky_secret = _sticky_secret(store, lb)
+    address = listen_address(lb)
     for item in listeners:
         if item.spec is None:
             results_list.append(_invalid(item))
@@ -198,7 +200,7 @@ def build(store: Store, load_balancer: str, version: str) -> Build:
             message = f"port {spec.port} or nodePort of this Listener is taken by Listener {holder}"
             results_list.append(_refused(item, st.REASON_PORT_CONFLICT, message))
             continue
-        result, listener = _listener(store, item, sticky_secret)
+        result, listener = _listener(store, item, sticky_secret, address)
         if result.accepted.status == "True":
             taken_ports[spec.port] = item.meta.name
             if spec.node_port is not None:
@@ -234,6 +236,18 @@ def build(store: Store, load_balancer: str, version: str) -> Build:
     )
 
 
+def listen_address(lb: LoadBalancer) -> str:
+    """Where the data plane binds its listeners: `::` (both families on a dual-stack
+    socket) when the Service asks for IPv6, else `0.0.0.0`. Only when asked: a pod in an
+    IPv4-only cluster may have IPv6 disabled, and binding `::` would then fail."""
+    assert lb.spec is not None
+    service = lb.spec.service
+    wants_v6 = "IPv6" in service.ip_families or (
+        service.ip_family_policy is IpFamilyPolicy.REQUIRE_DUAL_STACK
+    )
+    return "::" if wants_v6 else "0.0.0.0"
+
+
 def _refused(item: Listener, reason: str, message: str) -> ListenerResult:
     generation = item.meta.generation
     return ListenerResult(
@@ -256,7 +270,7 @@ def _sticky_secret(store: Store, lb: LoadBalancer) -> str | None:
 
 
 def _listener(
-    store: Store, item: Listener, sticky_secret: str | None
+    store: Store, item: Listener, sticky_secret: str | None, address: str = "0.0.0.0"
 ) -> tuple[ListenerResult, wire.Listener | None]:
     """Resolve one accepted-so-far Listener into its snapshot form."""
     spec = item.spec
@@ -320,6 +334,7 @@ def _listener(
     try:
         listener = wire.Listener(
             name=item.meta.name,
+            address=address,
             protocol=spec.protocol,
             port=spec.port,
             tls=tls,

@@ -4,15 +4,17 @@ implementation.
 This module owns every Kubernetes call the reconciler makes: server-side apply of the
 owned objects with field manager `wslb-controller` (taking over conflicting fields),
 create-once of the config Secret (its token must stay stable for as long as the
-LoadBalancer lives; only `ca.crt` is refreshed, by a merge patch of that key alone), and
-merge patches of `status`. It decides nothing: what to write comes from owned.py and
-status.py through the reconciler. Unit tests use an in-memory `Cluster`.
+LoadBalancer lives; only `ca.crt` is refreshed, by a merge patch of that key alone),
+merge patches of `status`, and reading the chart's pull Secrets by name. It decides
+nothing: what to write comes from owned.py and status.py through the reconciler. Unit
+tests use an in-memory `Cluster`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from lightkube import AsyncClient, codecs
@@ -37,6 +39,7 @@ class Cluster(Protocol):
     async def ensure_config_secret(self, manifest: dict[str, Any]) -> bool: ...
     async def refresh_ca(self, namespace: str, name: str, ca_pem: str) -> None: ...
     async def apply(self, manifest: dict[str, Any]) -> None: ...
+    async def read_secret(self, namespace: str, name: str) -> Mapping[str, str] | None: ...
     async def patch_status(
         self, kind: Kind, namespace: str, name: str, status: dict[str, Any]
     ) -> None: ...
@@ -74,6 +77,16 @@ class LightkubeCluster:
     async def apply(self, manifest: dict[str, Any]) -> None:
         """Server-side apply one manifest, taking over conflicting fields."""
         await self.client.apply(codecs.from_dict(manifest), field_manager=FIELD_MANAGER, force=True)
+
+    async def read_secret(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        """A Secret's base64 `data` (the chart's pull Secrets), None when it is absent."""
+        try:
+            secret = await self.client.get(Secret, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return dict(secret.data or {})
 
     async def patch_status(
         self, kind: Kind, namespace: str, name: str, status: dict[str, Any]

@@ -40,7 +40,9 @@ ANNOTATION_PREFIX = "wslb.io"
 
 def configure(settings: Any) -> None:
     """kopf settings for this operator (a `kopf.OperatorSettings`)."""
-    settings.peering.standalone = True  # one replica; no peering CRDs to install
+    # Leader election is election.py's Lease: kopf runs only on the leader, without peering
+    # (no peering CRDs to install, no cluster-wide rights for them).
+    settings.peering.standalone = True
     settings.scanning.disabled = True  # no CRD or namespace watching: least RBAC
     settings.posting.level = logging.WARNING  # Kubernetes Events only for real trouble
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(

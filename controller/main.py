@@ -38,6 +38,7 @@ from controller.config_server import ConfigServer
 from controller.election import Elector, LightkubeLeases, PodLabel
 from controller.metrics import ControllerMetrics
 from controller.owned import DataPlaneParams
+from controller.pull_secrets import PullSecrets
 from controller.reconciler import Reconciler
 from controller.settings import Settings, SettingsError
 from controller.store import Store
@@ -139,6 +140,7 @@ async def run(
         holdoff=settings.holdoff_seconds,
         max_delay=settings.max_delay_seconds,
         retry=settings.retry_seconds,
+        pull_secrets=PullSecrets(settings.image_pull_secrets, settings.namespace),
     )
     server = ConfigServer(
         tokens=reconciler.token_for,
@@ -213,8 +215,9 @@ async def run(
                 await task
         await health.close()
         await server.close()
-        if elector is not None and label is not None and not lost.is_set():
-            await elector.release()
+        if elector is not None and label is not None:
+            if not lost.is_set():
+                await elector.release()  # the standby need not wait the Lease out
             await _quietly(label.stand_by(), "leader label not removed")
         metrics.leader.set(0)
         await cluster.close()

@@ -2,7 +2,8 @@
 
 Pure builders (no I/O, no kopf) turn a LoadBalancer and its build into plain manifests:
 the config Secret `<lb>-wslb-config`, the data-plane Deployment, Service and
-PodDisruptionBudget `<lb>-wslb`, and the headless metrics Service `<lb>-wslb-metrics`
+PodDisruptionBudget `<lb>-wslb`, the headless metrics Service `<lb>-wslb-metrics`, and
+the pull Secret `<lb>-wslb-pull` when the chart names image pull secrets
 (docs/resources.md). Each carries a controller owner reference to the LoadBalancer, so
 deleting it garbage-collects them.
 
@@ -51,11 +52,28 @@ class DataPlaneParams:
     ca_pem: str = ""
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
-    """Names of Secrets the pods pull with; they must exist in the LoadBalancer's namespace."""
+    """The chart's pull Secrets (controller namespace); when set, the pods pull with the
+    owned copy `<lb>-wslb-pull` (pull_secrets.py)."""
 
 
 def metrics_service_name(load_balancer: str) -> str:
     return f"{owned_name(load_balancer)}-metrics"
+
+
+def pull_secret_name(load_balancer: str) -> str:
+    return f"{owned_name(load_balancer)}-pull"
+
+
+def pull_secret(lb: LoadBalancer, docker_config: str) -> dict[str, Any]:
+    """The registry credentials of the chart's pull Secrets, in the LoadBalancer's
+    namespace, where its pods can use them."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(lb, pull_secret_name(lb.meta.name)),
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(docker_config.encode()).decode()},
+    }
 
 
 def selector(lb: LoadBalancer) -> dict[str, str]:
@@ -196,7 +214,7 @@ def deployment(
     if plane.priority_class_name:
         scheduling["priorityClassName"] = plane.priority_class_name
     if params.image_pull_secrets:
-        scheduling["imagePullSecrets"] = [{"name": item} for item in params.image_pull_secrets]
+        scheduling["imagePullSecrets"] = [{"name": pull_secret_name(name)}]
 
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
         return {

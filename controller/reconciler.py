@@ -28,6 +28,7 @@ from controller.cluster import Cluster
 from controller.holdoff import Holdoff
 from controller.metrics import ControllerMetrics
 from controller.models import CA_KEY, TOKEN_KEY, Kind, key_of
+from controller.pull_secrets import PullSecrets
 from controller.status_writer import StatusWriter
 from controller.store import Store, config_secret_name
 from lbwire.session import PushSession
@@ -59,6 +60,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pull_secrets: PullSecrets | None = None,
     ) -> None:
         self.store = store
         self.cluster = cluster
@@ -70,6 +72,7 @@ class Reconciler:
         self.sleep = sleep
         self.holdoff = Holdoff(holdoff, max_delay, monotonic)
         self.status = StatusWriter(store, cluster, self.metrics, clock)
+        self.pull = pull_secrets if pull_secrets is not None else PullSecrets((), "")
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._last_version = 0
@@ -79,6 +82,7 @@ class Reconciler:
         self._digests: dict[str, str] = {}  # of what was published
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}  # (lb, kind, name)
         self._tokens: dict[str, str] = {}  # created by us, until the watch shows the Secret
+        self._apply_errors: dict[str, str] = {}  # lb -> why its owned objects were refused
         self.rounds = 0
 
     # ------------------------------------------------------------------ inputs
@@ -141,6 +145,27 @@ class Reconciler:
     async def run(self) -> None:
         """Rebuild dirty LoadBalancers forever: holdoff after the last change, at most
         `max_delay` after the first, never before the initial listing."""
+        refresher = asyncio.create_task(self._refresh_pull_secrets(), name="pull secrets")
+        try:
+            await self._loop()
+        finally:
+            refresher.cancel()
+
+    async def _refresh_pull_secrets(self) -> None:
+        """Re-read the chart's pull Secrets now and then; rebuild all on a change."""
+        if not self.pull.enabled:
+            return
+        while True:
+            await self.sleep(self.pull.refresh_seconds)
+            try:
+                changed = await self.pull.refresh(self.cluster.read_secret)
+            except Exception:
+                log.exception("pull secrets not refreshed")
+                continue
+            if changed and self.store.synced:
+                self.mark_dirty(list(self.store.load_balancers))
+
+    async def _loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -181,7 +206,12 @@ class Reconciler:
         ok = True
         if result.found and result.snapshot is not None:
             ok = await self._apply_owned(key, result) and ok
-        ok = await self.status.write(key, result, sessions, self._digests.get(key)) and ok
+        ok = (
+            await self.status.write(
+                key, result, sessions, self._digests.get(key), self._apply_errors.get(key)
+            )
+            and ok
+        )
         if not ok:
             self._retry_later(key)
 
@@ -195,6 +225,7 @@ class Reconciler:
                 self.server.forget(key)
             self._awaiting.pop(key, None)
             self._tokens.pop(key, None)
+            self._apply_errors.pop(key, None)
             for cache_key in [k for k in self._applied if k[0] == key]:
                 del self._applied[cache_key]
             self.metrics.forgotten(key)
@@ -228,7 +259,7 @@ class Reconciler:
     async def _apply_owned(self, key: str, result: Build) -> bool:
         lb = self.store.load_balancers[key]
         namespace, name = lb.meta.namespace, lb.meta.name
-        ok = True
+        problems: list[str] = []
         try:
             secret = self.store.secrets.get(key_of(namespace, config_secret_name(name)))
             if secret is not None:
@@ -249,10 +280,10 @@ class Reconciler:
                 await self.cluster.refresh_ca(
                     namespace, config_secret_name(name), self.params.ca_pem
                 )
-        except Exception:
+        except Exception as exc:
             log.exception("config Secret of %s", key)
             self.metrics.apply_errors_total.inc()
-            ok = False
+            problems.append(f"Secret {config_secret_name(name)}: {_first_line(exc)}")
         manifests = [
             owned.deployment(lb, result.ports, result.max_drain_seconds, self.params),
             owned.metrics_service(lb),
@@ -261,16 +292,32 @@ class Reconciler:
         if result.ports:
             # A Service needs at least one port: none until a Listener is accepted.
             manifests.append(owned.service(lb, result.ports))
+        if self.pull.enabled:
+            if self.pull.stale() and await self.pull.refresh(self.cluster.read_secret):
+                self.mark_dirty(list(self.store.load_balancers))  # their copies changed
+            manifests.append(owned.pull_secret(lb, self.pull.config))
         for manifest in manifests:
             cache_key = (key, str(manifest["kind"]), str(manifest["metadata"]["name"]))
             if self._applied.get(cache_key) == manifest:
                 continue
             try:
                 await self.cluster.apply(manifest)
-            except Exception:
+            except Exception as exc:
                 log.exception("apply %s %s/%s", cache_key[1], namespace, cache_key[2])
                 self.metrics.apply_errors_total.inc()
-                ok = False
+                problems.append(f"{cache_key[1]} {cache_key[2]}: {_first_line(exc)}")
             else:
                 self._applied[cache_key] = manifest
-        return ok
+        # The API server's refusal (say, an affinity the CRD passes through unchecked)
+        # reaches the LoadBalancer's status, not only the log.
+        if problems:
+            self._apply_errors[key] = "; ".join(problems)
+        else:
+            self._apply_errors.pop(key, None)
+        return not problems
+
+
+def _first_line(error: BaseException, limit: int = 1024) -> str:
+    """An error as one short line for a condition message."""
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:limit]

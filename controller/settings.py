@@ -41,9 +41,9 @@ class Settings:
     IfNotPresent or Never."""
 
     image_pull_secrets: tuple[str, ...] = ()
-    """`WSLB_IMAGE_PULL_SECRETS`: comma-separated Secret names the data-plane pods pull
-    with (the chart's `imagePullSecrets`); they must exist in each LoadBalancer's
-    namespace, since a pod can only use Secrets of its own namespace."""
+    """`WSLB_IMAGE_PULL_SECRETS`: comma-separated names of pull Secrets in
+    `WSLB_NAMESPACE` (the chart's `imagePullSecrets`). A pod can only use Secrets of its
+    own namespace, so their credentials are copied to each LoadBalancer's namespace."""
 
     namespace: str = "wslb-system"
     """`WSLB_NAMESPACE`: the controller's own namespace (from the downward API)."""

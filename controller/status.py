@@ -10,6 +10,7 @@ Programmed, for a Listener in the snapshot (and alike for a LoadBalancer):
     no data plane connected                               -> False NoDataPlanes
     a connected data plane nacked naming it, or naming none -> False Rejected (nack message)
     fewer data planes connected than the spec's replicas  -> False Pending (N never connected)
+    (LoadBalancer only) the API server refused an owned object -> False ApplyFailed
     every connected data plane acked its current generation -> True  Programmed
     otherwise                                             -> False Pending
 """
@@ -40,6 +41,7 @@ REASON_PROGRAMMED = "Programmed"
 REASON_PENDING = "Pending"
 REASON_NO_DATA_PLANES = "NoDataPlanes"
 REASON_REJECTED = "Rejected"
+REASON_APPLY_FAILED = "ApplyFailed"  # the API server refused an owned object
 
 TRUE = "True"
 FALSE = "False"

@@ -52,10 +52,16 @@ class StatusWriter:
         self._written: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, key, uid)
 
     async def write(
-        self, key: str, result: Build, sessions: Sequence[PushSession], digest: str | None
+        self,
+        key: str,
+        result: Build,
+        sessions: Sequence[PushSession],
+        digest: str | None,
+        apply_error: str | None = None,
     ) -> bool:
         """Status of `key`'s Listeners and of the LoadBalancer itself; False if a patch
-        failed. `digest` is that of the published snapshot (None when none is)."""
+        failed. `digest` is that of the published snapshot (None when none is);
+        `apply_error` why the API server refused an owned object."""
         now = rfc3339(self.clock())
         ok = True
         lb = self.store.load_balancers.get(key)
@@ -75,7 +81,7 @@ class StatusWriter:
             }
             ok = await self._patch(Kind.LISTENER, listener, body, conditions, now) and ok
         if lb is not None and result.accepted is not None:
-            body, conditions = self.load_balancer_status(lb, result, sessions, digest)
+            body, conditions = self.load_balancer_status(lb, result, sessions, digest, apply_error)
             ok = await self._patch(Kind.LOAD_BALANCER, lb, body, conditions, now) and ok
         return ok
 
@@ -85,15 +91,18 @@ class StatusWriter:
         result: Build,
         sessions: Sequence[PushSession],
         digest: str | None,
+        apply_error: str | None = None,
     ) -> tuple[dict[str, Any], list[st.Condition]]:
         assert result.accepted is not None
         generation = lb.meta.generation
         digest = digest if result.snapshot is not None else None
         replicas = lb.spec.replicas if lb.spec is not None else 0
-        conditions = [
-            result.accepted,
-            st.load_balancer_programmed(digest, sessions, generation, replicas),
-        ]
+        programmed = st.load_balancer_programmed(digest, sessions, generation, replicas)
+        if apply_error:
+            programmed = st.Condition.of(
+                st.PROGRAMMED, False, st.REASON_APPLY_FAILED, apply_error, generation
+            )
+        conditions = [result.accepted, programmed]
         body: dict[str, Any] = {
             "observedGeneration": generation,
             "address": self.address(lb.meta.key),

@@ -2,8 +2,8 @@
 
 `control_plane()` starts etcd and kube-apiserver (RBAC on, a static admin token, service
 account signing keys, an audit log) in a temporary directory on free 127.0.0.1 ports,
-installs the CRDs from crds/ and the chart's own ServiceAccount, ClusterRole and
-ClusterRoleBinding (rendered by `helm template`), mints a token for that ServiceAccount
+installs the CRDs from crds/ and the chart's own ServiceAccount, RBAC objects and
+leader-election Lease (rendered by `helm template`), mints a token for that ServiceAccount
 and writes two kubeconfigs: the admin's and the controller's. Everything it started is
 stopped by PID and the directory removed on exit, also when startup fails.
 
@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 RELEASE = "wslb"
 RELEASE_NAMESPACE = "wslb-system"
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+INSTALLED_KINDS = RBAC_KINDS | {"Lease"}  # the leader-election Lease the chart creates
 START_TIMEOUT = 60.0
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -365,7 +366,7 @@ def _start_apiserver(plane: ControlPlane, etcd_url: str, admin_token: str) -> No
 
 
 def chart_rbac() -> list[dict[str, Any]]:
-    """The chart's ServiceAccount and RBAC objects, as `helm template` renders them."""
+    """The chart's ServiceAccount, RBAC objects and Lease, as `helm template` renders them."""
     result = subprocess.run(
         [
             str(binary("helm")),
@@ -385,7 +386,7 @@ def chart_rbac() -> list[dict[str, Any]]:
     return [
         doc
         for doc in yaml.safe_load_all(result.stdout)
-        if isinstance(doc, dict) and doc.get("kind") in RBAC_KINDS
+        if isinstance(doc, dict) and doc.get("kind") in INSTALLED_KINDS
     ]
 
 

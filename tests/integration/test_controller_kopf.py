@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import re
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -30,18 +32,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from controller import main
 from controller.cluster import FIELD_MANAGER
+from controller.election import Elector, LightkubeLeases, PodLabel
 from controller.settings import Settings
 from dataplane.certs import self_signed
 from dataplane.config_client import ClientSettings, ConfigClient
 from dataplane.runtime import Runtime
 from lbwire.messages import SUBPROTOCOL, Ack, Nack, SnapshotMessage
 from lbwire.snapshot import Snapshot
-from tests.integration.apiserver import ControlPlane, control_plane, free_port, missing_binaries
+from tests.integration.apiserver import (
+    REPO,
+    ControlPlane,
+    binary,
+    control_plane,
+    free_port,
+    missing_binaries,
+)
 
 MISSING = missing_binaries()
 pytestmark = [
@@ -54,6 +67,7 @@ pytestmark = [
 ]
 
 API = "wslb.io/v1alpha1"
+RELEASE_NS = "wslb-system"
 CONDITIONS = ["Accepted", "ResolvedRefs", "Programmed"]
 # What a missing RBAC rule looks like in the controller's log (kopf, lightkube, ours).
 DENIED = re.compile(r"forbidden|\b403\b", re.IGNORECASE)
@@ -220,11 +234,15 @@ class ControllerThread(threading.Thread):
 
 
 @contextlib.asynccontextmanager
-async def running_controller(tls_dir: Path) -> AsyncIterator[ControllerThread]:
+async def running_controller(
+    tls_dir: Path, pull_secrets: tuple[str, ...] = ()
+) -> AsyncIterator[ControllerThread]:
     """The controller as the wslb-controller process runs it, on ephemeral loopback ports."""
     controller = ControllerThread(
         Settings(
             leader_election=False,
+            image_pull_secrets=pull_secrets,
+            namespace=RELEASE_NS,
             config_tls_dir=str(tls_dir),
             config_host="127.0.0.1",
             config_port=0,
@@ -353,12 +371,21 @@ def test_chart_rbac_allows_the_controller_no_more(cluster: ControlPlane) -> None
         ("patch", "loadbalancers.wslb.io", "--subresource=status", "-n", "default"),
         ("create", "secrets", "-n", "default"),
         ("patch", "deployments.apps", "-n", "default"),
+        ("patch", "poddisruptionbudgets.policy", "-n", "default"),
         ("create", "events", "-n", "default"),
+        ("update", "leases.coordination.k8s.io/wslb-controller", "-n", "wslb-system"),
+        ("patch", "pods", "-n", "wslb-system"),
     ]
     refused = [
         ("patch", "loadbalancers.wslb.io", "-n", "default"),  # the spec is the user's
         ("update", "listeners.wslb.io", "-n", "default"),
         ("delete", "pods", "-n", "default"),
+        ("patch", "pods", "-n", "default"),  # only the release namespace's (leader label)
+        ("update", "leases.coordination.k8s.io/other", "-n", "wslb-system"),
+        ("create", "leases.coordination.k8s.io", "-n", "wslb-system"),  # the chart creates it
+        ("delete", "services", "-n", "default"),  # the garbage collector deletes owned objects
+        ("delete", "secrets", "-n", "default"),
+        ("update", "deployments.apps", "-n", "default"),
         ("create", "pods", "--subresource=exec", "-n", "default"),
         ("get", "nodes"),
         ("list", "namespaces"),
@@ -634,3 +661,261 @@ async def test_stopping_controller_closes_data_planes_promptly(
     ]
     assert closed_abnormally == []
     assert stopped_in < 2.0
+
+
+# ---------------------------------------------------------------------- leader election
+
+
+def lightkube_client(cluster: ControlPlane) -> AsyncClient:
+    """A lightkube client with the controller's own token (the chart's RBAC applies)."""
+    return AsyncClient(config=KubeConfig.from_file(cluster.controller_kubeconfig))
+
+
+def pod(name: str) -> dict[str, Any]:
+    """A Pod object standing for a controller replica (no kubelet runs it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": RELEASE_NS, "labels": {"app": "ctl"}},
+        "spec": {
+            # No controller-manager creates the `default` ServiceAccount here.
+            "serviceAccountName": "wslb-controller",
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "c", "image": "wslb:integration"}],
+        },
+    }
+
+
+def leader_label(cluster: ControlPlane, name: str) -> str | None:
+    found = cluster.get("pod", name, RELEASE_NS)
+    assert found is not None
+    labels: dict[str, str] = found["metadata"].get("labels") or {}
+    return labels.get("wslb.io/leader")
+
+
+async def test_lease_election_with_the_chart_role(cluster: ControlPlane) -> None:
+    """Two electors with the ServiceAccount's token on the Lease the chart's Role names:
+    one wins, a release hands over at once, an abandoned Lease after its duration."""
+    client = lightkube_client(cluster)
+    try:
+        leases = LightkubeLeases(client, RELEASE_NS, "wslb-controller")
+        a, b = Elector(leases, "a", duration=2), Elector(leases, "b", duration=2)
+        both = await asyncio.gather(a.try_acquire_or_renew(), b.try_acquire_or_renew())
+        assert sorted(both) == [False, True]  # a race has one winner
+        first, second = (a, b) if a.leading else (b, a)
+        assert not await second.try_acquire_or_renew()
+        await first.release()
+        await asyncio.wait_for(second.acquire(), timeout=2)  # no wait for the duration
+        # `second` now stops renewing without releasing (a crashed leader).
+        started = time.monotonic()
+        await asyncio.wait_for(first.acquire(), timeout=10)
+        waited = time.monotonic() - started
+        assert 1.5 <= waited < 10, waited  # it waited out the 2 s Lease, on its own clock
+        lease = cluster.get("lease.coordination.k8s.io", "wslb-controller", RELEASE_NS)
+        assert lease is not None
+        assert lease["spec"]["holderIdentity"] == first.identity
+        assert lease["spec"]["leaseTransitions"] >= 2
+    finally:
+        await client.close()
+
+
+async def test_leader_label_moves_with_the_chart_role(cluster: ControlPlane) -> None:
+    await apply(cluster, pod("label-a"), pod("label-b"))
+    client = lightkube_client(cluster)
+    try:
+        await PodLabel(client, RELEASE_NS, "label-a").lead()
+        assert await asyncio.to_thread(leader_label, cluster, "label-a") == "true"
+        await PodLabel(client, RELEASE_NS, "label-b").lead()  # a new leader unlabels the old
+        assert await asyncio.to_thread(leader_label, cluster, "label-a") is None
+        assert await asyncio.to_thread(leader_label, cluster, "label-b") == "true"
+        await PodLabel(client, RELEASE_NS, "label-b").stand_by()
+        assert await asyncio.to_thread(leader_label, cluster, "label-b") is None
+    finally:
+        await client.close()
+
+
+def elected_controller(tls_dir: Path, name: str, lease: str) -> ControllerThread:
+    return ControllerThread(
+        Settings(
+            leader_election=True,
+            lease_name=lease,
+            lease_duration_seconds=2,
+            namespace=RELEASE_NS,
+            pod_name=name,
+            config_tls_dir=str(tls_dir),
+            config_host="127.0.0.1",
+            config_port=0,
+            http_port=free_port(),
+            holdoff_seconds=0.02,
+            max_delay_seconds=0.2,
+            retry_seconds=0.5,
+            image="wslb:integration",
+        )
+    )
+
+
+async def metric(port: int, name: str) -> float | None:
+    status, body = await http_get(port, "/metrics")
+    if status != 200:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_standby_takes_over_and_reconciles_the_scale_subresource(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """Two controllers with election: the standby serves no config channel and writes
+    nothing; when the leader stops, it takes over, labels its pod, and answers a
+    `kubectl scale` of a LoadBalancer (scale subresource) by resizing the Deployment."""
+    ns = namespace
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    write_tls(tls_dir)
+    lease = "wslb-controller"  # the one name the chart's Role lets the controller renew
+    first, second = f"{ns}-ctl-a", f"{ns}-ctl-b"
+    await apply(cluster, pod(first), pod(second))
+    await apply(cluster, load_balancer(ns))
+    a = elected_controller(tls_dir, first, lease)
+    a.start()
+    b: ControllerThread | None = None
+    try:
+        await eventually(lambda: asyncio.sleep(0, len(a.ports) == 2), "a leads and listens")
+        b = elected_controller(tls_dir, second, lease)
+        b.start()
+        b_http = b.settings.http_port
+
+        async def b_standing_by() -> bool:
+            return await metric(b_http, "wslb_controller_leader") == 0.0
+
+        await eventually(b_standing_by, "b's /metrics says standby")
+        assert (await http_get(b_http, "/readyz"))[0] == 200  # a standby is ready
+        assert b.ports == {}  # no config channel on the standby
+
+        async def deployment_replicas() -> int | None:
+            found = await get(cluster, "deployment", "lb-wslb", ns)
+            return found["spec"]["replicas"] if found is not None else None
+
+        assert await eventually(deployment_replicas, "a creates the Deployment") == 1
+        assert await asyncio.to_thread(leader_label, cluster, first) == "true"
+        assert await asyncio.to_thread(leader_label, cluster, second) is None
+
+        a.request_stop()  # a clean stop releases the Lease
+        await asyncio.to_thread(a.join, 20)
+        assert not a.is_alive() and a.error is None
+        await eventually(lambda: asyncio.sleep(0, len(b.ports) == 2), "b leads", timeout=10)
+
+        async def b_labelled() -> bool:
+            return await asyncio.to_thread(leader_label, cluster, second) == "true"
+
+        await eventually(b_labelled, "b's pod carries the leader label")
+        assert await asyncio.to_thread(leader_label, cluster, first) is None
+
+        await kubectl(cluster, "scale", "loadbalancer.wslb.io/lb", "--replicas=3", "-n", ns)
+        scale_path = f"/apis/wslb.io/v1alpha1/namespaces/{ns}/loadbalancers/lb/scale"
+
+        async def scaled() -> bool:
+            scale = json.loads(await kubectl(cluster, "get", "--raw", scale_path))
+            return (
+                scale["spec"]["replicas"] == 3
+                and scale["status"].get("replicas") == 3
+                and await deployment_replicas() == 3
+            )
+
+        await eventually(scaled, "b scales the Deployment and reports the scale status")
+        raw = await kubectl(cluster, "get", "--raw", scale_path)
+        assert json.loads(raw)["status"]["selector"] == (
+            "app.kubernetes.io/name=wslb-dataplane,wslb.io/load-balancer=lb"
+        )
+        budget = await get(cluster, "poddisruptionbudget", "lb-wslb", ns)
+        assert budget is not None and budget["spec"]["maxUnavailable"] == 1
+    finally:
+        for controller in (a, b):
+            if controller is None:
+                continue
+            controller.request_stop()
+            await asyncio.to_thread(controller.join, 20)
+            assert not controller.is_alive(), "controller did not stop"
+
+
+# ---------------------------------------------------------------------- CRDs on the API server
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "crds" / "examples"
+
+
+def test_examples_pass_and_invalid_examples_fail_the_api_servers_validation(
+    cluster: ControlPlane,
+) -> None:
+    """The CEL rules and schemas as the API server evaluates them (server-side dry run)."""
+    cluster.kubectl("create", "namespace", "examples", check=False)
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        result = cluster.kubectl(
+            "apply", "--dry-run=server", "-n", "examples", "-f", str(path), check=False
+        )
+        assert result.returncode == 0, f"{path.name}: {result.stderr}"
+    for path in sorted((EXAMPLES / "invalid").glob("*.yaml")):
+        (expect,) = re.findall(r"^# expect: (\S+)$", path.read_text(), flags=re.MULTILINE)
+        result = cluster.kubectl(
+            "create", "--dry-run=server", "-n", "examples", "-f", str(path), check=False
+        )
+        assert result.returncode != 0, f"{path.name} was accepted"
+        assert expect in result.stderr, f"{path.name}: {result.stderr}"
+
+
+def test_the_rendered_chart_passes_the_api_servers_validation(cluster: ControlPlane) -> None:
+    """`helm template` output, the templated CRDs included, applied as a server-side dry
+    run: what `helm install` and `helm upgrade` would send is valid for this Kubernetes."""
+    rendered = subprocess.run(
+        [str(binary("helm")), "template", "wslb", str(REPO / "helm" / "wslb"), "-n", RELEASE_NS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(rendered) if doc]
+    assert kinds.count("CustomResourceDefinition") == 2
+    assert "PodDisruptionBudget" in kinds and "Role" in kinds
+    result = cluster.kubectl(
+        "apply", "--server-side", "--dry-run=server", "--force-conflicts", "-f", "-",
+        input=rendered, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "customresourcedefinition.apiextensions.k8s.io/loadbalancers.wslb.io" in result.stdout
+
+
+async def test_chart_pull_secret_is_copied_to_the_load_balancer_namespace(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """The chart's pull Secret (release namespace) reaches the data-plane pods' namespace
+    as `<lb>-wslb-pull`, read with the ServiceAccount's token, and the pods pull with it."""
+    ns = namespace
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    write_tls(tls_dir)
+    auths = {"auths": {"registry.example": {"username": "u", "password": "p"}}}
+    name = f"regcred-{ns}"
+    regcred = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": RELEASE_NS},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(auths).encode()).decode()},
+    }
+    await apply(cluster, regcred, load_balancer(ns))
+    async with running_controller(tls_dir, pull_secrets=(name,)):
+
+        async def copied() -> dict[str, Any] | None:
+            return await get(cluster, "secret", "lb-wslb-pull", ns)
+
+        copy = await eventually(copied, "the pull Secret copy")
+        assert copy["type"] == "kubernetes.io/dockerconfigjson"
+        assert json.loads(base64.b64decode(copy["data"][".dockerconfigjson"])) == auths
+        assert copy["metadata"]["ownerReferences"][0]["name"] == "lb"
+        deployment = await eventually(
+            lambda: get(cluster, "deployment", "lb-wslb", ns), "the data-plane Deployment"
+        )
+        pod_spec = deployment["spec"]["template"]["spec"]
+        assert pod_spec["imagePullSecrets"] == [{"name": "lb-wslb-pull"}]

@@ -420,3 +420,28 @@ def test_grace_follows_the_longest_drain() -> None:
         k.service(),
     )
     assert build(store, LB, "1").max_drain_seconds == 120
+
+
+@pytest.mark.parametrize(
+    ("service", "address"),
+    [
+        ({}, "0.0.0.0"),
+        ({"ipFamilies": ["IPv4"]}, "0.0.0.0"),
+        ({"ipFamilyPolicy": "PreferDualStack"}, "0.0.0.0"),  # may be an IPv4-only cluster
+        ({"ipFamilyPolicy": "RequireDualStack"}, "::"),
+        ({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]}, "::"),
+        ({"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv4", "IPv6"]}, "::"),
+    ],
+)
+def test_listeners_bind_both_families_when_the_service_asks_for_ipv6(
+    service: dict[str, object], address: str
+) -> None:
+    store = k.store_of(
+        k.load_balancer(service=service),
+        k.listener(),
+        k.service(),
+        k.endpoint_slice("echo-a", endpoints=[k.endpoint("10.0.0.1")]),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    assert [item.address for item in out.snapshot.listeners] == [address]

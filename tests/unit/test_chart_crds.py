@@ -166,7 +166,6 @@ def test_leader_election_rights_are_namespaced_to_the_release() -> None:
     (role,) = by_kind(documents, "Role")
     assert role["metadata"]["namespace"] == "wslb-system"
     assert grants(role) == {
-        ("coordination.k8s.io", "leases", ""): {"create"},
         ("coordination.k8s.io", "leases", "wslb-controller"): {"get", "update"},
         ("", "pods", ""): {"get", "list", "patch"},
     }
@@ -185,6 +184,13 @@ def test_leader_election_rights_are_namespaced_to_the_release() -> None:
         "--set", "controller.replicas=1", "--set", "controller.leaderElection.enabled=false"
     )
     assert by_kind(without, "Role") == []
+    assert by_kind(without, "Lease") == []
+    (lease,) = by_kind(documents, "Lease")  # the chart creates it: no create right needed
+    assert (lease["metadata"]["name"], lease["metadata"]["namespace"]) == (
+        "wslb-controller",
+        "wslb-system",
+    )
+    assert lease["spec"] == {}  # the holder is the controller's to write, never Helm's
 
 
 @needs_helm
@@ -306,6 +312,14 @@ def test_image_pull_secrets_reach_the_controller_and_the_data_planes() -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["WSLB_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+    (reader,) = [
+        r for r in by_kind(documents, "Role") if r["metadata"]["name"].endswith("-pull-secrets")
+    ]
+    assert grants(reader) == {
+        ("", "secrets", "regcred"): {"get"},
+        ("", "secrets", "mirror"): {"get"},
+    }
+    assert reader["metadata"]["namespace"] == "wslb-system"
     (deployment,) = by_kind(render(), "Deployment")
     env = {
         e["name"]: e.get("value")

@@ -13,9 +13,7 @@ from controller import main
 from controller.settings import ENVIRONMENT, Settings, SettingsError
 
 
-def run_main(
-    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
         main.main(argv)
     out, err = capsys.readouterr()
@@ -23,27 +21,23 @@ def run_main(
     return (code if isinstance(code, int) else 1), out, err
 
 
-def test_help_lists_every_setting(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    code, out, _ = run_main(["--help"], capsys, monkeypatch)
+def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(["--help"], capsys)
     assert code == 0
     assert out.startswith("usage: wslb-controller")
     for name in ENVIRONMENT.values():
         assert name in out
 
 
-def test_version(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out, _ = run_main(["--version"], capsys, monkeypatch)
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_main(["--version"], capsys)
     assert code == 0
     assert out.strip() == f"wslb-controller {main.version()}"
     assert main.version() != "unknown"
 
 
-def test_unknown_flag_is_one_line_and_status_2(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    code, _, err = run_main(["--bogus"], capsys, monkeypatch)
+def test_unknown_flag_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(["--bogus"], capsys)
     assert code == 2
     assert err == "wslb-controller: unrecognized arguments: --bogus (see --help)\n"
 
@@ -70,7 +64,7 @@ def test_bad_environment_value_is_one_line_naming_it_and_status_2(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(name, value)
-    code, _, err = run_main([], capsys, monkeypatch)
+    code, _, err = run_main([], capsys)
     assert code == 2
     assert err.count("\n") == 1
     assert err.startswith(f"wslb-controller: {name}={value!r}: expected ")
@@ -84,7 +78,7 @@ def test_missing_tls_files_are_one_line_and_status_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WSLB_CONFIG_TLS_DIR", str(tmp_path))
-    code, _, err = run_main([], capsys, monkeypatch)
+    code, _, err = run_main([], capsys)
     assert code == 2
     assert err.count("\n") == 1
     assert err.startswith(f"wslb-controller: WSLB_CONFIG_TLS_DIR={str(tmp_path)!r}: ")

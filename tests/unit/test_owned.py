@@ -212,7 +212,8 @@ def test_data_plane_knobs_reach_the_pod_template() -> None:
     assert pod["tolerations"] == [toleration]
     assert pod["affinity"] == affinity
     assert pod["priorityClassName"] == "edge-critical"
-    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    # The owned copy of the chart's pull Secrets, in the LoadBalancer's namespace.
+    assert pod["imagePullSecrets"] == [{"name": "edge-wslb-pull"}]
     (spread,) = pod["topologySpreadConstraints"]
     assert spread == {**zone_spread, "labelSelector": {"matchLabels": owned.selector(balancer)}}
     metadata = manifest["spec"]["template"]["metadata"]
@@ -274,3 +275,12 @@ def test_service_defaults_keep_the_client_address_and_omit_load_balancer_fields(
         lb(service={"type": "NodePort", "loadBalancerSourceRanges": ["10.0.0.0/8"]}), PORTS
     )["spec"]
     assert "loadBalancerSourceRanges" not in spec
+
+
+def test_pull_secret_copy_is_a_docker_config_owned_by_the_load_balancer() -> None:
+    manifest = owned.pull_secret(lb(), '{"auths":{}}')
+    assert manifest["type"] == "kubernetes.io/dockerconfigjson"
+    assert manifest["metadata"]["name"] == "edge-wslb-pull"
+    assert manifest["metadata"]["namespace"] == "apps"
+    assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-edge"
+    assert base64.b64decode(manifest["data"][".dockerconfigjson"]) == b'{"auths":{}}'

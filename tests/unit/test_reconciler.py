@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from controller.holdoff import Holdoff
 from controller.models import Kind, parse
 from controller.owned import DataPlaneParams
+from controller.pull_secrets import PullSecrets
 from controller.reconciler import Reconciler
 from controller.store import Store
 from lbwire.messages import Ack
@@ -49,6 +52,8 @@ class FakeCluster:
         self.applied: list[dict[str, Any]] = []
         self.statuses: list[tuple[Kind, str, str, dict[str, Any]]] = []
         self.fail_status = 0
+        self.refuse: dict[str, str] = {}  # kind -> the API server's message
+        self.secrets_to_read: dict[tuple[str, str], dict[str, str]] = {}
 
     async def ensure_config_secret(self, manifest: dict[str, Any]) -> bool:
         self.secrets.append(manifest)
@@ -58,7 +63,12 @@ class FakeCluster:
         raise AssertionError("not expected")
 
     async def apply(self, manifest: dict[str, Any]) -> None:
+        if manifest["kind"] in self.refuse:
+            raise RuntimeError(self.refuse[manifest["kind"]])
         self.applied.append(manifest)
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.secrets_to_read.get((namespace, name))
 
     async def patch_status(
         self, kind: Kind, namespace: str, name: str, status: dict[str, Any]
@@ -399,3 +409,61 @@ async def test_load_balancer_without_listeners_gets_no_portless_service(
         ("PodDisruptionBudget", "lb-wslb"),
     ]
     assert server.published[0][1].listeners == []
+
+
+async def test_a_refused_owned_object_reaches_the_load_balancer_status(
+    parts: tuple[Store, Reconciler, FakeServer, FakeCluster],
+) -> None:
+    """An affinity the CRD passes through unchecked, refused by the API server: the
+    LoadBalancer says so, and stops saying so once the Deployment applies."""
+    store, reconciler, _, cluster = parts
+    message = 'Deployment.apps "lb-wslb" is invalid: spec.template.spec.affinity: bad'
+    cluster.refuse["Deployment"] = message + "\nsecond line"
+    await synced_round(store, reconciler, *BODIES)
+    programmed = cluster.last_status(Kind.LOAD_BALANCER, "lb")["conditions"][1]
+    assert (programmed["status"], programmed["reason"]) == ("False", "ApplyFailed")
+    assert programmed["message"] == f"Deployment lb-wslb: {message}"
+    assert {m["kind"] for m in cluster.applied} == {"Service", "PodDisruptionBudget"}
+    cluster.refuse.clear()
+    reconciler.mark_dirty([LB])
+    await reconciler.round()
+    programmed = cluster.last_status(Kind.LOAD_BALANCER, "lb")["conditions"][1]
+    assert programmed["reason"] != "ApplyFailed"
+    assert "Deployment" in {m["kind"] for m in cluster.applied}
+
+
+def docker_config(registry: str, user: str) -> dict[str, str]:
+    config = {"auths": {registry: {"username": user, "password": "pw"}}}
+    return {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()}
+
+
+def pulled_registries(cluster: FakeCluster) -> dict[str, Any]:
+    (copy,) = [m for m in cluster.applied if m["metadata"]["name"] == "lb-wslb-pull"][-1:]
+    result: dict[str, Any] = json.loads(base64.b64decode(copy["data"][".dockerconfigjson"]))
+    return result["auths"]
+
+
+async def test_chart_pull_secrets_are_copied_into_the_load_balancer_namespace() -> None:
+    store, server, cluster, fake = Store(), FakeServer(), FakeCluster(), FakeTime()
+    cluster.secrets_to_read[("wslb-system", "regcred")] = docker_config("r.example", "a")
+    cluster.secrets_to_read[("wslb-system", "mirror")] = docker_config("m.example", "b")
+    pull = PullSecrets(("regcred", "mirror", "absent"), "wslb-system", clock=fake.monotonic)
+    reconciler = Reconciler(
+        store, cluster, PARAMS, server=server, monotonic=fake.monotonic, sleep=fake.sleep,
+        pull_secrets=pull,
+    )  # fmt: skip
+    task = asyncio.create_task(reconciler.run())
+    try:
+        feed(store, reconciler, *BODIES)
+        reconciler.mark_synced()
+        await settle()
+        assert sorted(pulled_registries(cluster)) == ["m.example", "r.example"]
+        # The source changes: within the refresh period every copy follows.
+        cluster.secrets_to_read[("wslb-system", "mirror")] = docker_config("n.example", "c")
+        fake.now += pull.refresh_seconds
+        await settle(60)
+        assert sorted(pulled_registries(cluster)) == ["n.example", "r.example"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
