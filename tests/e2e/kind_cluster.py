@@ -338,6 +338,7 @@ class Cluster:
                 [tool("kind"), "load", "docker-image", image, "--name", self.name, *targets],
                 timeout=600,
             )
+            self._check_loaded(image)
             return
         with tempfile.TemporaryDirectory(prefix="wslb-image-") as tmp:
             archive = Path(tmp) / "image.tar"
@@ -358,6 +359,14 @@ class Cluster:
                 env=kind_env(self.provider),
                 timeout=600,
             )
+        self._check_loaded(image)
+
+    def _check_loaded(self, image: str) -> None:
+        """Fail here, naming the node, if a node lacks the image after `kind load`, rather
+        than minutes later as an ImagePullBackOff of the first pod that runs it."""
+        for node in self.workers():
+            if not self.node_exec(node, "crictl", "images", "-q", image).strip():
+                raise ClusterError(["kind", "load", image], 0, f"{image} is not on node {node}")
 
     # -- diagnostics ----------------------------------------------------------------------
 
