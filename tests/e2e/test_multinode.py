@@ -11,8 +11,10 @@ order on one install (a module fixture): spread is checked first, then the disru
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -312,20 +314,22 @@ def test_kubectl_scale_and_an_hpa_change_the_replica_count(cluster: Cluster, lb:
 
 
 def test_image_pull_secrets_value_reaches_the_data_plane_pods(cluster: Cluster, lb: str) -> None:
+    """The chart's `imagePullSecrets` names a registry Secret in the release namespace; the
+    data-plane pods, in the LoadBalancer's namespace, must pull with those credentials (a
+    pod can only name Secrets of its own namespace, so the controller passes a copy)."""
     ns = lb
-    secret = "regcred"
-    for where in (SYSTEM, ns):  # a pod pulls with Secrets of its own namespace
-        cluster.kubectl(
-            "create",
-            "secret",
-            "docker-registry",
-            secret,
-            "-n",
-            where,
-            "--docker-server=registry.example.invalid",
-            "--docker-username=e2e",
-            "--docker-password=not-a-real-password",
-        )
+    registry, user = "registry.example.invalid", f"e2e-{secrets.token_hex(3)}"
+    cluster.kubectl(
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "-n",
+        SYSTEM,
+        f"--docker-server={registry}",
+        f"--docker-username={user}",
+        "--docker-password=not-a-real-password",
+    )
     cluster.helm(
         "upgrade",
         RELEASE,
@@ -334,23 +338,32 @@ def test_image_pull_secrets_value_reaches_the_data_plane_pods(cluster: Cluster, 
         SYSTEM,
         "--reuse-values",
         "--set",
-        f"imagePullSecrets[0].name={secret}",
+        "imagePullSecrets[0].name=regcred",
         "--wait",
         "--timeout",
         "180s",
     )
 
+    def credentials(name: str) -> dict[str, Any]:
+        secret = cluster.get("secret", name, "-n", ns)
+        assert secret["type"] == "kubernetes.io/dockerconfigjson", secret["type"]
+        config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+        auths: dict[str, Any] = config["auths"]
+        return auths
+
     def pods_pull_with_it() -> bool:
         pods = cluster.get("pods", "-n", ns, "-l", f"{LB_LABEL}={LB}")["items"]
         ready = product.data_plane_nodes(cluster, ns, LB)
-        return bool(
-            pods
-            and len(ready) == len(pods)
-            and all(p["spec"].get("imagePullSecrets") == [{"name": secret}] for p in pods)
-        )
+        if not pods or len(ready) != len(pods):
+            return False
+        for pod in pods:
+            names = [ref["name"] for ref in pod["spec"].get("imagePullSecrets", [])]
+            if not any(credentials(n).get(registry, {}).get("username") == user for n in names):
+                return False
+        return True
 
     cluster.wait_for(
-        pods_pull_with_it, timeout=240, what=f"data-plane pods with imagePullSecrets {secret}"
+        pods_pull_with_it, timeout=180, what=f"data-plane pods pulling with {user}@{registry}"
     )
 
 
