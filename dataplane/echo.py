@@ -1,9 +1,15 @@
 """Demo echo backend: a small websockets server for demos, tests and e2e pods.
 
 It echoes every message back unchanged. A text message `whoami` is answered with the
-backend's name instead, so a client can tell which backend it reached. It also serves
-plain HTTP GET `/healthz` (200) for HTTP health checks and readiness probes, and
-negotiates permessage-deflate and any subprotocol listed with `--subprotocol`.
+backend's name instead, so a client can tell which backend it reached, and `peer` with the
+address the connection came from (behind a load balancer: which data plane relays it). It
+also serves plain HTTP GET `/healthz` (200) for HTTP health checks and readiness probes,
+and negotiates permessage-deflate and any subprotocol listed with `--subprotocol`.
+
+On SIGTERM it closes its open connections with 1001, as a well-behaved backend does. With
+`--hold-on-sigterm` it only stops accepting (so readiness fails) and keeps open connections
+until their peers close them, then exits: a backend that never says goodbye by itself, so a
+test through the load balancer sees a 1001 only if the load balancer drains.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ def make_handler(name: str) -> object:
             async for message in connection:
                 if message == "whoami":
                     await connection.send(name)
+                elif message == "peer":
+                    await connection.send(str(connection.remote_address[0]))
                 else:
                     await connection.send(message)
         except ConnectionClosed:
@@ -85,8 +93,14 @@ async def _main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
     await stop
-    server.close()
+    if args.hold_on_sigterm:
+        log.info(
+            "stopping: no new connections; holding %d open until their peers close them",
+            len(server.connections),
+        )
+    server.close(close_connections=not args.hold_on_sigterm)
     await server.wait_closed()
+    log.info("stopped")
 
 
 def main() -> None:
@@ -102,6 +116,11 @@ def main() -> None:
         help="what `whoami` answers (default: $WSLB_ECHO_NAME, $POD_NAME or the host name)",
     )
     parser.add_argument("--subprotocol", action="append", default=[])
+    parser.add_argument(
+        "--hold-on-sigterm",
+        action="store_true",
+        help="on SIGTERM stop accepting but keep open connections until their peers close them",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("websockets.server").setLevel(logging.WARNING)

@@ -1,10 +1,18 @@
 """The e2e tier's cluster: a kind cluster (or an existing one) and the helpers tests use on it.
 
 It owns creating and deleting kind clusters, loading our image into them, and running
-kubectl/helm against them; it must not hold test logic. Everything a test reaches is on
-127.0.0.1: the API server (`apiServerAddress`) and a block of NodePorts mapped to host ports
+kubectl/helm against them; it must not hold test logic. A cluster is one control plane and
+two workers (``WSLB_E2E_WORKERS``), so that what only several nodes show (replicas spread,
+node drains) is tested. Everything a test reaches is on 127.0.0.1: the API server
+(`apiServerAddress`) and, from every node, a block of NodePorts mapped to host ports
 (`extraPortMappings` with `listenAddress: 127.0.0.1`), so test traffic stays on loopback and
-test clients connect as external clients would.
+test clients connect as external clients would. Every node's ports are mapped, not one
+node's: a Service with `externalTrafficPolicy: Local` (the data plane's) answers only on the
+nodes that run one of its pods, and a test picks those nodes as an external load balancer
+health-checking the nodes would.
+
+With our node image (no kindnet), each node's bridge CNI gets its own pod subnet (a
+conflist mounted over the image's) and every node routes the other nodes' subnets to them.
 
 Environment:
 - ``WSLB_KIND_NODE_IMAGE``: node image to use instead of the one built here (on a machine with
@@ -14,6 +22,7 @@ Environment:
   ``WSLB_E2E_NODE_PORTS`` (``30080=41234,...``) says where its NodePorts are reachable on
   127.0.0.1 (default: the file ``hack/cluster.sh up`` writes, else the same numbers).
 - ``WSLB_IMAGE``: our image (default ``localhost/wslb:dev``).
+- ``WSLB_E2E_WORKERS``: worker nodes (default 2; 0 gives the old single-node cluster).
 
 Run as a script (``python -m tests.e2e.kind_cluster up|down``) it is what
 ``make cluster-up`` / ``make cluster-down`` call.
@@ -66,8 +75,12 @@ WSLB_IMAGE = os.environ.get("WSLB_IMAGE", "localhost/wslb:dev")
 LOCAL_NODE_IMAGE = (
     os.environ.get("WSLB_NODE_IMAGE_BUILD") or f"localhost/wslb-kind-node:{K8S_VERSION}"
 )
-#: NodePorts reserved for tests, each mapped to a free host port on 127.0.0.1.
+#: NodePorts reserved for tests, each mapped (from every node) to a free host port on 127.0.0.1.
 NODE_PORTS = tuple(range(30080, 30090))
+#: Worker nodes beside the control plane.
+WORKERS = int(os.environ.get("WSLB_E2E_WORKERS", "2"))
+#: kind's default pod subnet; node i of our node image takes 10.244.i.0/24 of it.
+POD_SUBNET_PREFIX = "10.244"
 #: Where `hack/cluster.sh up` records the cluster it made, for WSLB_E2E_CLUSTER=existing.
 STATE_FILE = CACHE / "cluster-up.json"
 
@@ -183,8 +196,12 @@ class Cluster:
     name: str
     kubeconfig: Path
     context: str
-    #: NodePort -> host port on 127.0.0.1 where it is reachable.
+    #: NodePort -> host port on 127.0.0.1 where it is reachable (through the first node).
     node_ports: dict[int, int] = field(default_factory=dict)
+    #: node name -> its own NodePort -> host port map (every node of a kind cluster).
+    nodes: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: node name -> the pod subnet its bridge CNI hands out (our node image only).
+    pod_subnets: dict[str, str] = field(default_factory=dict)
     #: "kind" for clusters this module created (image loading by `kind load`), else "existing".
     kind: str = "kind"
     provider: str = "podman"
@@ -273,19 +290,55 @@ class Cluster:
                 f"NodePort {node_port} is not mapped; reserved: {sorted(self.node_ports)}"
             ) from None
 
-    def url(self, node_port: int, scheme: str = "ws", path: str = "/") -> str:
-        """URL of a NodePort as a client on the host reaches it."""
-        return f"{scheme}://127.0.0.1:{self.host_port(node_port)}{path}"
+    def url(
+        self, node_port: int, scheme: str = "ws", path: str = "/", node: str | None = None
+    ) -> str:
+        """URL of a NodePort as a client on the host reaches it, through `node` if given
+        (needed for `externalTrafficPolicy: Local`), else through the first node."""
+        ports = self.nodes.get(node, self.node_ports) if node else self.node_ports
+        if node_port not in ports:
+            raise KeyError(f"NodePort {node_port} is not mapped; reserved: {sorted(ports)}")
+        return f"{scheme}://127.0.0.1:{ports[node_port]}{path}"
+
+    def pod_nodes(self, namespace: str, selector: str) -> dict[str, str]:
+        """Ready pod name -> the node it runs on."""
+        return {
+            p["metadata"]["name"]: p["spec"]["nodeName"]
+            for p in self.ready_pods(namespace, selector)
+        }
+
+    def workers(self) -> list[str]:
+        """Nodes without the control-plane role (all nodes on a single-node cluster)."""
+        items = self.get("nodes")["items"]
+        names = [
+            n["metadata"]["name"]
+            for n in items
+            if "node-role.kubernetes.io/control-plane" not in n["metadata"].get("labels", {})
+        ]
+        return sorted(names) or sorted(n["metadata"]["name"] for n in items)
+
+    def node_exec(self, node: str, *command: str, timeout: float = 60) -> str:
+        """Run a command inside a kind node's container (kind clusters only)."""
+        if self.kind != "kind":
+            raise ClusterError(["exec", node, *command], 1, "not a kind cluster: no node exec")
+        engine = "docker" if self.provider == "docker" else "podman"
+        return run([engine, "exec", node, *command], timeout=timeout).stdout
 
     # -- images ---------------------------------------------------------------------------
 
     def load_image(self, image: str | None = None) -> None:
-        """Make a locally built image available to the cluster's nodes."""
+        """Make a locally built image available to the nodes that run pods (the workers:
+        kind taints its control plane when it has workers; kind loads them in parallel)."""
         image = image or self.image
         if self.kind != "kind":
             return  # an existing cluster pulls (or already has) what it runs
+        targets = ["--nodes", ",".join(self.workers())]
         if self.provider == "docker":
-            run([tool("kind"), "load", "docker-image", image, "--name", self.name], timeout=600)
+            run(
+                [tool("kind"), "load", "docker-image", image, "--name", self.name, *targets],
+                timeout=600,
+            )
+            self._check_loaded(image)
             return
         with tempfile.TemporaryDirectory(prefix="wslb-image-") as tmp:
             archive = Path(tmp) / "image.tar"
@@ -294,10 +347,26 @@ class Cluster:
                 timeout=600,
             )
             run(
-                [tool("kind"), "load", "image-archive", str(archive), "--name", self.name],
+                [
+                    tool("kind"),
+                    "load",
+                    "image-archive",
+                    str(archive),
+                    "--name",
+                    self.name,
+                    *targets,
+                ],
                 env=kind_env(self.provider),
                 timeout=600,
             )
+        self._check_loaded(image)
+
+    def _check_loaded(self, image: str) -> None:
+        """Fail here, naming the node, if a node lacks the image after `kind load`, rather
+        than minutes later as an ImagePullBackOff of the first pod that runs it."""
+        for node in self.workers():
+            if not self.node_exec(node, "crictl", "images", "-q", image).strip():
+                raise ClusterError(["kind", "load", image], 0, f"{image} is not on node {node}")
 
     # -- diagnostics ----------------------------------------------------------------------
 
@@ -332,19 +401,62 @@ def kind_env(chosen: str) -> dict[str, str]:
     return {**os.environ, "KIND_EXPERIMENTAL_PROVIDER": chosen}
 
 
-def kind_config(name: str, port_map: dict[int, int], node_image: str, local_node: bool) -> str:
-    """The kind cluster config (JSON, which kind reads as YAML)."""
+def node_names(name: str, workers: int = WORKERS) -> list[str]:
+    """The node (container) names kind gives a cluster: control plane first."""
+    return [f"{name}-control-plane"] + [
+        f"{name}-worker{i if i > 1 else ''}" for i in range(1, workers + 1)
+    ]
+
+
+def bridge_conflist(subnet: str) -> str:
+    """Our node image's bridge CNI config with this node's own pod subnet (the image ships
+    one subnet for all nodes, which is only right on a single node). Pod traffic leaving
+    the subnet is masqueraded to the node's address, so replies need no extra routes."""
+    return json.dumps(
+        {
+            "cniVersion": "0.4.0",
+            "name": "wslb-kind",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": True,
+                    "ipMasq": True,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": subnet}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+                {"type": "loopback"},
+            ],
+        },
+        indent=2,
+    )
+
+
+def kind_config(
+    name: str,
+    port_maps: dict[str, dict[int, int]],
+    node_image: str,
+    cni_configs: dict[str, Path] | None = None,
+) -> str:
+    """The kind cluster config (JSON, which kind reads as YAML): nodes in `port_maps` order,
+    the first the control plane. `cni_configs` (node -> conflist file) means our node image."""
     networking: dict[str, Any] = {
         "apiServerAddress": "127.0.0.1",
         "apiServerPort": 0,
         "kubeProxyMode": "nftables",
+        "podSubnet": f"{POD_SUBNET_PREFIX}.0.0/16",
     }
     patches = [
         # cgroup v1 hosts (this machine): the kubelet refuses v1 unless told otherwise.
         "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n"
         "failCgroupV1: false\n",
     ]
-    if local_node:
+    if cni_configs is not None:
         # kindnetd's image cannot be pulled: the node image ships a bridge CNI config.
         networking["disableDefaultCNI"] = True
         # the CoreDNS image we built and preloaded, at our pinned tag
@@ -352,27 +464,37 @@ def kind_config(name: str, port_map: dict[int, int], node_image: str, local_node
             "kind: ClusterConfiguration\napiVersion: kubeadm.k8s.io/v1beta4\n"
             f"dns:\n  imageTag: {COREDNS_TAG}\n"
         )
+    nodes = []
+    for index, (node, port_map) in enumerate(port_maps.items()):
+        entry: dict[str, Any] = {
+            "role": "control-plane" if index == 0 else "worker",
+            "image": node_image,
+            "extraPortMappings": [
+                {
+                    "containerPort": node_port,
+                    "hostPort": host_port,
+                    "listenAddress": "127.0.0.1",
+                    "protocol": "TCP",
+                }
+                for node_port, host_port in sorted(port_map.items())
+            ],
+        }
+        if cni_configs is not None:
+            entry["extraMounts"] = [
+                {
+                    "hostPath": str(cni_configs[node]),
+                    "containerPath": "/etc/cni/net.d/10-wslb-bridge.conflist",
+                    "readOnly": True,
+                }
+            ]
+        nodes.append(entry)
     config = {
         "kind": "Cluster",
         "apiVersion": "kind.x-k8s.io/v1alpha4",
         "name": name,
         "networking": networking,
         "kubeadmConfigPatches": patches,
-        "nodes": [
-            {
-                "role": "control-plane",
-                "image": node_image,
-                "extraPortMappings": [
-                    {
-                        "containerPort": node_port,
-                        "hostPort": host_port,
-                        "listenAddress": "127.0.0.1",
-                        "protocol": "TCP",
-                    }
-                    for node_port, host_port in sorted(port_map.items())
-                ],
-            }
-        ],
+        "nodes": nodes,
     }
     return json.dumps(config, indent=2)
 
@@ -386,19 +508,52 @@ def plan(name: str | None = None, workdir: Path | None = None) -> Cluster:
     name = name or f"wslb-e2e-{secrets.token_hex(3)}"
     node_image = os.environ.get("WSLB_KIND_NODE_IMAGE") or LOCAL_NODE_IMAGE
     local_node = not os.environ.get("WSLB_KIND_NODE_IMAGE")
-    port_map = dict(zip(NODE_PORTS, free_host_ports(len(NODE_PORTS)), strict=True))
+    names = node_names(name)
+    host_ports = iter(free_host_ports(len(NODE_PORTS) * len(names)))
+    port_maps = {node: {p: next(host_ports) for p in NODE_PORTS} for node in names}
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "kind.json").write_text(kind_config(name, port_map, node_image, local_node))
+    subnets: dict[str, str] = {}
+    cni_configs: dict[str, Path] | None = None
+    if local_node:
+        subnets = {node: f"{POD_SUBNET_PREFIX}.{i}.0/24" for i, node in enumerate(names)}
+        cni_configs = {node: workdir / f"cni-{node}.conflist" for node in names}
+        for node, path in cni_configs.items():
+            path.write_text(bridge_conflist(subnets[node]))
+            path.chmod(0o644)
+    (workdir / "kind.json").write_text(kind_config(name, port_maps, node_image, cni_configs))
     return Cluster(
         name=name,
         kubeconfig=workdir / "kubeconfig",
         context=f"kind-{name}",
-        node_ports=port_map,
+        node_ports=port_maps[names[0]],
+        nodes=port_maps,
+        pod_subnets=subnets,
         kind="kind",
         provider=provider(),
     )
+
+
+def route_pod_subnets(cluster: Cluster) -> None:
+    """Our node image has no kindnet: every node routes each other node's pod subnet to that
+    node's address (all nodes share one container network), as kindnet would."""
+    if not cluster.pod_subnets:
+        return
+    addresses = {
+        n["metadata"]["name"]: next(
+            a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP"
+        )
+        for n in cluster.get("nodes")["items"]
+    }
+    for node in addresses:
+        routes = [
+            f"ip route replace {cluster.pod_subnets[other]} via {address}"
+            for other, address in sorted(addresses.items())
+            if other != node
+        ]
+        if routes:
+            cluster.node_exec(node, "sh", "-c", " && ".join(routes))
 
 
 def start(cluster: Cluster, log: Callable[[str], None] = print) -> None:
@@ -408,9 +563,13 @@ def start(cluster: Cluster, log: Callable[[str], None] = print) -> None:
     caller's `destroy` removes it.
     """
     config_file = cluster.kubeconfig.parent / "kind.json"
-    node_image = json.loads(config_file.read_text())["nodes"][0]["image"]
+    nodes = json.loads(config_file.read_text())["nodes"]
+    node_image = nodes[0]["image"]
     started = time.monotonic()
-    log(f"creating kind cluster {cluster.name} ({cluster.provider}, node image {node_image})")
+    log(
+        f"creating kind cluster {cluster.name} ({cluster.provider}, {len(nodes)} nodes, "
+        f"node image {node_image})"
+    )
     run(
         [
             tool("kind"),
@@ -430,8 +589,12 @@ def start(cluster: Cluster, log: Callable[[str], None] = print) -> None:
         timeout=600,
     )
     created = time.monotonic()
-    # The control plane is up; wait for what every test leans on: DNS, kube-proxy and the
-    # default ServiceAccount that pods are admitted with.
+    route_pod_subnets(cluster)
+    # The control plane is up; wait for what every test leans on: every node Ready, DNS,
+    # kube-proxy and the default ServiceAccount that pods are admitted with.
+    cluster.kubectl(
+        "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=180s", timeout=210
+    )
     cluster.rollout("coredns", "kube-system")
     cluster.kubectl(
         "rollout",
@@ -452,7 +615,7 @@ def start(cluster: Cluster, log: Callable[[str], None] = print) -> None:
     log(
         f"cluster {cluster.name}: created in {created - started:.0f}s, system pods ready in "
         f"{ready - created:.0f}s, image loaded in {loaded - ready:.0f}s; "
-        f"NodePorts on 127.0.0.1: {cluster.node_ports}"
+        f"NodePorts on 127.0.0.1 per node: {cluster.nodes}"
     )
 
 
@@ -492,11 +655,17 @@ def existing() -> Cluster:
     ).stdout.strip()
     if state.get("context") == context:
         # a cluster from `make cluster-up`: its own kubeconfig and port map, kind loading
+        nodes = {
+            node: {int(k): int(v) for k, v in ports.items()}
+            for node, ports in state.get("nodes", {}).items()
+        }
         return Cluster(
             name=state["name"],
             kubeconfig=Path(state["kubeconfig"]),
             context=context,
             node_ports={int(k): int(v) for k, v in state["node_ports"].items()},
+            nodes=nodes,
+            pod_subnets=state.get("pod_subnets", {}),
             kind="kind",
             provider=state["provider"],
         )
@@ -538,12 +707,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "context": cluster.context,
                     "provider": cluster.provider,
                     "node_ports": {str(k): v for k, v in cluster.node_ports.items()},
+                    "nodes": {
+                        node: {str(k): v for k, v in ports.items()}
+                        for node, ports in cluster.nodes.items()
+                    },
+                    "pod_subnets": cluster.pod_subnets,
                 },
                 indent=2,
             )
         )
         print(f"export KUBECONFIG={cluster.kubeconfig}")
-        print(f"# NodePorts on 127.0.0.1: {cluster.node_ports}", file=sys.stderr)
+        print(f"# NodePorts on 127.0.0.1 per node: {cluster.nodes}", file=sys.stderr)
         print("# WSLB_E2E_CLUSTER=existing runs the e2e tests on it", file=sys.stderr)
         return 0
     state = json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {}

@@ -36,8 +36,15 @@ def echo_deployment(
     replicas: int = 2,
     readiness: dict[str, Any] | None = None,
     image: str = WSLB_IMAGE,
+    hold_on_sigterm: bool = False,
+    grace_seconds: int = 5,
 ) -> dict[str, Any]:
-    """The demo echo backend; `whoami` answers the pod's name (POD_NAME)."""
+    """The demo echo backend; `whoami` answers the pod's name (POD_NAME). With
+    `hold_on_sigterm` it keeps its open connections when told to stop, until its peers
+    close them or the grace period ends."""
+    command = ["wslb-echo", "--host", "0.0.0.0", "--port", str(ECHO_PORT)]
+    if hold_on_sigterm:
+        command.append("--hold-on-sigterm")
     probe = readiness or {
         "httpGet": {"path": "/healthz", "port": ECHO_PORT},
         "periodSeconds": 2,
@@ -58,13 +65,13 @@ def echo_deployment(
                     # ECHO_PORT=tcp://... in every pod, which wslb-echo reads as its port
                     "enableServiceLinks": False,
                     "securityContext": RESTRICTED_POD,
-                    "terminationGracePeriodSeconds": 5,
+                    "terminationGracePeriodSeconds": grace_seconds,
                     "containers": [
                         {
                             "name": "echo",
                             "image": image,
                             "imagePullPolicy": "Never",
-                            "command": ["wslb-echo", "--host", "0.0.0.0", "--port", str(ECHO_PORT)],
+                            "command": command,
                             "env": [
                                 {
                                     "name": "POD_NAME",

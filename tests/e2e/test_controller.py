@@ -16,51 +16,35 @@ from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
 
 from dataplane.certs import self_signed
-from tests.e2e.kind_cluster import REPO, Cluster
+from tests.e2e import product
+from tests.e2e.kind_cluster import Cluster
 from tests.e2e.manifests import dump, echo_deployment
+from tests.e2e.product import (
+    RELEASE,
+    SYSTEM,
+    entry_url,
+    open_ws,
+    programmed,
+    reach,
+    whoami,
+)
 
 pytestmark = pytest.mark.e2e
 
-RELEASE = "wslb"
-SYSTEM = "wslb-system"
 LB = "edge"
 HTTP_NODE_PORT = 30081
 HTTPS_NODE_PORT = 30082
 ECHO = "echo"
 
 
-def image_values(cluster: Cluster) -> list[str]:
-    repository, _, tag = cluster.image.rpartition(":")
-    return ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
-
-
 def load_balancer() -> dict[str, Any]:
-    return {
-        "apiVersion": "wslb.io/v1alpha1",
-        "kind": "LoadBalancer",
-        "metadata": {"name": LB},
-        "spec": {"tier": "slb.s1.small", "replicas": 1, "service": {"type": "NodePort"}},
-    }
+    return product.load_balancer(LB, replicas=1)
 
 
 def listener(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "loadBalancerRef": {"name": LB},
-        "protocol": "HTTP",
-        "port": 8080,
-        "backends": [{"serviceName": ECHO, "port": 8080}],
-        "drainTimeoutSeconds": 3,
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "wslb.io/v1alpha1",
-        "kind": "Listener",
-        "metadata": {"name": name},
-        "spec": body,
-    }
+    return product.listener(name, LB, ECHO, **spec)
 
 
 def echo_service() -> dict[str, Any]:
@@ -85,30 +69,6 @@ def tls_secret(name: str, cert: str, key: str) -> dict[str, Any]:
     }
 
 
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for item in obj.get("status", {}).get("conditions", []) or []:
-        if item.get("type") == kind:
-            return dict(item)
-    return None
-
-
-def programmed(cluster: Cluster, namespace: str, name: str) -> bool:
-    obj = cluster.get("listener", name, "-n", namespace)
-    found = condition(obj, "Programmed")
-    return bool(
-        found
-        and found["status"] == "True"
-        and found.get("observedGeneration") == obj["metadata"]["generation"]
-    )
-
-
-def whoami(ws: ClientConnection) -> str:
-    ws.send("whoami")
-    answer = ws.recv(timeout=10)
-    assert isinstance(answer, str)
-    return answer
-
-
 def echo_pods(cluster: Cluster, namespace: str) -> set[str]:
     return {p["metadata"]["name"] for p in cluster.ready_pods(namespace, f"app={ECHO}")}
 
@@ -118,39 +78,22 @@ def data_planes(cluster: Cluster, namespace: str) -> set[str]:
     return {p["metadata"]["name"] for p in pods}
 
 
-def open_ws(url: str, **kwargs: Any) -> ClientConnection:
-    return connect(url, open_timeout=10, close_timeout=5, **kwargs)
-
-
-def reach(cluster: Cluster, url: str, **kwargs: Any) -> str:
-    """Connect (retrying while the data plane comes up) and return who answered."""
-
-    def attempt() -> str | None:
-        try:
-            with open_ws(url, **kwargs) as ws:
-                return whoami(ws)
-        except (OSError, ConnectionClosed, TimeoutError, Exception):
-            return None
-
-    return cluster.wait_for(attempt, timeout=120, what=f"a WebSocket echo through {url}")
+def lb_url(cluster: Cluster, namespace: str, node_port: int, scheme: str = "ws") -> str:
+    return entry_url(cluster, namespace, LB, node_port, scheme)
 
 
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster, namespace: str) -> str:
     """The chart installed, echo backends running; yields the test namespace."""
-    cluster.kubectl("create", "namespace", SYSTEM, check=False)
-    cluster.helm(
-        "install",
-        RELEASE,
-        str(REPO / "helm" / "wslb"),
-        "-n",
-        SYSTEM,
-        "--wait",
-        "--timeout",
-        "180s",
-        *image_values(cluster),
+    product.install(cluster)
+    # A backend that never closes by itself on SIGTERM: a 1001 the client sees is the LB's.
+    cluster.apply(
+        dump(
+            echo_deployment(ECHO, replicas=2, hold_on_sigterm=True, grace_seconds=30),
+            echo_service(),
+        ),
+        namespace,
     )
-    cluster.apply(dump(echo_deployment(ECHO, replicas=2), echo_service()), namespace)
     cluster.rollout(ECHO, namespace)
     return namespace
 
@@ -170,7 +113,8 @@ def test_listener_is_programmed_and_clients_reach_backends_through_the_node_port
     )
     cluster.rollout(f"{LB}-wslb", ns, timeout=180)
     cluster.wait_for(lambda: programmed(cluster, ns, "ws") or None, what="Listener Programmed")
-    seen = {reach(cluster, cluster.url(HTTP_NODE_PORT)) for _ in range(8)}
+    url = lb_url(cluster, ns, HTTP_NODE_PORT)
+    seen = {reach(cluster, url) for _ in range(8)}
     assert seen == echo_pods(cluster, ns)
     printed = cluster.kubectl("get", "listeners", "-n", ns).stdout
     assert "PROGRAMMED" in printed.upper() and "True" in printed
@@ -195,7 +139,7 @@ def test_scaling_backends_changes_endpoints_and_drops_no_live_connection(
     cluster: Cluster, installed: str
 ) -> None:
     ns = installed
-    url = cluster.url(HTTP_NODE_PORT)
+    url = lb_url(cluster, ns, HTTP_NODE_PORT)
     with open_ws(url) as held:
         first = whoami(held)
         before = echo_pods(cluster, ns)
@@ -216,7 +160,7 @@ def test_deleted_backend_pod_drains_its_connections_with_1001(
     cluster: Cluster, installed: str
 ) -> None:
     ns = installed
-    url = cluster.url(HTTP_NODE_PORT)
+    url = lb_url(cluster, ns, HTTP_NODE_PORT)
     with open_ws(url) as held:
         victim = whoami(held)
         cluster.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
@@ -256,7 +200,7 @@ def test_https_listener_serves_the_secret_and_a_rotated_secret_keeps_old_connect
     cluster.wait_for(lambda: programmed(cluster, ns, "wss") or None, what="wss Programmed")
     # A new Listener reaches the running data plane over the channel: no pod was replaced.
     assert data_planes(cluster, ns) == running
-    url = cluster.url(HTTPS_NODE_PORT, scheme="wss")
+    url = lb_url(cluster, ns, HTTPS_NODE_PORT, scheme="wss")
     old_ctx = ssl.create_default_context(cadata=old_cert)
     reach(cluster, url, ssl=old_ctx)
     with open_ws(url, ssl=old_ctx) as held:
@@ -274,7 +218,7 @@ def test_controller_restart_pushes_no_empty_snapshot_and_drops_no_connection(
     cluster: Cluster, installed: str
 ) -> None:
     ns = installed
-    url = cluster.url(HTTP_NODE_PORT)
+    url = lb_url(cluster, ns, HTTP_NODE_PORT)
     running = data_planes(cluster, ns)
     with open_ws(url) as held:
         name = whoami(held)
