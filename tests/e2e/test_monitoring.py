@@ -26,6 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.e2e.kind_cluster import REPO, Cluster
 from tests.e2e.manifests import dump, echo_deployment
+from tests.e2e.product import entry_url
 from tests.monitoring import prometheus as prometheus_server
 from tests.monitoring.known import RULES, metric_names_in
 from tests.monitoring.prometheus import Prometheus
@@ -287,7 +288,9 @@ def test_prometheus_scrapes_the_stack_and_the_refusal_alert_fires(
     cluster: Cluster, stack: str, prometheus: Prometheus
 ) -> None:
     prom = prometheus
-    url = cluster.url(LISTENER_NODE_PORT)
+    # The data-plane Service keeps client addresses (externalTrafficPolicy Local): only a node
+    # that runs the data plane answers on its NodePort.
+    url = entry_url(cluster, stack, LB, LISTENER_NODE_PORT)
 
     def targets_up() -> bool:
         up = {r["metric"]["job"]: r["value"][1] for r in prom.query("up")}
