@@ -344,9 +344,26 @@ def test_prometheus_scrapes_the_stack_and_the_refusal_alert_fires(
 
         rules = prom.poll(rules_evaluated, "every rule evaluated")
         assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+
+        # The held tunnels fill the listener's limit, so the near-limit alert fires too (the
+        # data plane exports each limit in force as a gauge).
+        def near_limit_firing() -> dict[str, Any] | None:
+            for alert in prom.alerts():
+                if alert["labels"]["alertname"] == "WslbConnectionsNearListenerLimit":
+                    return alert if alert["state"] == "firing" else None
+            return None
+
+        near = prom.poll(near_limit_firing, "WslbConnectionsNearListenerLimit firing")
+        assert near["labels"] == {
+            "alertname": "WslbConnectionsNearListenerLimit",
+            "severity": "warning",
+            "namespace": stack,
+            "load_balancer": LB,
+            "listener": LISTENER,
+        }
         firing = {a["labels"]["alertname"] for a in prom.alerts() if a["state"] == "firing"}
         # Healthy otherwise: up, ready, programmed, connected, backends healthy.
-        assert firing == {"WslbNewConnectionsRefused"}, firing
+        assert firing == {"WslbNewConnectionsRefused", "WslbConnectionsNearListenerLimit"}, firing
 
         programmed_series = prom.query("wslb_controller_listener_programmed")
         assert [r["metric"] for r in programmed_series] == [
