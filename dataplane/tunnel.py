@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from enum import Enum
 from typing import Protocol, cast
 
@@ -625,6 +625,7 @@ class BackendSide(asyncio.Protocol):
         "attached",
         "buffer",
         "client",
+        "data_received",
         "lost",
         "transport",
     )
@@ -636,6 +637,9 @@ class BackendSide(asyncio.Protocol):
         self.answered = False  # the head of the answer went to the client side
         self.attached = False  # ClientSide took over: bytes go straight to it
         self.lost = False
+        # uvloop calls the bound method it finds here; after the 101 it is the client
+        # side's own feed (see attach), one Python call per chunk fewer.
+        self.data_received: Callable[[bytes], None] = self._answer_data  # type: ignore[assignment]
 
     def itself(self) -> BackendSide:
         """Protocol factory for create_connection: this very instance."""
@@ -662,7 +666,7 @@ class BackendSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
+    def _answer_data(self, data: bytes) -> None:
         if self.attached:
             self.client.backend_data(data)
             return
@@ -682,6 +686,9 @@ class BackendSide(asyncio.Protocol):
         """From now on bytes go to the client side; return those that came early."""
         self.attached = True
         rest, self.buffer = bytes(self.buffer), b""
+        self.data_received = self.client.backend_data
+        if self.transport is not None:
+            self.transport.set_protocol(self)  # uvloop reads data_received again
         return rest
 
     def eof_received(self) -> bool | None:
