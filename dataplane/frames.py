@@ -195,6 +195,15 @@ class FrameTracker:
                 self.messages += 1
                 self._message_bytes = 0
                 return data
+            # One whole ping, pong or close frame (the close handshake, keepalive).
+            if (
+                0x88 <= b0 <= 0x8A
+                and length < 126
+                and size == length + (6 if b1 & 0x80 else 2)
+                and (b1 & 0x80 or not self.require_mask)
+            ):
+                self.frames += 1
+                return data if self._control_complete(data) else _EMPTY
         # Fast path: whole data frames from a boundary, the common case of small messages.
         pos = self._scan_data_frames(data)
         if pos == len(data):
