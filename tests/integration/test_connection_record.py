@@ -50,7 +50,8 @@ async def test_a_tunnel_ends_with_one_complete_record(backends: Any, dataplane: 
     assert (record.messages_c2b, record.messages_b2c) == (3, 3)
     assert record.bytes_c2b > 3 * (6 + 3) and record.bytes_b2c >= 3 * (2 + 3)
     assert (record.close_code, record.closed_by) == (1000, "client")
-    assert 0 < record.handshake_seconds <= record.duration < 10
+    # uvloop's clock has millisecond steps: a fast handshake may take "0" of them.
+    assert 0 <= record.handshake_seconds <= record.duration < 10
     assert record.started > 1_600_000_000
 
 
