@@ -177,6 +177,33 @@ class FrameTracker:
             return data
         if self._skip or self._head or self._ctrl is not None or self._inject:
             return self._parse(data, forward=True)
+        # Fastest path: the chunk is one whole small final text or binary frame with no
+        # reserved bits (one small message per read, the usual chat or RPC traffic).
+        size = len(data)
+        if size > 1:
+            b1 = data[1]
+            length = b1 & 0x7F
+            b0 = data[0]
+            if (
+                (b0 == 0x81 or b0 == 0x82)
+                and length < 126
+                and size == length + (6 if b1 & 0x80 else 2)
+                and (b1 & 0x80 or not self.require_mask)
+                and length <= self.max_message
+            ):
+                self.frames += 1
+                self.messages += 1
+                self._message_bytes = 0
+                return data
+            # One whole ping, pong or close frame (the close handshake, keepalive).
+            if (
+                0x88 <= b0 <= 0x8A
+                and length < 126
+                and size == length + (6 if b1 & 0x80 else 2)
+                and (b1 & 0x80 or not self.require_mask)
+            ):
+                self.frames += 1
+                return data if self._control_complete(data) else _EMPTY
         # Fast path: whole data frames from a boundary, the common case of small messages.
         pos = self._scan_data_frames(data)
         if pos == len(data):

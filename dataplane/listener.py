@@ -65,12 +65,10 @@ class ListenerRuntime:
         self.certificates = certificates
         self.health: HealthChecker | None = None
         self.wheel = DeadlineWheel(asyncio.get_running_loop())
-        self._m_active = metrics.connections_active.labels(self.name)
         self._m_draining = metrics.connections_draining.labels(self.name)
         self._m_handshake = metrics.handshake_seconds.labels(self.name)
         self._m_duration = metrics.connection_seconds.labels(self.name)
         self._m_upgraded = metrics.upgrades.labels(self.name, "101")
-        self._m_backend: dict[str, Any] = {}
         self._m_closes: dict[tuple[str, str], Any] = {}
         self.config = config
         self.bind_key = _bind_key(config)
@@ -111,10 +109,8 @@ class ListenerRuntime:
             fresh[endpoint.key] = state
         removed = [state for key, state in self.endpoints.items() if key not in fresh]
         for state in removed:
-            self._m_backend.pop(state.key, None)
-            for gauge in (self.metrics.backend_healthy, self.metrics.backend_connections):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(self.name, state.key)
+            with contextlib.suppress(KeyError):
+                self.metrics.backend_healthy.remove(self.name, state.key)
         self.endpoints = fresh
         self.sticky = StickyCookies(
             backends.sticky,
@@ -201,7 +197,6 @@ class ListenerRuntime:
         self.connections.add(connection)
         self.empty.clear()
         self.capacity.active += 1
-        self._m_active.inc()
         if self.retired:
             return CLOSING
         return self.gate.check(connection.client_ip, len(self.connections), connection.accepted_at)
@@ -215,7 +210,6 @@ class ListenerRuntime:
         if not self.connections:
             self.empty.set()
         self.capacity.active -= 1
-        self._m_active.dec()
         if connection.draining:
             self.count_draining(-1)
         relay = connection.relay
@@ -232,14 +226,12 @@ class ListenerRuntime:
                 child = self._m_closes[key] = self.metrics.closes.labels(self.name, *key)
             child.inc()
             self._m_duration.observe(connection.ended_at - relay.opened_at)
-            endpoint = connection.endpoint
-            if endpoint is not None and self.endpoints.get(endpoint.key) is endpoint:
-                # connection_lost already took this connection off endpoint.active
-                self._backend_gauge(endpoint.key).set(endpoint.active)
 
     def traffic(self) -> TrafficTotals:
         """Totals of closed connections plus the live ones, for the scrape collector."""
         totals = TrafficTotals(**vars(self.totals))
+        totals.connections = len(self.connections)
+        totals.backend_connections = {key: state.active for key, state in self.endpoints.items()}
         for connection in self.connections:
             relay = connection.relay
             if relay is not None:
@@ -271,18 +263,9 @@ class ListenerRuntime:
     def should_drain(self, endpoint: EndpointState) -> bool:
         return endpoint.draining or self.endpoints.get(endpoint.key) is not endpoint
 
-    def _backend_gauge(self, key: str) -> Any:
-        """The labelled child, cached: labels() costs a microsecond on every handshake."""
-        child = self._m_backend.get(key)
-        if child is None:
-            child = self._m_backend[key] = self.metrics.backend_connections.labels(self.name, key)
-        return child
-
     def tunnel_opened(self, connection: ClientSide, handshake_seconds: float) -> None:
         self._m_upgraded.inc()
         self._m_handshake.observe(handshake_seconds)
-        if connection.endpoint is not None:
-            self._backend_gauge(connection.endpoint.key).set(connection.endpoint.active)
 
     def count_upgrade(self, status: int) -> None:
         self.metrics.upgrades.labels(self.name, str(status)).inc()

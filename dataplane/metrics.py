@@ -9,10 +9,10 @@ counters and a collector sums them at scrape time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 PREFIX = "wslb_dataplane"
@@ -44,10 +44,22 @@ class TrafficTotals:
     messages_b2c: int = 0
     bytes_c2b: int = 0
     bytes_b2c: int = 0
+    connections: int = 0  # open now (handshaking or tunnelling)
+    backend_connections: dict[str, int] = field(default_factory=dict)  # open or opening
+
+    def add(self, other: TrafficTotals) -> None:
+        self.messages_c2b += other.messages_c2b
+        self.messages_b2c += other.messages_b2c
+        self.bytes_c2b += other.bytes_c2b
+        self.bytes_b2c += other.bytes_b2c
+        self.connections += other.connections
+        for key, count in other.backend_connections.items():
+            self.backend_connections[key] = self.backend_connections.get(key, 0) + count
 
 
 class TrafficCollector(Collector):
-    """Reads message and byte counters at scrape time; `source` yields (listener, totals)."""
+    """Reads message, byte and open-connection counts at scrape time; `source` yields
+    (listener, totals). Nothing on a connection's path touches a metric object for them."""
 
     def __init__(self, source: Callable[[], Iterable[tuple[str, TrafficTotals]]]) -> None:
         self._source = source
@@ -63,13 +75,28 @@ class TrafficCollector(Collector):
             "Bytes relayed after the upgrade (frames, headers included), by direction.",
             labels=["listener", "direction"],
         )
+        active = GaugeMetricFamily(
+            f"{PREFIX}_connections_active",
+            "Client connections currently open (handshaking or tunnelling).",
+            labels=["listener"],
+        )
+        backend_active = GaugeMetricFamily(
+            f"{PREFIX}_backend_connections_active",
+            "Connections open (or being opened) to each backend.",
+            labels=["listener", "backend"],
+        )
         for listener, totals in self._source():
+            active.add_metric([listener], totals.connections)
+            for backend, count in totals.backend_connections.items():
+                backend_active.add_metric([listener, backend], count)
             messages.add_metric([listener, "client_to_backend"], totals.messages_c2b)
             messages.add_metric([listener, "backend_to_client"], totals.messages_b2c)
             data.add_metric([listener, "client_to_backend"], totals.bytes_c2b)
             data.add_metric([listener, "backend_to_client"], totals.bytes_b2c)
         yield messages
         yield data
+        yield active
+        yield backend_active
 
 
 class Metrics:
@@ -78,12 +105,6 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.connections_active = Gauge(
-            f"{PREFIX}_connections_active",
-            "Client connections currently open (handshaking or tunnelling).",
-            ["listener"],
-            registry=r,
-        )
         self.connections_draining = Gauge(
             f"{PREFIX}_connections_draining",
             "Connections whose listener or backend left the config, waiting to close.",
@@ -146,12 +167,6 @@ class Metrics:
             ["listener", "backend"],
             registry=r,
         )
-        self.backend_connections = Gauge(
-            f"{PREFIX}_backend_connections_active",
-            "Tunnels open to each backend.",
-            ["listener", "backend"],
-            registry=r,
-        )
         self.config_reloads = Counter(
             f"{PREFIX}_config_reloads",
             "Attempts to apply a new config, by result (applied, rejected).",
@@ -179,7 +194,6 @@ class Metrics:
         """Drop every series of a listener that left the config, so its series all go
         together (the traffic collector stops reporting it at the same moment)."""
         for metric in (
-            self.connections_active,
             self.connections_draining,
             self.upgrades,
             self.rejections,
@@ -190,7 +204,6 @@ class Metrics:
             self.keepalive_timeouts,
             self.backend_connect_failures,
             self.backend_healthy,
-            self.backend_connections,
         ):
             for labels in list(metric._metrics):  # the children, keyed by label values
                 if labels[0] == name:

@@ -82,8 +82,7 @@ class Runtime:
             current = listener.traffic()
             known = totals.get(listener.name)
             if known is not None:
-                for field_name, value in vars(current).items():
-                    setattr(known, field_name, getattr(known, field_name) + value)
+                known.add(current)
             else:
                 totals[listener.name] = current
         yield from totals.items()
@@ -220,8 +219,7 @@ class Runtime:
         live = self.listeners.get(listener.name)
         if live is not None:
             # Same name again (rebound): its counters must not go backwards.
-            for field_name, value in vars(listener.totals).items():
-                setattr(live.totals, field_name, getattr(live.totals, field_name) + value)
+            live.totals.add(listener.totals)
         elif not any(other.name == listener.name for other in self.retired):
             self.metrics.forget_listener(listener.name)
 

@@ -7,6 +7,8 @@ its extra headers and its metric label.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -208,3 +210,37 @@ def test_fast_path_accepts_only_what_the_full_parser_accepts_identically(
     assert fast.path == full.path
     assert fast.raw_items() == list(full.headers.raw_items())
     assert fast.origins == full.headers.get_all("Origin")
+
+
+def reference_status(head: bytes) -> int | None:
+    """The scans parse_status_line did before its one-pass check for a clean 101."""
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return None
+    if re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", head):
+        return None
+    parts = head[: head.find(b"\r\n")].decode("latin-1").split(" ", 2)
+    code = parts[1] if len(parts) >= 2 else ""
+    if not parts[0].startswith("HTTP/1.") or not (len(code) == 3 and code.isdecimal()):
+        return None
+    return int(code)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    position=st.integers(0, 200),
+    removed=st.integers(0, 2),
+    inserted=st.binary(max_size=3) | st.sampled_from([b"\r", b"\n", b"\t", b"\x7f", b"\xe9"]),
+)
+def test_backend_status_checks_agree_with_the_full_scans(
+    position: int, removed: int, inserted: bytes
+) -> None:
+    base = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nX: y\r\n\r\n"
+    position %= len(base)
+    head = base[:position] + inserted + base[position + removed :]
+    expected = reference_status(head)
+    try:
+        got: int | None = parse_status_line(head)
+    except ValueError:
+        got = None
+    assert got == expected, head
