@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controller.builder import ServicePortSpec
+from controller.builder import ServicePortSpec, listen_address
 from controller.cluster import FIELD_MANAGER
 from controller.models import (
     CA_KEY,
@@ -176,6 +176,14 @@ def config_secret(
     }
 
 
+def admin_address(lb: LoadBalancer) -> str:
+    """The data plane's admin port (probes, metrics): every IPv4 and IPv6 address (an empty
+    host) when the Service asks for IPv6, as the listeners bind `::`; else `0.0.0.0`, since a
+    pod in an IPv4-only cluster may have IPv6 disabled."""
+    host = "" if listen_address(lb) == "::" else "0.0.0.0"
+    return f"{host}:{ADMIN_PORT}"
+
+
 def deployment(
     lb: LoadBalancer,
     ports: Sequence[ServicePortSpec],
@@ -209,7 +217,7 @@ def deployment(
         "--state-dir",
         STATE_DIR,
         "--admin",
-        f"0.0.0.0:{ADMIN_PORT}",
+        admin_address(lb),
         "--workers",
         str(plane.workers),
     ]

@@ -6,6 +6,8 @@ import base64
 import dataclasses
 from typing import Any
 
+import pytest
+
 from controller import owned
 from controller.builder import ServicePortSpec
 from controller.models import parse_load_balancer
@@ -316,3 +318,20 @@ def test_pull_secret_copy_is_a_docker_config_owned_by_the_load_balancer() -> Non
     assert manifest["metadata"]["namespace"] == "apps"
     assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-edge"
     assert base64.b64decode(manifest["data"][".dockerconfigjson"]) == b'{"auths":{}}'
+
+
+@pytest.mark.parametrize(
+    ("service", "admin"),
+    [
+        ({}, "0.0.0.0:9901"),
+        ({"ipFamilies": ["IPv4"]}, "0.0.0.0:9901"),
+        ({"ipFamilies": ["IPv6"]}, ":9901"),
+        ({"ipFamilyPolicy": "RequireDualStack"}, ":9901"),
+    ],
+)
+def test_admin_port_follows_the_service_address_families(
+    service: dict[str, Any], admin: str
+) -> None:
+    """Probes reach the admin port on the pod's IP: an IPv6 pod needs it on every family."""
+    args = container(owned.deployment(lb(service=service), PORTS, 30, PARAMS))["args"]
+    assert args[args.index("--admin") + 1] == admin
