@@ -112,7 +112,7 @@ def test_connection_close_ends_keepalive_and_ignores_what_follows() -> None:
 
 
 def test_http10_request_is_not_kept_alive_and_needs_no_host() -> None:
-    head = only_head(feed_all(b"GET / HTTP/1.0\r\n\r\n"))
+    head = only_head(feed_all(b"GET / HTTP/1.0\r\n\r\nGET /next HTTP/1.0\r\n\r\n"))
     assert head.version == b"1.0"
     assert not head.keep_alive
     assert head.host == ""
