@@ -56,6 +56,19 @@ _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]+)(?::([0-9]{0,5}))?")
 _DEFAULT_PORT = {b"http": 80, b"https": 443}
 _OWS = b" \t"
+_OWS_END = (b" ", b"\t")
+# what the single pass over a request's fields does with each name
+_K_LENGTH, _K_CODING, _K_HOST, _K_CONNECTION, _K_VIA, _K_FORWARDED, _K_EXPECT, _K_HOP = range(8)
+_SPECIAL = {
+    b"content-length": _K_LENGTH,
+    b"transfer-encoding": _K_CODING,
+    b"host": _K_HOST,
+    b"connection": _K_CONNECTION,
+    b"via": _K_VIA,
+    b"expect": _K_EXPECT,
+    **dict.fromkeys(_FORWARDED_BYTES, _K_FORWARDED),
+    **dict.fromkeys(_HOP_BY_HOP - {b"content-length", b"transfer-encoding", b"connection"}, _K_HOP),
+}
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -117,6 +130,12 @@ class RequestHead:
     content_length: int | None
     keep_alive: bool  # the client allows another request on this connection
     expect_continue: bool
+    # prepared for `render` while the fields were checked (one pass over them):
+    forward_fields: list[tuple[bytes, bytes]]  # end-to-end fields, without Via
+    has_forwarded: bool  # forward_fields hold X-Forwarded-*/Forwarded fields
+    via: bytes  # the Via value to send: the received ones and ours
+    prior_xff: str
+    prior_forwarded: str
 
     def field(self, name: bytes) -> bytes | None:
         """The first value of a field, by case-insensitive name."""
@@ -130,21 +149,24 @@ class RequestHead:
         """The head to send to a backend over HTTP/1.1: hop-by-hop fields dropped, Via and
         (when `forwarded`) X-Forwarded-*/Forwarded added the way the WebSocket path adds
         them, and the body framing stated anew (Content-Length or chunked)."""
-        fields = _end_to_end(self.fields, drop_forwarded=forwarded)
-        vias = [value for name, value in fields if name.lower() == b"via"]
-        fields = [(name, value) for name, value in fields if name.lower() != b"via"]
-        fields.append((b"Via", b", ".join([*vias, VIA])))
+        fields = self.forward_fields
+        if forwarded and self.has_forwarded:
+            fields = [field for field in fields if field[0].lower() not in _FORWARDED_BYTES]
         if self.framing == "length":
-            fields.append((b"Content-Length", b"%d" % (self.content_length or 0)))
-        elif self.framing == "chunked":
-            fields.append((b"Transfer-Encoding", b"chunked"))
-        head = b"%b %b HTTP/1.1\r\n%b" % (self.method, self.target, _render_fields(fields))
+            framing = b"Content-Length: %d\r\n" % (self.content_length or 0)
+        else:
+            framing = b"Transfer-Encoding: chunked\r\n" if self.framing == "chunked" else b""
+        head = b"%b %b HTTP/1.1\r\n%bVia: %b\r\n%b" % (
+            self.method,
+            self.target,
+            _render_fields(fields),
+            self.via,
+            framing,
+        )
         if not forwarded:
             return head + b"\r\n"
-        prior_xff = b", ".join(v for n, v in self.fields if n.lower() == b"x-forwarded-for")
-        prior_fwd = b", ".join(v for n, v in self.fields if n.lower() == b"forwarded")
         return head + _forwarded_lines(
-            client_ip, scheme, port, prior_xff.decode("latin-1"), prior_fwd.decode("latin-1")
+            client_ip, scheme, port, self.prior_xff, self.prior_forwarded
         )
 
 
@@ -205,7 +227,7 @@ class RequestReader:
         self._body_bytes = 0
         self._current: RequestHead | None = None
         self._closing = False  # a request without keep-alive ended: ignore the rest
-        self._began = False  # a message began during the current feed
+        self._completed = False  # a message ended during the current feed
         self.requests = 0
 
     # -------- public
@@ -217,7 +239,7 @@ class RequestReader:
         if self._closing or not data:
             return []
         events = self._events = []
-        self._began = False
+        self._completed = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -227,9 +249,9 @@ class RequestReader:
             if self._error is None and not self._closing:
                 self._fail(_bad(f"Malformed HTTP request: {exc}"))
         if self._in_head and not self._closing and self._error is None:
-            # A head that began in this chunk is measured by its completed parts (the
-            # callbacks); every later chunk counts whole, so a trickled head is bounded.
-            self._head_bytes += self._head_size if self._began else len(data)
+            # Unless a message ended earlier in this chunk, all of it is the current head's
+            # (exact); after one ended, only the target is counted until the head is done.
+            self._head_bytes += self._head_size if self._completed else len(data)
             if self._head_bytes > self.head_limit:
                 self._fail(Rejection(431, "Request header fields too large"))
         events = self._events
@@ -240,7 +262,6 @@ class RequestReader:
     # -------- llhttp callbacks
 
     def on_message_begin(self) -> None:
-        self._began = True
         self._in_head = True
         self._head_bytes = 0
         self._url = b""
@@ -254,16 +275,13 @@ class RequestReader:
         self._check_head_size()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a trailer field: dropped
-        self._fields.append((name, value.rstrip(_OWS)))
-        self._head_size += len(name) + len(value) + 4
-        if len(self._fields) > self.max_fields:
-            self._raise(Rejection(431, "Too many header fields"))
-        self._check_head_size()
+        if self._in_head:  # else a trailer field: dropped
+            self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if len(self._fields) > self.max_fields:
+            self._raise(Rejection(431, "Too many header fields"))
         head = self._check_head()
         self._current = head
         if self.max_body is not None and (head.content_length or 0) > self.max_body:
@@ -280,6 +298,7 @@ class RequestReader:
     def on_message_complete(self) -> None:
         if self._parser.should_upgrade():
             return  # the Upgrade event replaces the head and its end
+        self._completed = True
         self._events.append(EndOfMessage())
         if self._current is not None and not self._current.keep_alive:
             self._closing = True
@@ -299,21 +318,56 @@ class RequestReader:
         method = parser.get_method()
         if method == b"CONNECT":
             self._raise(Rejection(405, "CONNECT is not supported", label="method"))
-        fields = self._fields
+        fields: list[tuple[bytes, bytes]] = []
+        kept: list[tuple[bytes, bytes]] = []
         lengths: list[bytes] = []
         codings: list[bytes] = []
         hosts: list[bytes] = []
+        connection: list[bytes] = []
+        vias: list[bytes] = []
+        xff: list[bytes] = []
+        prior: list[bytes] = []
+        has_forwarded = False
         expect = False
-        for name, value in fields:
+        size = self._head_size
+        for name, value in self._fields:
+            if value[-1:] in _OWS_END:
+                value = value.rstrip(_OWS)
+            size += len(name) + len(value) + 4
+            field = (name, value)
+            fields.append(field)
             lower = name.lower()
-            if lower == b"content-length":
+            kind = _SPECIAL.get(lower)
+            if kind is None:
+                kept.append(field)
+            elif kind == _K_LENGTH:
                 lengths.append(value)
-            elif lower == b"transfer-encoding":
+            elif kind == _K_CODING:
                 codings.append(value)
-            elif lower == b"host":
+            elif kind == _K_HOST:
                 hosts.append(value)
-            elif lower == b"expect":
+                kept.append(field)
+            elif kind == _K_CONNECTION:
+                connection.append(value)
+            elif kind == _K_VIA:
+                vias.append(value)
+            elif kind == _K_FORWARDED:
+                has_forwarded = True
+                kept.append(field)
+                if lower == b"x-forwarded-for":
+                    xff.append(value)
+                elif lower == b"forwarded":
+                    prior.append(value)
+            elif kind == _K_EXPECT:
                 expect = value.lower() == b"100-continue"
+                kept.append(field)
+            # else another hop-by-hop field: dropped
+        if size > self.head_limit:
+            self._raise(Rejection(431, "Request header fields too large"))
+        if connection:
+            named = _connection_tokens([(b"connection", value) for value in connection])
+            if not named <= _HOP_BY_HOP:
+                kept = [field for field in kept if field[0].lower() not in named]
         # llhttp refuses all of these already; checked again so a parser leniency or
         # upgrade can never let an ambiguous message through.
         if lengths and codings:
@@ -353,6 +407,11 @@ class RequestReader:
             content_length=length,
             keep_alive=parser.should_keep_alive(),
             expect_continue=expect and version == b"1.1",
+            forward_fields=kept,
+            has_forwarded=has_forwarded,
+            via=b", ".join([*vias, VIA]),
+            prior_xff=b", ".join(xff).decode("latin-1"),
+            prior_forwarded=b", ".join(prior).decode("latin-1"),
         )
 
     def _check_target(self, method: bytes, host: bytes | None) -> bytes:
