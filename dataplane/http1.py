@@ -58,7 +58,9 @@ _DEFAULT_PORT = {b"http": 80, b"https": 443}
 _OWS = b" \t"
 _OWS_END = (b" ", b"\t")
 # what the single pass over a request's fields does with each name
-_K_LENGTH, _K_CODING, _K_HOST, _K_CONNECTION, _K_VIA, _K_FORWARDED, _K_EXPECT, _K_HOP = range(8)
+# (kinds from _K_KEPT on are forwarded in place)
+_K_LENGTH, _K_CODING, _K_CONNECTION, _K_VIA, _K_HOP, _K_HOST, _K_FORWARDED, _K_EXPECT = range(8)
+_K_KEPT = _K_HOST
 _SPECIAL = {
     b"content-length": _K_LENGTH,
     b"transfer-encoding": _K_CODING,
@@ -276,6 +278,8 @@ class RequestReader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:  # else a trailer field: dropped
+            if value[-1:] in _OWS_END:
+                value = value.rstrip(_OWS)
             self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -318,8 +322,22 @@ class RequestReader:
         method = parser.get_method()
         if method == b"CONNECT":
             self._raise(Rejection(405, "CONNECT is not supported", label="method"))
-        fields: list[tuple[bytes, bytes]] = []
+        fields = self._fields  # values trimmed by on_header
         kept: list[tuple[bytes, bytes]] = []
+        special: list[tuple[int, bytes, bytes]] = []
+        size = self._head_size + 4 * len(fields)
+        get = _SPECIAL.get
+        for field in fields:
+            name, value = field
+            size += len(name) + len(value)
+            lower = name.lower()
+            kind = get(lower)
+            if kind is None:
+                kept.append(field)
+                continue
+            special.append((kind, lower, value))
+            if kind >= _K_KEPT:
+                kept.append(field)
         lengths: list[bytes] = []
         codings: list[bytes] = []
         hosts: list[bytes] = []
@@ -329,38 +347,25 @@ class RequestReader:
         prior: list[bytes] = []
         has_forwarded = False
         expect = False
-        size = self._head_size
-        for name, value in self._fields:
-            if value[-1:] in _OWS_END:
-                value = value.rstrip(_OWS)
-            size += len(name) + len(value) + 4
-            field = (name, value)
-            fields.append(field)
-            lower = name.lower()
-            kind = _SPECIAL.get(lower)
-            if kind is None:
-                kept.append(field)
+        for kind, lower, value in special:  # usually Host alone, or with Connection
+            if kind == _K_HOST:
+                hosts.append(value)
             elif kind == _K_LENGTH:
                 lengths.append(value)
             elif kind == _K_CODING:
                 codings.append(value)
-            elif kind == _K_HOST:
-                hosts.append(value)
-                kept.append(field)
             elif kind == _K_CONNECTION:
                 connection.append(value)
             elif kind == _K_VIA:
                 vias.append(value)
             elif kind == _K_FORWARDED:
                 has_forwarded = True
-                kept.append(field)
                 if lower == b"x-forwarded-for":
                     xff.append(value)
                 elif lower == b"forwarded":
                     prior.append(value)
             elif kind == _K_EXPECT:
                 expect = value.lower() == b"100-continue"
-                kept.append(field)
             # else another hop-by-hop field: dropped
         if size > self.head_limit:
             self._raise(Rejection(431, "Request header fields too large"))
