@@ -300,6 +300,36 @@ def test_smuggling_shaped_request_yields_no_head_even_byte_by_byte(name: str) ->
     assert all(head.framing == "chunked" for head in heads), name
 
 
+# Cases only llhttp's strict mode catches (the layer does not scan bytes again).
+_PARSER_ONLY = {
+    "bare_lf_field",
+    "bare_lf_request_line",
+    "ctl_in_value",
+    "del_in_value",
+    "nul_in_value",
+    "obs_fold",
+    "obs_fold_tab",
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(SMUGGLING) - _PARSER_ONLY))
+def test_framing_checks_hold_even_over_a_lenient_parser(name: str) -> None:
+    """http1's own checks refuse these even when llhttp's leniencies are all on."""
+    reader = RequestReader()
+    reader._parser.set_dangerous_leniencies(
+        lenient_headers=True,
+        lenient_chunked_length=True,
+        lenient_transfer_encoding=True,
+        lenient_optional_cr_before_lf=True,
+        lenient_optional_lf_after_cr=True,
+        lenient_data_after_close=True,
+        lenient_keep_alive=True,
+    )
+    with pytest.raises(Rejection) as caught:
+        reader.feed(SMUGGLING[name])
+    assert caught.value.status == 400
+
+
 def test_http2_version_is_505_and_connect_is_405() -> None:
     assert refusal(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n").status == 505
     assert refusal(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").status == 405
