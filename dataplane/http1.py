@@ -57,6 +57,8 @@ _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]+)(?::([0-9
 _DEFAULT_PORT = {b"http": 80, b"https": 443}
 _OWS = b" \t"
 _OWS_END = (b" ", b"\t")
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_PLAIN = frozenset({b"keep-alive", b"close"})  # Connection values naming nothing else
 # what the single pass over a request's fields does with each name
 # (kinds from _K_KEPT on are forwarded in place)
 _K_LENGTH, _K_CODING, _K_CONNECTION, _K_VIA, _K_HOP, _K_HOST, _K_FORWARDED, _K_EXPECT = range(8)
@@ -230,6 +232,7 @@ class RequestReader:
         self._current: RequestHead | None = None
         self._closing = False  # a request without keep-alive ended: ignore the rest
         self._completed = False  # a message ended during the current feed
+        self._last_host: tuple[bytes, str] = (b"", "")  # the last Host checked, its name
         self.requests = 0
 
     # -------- public
@@ -316,9 +319,10 @@ class RequestReader:
 
     def _check_head(self) -> RequestHead:
         parser = self._parser
-        version = parser.get_http_version().encode()
-        if version not in (b"1.1", b"1.0"):
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
             self._raise(Rejection(505, "HTTP version not supported", label="version"))
+            raise AssertionError  # unreachable, for the type checker
         method = parser.get_method()
         if method == b"CONNECT":
             self._raise(Rejection(405, "CONNECT is not supported", label="method"))
@@ -369,7 +373,7 @@ class RequestReader:
             # else another hop-by-hop field: dropped
         if size > self.head_limit:
             self._raise(Rejection(431, "Request header fields too large"))
-        if connection:
+        if connection and not (len(connection) == 1 and connection[0].lower() in _PLAIN):
             named = _connection_tokens([(b"connection", value) for value in connection])
             if not named <= _HOP_BY_HOP:
                 kept = [field for field in kept if field[0].lower() not in named]
@@ -394,20 +398,24 @@ class RequestReader:
             self._raise(_bad("Repeated Host"))
         if not hosts and version == b"1.1":
             self._raise(_bad("Missing Host"))
-        host_name = b""
+        host_name = ""
         if hosts:
-            match = _HOST.fullmatch(hosts[0])
-            if match is None:
-                self._raise(_bad("Invalid Host"))
-                raise AssertionError  # unreachable, for the type checker
-            host_name = match[1].lower().rstrip(b".")
+            if hosts[0] == self._last_host[0]:  # keep-alive: the same Host again
+                host_name = self._last_host[1]
+            else:
+                match = _HOST.fullmatch(hosts[0])
+                if match is None:
+                    self._raise(_bad("Invalid Host"))
+                    raise AssertionError  # unreachable, for the type checker
+                host_name = match[1].lower().rstrip(b".").decode("ascii")
+                self._last_host = (hosts[0], host_name)
         target = self._check_target(method, hosts[0] if hosts else None)
         return RequestHead(
             method=method,
             target=target,
             version=version,
             fields=fields,
-            host=host_name.decode("ascii"),
+            host=host_name,
             framing=framing,
             content_length=length,
             keep_alive=parser.should_keep_alive(),

@@ -100,6 +100,26 @@ def test_pipelined_requests_come_out_in_order() -> None:
     assert sum(isinstance(event, EndOfMessage) for event in events) == 3
 
 
+def test_each_request_on_a_connection_has_its_own_host() -> None:
+    reader = RequestReader()
+    events = reader.feed(
+        b"GET / HTTP/1.1\r\nHost: A.example\r\n\r\nGET / HTTP/1.1\r\nHost: A.example\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: b.example:8080\r\n\r\n"
+    )
+    hosts = [event.host for event in events if isinstance(event, RequestHead)]
+    assert hosts == ["a.example", "a.example", "b.example"]
+    with pytest.raises(Rejection):
+        reader.feed(b"GET / HTTP/1.1\r\nHost: a example\r\n\r\n")
+
+
+def test_connection_naming_only_keepalive_keeps_other_fields() -> None:
+    head = only_head(
+        feed_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\nX-A: 1\r\n\r\n")
+    )
+    out = head.render(client_ip="1.1.1.1", scheme="http", port=80, forwarded=False)
+    assert out == b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nVia: 1.1 wslb\r\n\r\n"
+
+
 def test_connection_close_ends_keepalive_and_ignores_what_follows() -> None:
     reader = RequestReader()
     events = reader.feed(
