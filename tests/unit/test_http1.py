@@ -364,6 +364,19 @@ def test_head_over_the_limit_is_431() -> None:
     assert only_head(feed_all(big, head_limit=4096)).field(b"cookie") == b"c" * 2000
 
 
+def test_long_target_is_431_even_in_pieces() -> None:
+    reader = RequestReader(head_limit=1024)
+    reader.feed(b"GET /" + b"a" * 600)
+    with pytest.raises(Rejection) as caught:
+        reader.feed(b"b" * 600)
+    assert caught.value.status == 431
+
+
+def test_pipelined_head_after_a_message_in_one_read_is_431() -> None:
+    big = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 2000 + b"\r\n\r\n"
+    assert refusal(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + big, head_limit=1024).status == 431
+
+
 def test_trickled_head_over_the_limit_is_431_before_it_ends() -> None:
     reader = RequestReader(head_limit=1024)
     reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: ")
