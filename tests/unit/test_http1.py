@@ -663,3 +663,40 @@ def test_response_render_says_close_when_the_client_connection_ends() -> None:
 def test_frame_chunk() -> None:
     assert frame_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
     assert frame_chunk(b"") == b""
+
+
+@st.composite
+def _responses(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """(request method, a valid response with a self-delimited body)."""
+    status = draw(st.sampled_from([200, 201, 204, 304, 404, 500]))
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST"]))
+    fields = draw(st.lists(st.tuples(_names, _values), max_size=6))
+    head = f"HTTP/1.1 {status} Whatever\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields)
+    if draw(st.booleans()):
+        head = "HTTP/1.1 100 Continue\r\n\r\n" + head
+    body = draw(st.binary(max_size=200))
+    if status in (204, 304) or method == b"HEAD":
+        return method, (head + f"Content-Length: {len(body)}\r\n\r\n").encode()
+    if draw(st.booleans()):
+        return method, (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    encoded = frame_chunk(body) + LAST_CHUNK
+    return method, (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + encoded
+
+
+@settings(max_examples=300, deadline=None)
+@given(_responses(), st.lists(st.integers(min_value=0, max_value=1000), max_size=6))
+def test_responses_split_anywhere_parse_as_whole(
+    response: tuple[bytes, bytes], cuts: list[int]
+) -> None:
+    method, data = response
+    whole_reader = ResponseReader(method)
+    whole = _normalised(list(whole_reader.feed(data)))
+    assert whole[-1] == EndOfMessage()
+    assert whole_reader.reusable
+    points = sorted({cut % (len(data) + 1) for cut in cuts})
+    reader = ResponseReader(method)
+    pieces: list[object] = []
+    for start, end in zip([0, *points], [*points, len(data)], strict=True):
+        pieces.extend(reader.feed(data[start:end]))
+    assert _normalised(pieces) == whole
+    assert reader.reusable
