@@ -518,6 +518,18 @@ class ResponseHead:
     framing: Framing
     content_length: int | None
 
+    def keep_alive_timeout(self) -> float | None:
+        """The backend's `Keep-Alive: timeout=N` in seconds, for the pool (`put(ttl=)`);
+        None when absent or unreadable."""
+        for name, value in self.fields:
+            if name.lower() != b"keep-alive":
+                continue
+            for param in value.split(b","):
+                key, _, number = param.strip(_OWS).partition(b"=")
+                if key.lower() == b"timeout" and number.strip(_OWS).isdigit():
+                    return float(number.strip(_OWS))
+        return None
+
     def client_framing(self, client_version: bytes) -> Framing:
         """How the body is framed toward the client: a body read to the backend's close
         is chunked for an HTTP/1.1 client (its connection survives), and an HTTP/1.0

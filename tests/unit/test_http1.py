@@ -651,6 +651,25 @@ def test_response_render_drops_hop_by_hop_and_chunks_read_to_close_for_http11() 
     )
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (b"Keep-Alive: timeout=5, max=100\r\n", 5.0),
+        (b"keep-alive: max=100 , TIMEOUT = 2\r\n", None),
+        (b"Keep-Alive: max=100, timeout=2\r\n", 2.0),
+        (b"Keep-Alive: timeout=soon\r\n", None),
+        (b"", None),
+    ],
+)
+def test_backend_keepalive_timeout_is_read(fields: bytes, expected: float | None) -> None:
+    events, _ = read_response(
+        b"GET", b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n"
+    )
+    head = events[0]
+    assert isinstance(head, ResponseHead)
+    assert head.keep_alive_timeout() == expected
+
+
 def test_response_render_says_close_when_the_client_connection_ends() -> None:
     events, _ = read_response(b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
     head = events[0]
