@@ -44,6 +44,8 @@ from lightkube.types import PatchType
 log = logging.getLogger("wslb.election")
 
 LEADER_LABEL = "wslb.io/leader"
+#: The chart's selector labels that tell one release's controller pods from another's.
+RELEASE_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 
 
 @dataclass(frozen=True)
@@ -255,9 +257,13 @@ class PodLabel:
         )
 
     async def lead(self) -> None:
-        """Label this pod and unlabel every other."""
+        """Label this pod and unlabel every other of the same release (its own pod's release
+        labels scope the search: another wslb release in the namespace keeps its leader)."""
+        own = await self.client.get(Pod, self.pod, namespace=self.namespace)
+        own_labels = (own.metadata.labels if own.metadata is not None else None) or {}
+        release = {key: own_labels[key] for key in RELEASE_LABELS if key in own_labels}
         async for pod in self.client.list(
-            Pod, namespace=self.namespace, labels={LEADER_LABEL: "true"}
+            Pod, namespace=self.namespace, labels={**release, LEADER_LABEL: "true"}
         ):
             name = pod.metadata.name if pod.metadata is not None else None
             if name and name != self.pod:

@@ -688,12 +688,13 @@ def lightkube_client(cluster: ControlPlane) -> AsyncClient:
     return AsyncClient(config=KubeConfig.from_file(cluster.controller_kubeconfig))
 
 
-def pod(name: str) -> dict[str, Any]:
-    """A Pod object standing for a controller replica (no kubelet runs it)."""
+def pod(name: str, release: str = "wslb") -> dict[str, Any]:
+    """A Pod object standing for a controller replica of `release` (no kubelet runs it)."""
+    labels = {"app.kubernetes.io/name": "wslb", "app.kubernetes.io/instance": release}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": RELEASE_NS, "labels": {"app": "ctl"}},
+        "metadata": {"name": name, "namespace": RELEASE_NS, "labels": labels},
         "spec": {
             # No controller-manager creates the `default` ServiceAccount here.
             "serviceAccountName": "wslb-controller",
@@ -737,14 +738,17 @@ async def test_lease_election_with_the_chart_role(cluster: ControlPlane) -> None
 
 
 async def test_leader_label_moves_with_the_chart_role(cluster: ControlPlane) -> None:
-    await apply(cluster, pod("label-a"), pod("label-b"))
+    await apply(cluster, pod("label-a"), pod("label-b"), pod("other-leader", release="other"))
     client = lightkube_client(cluster)
     try:
+        await PodLabel(client, RELEASE_NS, "other-leader").lead()  # another release's leader
         await PodLabel(client, RELEASE_NS, "label-a").lead()
         assert await asyncio.to_thread(leader_label, cluster, "label-a") == "true"
         await PodLabel(client, RELEASE_NS, "label-b").lead()  # a new leader unlabels the old
         assert await asyncio.to_thread(leader_label, cluster, "label-a") is None
         assert await asyncio.to_thread(leader_label, cluster, "label-b") == "true"
+        # Each release keeps its own leader: the config Services select by release too.
+        assert await asyncio.to_thread(leader_label, cluster, "other-leader") == "true"
         await PodLabel(client, RELEASE_NS, "label-b").stand_by()
         assert await asyncio.to_thread(leader_label, cluster, "label-b") is None
     finally:

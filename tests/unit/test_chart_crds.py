@@ -434,3 +434,17 @@ def test_a_malformed_image_digest_is_refused() -> None:
     )
     assert result.returncode != 0
     assert "/image/digest" in result.stderr
+
+
+@needs_helm
+def test_without_leader_election_the_config_service_selects_the_single_replica() -> None:
+    """No elector runs, so no pod ever carries the leader label: selecting it would leave the
+    config Service without endpoints and every data plane without config."""
+    documents = render(
+        "--set", "controller.leaderElection.enabled=false", "--set", "controller.replicas=1"
+    )
+    services = {s["metadata"]["name"]: s for s in by_kind(documents, "Service")}
+    (deployment,) = by_kind(documents, "Deployment")
+    selector = services["wslb-config"]["spec"]["selector"]
+    assert "wslb.io/leader" not in selector
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
