@@ -134,7 +134,16 @@ class Elector:
         last = self.clock()
         while True:
             await self.sleep(self.retry)
-            if await self._attempt():
+            # An attempt may not outlive the renew deadline: a slow API server holding a get
+            # and a replace (10 s each by default) would otherwise let this replica believe it
+            # leads after a standby took the expired Lease.
+            remaining = max(last + self.renew_deadline - self.clock(), 0.0)
+            try:
+                renewed = await asyncio.wait_for(self._attempt(), timeout=remaining)
+            except TimeoutError:
+                log.warning("Lease renewal did not finish within the renew deadline")
+                renewed = False
+            if renewed:
                 last = self.clock()
                 continue
             other = self._observed is not None and self._observed.holder not in (

@@ -137,6 +137,23 @@ async def test_keep_gives_up_after_the_renew_deadline_without_the_api_server() -
     assert 10 <= clock.now - started < 15
 
 
+async def test_keep_gives_up_when_a_renewal_hangs_past_the_renew_deadline() -> None:
+    """A renewal that never answers (a slow API server) is cut at the renew deadline: the
+    leader steps down before a standby may take the Lease, not when the request returns."""
+    lease, clock = MemoryLease(), Clock()
+    a = elector(lease, "a", clock, duration=0.6)  # renew deadline 0.4 s, retry 0.08 s
+    await a.acquire()
+    hung = asyncio.Event()
+
+    async def hanging() -> Record | None:
+        await hung.wait()  # never set
+        return None
+
+    lease.get = hanging  # type: ignore[method-assign]
+    await asyncio.wait_for(a.keep(), timeout=5)
+    assert not a.leading
+
+
 async def test_keep_renews_while_the_api_server_answers() -> None:
     lease, clock = MemoryLease(), Clock()
     a = elector(lease, "a", clock, duration=15)
