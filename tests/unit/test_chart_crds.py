@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.kind_cluster import CACHE, VERSIONS
+
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "crds"
 CHART = REPO / "helm" / "wslb"
@@ -103,11 +105,12 @@ def test_values_match_their_schema() -> None:
 
 
 def find_helm() -> str | None:
+    """$WSLB_HELM, else the pinned helm that hack/e2e-assets.sh builds into the cache (the
+    same cache path and version the scripts use), else one on PATH."""
     if os.environ.get("WSLB_HELM"):
         return os.environ["WSLB_HELM"]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wslb" / "helm"
-    cached = sorted(cache.glob("*/helm"))
-    return str(cached[-1]) if cached else shutil.which("helm")
+    pinned = CACHE / "helm" / VERSIONS["HELM_VERSION"] / "helm"
+    return str(pinned) if pinned.is_file() else shutil.which("helm")
 
 
 HELM = find_helm()
