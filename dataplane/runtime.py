@@ -41,10 +41,14 @@ class _Prepared:
 
 def bind_socket(address: str, port: int, reuse_port: bool) -> socket.socket:
     """A listening TCP socket. SO_REUSEPORT only with several workers: otherwise a second
-    data plane started by mistake would silently share the port instead of failing."""
+    data plane started by mistake would silently share the port instead of failing.
+    An IPv6 socket is dual-stack (IPV6_V6ONLY off) whatever the host's bindv6only says,
+    so a listener on `::` takes IPv4 clients too."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
