@@ -357,6 +357,9 @@ def _listener(
             source_ranges=spec.source_ranges,
             allowed_origins=sorted(spec.allowed_origins),
             forwarded_headers=spec.forwarded_headers,
+            # ListenerSpec.access_log is added in controller/models.py at merge (not this
+            # change's file); until then every listener gets the defaults.
+            access_log=getattr(spec, "access_log", wire.AccessLog()),
             generation=generation,
         )
     except ValidationError as exc:

@@ -1,13 +1,14 @@
 """Access log: one line per WebSocket connection when it ends, one per refused handshake.
 
-The connection core fills a `ConnectionRecord` at the end of a connection and hands it to
-`AccessLog.record()`, which only decides sampling and puts the record on a bounded queue:
-rendering and writing happen on a writer thread, so a slow log pipe never stalls the event
-loop. When the queue is full the line is dropped and counted (`..._access_log_dropped_total`)
-rather than blocking. Lines are logfmt (`--log-format text`) or one JSON object each
-(`json`); client-controlled fields (Host, path, X-Forwarded-For) are escaped and truncated, so
-a request cannot forge a line. The path loses its query string unless the listener asks to
-keep it (queries carry tokens). This module must not decide anything about the connection.
+The listener hands each ended connection's `relay.ConnectionRecord` (the one record type
+of a connection's end) to `AccessLog.record()`, which only decides sampling and puts it
+on a bounded queue: rendering and writing happen on a writer thread, so a slow log pipe
+never stalls the event loop. When the queue is full the line is dropped and counted
+(`..._access_log_dropped_total`) rather than blocking. Lines are logfmt (`--log-format
+text`) or one JSON object each (`json`); client-controlled fields (Host, path,
+X-Forwarded-For) are escaped and truncated, so a request cannot forge a line. The path
+loses its query string unless the listener asks to keep it (queries carry tokens). This
+module must not decide anything about the connection.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import IO, Any
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dataplane.relay import ConnectionRecord
 from lbwire.logs import LogFormat
 
 MAX_FIELD = 1024  # longest Host, path or forwarded-for chain written, in characters
@@ -49,69 +51,39 @@ class AccessLogPolicy:
             raise ValueError(f"sample_rate must be in (0, 1], not {self.sample_rate}")
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionRecord:
-    """Everything the access log says about one connection, handed over when it ends.
-
-    `status` is 101 for a tunnelled WebSocket, or the status the load balancer (or the
-    backend) answered instead; `reason` is the refusal's metric label. Directions are seen
-    from the client: `from_client` is client to backend.
-    """
-
-    listener: str
-    started: float  # Unix time of the accept
-    duration: float  # seconds from the accept to the end
-    client_addr: str
-    client_port: int
-    status: int
-    forwarded_for: str | None = None  # the chain as sent upstream, client address last
-    host: str | None = None
-    path: str | None = None  # the request target as received, query included
-    backend: str | None = None  # "ip:port" of the backend, None when refused before one
-    reason: str | None = None
-    bytes_from_client: int = 0
-    bytes_to_client: int = 0
-    messages_from_client: int = 0
-    messages_to_client: int = 0
-    close_code: int | None = None
-    closed_by: str | None = None  # client, backend or proxy
-    kind: str = "websocket"  # "http" for plain requests once those are proxied
-    method: str | None = None
-
-
-def _clip(value: str | None) -> str | None:
-    if value is None:
+def _clip(value: str) -> str | None:
+    if not value:
         return None
     return value if len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
 
 
 def fields(record: ConnectionRecord, include_query: bool, worker: int | None) -> dict[str, Any]:
-    """The ordered fields of one line; the same keys in text and JSON."""
-    path = record.path
-    if path is not None and not include_query:
+    """The ordered fields of one line; the same keys in text and JSON (absent: None)."""
+    path = record.target
+    if not include_query:
         path = path.split("?", 1)[0]
     out: dict[str, Any] = {
         "time": datetime.fromtimestamp(record.started + record.duration, UTC).isoformat(
             timespec="milliseconds"
         ),
-        "kind": record.kind,
+        "kind": "websocket",  # "http" once plain requests are proxied
         "listener": record.listener,
-        "client_addr": record.client_addr,
+        "client_addr": record.client,
         "client_port": record.client_port,
         "forwarded_for": _clip(record.forwarded_for),
         "host": _clip(record.host),
-        "method": record.method,
+        "method": record.method or None,
         "path": _clip(path),
-        "backend": record.backend,
+        "backend": record.backend or None,
         "status": record.status,
-        "reason": record.reason,
+        "reason": record.rejection or None,
         "duration_seconds": round(record.duration, 6),
-        "bytes_from_client": record.bytes_from_client,
-        "bytes_to_client": record.bytes_to_client,
-        "messages_from_client": record.messages_from_client,
-        "messages_to_client": record.messages_to_client,
-        "close_code": record.close_code,
-        "closed_by": record.closed_by,
+        "bytes_from_client": record.bytes_c2b,
+        "bytes_to_client": record.bytes_b2c,
+        "messages_from_client": record.messages_c2b,
+        "messages_to_client": record.messages_b2c,
+        "close_code": record.close_code or None,
+        "closed_by": record.closed_by or None,
     }
     if worker is not None:
         out["worker"] = worker

@@ -20,6 +20,7 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
+from dataplane.access_log import AccessLog
 from dataplane.admission import Capacity, Gate
 from dataplane.balancer import Balancer, EndpointState, RequestInfo
 from dataplane.deadlines import DeadlineWheel
@@ -50,8 +51,10 @@ class ListenerRuntime:
         capacity: Capacity,
         metrics: Metrics,
         certificates: CertificateSet | None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.name = config.name
+        self.access_log = access_log
         self.capacity = capacity
         self.metrics = metrics
         self.connections: set[ClientSide] = set()
@@ -119,6 +122,7 @@ class ListenerRuntime:
         )
         self.sticky_rewrites_response = backends.sticky.mode is not StickyMode.NONE
         self.sticky_enabled = self.sticky.enabled
+        self.keeps_heads = self.access_log is not None and config.access_log.enabled
         self.balancer = Balancer(backends, self.endpoints)
         # Keep one checker across swaps so a dead endpoint does not look healthy again.
         if self.health is None:
@@ -226,6 +230,10 @@ class ListenerRuntime:
                 child = self._m_closes[key] = self.metrics.closes.labels(self.name, *key)
             child.inc()
             self._m_duration.observe(connection.ended_at - relay.opened_at)
+        if connection.status and self.keeps_heads:
+            # A tunnel, a refusal or a backend's own answer; not a client that left
+            # before any answer (TCP probes), which would only be noise.
+            self.access_log.record(connection.record())  # type: ignore[union-attr]
 
     def traffic(self) -> TrafficTotals:
         """Totals of closed connections plus the live ones, for the scrape collector."""

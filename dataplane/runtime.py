@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dataplane.access_log import AccessLog, AccessLogPolicy
 from dataplane.admission import Capacity
 from dataplane.frames import CLOSE_GOING_AWAY
 from dataplane.listener import ListenerRuntime
@@ -63,9 +64,15 @@ def bind_socket(address: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 class Runtime:
-    def __init__(self, metrics: Metrics | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        workers: int = 1,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.metrics = metrics or Metrics()
         self.workers = workers
+        self.access_log = access_log  # None: no access log (tests, embedding)
         self.snapshot: Snapshot | None = None
         self.listeners: dict[str, ListenerRuntime] = {}
         self.retired: set[ListenerRuntime] = set()
@@ -153,6 +160,17 @@ class Runtime:
             self.capacity = Capacity(limits, self.workers)
         else:
             self.capacity.update(limits)
+        if self.access_log is not None:
+            self.access_log.set_policies(
+                {
+                    config.name: AccessLogPolicy(
+                        enabled=config.access_log.enabled,
+                        sample_rate=config.access_log.sample_rate,
+                        include_query=config.access_log.include_query,
+                    )
+                    for config in snapshot.listeners
+                }
+            )
         kept: dict[str, ListenerRuntime] = {}
         for item in prepared:
             if item.bind_at_commit:
@@ -177,7 +195,9 @@ class Runtime:
                 continue
             if current is not None:
                 self._retire(current)
-            runtime = ListenerRuntime(item.config, self.capacity, self.metrics, item.certificates)
+            runtime = ListenerRuntime(
+                item.config, self.capacity, self.metrics, item.certificates, self.access_log
+            )
             assert item.sock is not None
             await runtime.start(item.sock)
             kept[item.config.name] = runtime

@@ -16,7 +16,13 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 
 from dataplane.admin import AdminServer
-from tests.integration.conftest import DataplaneProcess, free_port, listener, snapshot
+from tests.integration.conftest import (
+    DataplaneProcess,
+    free_port,
+    listener,
+    snapshot,
+    wait_until,
+)
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"
 
@@ -56,7 +62,13 @@ async def test_two_workers_json_logs_process_metrics_openmetrics_and_promtool(
             assert await ws.recv() == f"hi {index}"
 
     # Every log line is one JSON object; the workers' lines carry their ids.
-    lines = json_lines(proc.log())
+    # Access-log lines (stdout, no logger) too, once the writer threads have written them.
+    def access() -> list[dict[str, Any]]:
+        return [line for line in json_lines(proc.log()) if line.get("kind") == "websocket"]
+
+    await wait_until(lambda: len(access()) == 4)
+    assert all(line["worker"] in (0, 1) and line["status"] == 101 for line in access())
+    lines = [line for line in json_lines(proc.log()) if "logger" in line]
     assert lines and all(line.strip().startswith("{") for line in proc.log().splitlines())
     assert {line.get("worker") for line in lines if line["logger"] == "wslb.runtime"} == {0, 1}
     assert all("worker" not in line for line in lines if line["logger"] == "wslb.admin")

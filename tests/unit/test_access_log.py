@@ -13,33 +13,54 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from dataplane.access_log import (
-    AccessLog,
-    AccessLogCollector,
-    AccessLogPolicy,
-    ConnectionRecord,
-)
+from dataplane.access_log import AccessLog, AccessLogCollector, AccessLogPolicy
+from dataplane.relay import ConnectionRecord
 from lbwire.logs import LogFormat
 
 pytestmark = pytest.mark.unit
 
 LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
-SESSION = ConnectionRecord(
+
+def record(**fields: Any) -> ConnectionRecord:
+    """A connection's record: a refused one unless `fields` say more."""
+    values: dict[str, Any] = {
+        "client": "192.0.2.1",
+        "client_port": 1,
+        "listener": "ws",
+        "backend": "",
+        "status": 101,
+        "rejection": "",
+        "started": 0.0,
+        "duration": 1.0,
+        "handshake_seconds": 0.0,
+        "bytes_c2b": 0,
+        "bytes_b2c": 0,
+        "messages_c2b": 0,
+        "messages_b2c": 0,
+        "close_code": 0,
+        "closed_by": "",
+    }
+    values.update(fields)
+    return ConnectionRecord(**values)
+
+
+SESSION = record(
     listener="ws",
     started=1_800_000_000.0,
     duration=61.25,
-    client_addr="192.0.2.7",
+    client="192.0.2.7",
     client_port=53412,
     status=101,
     forwarded_for="203.0.113.9, 192.0.2.7",
+    method="GET",
     host="chat.example.com",
-    path="/socket?token=secret&room=1",
+    target="/socket?token=secret&room=1",
     backend="10.1.0.4:8080",
-    bytes_from_client=1200,
-    bytes_to_client=34000,
-    messages_from_client=12,
-    messages_to_client=340,
+    bytes_c2b=1200,
+    bytes_b2c=34000,
+    messages_c2b=12,
+    messages_b2c=340,
     close_code=1001,
     closed_by="proxy",
 )
@@ -74,7 +95,7 @@ def test_text_line_carries_every_field_of_an_idle_closed_session() -> None:
         "client_port": "53412",
         "forwarded_for": "203.0.113.9, 192.0.2.7",
         "host": "chat.example.com",
-        "method": "-",
+        "method": "GET",
         "path": "/socket",
         "backend": "10.1.0.4:8080",
         "status": "101",
@@ -103,15 +124,14 @@ def test_json_line_has_the_same_fields_typed() -> None:
 
 
 def test_refused_handshake_gets_its_own_line_with_status_and_reason() -> None:
-    refused = ConnectionRecord(
-        listener="ws",
+    refused = record(
         started=1_800_000_000.0,
         duration=0.0004,
-        client_addr="2001:db8::1",
+        client="2001:db8::1",
         client_port=40000,
         status=503,
-        reason="listener_connections",
-        path="/socket",
+        rejection="listener_connections",
+        target="/socket",
     )
     (line,) = write([refused], AccessLog(LogFormat.TEXT, io.StringIO()))
     got = parse_logfmt(line)
@@ -132,15 +152,9 @@ def test_query_string_is_kept_only_when_the_listener_asks() -> None:
 
 
 def test_client_fields_cannot_forge_a_line() -> None:
-    forged = ConnectionRecord(
-        listener="ws",
-        started=0.0,
-        duration=1.0,
-        client_addr="192.0.2.1",
-        client_port=1,
-        status=101,
+    forged = record(
         host='evil.example\nlistener=admin status="200"',
-        path="/a b" + "x" * 5000,
+        target="/a b" + "x" * 5000,
     )
     (line,) = write([forged], AccessLog(LogFormat.TEXT, io.StringIO()))
     got = parse_logfmt(line)
@@ -153,7 +167,7 @@ def test_client_fields_cannot_forge_a_line() -> None:
 def test_a_listener_switched_off_writes_nothing_and_others_still_do() -> None:
     log = AccessLog(LogFormat.TEXT, io.StringIO())
     log.set_policies({"ws": AccessLogPolicy(enabled=False)})
-    other = ConnectionRecord("wss", 0.0, 1.0, "192.0.2.1", 1, 101)
+    other = record(listener="wss")
     lines = write([SESSION, other], log)
     assert [parse_logfmt(line)["listener"] for line in lines] == ["wss"]
 
