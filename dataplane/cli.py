@@ -267,6 +267,7 @@ class DataPlaneProcess:
         try:
             return await self._run()
         finally:
+            self.access_log.flush()  # records still batched on the loop
             await asyncio.to_thread(self.access_log.close)
 
     async def _run(self) -> int:

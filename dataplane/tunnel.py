@@ -29,6 +29,7 @@ from dataplane.handshake import (
     FastRequest,
     Rejection,
     fast_request,
+    head_summary,
     parse_backend_head,
     parse_request,
     parse_status_line,
@@ -607,37 +608,14 @@ class ClientSide(asyncio.Protocol):
         )
 
     def _request_fields(self) -> dict[str, str]:
-        """Method, Host, target and the X-Forwarded-For chain sent upstream, parsed from
-        the kept head at the end: the handshake path never decodes a field for the log."""
+        """Method, Host, target and the X-Forwarded-For chain sent upstream, read from the
+        kept head at the end: the handshake path never decodes a field for the log."""
         if not self.head:
             return {}
-        request: Request | FastRequest | None = fast_request(self.head)
-        if request is None:
-            try:
-                request = parse_request(self.head)
-            except Rejection:
-                return {}  # the head that got this connection refused as malformed
-        items = (
-            request.raw_items()
-            if isinstance(request, FastRequest)
-            else list(request.headers.raw_items())
-        )
-        host = ""
-        chain = []
-        for name, value in items:
-            lower = name.lower()
-            if lower == "host" and not host:
-                host = value
-            elif lower == "x-forwarded-for":
-                chain.append(value)
+        method, target, host, chain = head_summary(self.head)
         if self.listener.config.forwarded_headers.enabled:
             chain.append(self.client_ip)
-        return {
-            "method": getattr(request, "method", "GET"),  # websockets' Request is GET only
-            "host": host,
-            "target": request.path,
-            "forwarded_for": ", ".join(chain),
-        }
+        return {"method": method, "host": host, "target": target, "forwarded_for": ", ".join(chain)}
 
     # ---------------------------------------------------------------- flow control
 

@@ -3,6 +3,7 @@ blocks the caller."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -200,7 +201,7 @@ class BlockedStream(io.StringIO):
 
 def test_a_stuck_stream_never_blocks_the_caller_and_overflow_is_counted() -> None:
     stream = BlockedStream()
-    log = AccessLog(LogFormat.TEXT, stream, queue_size=4)
+    log = AccessLog(LogFormat.TEXT, stream, queue_batches=4)
     log.start()
     log.record(SESSION)
     assert stream.entered.wait(5)  # the writer thread holds one record, blocked
@@ -230,3 +231,25 @@ def test_a_closed_stream_is_counted_not_raised() -> None:
     write_log.record(SESSION)
     write_log.close()
     assert (log.written, log.failed) == (0, 1)
+
+
+async def test_records_on_a_loop_go_to_the_writer_in_batches() -> None:
+    """One hand-over per batch (full, or FLUSH_DELAY old), not one thread wake per line."""
+    log = AccessLog(LogFormat.TEXT, io.StringIO(), batch_max=2)  # writer not started
+    for _ in range(3):
+        log.record(SESSION)
+    assert log._queue.qsize() == 1  # the full batch of two, at once
+    deadline = time.monotonic() + 5
+    while log._queue.qsize() < 2:
+        assert time.monotonic() < deadline, "the partial batch was never handed over"
+        await asyncio.sleep(0.01)
+    assert [len(batch or []) for batch in (log._queue.get(), log._queue.get())] == [2, 1]
+
+
+async def test_flush_hands_over_what_waits_and_close_writes_it() -> None:
+    log = AccessLog(LogFormat.TEXT, io.StringIO())
+    log.start()
+    log.record(SESSION)
+    log.flush()
+    await asyncio.to_thread(log.close)
+    assert log.written == 1
