@@ -69,9 +69,11 @@ class Runtime:
         metrics: Metrics | None = None,
         workers: int = 1,
         access_log: AccessLog | None = None,
+        worker_index: int = 0,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.workers = workers
+        self.worker_index = worker_index  # which share of the limits this process enforces
         self.access_log = access_log  # None: no access log (tests, embedding)
         self.snapshot: Snapshot | None = None
         self.listeners: dict[str, ListenerRuntime] = {}
@@ -157,7 +159,7 @@ class Runtime:
     async def _commit(self, snapshot: Snapshot, prepared: list[_Prepared]) -> None:
         limits = snapshot.load_balancer.limits
         if self.capacity is None:
-            self.capacity = Capacity(limits, self.workers)
+            self.capacity = Capacity(limits, self.workers, self.worker_index)
         else:
             self.capacity.update(limits)
         if self.access_log is not None:

@@ -52,7 +52,9 @@ async def test_two_workers_json_logs_process_metrics_openmetrics_and_promtool(
     backends: Any, dataplane_process: Any
 ) -> None:
     (backend,) = await backends(1)
-    config = snapshot(listener(backends={"endpoints": [backend.endpoint]}))
+    config = snapshot(
+        listener(backends={"endpoints": [backend.endpoint]}, limits={"maxConnections": 7})
+    )
     proc: DataplaneProcess = dataplane_process(config, "--workers", "2", "--log-format", "json")
     await proc.wait_ready()
     port = config["listeners"][0]["port"]
@@ -79,7 +81,9 @@ async def test_two_workers_json_logs_process_metrics_openmetrics_and_promtool(
         assert f'process_resident_memory_bytes{{worker="{worker}"}}' in text
         assert f'wslb_dataplane_access_log_lines_total{{worker="{worker}"}}' in text
     assert "wslb_build_info{" in text
-    assert 'wslb_dataplane_listener_max_connections{listener="ws",worker="1"}' in text
+    # Each worker enforces, and reports, its share of the listener's limit: 7 = 4 + 3.
+    assert 'wslb_dataplane_listener_max_connections{listener="ws",worker="0"} 4.0' in text
+    assert 'wslb_dataplane_listener_max_connections{listener="ws",worker="1"} 3.0' in text
     assert "_created" not in text
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool not found: install Debian's prometheus package"
