@@ -27,6 +27,7 @@ from dataplane.deadlines import DeadlineWheel
 from dataplane.handshake import Rejection
 from dataplane.health import HealthChecker
 from dataplane.metrics import Metrics, TrafficTotals, close_code_label
+from dataplane.process_metrics import TlsFailures
 from dataplane.relay import RelaySettings
 from dataplane.sticky import StickyCookies
 from dataplane.tls import CertificateSet, front_context, set_min_version
@@ -52,9 +53,11 @@ class ListenerRuntime:
         metrics: Metrics,
         certificates: CertificateSet | None,
         access_log: AccessLog | None = None,
+        tls_failures: TlsFailures | None = None,
     ) -> None:
         self.name = config.name
         self.access_log = access_log
+        self.tls_failures = tls_failures
         self.capacity = capacity
         self.metrics = metrics
         self.connections: set[ClientSide] = set()
@@ -157,7 +160,9 @@ class ListenerRuntime:
         ssl_context = None
         if self.certificates is not None and self.config.tls is not None:
             ssl_context = front_context(
-                lambda: self._current_certificates(), self.config.tls.min_version
+                lambda: self._current_certificates(),
+                self.config.tls.min_version,
+                self._tls_failed if self.tls_failures is not None else None,
             )
             self.front = ssl_context
         self.server = await loop.create_server(
@@ -169,6 +174,10 @@ class ListenerRuntime:
             else None,
             backlog=BACKLOG,
         )
+
+    def _tls_failed(self, exc: ssl.SSLError) -> None:
+        if self.tls_failures is not None:
+            self.tls_failures.observe(self.name, exc)
 
     def _current_certificates(self) -> CertificateSet:
         assert self.certificates is not None

@@ -24,6 +24,7 @@ from dataplane.admission import Capacity
 from dataplane.frames import CLOSE_GOING_AWAY
 from dataplane.listener import ListenerRuntime
 from dataplane.metrics import Metrics, TrafficTotals
+from dataplane.process_metrics import TlsFailures
 from dataplane.relay import CLOSE_TIMEOUT
 from dataplane.tls import CertificateSet
 from lbwire.errors import ConfigError, FieldProblem
@@ -70,10 +71,12 @@ class Runtime:
         workers: int = 1,
         access_log: AccessLog | None = None,
         worker_index: int = 0,
+        tls_failures: TlsFailures | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.workers = workers
         self.worker_index = worker_index  # which share of the limits this process enforces
+        self.tls_failures = tls_failures  # counts failed TLS handshakes by listener and reason
         self.access_log = access_log  # None: no access log (tests, embedding)
         self.snapshot: Snapshot | None = None
         self.listeners: dict[str, ListenerRuntime] = {}
@@ -198,7 +201,12 @@ class Runtime:
             if current is not None:
                 self._retire(current)
             runtime = ListenerRuntime(
-                item.config, self.capacity, self.metrics, item.certificates, self.access_log
+                item.config,
+                self.capacity,
+                self.metrics,
+                item.certificates,
+                self.access_log,
+                self.tls_failures,
             )
             assert item.sock is not None
             await runtime.start(item.sock)
@@ -248,6 +256,8 @@ class Runtime:
             live.totals.add(listener.totals)
         elif not any(other.name == listener.name for other in self.retired):
             self.metrics.forget_listener(listener.name)
+            if self.tls_failures is not None:
+                self.tls_failures.forget(listener.name)
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
         """Not ready, stop accepting, drain up to the drain timeout, then 1001 to the rest."""
