@@ -107,3 +107,26 @@ async def poll(proc: DataplaneProcess, expected: dict[tuple[str, str], float]) -
             if last == expected:
                 return
             await asyncio.sleep(0.05)
+
+
+async def test_a_listener_that_leaves_takes_its_failure_series_along(
+    backends: Any, dataplane_process: Any, tls: TlsFiles
+) -> None:
+    (backend,) = await backends(1)
+    config = listener(
+        "wss",
+        protocol="HTTPS",
+        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
+        backends={"endpoints": [backend.endpoint]},
+    )
+    kept = listener("ws", backends={"endpoints": [backend.endpoint]})
+    proc: DataplaneProcess = dataplane_process(snapshot(config, kept))
+    await proc.wait_ready()
+    reader, writer = await asyncio.open_connection("127.0.0.1", config["port"])
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    async with asyncio.timeout(10):
+        await reader.read()
+    writer.close()
+    await poll(proc, {("wss", "http_request"): 1.0})
+    proc.write_config(snapshot(kept, version="2"))
+    await poll(proc, {})
