@@ -21,9 +21,9 @@ import random
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import IO, Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -61,15 +61,26 @@ def _clip(value: str) -> str | None:
     return value if len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted (the writer's cache)
+
+
+def _timestamp(when: float) -> str:
+    """ISO 8601 UTC with milliseconds; the date part is formatted once a second (datetime
+    per line was a fifth of a line's cost)."""
+    global _second
+    whole = int(when)
+    if _second[0] != whole:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((when - whole) * 1000):03d}+00:00"
+
+
 def fields(record: ConnectionRecord, include_query: bool, worker: int | None) -> dict[str, Any]:
     """The ordered fields of one line; the same keys in text and JSON (absent: None)."""
     path = record.target
     if not include_query:
         path = path.split("?", 1)[0]
     out: dict[str, Any] = {
-        "time": datetime.fromtimestamp(record.started + record.duration, UTC).isoformat(
-            timespec="milliseconds"
-        ),
+        "time": _timestamp(record.started + record.duration),
         "kind": "websocket",  # "http" once plain requests are proxied
         "listener": record.listener,
         "client_addr": record.client,
@@ -98,20 +109,35 @@ def fields(record: ConnectionRecord, include_query: bool, worker: int | None) ->
 _BARE = re.compile(r"[!#-<>-\[\]-~]+").fullmatch
 
 
-def render(values: dict[str, Any], fmt: LogFormat) -> str:
-    """One line, newline included."""
+def _text(value: str | None) -> str:
+    """A client-controlled value in logfmt: bare when it is plain, else JSON-quoted."""
+    if not value:
+        return "-"
+    return value if _BARE(value) and value != "-" else json.dumps(value)
+
+
+def render(
+    record: ConnectionRecord, include_query: bool, worker: int | None, fmt: LogFormat
+) -> str:
+    """One line, newline included. Text is one f-string (a dict and a loop per line cost
+    twice as much) with the same keys, in the same order, as `fields()` gives JSON."""
     if fmt is LogFormat.JSON:
-        return json.dumps(values, separators=(",", ":")) + "\n"
-    parts = []
-    for key, value in values.items():  # inline: a call per field was a third of the line
-        if value is None:
-            text = "-"
-        elif type(value) is str:
-            text = value if _BARE(value) and value != "-" else json.dumps(value)
-        else:
-            text = str(value)
-        parts.append(f"{key}={text}")
-    return " ".join(parts) + "\n"
+        return json.dumps(fields(record, include_query, worker), separators=(",", ":")) + "\n"
+    path = record.target
+    if not include_query:
+        path = path.split("?", 1)[0]
+    line = (
+        f"time={_timestamp(record.started + record.duration)} kind=websocket"
+        f" listener={record.listener} client_addr={record.client or '-'}"
+        f" client_port={record.client_port} forwarded_for={_text(_clip(record.forwarded_for))}"
+        f" host={_text(_clip(record.host))} method={_text(record.method)}"
+        f" path={_text(_clip(path))} backend={record.backend or '-'} status={record.status}"
+        f" reason={record.rejection or '-'} duration_seconds={round(record.duration, 6)}"
+        f" bytes_from_client={record.bytes_c2b} bytes_to_client={record.bytes_b2c}"
+        f" messages_from_client={record.messages_c2b} messages_to_client={record.messages_b2c}"
+        f" close_code={record.close_code or '-'} closed_by={record.closed_by or '-'}"
+    )
+    return f"{line} worker={worker}\n" if worker is not None else line + "\n"
 
 
 class AccessLog:
@@ -208,7 +234,7 @@ class AccessLog:
             if batch is None:
                 return
             lines = [
-                render(fields(record, include_query, self.worker), self.fmt)
+                render(record, include_query, self.worker, self.fmt)
                 for record, include_query in batch
             ]
             try:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from dataplane.access_log import AccessLog, AccessLogCollector, AccessLogPolicy
+from dataplane.access_log import AccessLog, AccessLogCollector, AccessLogPolicy, render
 from dataplane.relay import ConnectionRecord
 from lbwire.logs import LogFormat
 
@@ -253,3 +253,22 @@ async def test_flush_hands_over_what_waits_and_close_writes_it() -> None:
     log.flush()
     await asyncio.to_thread(log.close)
     assert log.written == 1
+
+
+@pytest.mark.parametrize("worker", [None, 3])
+def test_text_and_json_lines_say_the_same_in_the_same_order(worker: int | None) -> None:
+    """Text is rendered on its own (for speed): it must not drift from the JSON fields."""
+    cases = [
+        SESSION,
+        record(status=403, rejection="origin", target="/a?b", method="GET"),
+        record(host='evil "host"=x', forwarded_for="-", client_port=9),
+    ]
+    for case in cases:
+        as_json: dict[str, Any] = json.loads(render(case, False, worker, LogFormat.JSON))
+        as_text = parse_logfmt(render(case, False, worker, LogFormat.TEXT))
+        expected = {
+            key: "-" if value is None else value if isinstance(value, str) else str(value)
+            for key, value in as_json.items()
+        }
+        assert list(as_text) == list(expected)
+        assert as_text == expected
