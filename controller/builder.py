@@ -357,6 +357,7 @@ def _listener(
             source_ranges=spec.source_ranges,
             allowed_origins=sorted(spec.allowed_origins),
             forwarded_headers=spec.forwarded_headers,
+            access_log=spec.access_log,
             generation=generation,
         )
     except ValidationError as exc:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from lbwire.snapshot import (
+    AccessLog,
     ForwardedHeaders,
     HashSource,
     HealthCheck,
@@ -209,6 +210,7 @@ class ListenerSpec(SpecModel):
     source_ranges: SourceRanges = SourceRanges()
     allowed_origins: list[str] = []
     forwarded_headers: ForwardedHeaders = ForwardedHeaders()
+    access_log: AccessLog = AccessLog()
 
 
 def describe(error: ValidationError) -> str:

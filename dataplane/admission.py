@@ -18,21 +18,30 @@ from lbwire.snapshot import Listener, LoadBalancerLimits
 ORIGIN_REFUSED = Rejection(403, "Origin not allowed", label="origin")
 
 
+def share(total: int, workers: int, index: int) -> int:
+    """Worker `index`'s part of a limit: the parts add up to `total` (the first workers
+    take the remainder), each at least 1 so no worker refuses everything."""
+    base, extra = divmod(total, max(1, workers))
+    return max(1, base + (1 if index < extra else 0))
+
+
 class Capacity:
     """The load balancer's own limits (its spec tier), shared by all its listeners.
 
     With several worker processes each enforces its share: the kernel spreads new
-    connections evenly across SO_REUSEPORT sockets, so per-worker shares add up.
+    connections evenly across SO_REUSEPORT sockets, so per-worker shares add up. The
+    listeners' limits are split the same way (`Gate`), by this worker's `index`.
     """
 
-    def __init__(self, limits: LoadBalancerLimits, workers: int = 1) -> None:
+    def __init__(self, limits: LoadBalancerLimits, workers: int = 1, index: int = 0) -> None:
         self.active = 0
         self.workers = max(1, workers)
+        self.index = index
         self.rate = 0.0
         self.update(limits)
 
     def update(self, limits: LoadBalancerLimits) -> None:
-        self.max_connections = math.ceil(limits.max_connections / self.workers)
+        self.max_connections = share(limits.max_connections, self.workers, self.index)
         rate = limits.new_connections_per_second / self.workers
         if rate != self.rate:
             # Only a changed rate gets a fresh bucket: a swap must not refill the burst.
@@ -48,8 +57,10 @@ class Gate:
         self.capacity = capacity
         self.acl = SourceFilter(config.source_ranges)
         self.origins = OriginPolicy(config.allowed_origins)
-        self.max_connections = config.limits.max_connections
-        rate = config.limits.new_connections_per_second
+        # Each worker's part of the listener's limits, as for the load balancer's.
+        workers, index = capacity.workers, capacity.index
+        self.max_connections = share(config.limits.max_connections, workers, index)
+        rate = share(config.limits.new_connections_per_second, workers, index)
         self.rate: float = rate
         self.bucket: TokenBucket = (
             previous.bucket if previous is not None and previous.rate == rate else TokenBucket(rate)

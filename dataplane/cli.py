@@ -210,14 +210,21 @@ class DataPlaneProcess:
         # once the runtime is handed it.
         self.access_log = AccessLog(options.log_format, worker=options.worker_index)
         self.metrics.registry.register(AccessLogCollector(self.access_log))
-        self.runtime = Runtime(self.metrics, workers=options.workers)
         # A worker's parent holds the config channel, so only a lone process reports it.
         holds_channel = options.client is not None and options.admin_socket is None
         self.observability = Observability.install(
             self.metrics.registry,
-            lambda: self.runtime.snapshot,
+            lambda: self.runtime.snapshot,  # read at scrape time, once the runtime exists
             workers=options.workers,
+            worker_index=options.worker_index or 0,
             controller_mode=holds_channel,
+        )
+        self.runtime = Runtime(
+            self.metrics,
+            workers=options.workers,
+            access_log=self.access_log,
+            worker_index=options.worker_index or 0,
+            tls_failures=self.observability.tls,
         )
         self.admin = AdminServer(self.metrics.registry, lambda: self.runtime.ready)
         self.stop = asyncio.Event()
@@ -267,6 +274,7 @@ class DataPlaneProcess:
         try:
             return await self._run()
         finally:
+            self.access_log.flush()  # records still batched on the loop
             await asyncio.to_thread(self.access_log.close)
 
     async def _run(self) -> int:

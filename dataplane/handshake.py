@@ -236,6 +236,26 @@ def fast_request(head: bytes) -> FastRequest | None:
 # ------------------------------------------------------------------ full parser
 
 
+_HOST_FIELD = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*?)[ \t]*\r\n", re.IGNORECASE)
+_XFF_FIELD = re.compile(rb"\r\nx-forwarded-for:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)", re.IGNORECASE)
+
+
+def head_summary(head: bytes) -> tuple[str, str, str, list[str]]:
+    """(method, target, Host, X-Forwarded-For values) of a head, for the access log: a
+    few searches (~1 us, a parse was ~7), never raising on a head the parsers refused."""
+    line_end = head.find(b"\r\n")
+    parts = head[: line_end if line_end >= 0 else len(head)].split(b" ")
+    method = parts[0].decode("latin-1") if len(parts) == 3 else ""
+    target = parts[1].decode("latin-1") if len(parts) == 3 else ""
+    host = _HOST_FIELD.search(head)
+    return (
+        method,
+        target,
+        host[1].decode("latin-1") if host else "",
+        [value.decode("latin-1") for value in _XFF_FIELD.findall(head)],
+    )
+
+
 def parse_request(head: bytes) -> Request:
     """Parse a complete request head (ending in CRLF CRLF) with websockets' parser."""
     reader = StreamReader()

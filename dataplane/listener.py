@@ -20,12 +20,14 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
+from dataplane.access_log import AccessLog
 from dataplane.admission import Capacity, Gate
 from dataplane.balancer import Balancer, EndpointState, RequestInfo
 from dataplane.deadlines import DeadlineWheel
 from dataplane.handshake import Rejection
 from dataplane.health import HealthChecker
 from dataplane.metrics import Metrics, TrafficTotals, close_code_label
+from dataplane.process_metrics import TlsFailures
 from dataplane.relay import RelaySettings
 from dataplane.sticky import StickyCookies
 from dataplane.tls import CertificateSet, front_context, set_min_version
@@ -50,8 +52,12 @@ class ListenerRuntime:
         capacity: Capacity,
         metrics: Metrics,
         certificates: CertificateSet | None,
+        access_log: AccessLog | None = None,
+        tls_failures: TlsFailures | None = None,
     ) -> None:
         self.name = config.name
+        self.access_log = access_log
+        self.tls_failures = tls_failures
         self.capacity = capacity
         self.metrics = metrics
         self.connections: set[ClientSide] = set()
@@ -119,6 +125,7 @@ class ListenerRuntime:
         )
         self.sticky_rewrites_response = backends.sticky.mode is not StickyMode.NONE
         self.sticky_enabled = self.sticky.enabled
+        self.keeps_heads = self.access_log is not None and config.access_log.enabled
         self.balancer = Balancer(backends, self.endpoints)
         # Keep one checker across swaps so a dead endpoint does not look healthy again.
         if self.health is None:
@@ -153,7 +160,9 @@ class ListenerRuntime:
         ssl_context = None
         if self.certificates is not None and self.config.tls is not None:
             ssl_context = front_context(
-                lambda: self._current_certificates(), self.config.tls.min_version
+                lambda: self._current_certificates(),
+                self.config.tls.min_version,
+                self._tls_failed if self.tls_failures is not None else None,
             )
             self.front = ssl_context
         self.server = await loop.create_server(
@@ -165,6 +174,10 @@ class ListenerRuntime:
             else None,
             backlog=BACKLOG,
         )
+
+    def _tls_failed(self, exc: ssl.SSLError) -> None:
+        if self.tls_failures is not None:
+            self.tls_failures.observe(self.name, exc)
 
     def _current_certificates(self) -> CertificateSet:
         assert self.certificates is not None
@@ -226,6 +239,10 @@ class ListenerRuntime:
                 child = self._m_closes[key] = self.metrics.closes.labels(self.name, *key)
             child.inc()
             self._m_duration.observe(connection.ended_at - relay.opened_at)
+        if connection.status and self.keeps_heads:
+            # A tunnel, a refusal or a backend's own answer; not a client that left
+            # before any answer (TCP probes), which would only be noise.
+            self.access_log.record(connection.record())  # type: ignore[union-attr]
 
     def traffic(self) -> TrafficTotals:
         """Totals of closed connections plus the live ones, for the scrape collector."""

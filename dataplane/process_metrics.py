@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dataplane.admission import share
 from lbwire.build import BUILD_INFO, BUILD_INFO_HELP, build_labels
 from lbwire.logs import rate_limit
 from lbwire.snapshot import Certificate, Listener, LoadBalancerLimits, Snapshot
@@ -72,47 +72,51 @@ class LimitsInForce:
     load_balancer: LoadBalancerLimits
     listeners: Sequence[Listener]
     workers: int = 1
+    index: int = 0  # this worker's number: which share of each limit it enforces
 
     @property
     def lb_max_connections(self) -> int:
-        # The same arithmetic as listener.Capacity: each worker enforces ceil(total / N).
-        return math.ceil(self.load_balancer.max_connections / max(1, self.workers))
+        return share(self.load_balancer.max_connections, self.workers, self.index)
+
+    def listener_share(self, total: int) -> int:
+        """The same arithmetic as admission.Gate: this worker's part of a listener limit."""
+        return share(total, self.workers, self.index)
 
     @property
     def lb_new_connections_per_second(self) -> float:
         return self.load_balancer.new_connections_per_second / max(1, self.workers)
 
 
-_LISTENER_LIMITS: tuple[tuple[str, str, Callable[[Listener], float]], ...] = (
+_LISTENER_LIMITS: tuple[tuple[str, str, Callable[[Listener, LimitsInForce], float]], ...] = (
     (
         "listener_max_connections",
         "Connections this process admits on the listener before answering 503.",
-        lambda c: c.limits.max_connections,
+        lambda c, f: f.listener_share(c.limits.max_connections),
     ),
     (
         "listener_max_new_connections_per_second",
         "New connections per second this process admits on the listener.",
-        lambda c: c.limits.new_connections_per_second,
+        lambda c, f: f.listener_share(c.limits.new_connections_per_second),
     ),
     (
         "listener_max_message_bytes",
         "Largest WebSocket message relayed; a larger one is closed with 1009.",
-        lambda c: c.limits.max_message_bytes,
+        lambda c, f: c.limits.max_message_bytes,
     ),
     (
         "listener_handshake_timeout_seconds",
         "Time allowed from accept to a complete upgrade (TLS included).",
-        lambda c: c.limits.handshake_timeout_seconds,
+        lambda c, f: c.limits.handshake_timeout_seconds,
     ),
     (
         "listener_idle_timeout_seconds",
         "Tunnels with no frame either way for this long are closed with 1001.",
-        lambda c: c.idle_timeout_seconds,
+        lambda c, f: c.idle_timeout_seconds,
     ),
     (
         "listener_keepalive_interval_seconds",
         "Interval of the load balancer's pings to both peers; 0 when keepalive is off.",
-        lambda c: c.keepalive.interval_seconds,
+        lambda c, f: c.keepalive.interval_seconds,
     ),
 )
 
@@ -145,7 +149,7 @@ class LimitsCollector(Collector):
         for name, help_text, read in _LISTENER_LIMITS:
             family = GaugeMetricFamily(f"{PREFIX}_{name}", help_text, labels=["listener"])
             for listener in limits.listeners:
-                family.add_metric([listener.name], float(read(listener)))
+                family.add_metric([listener.name], float(read(listener, limits)))
             yield family
 
 
@@ -391,6 +395,7 @@ class Observability:
         registry: CollectorRegistry,
         snapshot: Callable[[], Snapshot | None],
         workers: int = 1,
+        worker_index: int = 0,
         controller_mode: bool = False,
     ) -> Observability:
         """Register everything on a process's registry. `snapshot` returns the config in
@@ -404,7 +409,9 @@ class Observability:
             current = snapshot()
             if current is None:
                 return None
-            return LimitsInForce(current.load_balancer.limits, current.listeners, workers)
+            return LimitsInForce(
+                current.load_balancer.limits, current.listeners, workers, worker_index
+            )
 
         def listeners() -> Sequence[Listener]:
             current = snapshot()

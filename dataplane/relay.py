@@ -477,7 +477,10 @@ class ConnectionRecord:
     `status` is the HTTP status the client got (101 once tunnelled, 0 if it left before
     any answer); `rejection` the metric label when the load balancer refused it. Times
     are seconds; `started` is wall-clock (epoch). `closed_by` is client, backend, proxy
-    or unknown for a tunnel, empty otherwise.
+    or unknown for a tunnel, empty otherwise. The request's fields are empty when the
+    connection ended before its head was parsed; `target` keeps the query string (the
+    access log drops it unless asked) and `forwarded_for` is the X-Forwarded-For chain
+    as sent to the backend.
     """
 
     client: str
@@ -495,3 +498,7 @@ class ConnectionRecord:
     messages_b2c: int
     close_code: int
     closed_by: str
+    method: str = ""
+    host: str = ""
+    target: str = ""
+    forwarded_for: str = ""

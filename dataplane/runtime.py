@@ -19,10 +19,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dataplane.access_log import AccessLog, AccessLogPolicy
 from dataplane.admission import Capacity
 from dataplane.frames import CLOSE_GOING_AWAY
 from dataplane.listener import ListenerRuntime
 from dataplane.metrics import Metrics, TrafficTotals
+from dataplane.process_metrics import TlsFailures
 from dataplane.relay import CLOSE_TIMEOUT
 from dataplane.tls import CertificateSet
 from lbwire.errors import ConfigError, FieldProblem
@@ -41,10 +43,14 @@ class _Prepared:
 
 def bind_socket(address: str, port: int, reuse_port: bool) -> socket.socket:
     """A listening TCP socket. SO_REUSEPORT only with several workers: otherwise a second
-    data plane started by mistake would silently share the port instead of failing."""
+    data plane started by mistake would silently share the port instead of failing.
+    An IPv6 socket is dual-stack (IPV6_V6ONLY off) whatever the host's bindv6only says,
+    so a listener on `::` takes IPv4 clients too."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -59,9 +65,19 @@ def bind_socket(address: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 class Runtime:
-    def __init__(self, metrics: Metrics | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        workers: int = 1,
+        access_log: AccessLog | None = None,
+        worker_index: int = 0,
+        tls_failures: TlsFailures | None = None,
+    ) -> None:
         self.metrics = metrics or Metrics()
         self.workers = workers
+        self.worker_index = worker_index  # which share of the limits this process enforces
+        self.tls_failures = tls_failures  # counts failed TLS handshakes by listener and reason
+        self.access_log = access_log  # None: no access log (tests, embedding)
         self.snapshot: Snapshot | None = None
         self.listeners: dict[str, ListenerRuntime] = {}
         self.retired: set[ListenerRuntime] = set()
@@ -146,9 +162,20 @@ class Runtime:
     async def _commit(self, snapshot: Snapshot, prepared: list[_Prepared]) -> None:
         limits = snapshot.load_balancer.limits
         if self.capacity is None:
-            self.capacity = Capacity(limits, self.workers)
+            self.capacity = Capacity(limits, self.workers, self.worker_index)
         else:
             self.capacity.update(limits)
+        if self.access_log is not None:
+            self.access_log.set_policies(
+                {
+                    config.name: AccessLogPolicy(
+                        enabled=config.access_log.enabled,
+                        sample_rate=config.access_log.sample_rate,
+                        include_query=config.access_log.include_query,
+                    )
+                    for config in snapshot.listeners
+                }
+            )
         kept: dict[str, ListenerRuntime] = {}
         for item in prepared:
             if item.bind_at_commit:
@@ -173,7 +200,14 @@ class Runtime:
                 continue
             if current is not None:
                 self._retire(current)
-            runtime = ListenerRuntime(item.config, self.capacity, self.metrics, item.certificates)
+            runtime = ListenerRuntime(
+                item.config,
+                self.capacity,
+                self.metrics,
+                item.certificates,
+                self.access_log,
+                self.tls_failures,
+            )
             assert item.sock is not None
             await runtime.start(item.sock)
             kept[item.config.name] = runtime
@@ -222,6 +256,8 @@ class Runtime:
             live.totals.add(listener.totals)
         elif not any(other.name == listener.name for other in self.retired):
             self.metrics.forget_listener(listener.name)
+            if self.tls_failures is not None:
+                self.tls_failures.forget(listener.name)
 
     async def shutdown(self, drain_timeout: float | None = None) -> None:
         """Not ready, stop accepting, drain up to the drain timeout, then 1001 to the rest."""

@@ -89,9 +89,42 @@ class CertificateSet:
         return found or self.default
 
 
-def front_context(current: Callable[[], CertificateSet], min_version: str) -> ssl.SSLContext:
-    """The context bound to the listening socket; SNI swaps in the chosen certificate."""
+# The handshake errors that only mean "more bytes needed", not a failure.
+_AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def observed_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
+    """An SSLObject class that reports each failed handshake before raising it.
+
+    uvloop's SSLProtocol drops a failed server handshake without telling the app protocol
+    (no connection_made, no connection_lost, no exception handler for OSErrors), but it
+    calls `do_handshake()` on the object the context's `wrap_bio` makes: this is the one
+    place that sees every OpenSSL failure, at the cost of one Python frame per call.
+    Timeouts and peers that just close during the handshake never get here."""
+
+    class ObservedSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                self._sslobj.do_handshake()  # type: ignore[attr-defined]  # what super() does
+            except _AGAIN:
+                raise
+            except ssl.SSLError as exc:
+                on_failure(exc)
+                raise
+
+    return ObservedSSLObject
+
+
+def front_context(
+    current: Callable[[], CertificateSet],
+    min_version: str,
+    on_failure: Callable[[ssl.SSLError], None] | None = None,
+) -> ssl.SSLContext:
+    """The context bound to the listening socket; SNI swaps in the chosen certificate;
+    `on_failure` hears of every handshake that OpenSSL refuses."""
     context = _base_context(min_version)
+    if on_failure is not None:
+        context.sslobject_class = observed_sslobject(on_failure)
     # A certificate of its own too, in case a client's hello reaches no SNI callback.
     load_certificate(context, current().first)
 

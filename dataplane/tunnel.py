@@ -29,6 +29,7 @@ from dataplane.handshake import (
     FastRequest,
     Rejection,
     fast_request,
+    head_summary,
     parse_backend_head,
     parse_request,
     parse_status_line,
@@ -71,6 +72,7 @@ class Site(Protocol):
     relay_settings: RelaySettings
     sticky_enabled: bool
     sticky_rewrites_response: bool
+    keeps_heads: bool  # the access log wants request fields: keep each head
 
     def admit(self, connection: ClientSide) -> Rejection | None: ...
     def check_origin(self, values: list[str]) -> Rejection | None: ...
@@ -119,6 +121,7 @@ class ClientSide(asyncio.Protocol):
         "draining",
         "ended_at",
         "endpoint",
+        "head",
         "listener",
         "loop",
         "lost",
@@ -151,6 +154,7 @@ class ClientSide(asyncio.Protocol):
         self.pending: bytes | bytearray = b""
         self.admission: Rejection | None = None
         self.rejection: Rejection | None = None  # what the client was answered, if refused
+        self.head = b""  # the request head, kept for the access log only when it is on
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
         self.task: Dialled | None = None
         self.dial: _Dial | None = None  # what every attempt of the dial needs
@@ -241,6 +245,8 @@ class ClientSide(asyncio.Protocol):
     def _handle_request(self, head: bytes) -> None:
         if self.admission is not None:
             raise self.admission
+        if self.listener.keeps_heads:
+            self.head = head  # a reference, no copy: parsed again only for the record
         fast = fast_request(head)
         request: Request | FastRequest
         if fast is None:
@@ -598,7 +604,18 @@ class ClientSide(asyncio.Protocol):
             messages_b2c=relay.messages_b2c if relay is not None else 0,
             close_code=relay.close_code if relay is not None else 0,
             closed_by=(relay.closed_by or "unknown") if relay is not None else "",
+            **self._request_fields(),
         )
+
+    def _request_fields(self) -> dict[str, str]:
+        """Method, Host, target and the X-Forwarded-For chain sent upstream, read from the
+        kept head at the end: the handshake path never decodes a field for the log."""
+        if not self.head:
+            return {}
+        method, target, host, chain = head_summary(self.head)
+        if self.listener.config.forwarded_headers.enabled:
+            chain.append(self.client_ip)
+        return {"method": method, "host": host, "target": target, "forwarded_for": ", ".join(chain)}
 
     # ---------------------------------------------------------------- flow control
 

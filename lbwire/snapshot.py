@@ -212,6 +212,15 @@ class ForwardedHeaders(Model):
     enabled: bool = True
 
 
+class AccessLog(Model):
+    """The listener's access-log switches: every connection by default, no query string
+    (query strings often carry tokens); `sampleRate` thins very busy listeners."""
+
+    enabled: bool = True
+    sample_rate: Annotated[float, Field(gt=0, le=1)] = 1.0
+    include_query: bool = False
+
+
 class Certificate(Model):
     """A PEM certificate chain and key; `serverNames` picks it by SNI (empty: default)."""
 
@@ -253,6 +262,7 @@ class Listener(Model):
     source_ranges: SourceRanges = SourceRanges()
     allowed_origins: list[str] = []
     forwarded_headers: ForwardedHeaders = ForwardedHeaders()
+    access_log: AccessLog = AccessLog()
     generation: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("address")

@@ -16,7 +16,13 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 
 from dataplane.admin import AdminServer
-from tests.integration.conftest import DataplaneProcess, free_port, listener, snapshot
+from tests.integration.conftest import (
+    DataplaneProcess,
+    free_port,
+    listener,
+    snapshot,
+    wait_until,
+)
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"
 
@@ -46,7 +52,9 @@ async def test_two_workers_json_logs_process_metrics_openmetrics_and_promtool(
     backends: Any, dataplane_process: Any
 ) -> None:
     (backend,) = await backends(1)
-    config = snapshot(listener(backends={"endpoints": [backend.endpoint]}))
+    config = snapshot(
+        listener(backends={"endpoints": [backend.endpoint]}, limits={"maxConnections": 7})
+    )
     proc: DataplaneProcess = dataplane_process(config, "--workers", "2", "--log-format", "json")
     await proc.wait_ready()
     port = config["listeners"][0]["port"]
@@ -56,7 +64,13 @@ async def test_two_workers_json_logs_process_metrics_openmetrics_and_promtool(
             assert await ws.recv() == f"hi {index}"
 
     # Every log line is one JSON object; the workers' lines carry their ids.
-    lines = json_lines(proc.log())
+    # Access-log lines (stdout, no logger) too, once the writer threads have written them.
+    def access() -> list[dict[str, Any]]:
+        return [line for line in json_lines(proc.log()) if line.get("kind") == "websocket"]
+
+    await wait_until(lambda: len(access()) == 4)
+    assert all(line["worker"] in (0, 1) and line["status"] == 101 for line in access())
+    lines = [line for line in json_lines(proc.log()) if "logger" in line]
     assert lines and all(line.strip().startswith("{") for line in proc.log().splitlines())
     assert {line.get("worker") for line in lines if line["logger"] == "wslb.runtime"} == {0, 1}
     assert all("worker" not in line for line in lines if line["logger"] == "wslb.admin")
@@ -67,7 +81,9 @@ async def test_two_workers_json_logs_process_metrics_openmetrics_and_promtool(
         assert f'process_resident_memory_bytes{{worker="{worker}"}}' in text
         assert f'wslb_dataplane_access_log_lines_total{{worker="{worker}"}}' in text
     assert "wslb_build_info{" in text
-    assert 'wslb_dataplane_listener_max_connections{listener="ws",worker="1"}' in text
+    # Each worker enforces, and reports, its share of the listener's limit: 7 = 4 + 3.
+    assert 'wslb_dataplane_listener_max_connections{listener="ws",worker="0"} 4.0' in text
+    assert 'wslb_dataplane_listener_max_connections{listener="ws",worker="1"} 3.0' in text
     assert "_created" not in text
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool not found: install Debian's prometheus package"

@@ -3,6 +3,7 @@ blocks the caller."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -13,33 +14,54 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from dataplane.access_log import (
-    AccessLog,
-    AccessLogCollector,
-    AccessLogPolicy,
-    ConnectionRecord,
-)
+from dataplane.access_log import AccessLog, AccessLogCollector, AccessLogPolicy, render
+from dataplane.relay import ConnectionRecord
 from lbwire.logs import LogFormat
 
 pytestmark = pytest.mark.unit
 
 LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
-SESSION = ConnectionRecord(
+
+def record(**fields: Any) -> ConnectionRecord:
+    """A connection's record: a refused one unless `fields` say more."""
+    values: dict[str, Any] = {
+        "client": "192.0.2.1",
+        "client_port": 1,
+        "listener": "ws",
+        "backend": "",
+        "status": 101,
+        "rejection": "",
+        "started": 0.0,
+        "duration": 1.0,
+        "handshake_seconds": 0.0,
+        "bytes_c2b": 0,
+        "bytes_b2c": 0,
+        "messages_c2b": 0,
+        "messages_b2c": 0,
+        "close_code": 0,
+        "closed_by": "",
+    }
+    values.update(fields)
+    return ConnectionRecord(**values)
+
+
+SESSION = record(
     listener="ws",
     started=1_800_000_000.0,
     duration=61.25,
-    client_addr="192.0.2.7",
+    client="192.0.2.7",
     client_port=53412,
     status=101,
     forwarded_for="203.0.113.9, 192.0.2.7",
+    method="GET",
     host="chat.example.com",
-    path="/socket?token=secret&room=1",
+    target="/socket?token=secret&room=1",
     backend="10.1.0.4:8080",
-    bytes_from_client=1200,
-    bytes_to_client=34000,
-    messages_from_client=12,
-    messages_to_client=340,
+    bytes_c2b=1200,
+    bytes_b2c=34000,
+    messages_c2b=12,
+    messages_b2c=340,
     close_code=1001,
     closed_by="proxy",
 )
@@ -74,7 +96,7 @@ def test_text_line_carries_every_field_of_an_idle_closed_session() -> None:
         "client_port": "53412",
         "forwarded_for": "203.0.113.9, 192.0.2.7",
         "host": "chat.example.com",
-        "method": "-",
+        "method": "GET",
         "path": "/socket",
         "backend": "10.1.0.4:8080",
         "status": "101",
@@ -103,15 +125,14 @@ def test_json_line_has_the_same_fields_typed() -> None:
 
 
 def test_refused_handshake_gets_its_own_line_with_status_and_reason() -> None:
-    refused = ConnectionRecord(
-        listener="ws",
+    refused = record(
         started=1_800_000_000.0,
         duration=0.0004,
-        client_addr="2001:db8::1",
+        client="2001:db8::1",
         client_port=40000,
         status=503,
-        reason="listener_connections",
-        path="/socket",
+        rejection="listener_connections",
+        target="/socket",
     )
     (line,) = write([refused], AccessLog(LogFormat.TEXT, io.StringIO()))
     got = parse_logfmt(line)
@@ -132,15 +153,9 @@ def test_query_string_is_kept_only_when_the_listener_asks() -> None:
 
 
 def test_client_fields_cannot_forge_a_line() -> None:
-    forged = ConnectionRecord(
-        listener="ws",
-        started=0.0,
-        duration=1.0,
-        client_addr="192.0.2.1",
-        client_port=1,
-        status=101,
+    forged = record(
         host='evil.example\nlistener=admin status="200"',
-        path="/a b" + "x" * 5000,
+        target="/a b" + "x" * 5000,
     )
     (line,) = write([forged], AccessLog(LogFormat.TEXT, io.StringIO()))
     got = parse_logfmt(line)
@@ -153,7 +168,7 @@ def test_client_fields_cannot_forge_a_line() -> None:
 def test_a_listener_switched_off_writes_nothing_and_others_still_do() -> None:
     log = AccessLog(LogFormat.TEXT, io.StringIO())
     log.set_policies({"ws": AccessLogPolicy(enabled=False)})
-    other = ConnectionRecord("wss", 0.0, 1.0, "192.0.2.1", 1, 101)
+    other = record(listener="wss")
     lines = write([SESSION, other], log)
     assert [parse_logfmt(line)["listener"] for line in lines] == ["wss"]
 
@@ -186,7 +201,7 @@ class BlockedStream(io.StringIO):
 
 def test_a_stuck_stream_never_blocks_the_caller_and_overflow_is_counted() -> None:
     stream = BlockedStream()
-    log = AccessLog(LogFormat.TEXT, stream, queue_size=4)
+    log = AccessLog(LogFormat.TEXT, stream, queue_batches=4)
     log.start()
     log.record(SESSION)
     assert stream.entered.wait(5)  # the writer thread holds one record, blocked
@@ -216,3 +231,44 @@ def test_a_closed_stream_is_counted_not_raised() -> None:
     write_log.record(SESSION)
     write_log.close()
     assert (log.written, log.failed) == (0, 1)
+
+
+async def test_records_on_a_loop_go_to_the_writer_in_batches() -> None:
+    """One hand-over per batch (full, or FLUSH_DELAY old), not one thread wake per line."""
+    log = AccessLog(LogFormat.TEXT, io.StringIO(), batch_max=2)  # writer not started
+    for _ in range(3):
+        log.record(SESSION)
+    assert log._queue.qsize() == 1  # the full batch of two, at once
+    deadline = time.monotonic() + 5
+    while log._queue.qsize() < 2:
+        assert time.monotonic() < deadline, "the partial batch was never handed over"
+        await asyncio.sleep(0.01)
+    assert [len(batch or []) for batch in (log._queue.get(), log._queue.get())] == [2, 1]
+
+
+async def test_flush_hands_over_what_waits_and_close_writes_it() -> None:
+    log = AccessLog(LogFormat.TEXT, io.StringIO())
+    log.start()
+    log.record(SESSION)
+    log.flush()
+    await asyncio.to_thread(log.close)
+    assert log.written == 1
+
+
+@pytest.mark.parametrize("worker", [None, 3])
+def test_text_and_json_lines_say_the_same_in_the_same_order(worker: int | None) -> None:
+    """Text is rendered on its own (for speed): it must not drift from the JSON fields."""
+    cases = [
+        SESSION,
+        record(status=403, rejection="origin", target="/a?b", method="GET"),
+        record(host='evil "host"=x', forwarded_for="-", client_port=9),
+    ]
+    for case in cases:
+        as_json: dict[str, Any] = json.loads(render(case, False, worker, LogFormat.JSON))
+        as_text = parse_logfmt(render(case, False, worker, LogFormat.TEXT))
+        expected = {
+            key: "-" if value is None else value if isinstance(value, str) else str(value)
+            for key, value in as_json.items()
+        }
+        assert list(as_text) == list(expected)
+        assert as_text == expected

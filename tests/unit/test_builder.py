@@ -9,7 +9,7 @@ import pytest
 from controller import builder
 from controller.builder import Build, ListenerResult, build
 from controller.status import FALSE, TRUE
-from lbwire.snapshot import Snapshot, parse_snapshot
+from lbwire.snapshot import AccessLog, Snapshot, parse_snapshot
 from tests.unit import kubeobjects as k
 
 LB = "default/lb"
@@ -317,6 +317,20 @@ def test_sticky_insert_takes_the_load_balancer_secret() -> None:
     assert out.snapshot is not None
     sticky = out.snapshot.listeners[0].backends.sticky
     assert (sticky.mode.value, sticky.cookie_name, sticky.secret) == ("insert", "S", "hmac-key")
+
+
+def test_access_log_switches_reach_the_snapshot() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(accessLog={"enabled": False, "sampleRate": 0.25, "includeQuery": True}),
+        k.listener("other", port=81),
+        k.service(),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    switches = {item.name: item.access_log for item in out.snapshot.listeners}
+    assert switches["web"] == AccessLog(enabled=False, sample_rate=0.25, include_query=True)
+    assert switches["other"] == AccessLog(enabled=True, sample_rate=1.0, include_query=False)
 
 
 def test_sticky_insert_without_the_secret_waits() -> None:

@@ -122,7 +122,14 @@ def test_schema_is_structural(kind: str) -> None:
         if schema.get("x-kubernetes-int-or-string"):  # resource quantities
             assert schema["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
             continue
-        assert schema.get("type") in {"object", "array", "string", "integer", "boolean"}, path
+        assert schema.get("type") in {
+            "object",
+            "array",
+            "string",
+            "integer",
+            "number",
+            "boolean",
+        }, path
         if schema["type"] == "array":
             assert "items" in schema, path
         if schema["type"] == "object" and path not in {"metadata"}:
@@ -303,6 +310,7 @@ PAIRS: list[tuple[str, type[BaseModel], dict[str, str], set[str]]] = [
     ("spec.limits", snapshot.Limits, {}, set()),
     ("spec.sourceRanges", snapshot.SourceRanges, {}, set()),
     ("spec.forwardedHeaders", snapshot.ForwardedHeaders, {}, set()),
+    ("spec.accessLog", snapshot.AccessLog, {}, set()),
     ("spec.tls", snapshot.Tls, {}, {"certificates"}),
 ]
 
@@ -358,6 +366,12 @@ def test_crd_agrees_with_snapshot(path: str, field: str, info: FieldInfo, annota
     an unset field means the same on both sides."""
     schema = node("Listener", path)
     low, high = bounds(info.metadata)
+    if schema.get("type") == "number":
+        # A fraction: an exclusive bound is the CRD's exclusiveMinimum, not the next integer.
+        for item in info.metadata:
+            if isinstance(item, annotated_types.Gt):
+                assert schema.get("exclusiveMinimum") is True, path
+                low = item.gt  # type: ignore[assignment]
     if schema["type"] == "array" and typing.get_origin(annotation) is list:
         low, high = bounds(item_metadata(annotation))
         schema = schema["items"]

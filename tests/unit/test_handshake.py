@@ -18,6 +18,7 @@ from websockets.http11 import Request
 from dataplane.handshake import (
     Rejection,
     fast_request,
+    head_summary,
     parse_backend_head,
     parse_request,
     parse_status_line,
@@ -255,3 +256,21 @@ def test_fast_path_is_linear_in_a_line_that_is_not_a_field() -> None:
     started = time.perf_counter()
     assert fast_request(head) is None
     assert time.perf_counter() - started < 0.05
+
+
+def test_head_summary_reads_what_the_access_log_needs() -> None:
+    head = (
+        b"GET /chat?room=1 HTTP/1.1\r\nhost:  chat.example.com \r\nUpgrade: websocket\r\n"
+        b"X-Forwarded-For: 203.0.113.9\r\nx-forwarded-for:198.51.100.2, 10.0.0.1\r\n\r\n"
+    )
+    assert head_summary(head) == (
+        "GET",
+        "/chat?room=1",
+        "chat.example.com",
+        ["203.0.113.9", "198.51.100.2, 10.0.0.1"],
+    )
+
+
+def test_head_summary_of_a_malformed_head_is_empty_not_an_error() -> None:
+    assert head_summary(b"garbage\r\n\r\n") == ("", "", "", [])
+    assert head_summary(b"GET / HTTP/1.1\r\n\r\n") == ("GET", "/", "", [])

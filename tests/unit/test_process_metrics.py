@@ -96,7 +96,9 @@ def test_limits_are_each_process_share_and_listener_values() -> None:
     ws = frozenset({("listener", "ws")})
     assert got[("wslb_dataplane_load_balancer_max_connections", frozenset())] == 1667
     assert got[("wslb_dataplane_load_balancer_max_new_connections_per_second", frozenset())] == 1000
-    assert got[("wslb_dataplane_listener_max_connections", ws)] == 700
+    # Each worker's share of the listener's limits (700 = 234 + 233 + 233; rate 5000 / 3).
+    assert got[("wslb_dataplane_listener_max_connections", ws)] == 234
+    assert got[("wslb_dataplane_listener_max_new_connections_per_second", ws)] == 1667
     assert got[("wslb_dataplane_listener_idle_timeout_seconds", ws)] == 90
     assert got[("wslb_dataplane_listener_keepalive_interval_seconds", ws)] == 20
     assert got[("wslb_dataplane_listener_max_message_bytes", ws)] == 1024 * 1024
@@ -105,6 +107,8 @@ def test_limits_are_each_process_share_and_listener_values() -> None:
     assert not any(labels == ws for _, labels in samples(registry))
     limits = LimitsInForce(LoadBalancerLimits(max_connections=10), [], workers=4)
     assert (limits.lb_max_connections, limits.lb_new_connections_per_second) == (3, 750)
+    last = LimitsInForce(LoadBalancerLimits(max_connections=10), [], workers=4, index=3)
+    assert (last.lb_max_connections, last.listener_share(700)) == (2, 175)
 
 
 def test_process_metrics_and_channel_only_in_controller_mode() -> None:
