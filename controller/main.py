@@ -44,7 +44,7 @@ from controller.reconciler import Reconciler
 from controller.settings import Settings, SettingsError
 from controller.store import Store
 from lbwire import logs
-from lbwire.build import distribution_version
+from lbwire.programs import OneLineParser, fail
 
 log = logging.getLogger("wslb.controller")
 
@@ -324,17 +324,11 @@ async def _no_load_balancers(
     flag.set()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line naming the bad flag, exit status 2 (argparse's usual status)."""
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
     """The command line: no flags but --help and --version; settings come from the
     environment (controller/settings.py), which the chart sets."""
     names = "\n".join(f"  {line}" for line in Settings.variables())
-    result = _Parser(
+    return OneLineParser(
         prog="wslb-controller",
         description="The wslb controller: watches LoadBalancers and Listeners, builds one "
         "config snapshot per LoadBalancer, owns the data-plane objects and serves the "
@@ -342,12 +336,6 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"Settings are environment variables:\n{names}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    result.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    return result
-
-
-def version() -> str:
-    return distribution_version("wslb")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -375,8 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"wslb-controller: {message}", file=sys.stderr)
-    sys.exit(2)
+    fail("wslb-controller", message)
 
 
 if __name__ == "__main__":

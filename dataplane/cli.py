@@ -22,7 +22,6 @@ import socket
 import sys
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
@@ -39,6 +38,7 @@ from dataplane.workers import WorkerSet, snapshot_receiver
 from lbwire import logs
 from lbwire.errors import ConfigError
 from lbwire.logs import ENV_FORMAT, ENV_LEVEL, LogFormat, LogSetupError, parse_format, parse_level
+from lbwire.programs import OneLineParser, fail
 
 log = logging.getLogger("wslb.dataplane")
 
@@ -66,26 +66,12 @@ class UsageError(ValueError):
     """A bad flag or environment value; the message names it."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line naming the bad flag, exit status 2 (argparse's usual status)."""
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
-def version() -> str:
-    try:
-        return metadata.version("wslb")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def parser() -> argparse.ArgumentParser:
-    result = _Parser(
+    result = OneLineParser(
         prog="wslb-dataplane",
         description="The wslb data plane: WebSocket listeners configured from a YAML file"
         " (--config) or pushed by the wslb controller (--controller).",
     )
-    result.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     source = result.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", "-c", type=Path, help="standalone YAML file")
     source.add_argument(
@@ -366,8 +352,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"wslb-dataplane: {message}", file=sys.stderr)
-    sys.exit(2)
+    fail("wslb-dataplane", message)
 
 
 if __name__ == "__main__":

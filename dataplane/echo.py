@@ -26,6 +26,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from lbwire import logs
+from lbwire.programs import OneLineParser
+
 log = logging.getLogger("wslb.echo")
 
 
@@ -103,11 +106,24 @@ async def _main(args: argparse.Namespace) -> None:
     log.info("stopped")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def port(value: str) -> int:
+    """A TCP port number, 0 for any (argparse names the type "port" in its error)."""
+    port = int(value)
+    if not 0 <= port < 65536:  # 0: the kernel picks one (tests)
+        raise ValueError(value)
+    return port
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineParser(prog="wslb-echo", description=__doc__.splitlines()[0])
     # WSLB_-prefixed: Kubernetes service links inject ECHO_PORT=tcp://... into pods.
     parser.add_argument("--host", default=os.environ.get("WSLB_ECHO_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("WSLB_ECHO_PORT", "9001")))
+    parser.add_argument(
+        "--port",
+        type=port,
+        default=os.environ.get("WSLB_ECHO_PORT", "9001"),  # a string: argparse checks it too
+        help="TCP port (default 9001, or $WSLB_ECHO_PORT)",
+    )
     parser.add_argument(
         "--name",
         default=os.environ.get("WSLB_ECHO_NAME")
@@ -121,8 +137,12 @@ def main() -> None:
         action="store_true",
         help="on SIGTERM stop accepting but keep open connections until their peers close them",
     )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        logs.configure(args.log_level, args.log_format)
+    except logs.LogSetupError as exc:
+        parser.error(str(exc))
     logging.getLogger("websockets.server").setLevel(logging.WARNING)
     asyncio.run(_main(args))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dataplane import cli
+from lbwire import programs
 from lbwire.logs import LogFormat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +42,8 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(["--version"], capsys)
     assert code == 0
-    assert out.strip() == f"wslb-dataplane {cli.version()}"
-    assert cli.version() != "unknown"
+    assert out.strip() == f"wslb-dataplane {programs.version()}"
+    assert programs.version() != "unknown"
 
 
 @pytest.mark.parametrize(

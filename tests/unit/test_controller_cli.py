@@ -14,6 +14,7 @@ import pytest
 from controller import main
 from controller.settings import ENVIRONMENT, Settings, SettingsError
 from dataplane.certs import self_signed
+from lbwire import programs
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -35,8 +36,8 @@ def test_help_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(["--version"], capsys)
     assert code == 0
-    assert out.strip() == f"wslb-controller {main.version()}"
-    assert main.version() != "unknown"
+    assert out.strip() == f"wslb-controller {programs.version()}"
+    assert programs.version() != "unknown"
 
 
 def test_unknown_flag_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
