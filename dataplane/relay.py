@@ -25,6 +25,7 @@ Close rules (RFC 6455 §7, and what a proxy adds):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from dataplane.frames import (
@@ -71,9 +72,14 @@ class RelaySettings:
     close_timeout: float = CLOSE_TIMEOUT
 
 
+_EXTENSIONS_FIELD = re.compile(rb"\r\nsec-websocket-extensions:[ \t]*[!-~]", re.IGNORECASE)
+
+
 def negotiated_extensions(head: bytes) -> bool:
-    """Whether a backend's 101 head negotiated any extension (RSV bits then allowed)."""
-    return b"sec-websocket-extensions:" in head.lower()
+    """Whether a backend's 101 head negotiated any extension (RSV bits then allowed): a
+    Sec-WebSocket-Extensions field with a value, by its exact name (not a field such as
+    X-Sec-WebSocket-Extensions that merely ends with it)."""
+    return _EXTENSIONS_FIELD.search(head) is not None
 
 
 class Relay:

@@ -116,6 +116,11 @@ def test_extensions_are_learned_from_the_backends_101() -> None:
     head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: x\r\n\r\n"
     assert negotiated_extensions(head)
     assert not negotiated_extensions(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    # Only the field itself, with a value: not one whose name ends with it, not an empty one.
+    lookalike = b"HTTP/1.1 101 Switching Protocols\r\nX-Sec-WebSocket-Extensions: x\r\n\r\n"
+    assert not negotiated_extensions(lookalike)
+    empty = b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-extensions: \r\n\r\n"
+    assert not negotiated_extensions(empty)
 
 
 # ---------------------------------------------------------------------- idle, drain
