@@ -8,116 +8,47 @@ query API must show exactly that traffic, and the target must be up and healthy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from websockets.asyncio.client import connect
 
-from tests.integration.conftest import free_port, listener, snapshot
+from tests.integration.conftest import listener, snapshot
+from tests.monitoring import prometheus as prometheus_server
+from tests.monitoring.prometheus import Prometheus
 
-PROMETHEUS = Path("/usr/bin/prometheus")
 JOB = "wslb-dataplane"
 
-if not PROMETHEUS.exists():
-    pytest.skip(
-        f"{PROMETHEUS} not found: install Debian's prometheus package "
-        "(apt-get install prometheus; hack/ci-packages.sh does)",
-        allow_module_level=True,
-    )
+if not prometheus_server.available():
+    pytest.skip(prometheus_server.MISSING, allow_module_level=True)
 
 
-@dataclass
-class Prometheus:
-    proc: subprocess.Popen[bytes]
-    port: int
-    workdir: Path
-
-    def get(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        address = f"http://127.0.0.1:{self.port}{path}{query}"
-        with urllib.request.urlopen(address, timeout=2) as response:
-            return json.loads(response.read())
-
-    def log(self) -> str:
-        return (self.workdir / "prometheus.log").read_text(errors="replace")
-
-    def scalar(self, promql: str) -> float | None:
-        """The single value of an instant query, None while it has no series."""
-        data = self.get("/api/v1/query", query=promql)
-        assert data["status"] == "success", data
-        result = data["data"]["result"]
-        if not result:
-            return None
-        assert len(result) == 1, result
-        return float(result[0]["value"][1])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+def scalar(prom: Prometheus, promql: str) -> float | None:
+    """The single value of an instant query, None while it has no series."""
+    result = prom.query(promql)
+    if not result:
+        return None
+    assert len(result) == 1, result
+    return float(result[0]["value"][1])
 
 
 @pytest.fixture
 def prometheus() -> Iterator[Any]:
+    """Start Debian's Prometheus scraping a data plane's admin port (the shared launcher)."""
     started: list[Prometheus] = []
 
     def start(admin_port: int) -> Prometheus:
-        workdir = Path(tempfile.mkdtemp(prefix="wslb-prometheus-"))
-        config = {
-            "global": {
-                "scrape_interval": "1s",
-                "scrape_timeout": "1s",
-                "evaluation_interval": "1s",
-            },
-            "scrape_configs": [
-                {
-                    "job_name": JOB,
-                    "metrics_path": "/metrics",
-                    "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}],
-                }
-            ],
+        scrape = {
+            "job_name": JOB,
+            "metrics_path": "/metrics",
+            "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}],
         }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        with (workdir / "prometheus.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    str(PROMETHEUS),
-                    f"--config.file={workdir / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--storage.tsdb.retention.time=1h",
-                    "--log.level=warn",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-                start_new_session=True,
-            )
-        running = Prometheus(proc, port, workdir)
+        running = prometheus_server.start([scrape], {"groups": []})
         started.append(running)
         return running
 
@@ -167,14 +98,14 @@ async def test_prometheus_scrapes_dataplane_traffic(
                 assert await ws.recv() == f"message {n}.{i}"
 
     def up() -> bool:
-        return prom.scalar(f'up{{job="{JOB}"}}') == 1
+        return scalar(prom, f'up{{job="{JOB}"}}') == 1
 
     def upgrades() -> bool:
-        return prom.scalar(f'sum(wslb_dataplane_upgrades_total{{job="{JOB}",code="101"}})') == 3
+        return scalar(prom, f'sum(wslb_dataplane_upgrades_total{{job="{JOB}",code="101"}})') == 3
 
     def messages(direction: str) -> Callable[[], bool]:
         promql = f'sum(wslb_dataplane_messages_total{{job="{JOB}",direction="{direction}"}})'
-        return lambda: prom.scalar(promql) == 12
+        return lambda: scalar(prom, promql) == 12
 
     await poll(up, "up != 1", prom)
     await poll(upgrades, "wslb_dataplane_upgrades_total{code='101'} != 3", prom)
