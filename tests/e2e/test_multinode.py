@@ -122,6 +122,10 @@ def clients_for(cluster: Cluster, namespace: str, prefix: str) -> list[Client]:
         lambda: (urls := entry_urls(cluster, namespace, LB, NODE_PORT)) and len(urls) == 2 and urls,
         what="two nodes with a ready data plane",
     )
+    # A ready pod is not yet a working entry: the node's kube-proxy programs its Local
+    # endpoint a moment later. Without this wait every client may enter through one node.
+    for url in entries.values():
+        product.reach(cluster, url)
     return start_clients(CLIENTS, entries, prefix)
 
 
