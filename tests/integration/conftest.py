@@ -47,6 +47,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET `path` from an HTTP port on 127.0.0.1 (a data plane's admin port, the controller's
+    health port): (status, body), or (0, "") while nothing listens there yet."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return 0, ""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body.decode()
+
+
+def config_server_tls(directory: Path) -> ssl.SSLContext:
+    """A config server's TLS context from a fresh self-signed certificate for 127.0.0.1,
+    written to `directory` as ca.crt (what data planes trust) and tls.key."""
+    cert, key = self_signed(["127.0.0.1"])
+    (directory / "ca.crt").write_text(cert)
+    (directory / "tls.key").write_text(key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "ca.crt", directory / "tls.key")
+    return context
+
+
 @dataclass
 class Backend:
     name: str
@@ -187,15 +213,7 @@ class DataplaneProcess:
         return self.log_path.read_text()
 
     async def admin(self, path: str) -> tuple[int, str]:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.admin_port)
-        except OSError:
-            return 0, ""
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = await reader.read(-1)
-        writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split(b" ")[1]), body.decode()
+        return await http_get(self.admin_port, path)
 
     async def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -14,13 +14,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from controller.config_server import ConfigServer
-from dataplane.certs import self_signed
 from dataplane.config_client import ClientSettings, ConfigClient
 from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
 from lbwire.messages import SUBPROTOCOL, Hello, encode
 from lbwire.snapshot import parse_snapshot
-from tests.integration.conftest import listener, snapshot, wait_until
+from tests.integration.conftest import config_server_tls, listener, snapshot, wait_until
 
 LB = "team-a/edge"
 TOKEN = "s3cret-token-for-edge"
@@ -40,11 +39,7 @@ class Channel:
 
 @pytest.fixture
 async def channel(tmp_path: Path) -> AsyncIterator[Channel]:
-    cert, key = self_signed(["127.0.0.1"])
-    (tmp_path / "ca.crt").write_text(cert)
-    (tmp_path / "tls.key").write_text(key)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "ca.crt", tmp_path / "tls.key")
+    context = config_server_tls(tmp_path)
     changes: list[str] = []
     server = ConfigServer(
         tokens=lambda lb: TOKEN if lb == LB else None,

@@ -55,6 +55,7 @@ from tests.integration.apiserver import (
     free_port,
     missing_binaries,
 )
+from tests.integration.conftest import http_get
 
 MISSING = missing_binaries()
 pytestmark = [
@@ -179,19 +180,6 @@ def write_tls(directory: Path) -> None:
     (directory / "tls.crt").write_text(cert)
     (directory / "ca.crt").write_text(cert)
     (directory / "tls.key").write_text(key)
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return 0, ""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 5)
-    writer.close()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 class ControllerThread(threading.Thread):

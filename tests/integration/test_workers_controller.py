@@ -9,7 +9,6 @@ import asyncio
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -22,9 +21,16 @@ import pytest
 from websockets.asyncio.client import connect
 
 from controller.config_server import ConfigServer
-from dataplane.certs import self_signed
 from lbwire.snapshot import Snapshot, parse_snapshot
-from tests.integration.conftest import ROOT, free_port, listener, snapshot, wait_until
+from tests.integration.conftest import (
+    ROOT,
+    config_server_tls,
+    free_port,
+    http_get,
+    listener,
+    snapshot,
+    wait_until,
+)
 
 LB = "team-a/edge"
 TOKEN = "token-for-the-workers-test"
@@ -60,11 +66,7 @@ class Channel:
 
 @pytest.fixture
 async def channel(tmp_path: Path) -> AsyncIterator[Channel]:
-    cert, key = self_signed(["127.0.0.1"])
-    (tmp_path / "ca.crt").write_text(cert)
-    (tmp_path / "tls.key").write_text(key)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "ca.crt", tmp_path / "tls.key")
+    context = config_server_tls(tmp_path)
     counted = Counted()
     server = ConfigServer(
         tokens=lambda lb: TOKEN if lb == LB else None,
@@ -87,15 +89,7 @@ class Process:
         return self.log_path.read_text()
 
     async def get(self, path: str) -> tuple[int, str]:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.admin_port)
-        except OSError:
-            return 0, ""
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = await reader.read(-1)
-        writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split(b" ")[1]), body.decode()
+        return await http_get(self.admin_port, path)
 
     def workers(self) -> list[int]:
         """PIDs of the worker processes (children of the parent)."""
