@@ -248,17 +248,74 @@ class Tls(Model):
     min_version: Literal["1.2", "1.3"] = "1.2"
 
 
+class PathType(StrEnum):
+    PREFIX = "Prefix"  # segment-aware: /api matches /api, /api/, /api/x, never /apix
+    EXACT = "Exact"
+
+
+# A host as a rule names it: exact (chat.example.com) or a leading wildcard (*.example.com).
+_RULE_HOST = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class RuleMatch(Model):
+    """What a request must carry to take a rule; every field given must match."""
+
+    host: Annotated[str, Field(max_length=253, pattern=_RULE_HOST)] | None = None
+    path: Annotated[str, Field(min_length=1, max_length=1024)] = "/"
+    path_type: PathType = PathType.PREFIX
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() or c in "?#" for c in value):
+            raise ValueError("path must start with / and hold no space, ? or #")
+        return value
+
+
+class Rule(Model):
+    """A forwarding rule: requests (and upgrades) that match go to its backend group,
+    with its own WebSocket timers where given (None: the listener's)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+    match: RuleMatch = RuleMatch()
+    backends: Backends = Backends()
+    idle_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+    keepalive: Keepalive | None = None
+    drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] | None = None
+    max_message_bytes: Annotated[int, Field(ge=125, le=1024 * MIB)] | None = None
+
+
+class HttpsRedirect(Model):
+    """Answer every request and upgrade on an HTTP listener with 308 to https://."""
+
+    enabled: bool = False
+    port: Port = 443  # the HTTPS port named in Location (omitted when 443)
+
+
+class Http(Model):
+    """Limits and switches for plain HTTP requests (docs/config.md: why each default)."""
+
+    max_body_bytes: Annotated[int, Field(ge=0, le=1 << 50)] | None = None  # None: unlimited
+    request_head_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10  # 408
+    response_head_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60  # 504
+    keep_alive_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 60  # 0: no keep-alive
+    max_requests_per_connection: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    redirect_to_https: HttpsRedirect = HttpsRedirect()
+
+
 class Listener(Model):
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
     protocol: Protocol = Protocol.HTTP
     address: str = "0.0.0.0"
     port: Port
     tls: Tls | None = None
-    backends: Backends = Backends()
+    backends: Backends = Backends()  # the default group: requests no rule matches
+    rules: Annotated[list[Rule], Field(max_length=256)] = []
     idle_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60
     keepalive: Keepalive = Keepalive()
     drain_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 30
     limits: Limits = Limits()
+    http: Http = Http()
     source_ranges: SourceRanges = SourceRanges()
     allowed_origins: list[str] = []
     forwarded_headers: ForwardedHeaders = ForwardedHeaders()
@@ -280,6 +337,13 @@ class Listener(Model):
             raise ValueError("tls is required when protocol is HTTPS")
         if self.protocol is Protocol.HTTP and self.tls is not None:
             raise ValueError("tls is only allowed when protocol is HTTPS")
+        if self.protocol is Protocol.HTTPS and self.http.redirect_to_https.enabled:
+            raise ValueError("http.redirectToHttps is only allowed when protocol is HTTP")
+        names: set[str] = {"default"}
+        for rule in self.rules:
+            if rule.name in names:
+                raise ValueError(f"rule name {rule.name!r} is used twice (or is 'default')")
+            names.add(rule.name)
         return self
 
     @property
