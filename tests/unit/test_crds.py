@@ -753,3 +753,17 @@ def test_quantities_accept_integers_and_suffixed_strings() -> None:
     assert check("500m", schema, "cpu") == []
     assert check("1.5Gi", schema, "memory") == []
     assert check("lots", schema, "cpu") != []
+
+
+# --- standalone examples ------------------------------------------------------------------------
+
+STANDALONE_RULES = REPO / "examples" / "standalone-rules.yaml"
+
+
+def test_standalone_rules_example_is_a_valid_snapshot() -> None:
+    """examples/standalone-rules.yaml parses with the one schema, with its rules in order."""
+    parsed = snapshot.parse_snapshot(yaml.safe_load(STANDALONE_RULES.read_text()))
+    (listener,) = parsed.listeners
+    assert [rule.name for rule in listener.rules] == ["ws", "api", "admin"]
+    assert listener.rules[0].idle_timeout_seconds == 3600
+    assert listener.http.max_body_bytes == 10 * 1024 * 1024
