@@ -8,8 +8,10 @@ import kopf, talk to the API server, or read files.
 
 CR fields are camelCase; attributes are snake_case through pydantic aliases. Nested
 Listener parts that have the same shape as the snapshot's (health check, keepalive,
-limits, source ranges, forwarded headers) reuse the `lbwire.snapshot` models, so the
-CRD and the snapshot cannot drift apart silently.
+limits, source ranges, forwarded headers, a rule's match, the http block) reuse the
+`lbwire.snapshot` models, so the CRD and the snapshot cannot drift apart silently. The
+parts that differ are Kubernetes references: backends name Services (resolved through
+EndpointSlices by the builder) and certificates name Secrets.
 """
 
 from __future__ import annotations
