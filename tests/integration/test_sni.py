@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from websockets.asyncio.client import ClientConnection, connect
 
 from dataplane.certs import self_signed
+from dataplane.config import load_file
+from lbwire.errors import ConfigError
 from lbwire.snapshot import parse_snapshot
 from tests.integration.conftest import free_port, listener, snapshot
 
@@ -177,3 +180,36 @@ async def test_standalone_yaml_with_two_certificate_files(
         assert await echoes(connection, "standalone")
     finally:
         await connection.close()
+
+
+@pytest.mark.parametrize(
+    ("certificate", "problem"),
+    [
+        (
+            {"certificateFile": "a.crt", "certificatePem": "x", "privateKeyFile": "a.key"},
+            "certificates[1].certificateFile: give certificateFile or certificatePem, not both",
+        ),
+        (
+            {"certificateFile": ["a.crt"], "privateKeyFile": "a.key"},
+            "certificates[1].certificateFile: must be a file path",
+        ),
+        (
+            {"certificateFile": "a.crt", "privateKeyFile": "missing.key"},
+            "certificates[1].privateKeyFile: {tmp}/missing.key: No such file or directory",
+        ),
+    ],
+)
+def test_standalone_yaml_certificate_problems_name_the_field(
+    tmp_path: Path, certificate: dict[str, Any], problem: str
+) -> None:
+    cert, key = self_signed([A])
+    (tmp_path / "a.crt").write_text(cert)
+    (tmp_path / "a.key").write_text(key)
+    good = {"certificateFile": "a.crt", "privateKeyFile": "a.key"}
+    config = snapshot(listener("wss", protocol="HTTPS", tls={"certificates": [good, certificate]}))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as caught:
+        load_file(path)
+    expected = problem.format(tmp=tmp_path.resolve())
+    assert f"listeners[0].tls.{expected}" in str(caught.value)
