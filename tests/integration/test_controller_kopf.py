@@ -347,6 +347,21 @@ def conditions(obj: dict[str, Any] | None) -> dict[str, tuple[str, int]]:
     }
 
 
+async def unsupported_upgrade(port: int) -> bytes:
+    """The response head to a WebSocket upgrade of version 8, which the data plane answers
+    itself (426) without a backend."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+        )
+        await writer.drain()
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+
+
 # ---------------------------------------------------------------------- tests
 
 
@@ -473,9 +488,11 @@ async def test_controller_against_a_real_api_server(
                 ("10.244.2.7", 9000, True),
                 ("10.244.3.9", 9000, False),
             ]
-            # The data plane serves the listener (a plain GET is refused without a backend).
-            status, _ = await http_get(port, "/")
-            assert status == 426
+            # The data plane serves the listener: it answers an unsupported WebSocket
+            # version itself (a plain GET would be proxied to the unroutable pod addresses).
+            head = await unsupported_upgrade(port)
+            assert head.startswith(b"HTTP/1.1 426 "), head
+            assert b"sec-websocket-version: 13" in head.lower(), head
 
             # Status: every Listener condition True for its generation; the LB's counts.
             async def listener_programmed(generation: int) -> dict[str, Any] | None:
