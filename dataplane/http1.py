@@ -237,12 +237,16 @@ class RequestReader:
         self._completed = False  # a message ended during the current feed
         self._last_host: tuple[bytes, str] = (b"", "")  # the last Host checked, its name
         self.requests = 0
+        self.salvaged: list[RequestEvent] = []
+        """After `feed` raised: the complete requests it parsed before the bad one."""
 
     # -------- public
 
     def feed(self, data: bytes) -> list[RequestEvent]:
-        """Parse `data`; return the events it completes. Raises Rejection."""
+        """Parse `data`; return the events it completes. Raises Rejection (and keeps the
+        requests it completed first in `salvaged`)."""
         if self._error is not None:
+            self.salvaged = []
             raise self._error
         if self._closing or not data:
             return []
@@ -264,6 +268,9 @@ class RequestReader:
                 self._fail(Rejection(431, "Request header fields too large"))
         events = self._events
         if self._error is not None:
+            # The requests completed before the bad one are still answered, in order.
+            ends = [i for i, event in enumerate(events) if type(event) in (EndOfMessage, Upgrade)]
+            self.salvaged = events[: ends[-1] + 1] if ends else []
             raise self._error
         return events
 
@@ -476,7 +483,6 @@ class RequestReader:
 
     def _fail(self, rejection: Rejection) -> None:
         self._error = rejection
-        self._events = []
 
 
 class _Stop(Exception):

@@ -64,6 +64,8 @@ costs more than this much memory for the sake of retrying it."""
 QUEUE_LIMIT = 64 * 1024
 """Bytes read ahead of the request being answered (pipelined requests, or body bytes
 waiting for a backend connection); past it the client is not read until they are sent."""
+QUEUE_EVENTS = 64
+"""Pipelined requests read ahead of the one being answered, at most (each holds its head)."""
 CLOSE_TIMEOUT = 5.0
 
 Fields = list[tuple[bytes, bytes]]
@@ -93,7 +95,7 @@ class Client(Protocol):
     group: BackendGroup | None
 
     def take_upgrade(self, head: bytes, rest: bytes) -> None: ...
-    def end_http(self) -> None: ...
+    def end_http(self, linger: bool) -> None: ...
 
 
 # ---------------------------------------------------------------- sticky on field lists
@@ -224,15 +226,18 @@ class HttpSession:
     def client_data(self, data: bytes) -> None:
         if self.done:
             return
+        refused = None
         try:
             events = self.reader.feed(data)
         except Rejection as rejection:
-            self.queue.append(rejection)
-        else:
-            for event in events:
-                if type(event) is Body:
-                    self.queued += len(event.data)
-                self.queue.append(event)
+            events = self.reader.salvaged  # the requests before the bad one, answered first
+            refused = rejection
+        for event in events:
+            if type(event) is Body:
+                self.queued += len(event.data)
+            self.queue.append(event)
+        if refused is not None:
+            self.queue.append(refused)
         self._pump()
         idle = self.current is None and not self.done and not self.head_timer
         if idle and self.timer is not None:  # between requests: bytes of a head arrived
@@ -275,8 +280,10 @@ class HttpSession:
                 # it may reach the backend.
                 self._abort_exchange(exchange, event)
                 return
-        if self.queued > QUEUE_LIMIT or (
-            self.current is not None and sum(map(len, self.current.waiting)) > QUEUE_LIMIT
+        if (
+            self.queued > QUEUE_LIMIT
+            or len(queue) > QUEUE_EVENTS
+            or (self.current is not None and sum(map(len, self.current.waiting)) > QUEUE_LIMIT)
         ):
             self._hold("queue")
         else:
@@ -576,6 +583,7 @@ class HttpSession:
         """Count and log the request, once."""
         if self.current is exchange:
             self.current = None
+            self._release("backend")  # a backend's full buffer no longer holds the client
         client = self.client
         now = client.loop.time()
         head = exchange.head
@@ -611,13 +619,13 @@ class HttpSession:
         if not exchange.head_sent and transport is not None and not transport.is_closing():
             transport.write(rejection.render())
         self._done(exchange, rejection.label)
-        self._close()
+        self._close(linger=not exchange.request_done)
 
     def _abort_exchange(self, exchange: _Exchange, rejection: Rejection) -> None:
         self._answer_self(exchange, rejection)
 
-    def _refuse(self, rejection: Rejection) -> None:
-        """A request refused before any backend saw it (400, 413, 431, 505...)."""
+    def _refuse(self, rejection: Rejection, head: RequestHead | None = None) -> None:
+        """A request refused before any backend saw it (400, 413, 431, 505, a redirect)."""
         transport = self.client.transport
         if transport is not None and not transport.is_closing():
             transport.write(rejection.render())
@@ -626,7 +634,7 @@ class HttpSession:
                 client=self.client.client_ip,
                 client_port=self.client.client_port,
                 listener=self.site.name,
-                rule="",
+                rule="none",
                 backend="",
                 status=rejection.status,
                 rejection=rejection.label,
@@ -634,16 +642,20 @@ class HttpSession:
                 duration=0.0,
                 bytes_c2b=0,
                 bytes_b2c=0,
-                method="",
-                host="",
-                target="",
-                forwarded_for="",
+                method=head.method.decode("latin-1") if head is not None else "",
+                host=head.host if head is not None else "",
+                target=head.target.decode("latin-1") if head is not None else "",
+                forwarded_for=head.prior_xff if head is not None else "",
             )
         )
-        self._close()
+        self._close(linger=True)
 
     def _upgrade(self, upgrade: Upgrade) -> None:
         """A WebSocket upgrade after plain requests: the WebSocket path takes over."""
+        redirect = self.http.redirect_to_https
+        if redirect.enabled and upgrade.request is not None:
+            self._refuse(redirect_answer(upgrade.request, redirect.port), upgrade.request)
+            return
         self._cancel_timer()
         self.done = True
         self.holds.clear()
@@ -733,10 +745,12 @@ class HttpSession:
         self.closing = True
         return self.current is not None or bool(self.queue)
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
+        """End the client connection; `linger` after an answer that left request bytes
+        unread, so closing does not reset the connection before the client reads it."""
         self.done = True
         self._cancel_timer()
-        self.client.end_http()
+        self.client.end_http(linger)
 
     def client_lost(self) -> None:
         """The client connection is gone: drop the backend of an unfinished answer."""

@@ -229,6 +229,15 @@ class ClientSide(asyncio.Protocol):
         end = buffer.find(HEAD_END, searched)
         limit = self.listener.config.limits.max_header_bytes
         if end < 0:
+            if buffer.find(b"\n\n", searched) >= 0:
+                # A head ended by bare LFs: the HTTP reader refuses it (400) at once.
+                self.buffer = b""
+                self._cancel_timer()
+                if self.admission is not None:
+                    self._reject(self.admission)
+                else:
+                    self._start_http(bytes(buffer))
+                return
             if len(buffer) > limit:
                 self._reject(HEADER_TOO_LARGE)
             elif buffer is data:
@@ -289,10 +298,21 @@ class ClientSide(asyncio.Protocol):
         except Rejection as rejection:
             self._reject(rejection)
 
-    def end_http(self) -> None:
-        """The HttpSession is done with the connection: close it once flushed."""
+    def end_http(self, linger: bool) -> None:
+        """The HttpSession is done with the connection: close it once flushed; with
+        `linger`, half-close first and read (and drop) what the client still sends for a
+        moment, so the answer is not lost to a reset."""
         self.state = State.CLOSED
+        self.http = None
         self._cancel_timer()
+        transport = self.transport
+        if linger and transport is not None and not transport.is_closing():
+            if transport.can_write_eof():
+                transport.write_eof()
+            transport.resume_reading()
+            self.loop.call_later(1.0, transport.close)
+            self.loop.call_later(1.0 + CLOSE_TIMEOUT, self._abort_if_stuck)
+            return
         self._finish()
 
     def _handle_upgrade(self, head: bytes, fast: FastRequest | None) -> None:

@@ -7,12 +7,17 @@ HTTP backends (tests/integration/http_backend.py) that record what reached them.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from dataplane.access_log import AccessLog
+from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
+from lbwire.logs import LogFormat
 from lbwire.snapshot import parse_snapshot
 from tests.integration.conftest import listener, snapshot, wait_until
 from tests.integration.http_backend import (
@@ -373,3 +378,35 @@ async def test_drain_closes_a_keep_alive_connection_after_its_answer(
     assert await busy.closed()
     idle.close()
     busy.close()
+
+
+async def test_one_access_log_line_per_http_request(http_backend: Start) -> None:
+    backend = await http_backend()
+    stream = io.StringIO()
+    access_log = AccessLog(LogFormat.JSON, stream=stream)
+    access_log.start()
+    runtime = Runtime(Metrics(), access_log=access_log)
+    config = listener(backends={"endpoints": [backend.endpoint]}, accessLog={"includeQuery": False})
+    await runtime.apply(parse_snapshot(snapshot(config)))
+    try:
+        client = await Client.connect(runtime.listeners["ws"].config.port)
+        client.send(get("/a?token=x", host="shop.example"))
+        assert (await client.answer()).status == 200
+        client.send(b"PUT /b HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4\r\n\r\nbody")
+        assert (await client.answer()).status == 200
+        client.close()
+        await wait_until(lambda: len(runtime.listeners["ws"].connections) == 0)
+    finally:
+        await runtime.shutdown(drain_timeout=0)
+        access_log.flush()
+        access_log.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["kind"], line["method"], line["path"]) for line in lines] == [
+        ("http", "GET", "/a"),
+        ("http", "PUT", "/b"),
+    ]
+    assert lines[1]["bytes_from_client"] == 4
+    assert lines[0]["host"] == "shop.example"
+    assert lines[0]["rule"] == "default"
+    assert lines[0]["backend"] == f"127.0.0.1:{backend.port}"
+    assert all(line["status"] == 200 for line in lines)

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from dataplane.access_log import AccessLog, AccessLogCollector, AccessLogPolicy, render
+from dataplane.access_log import (
+    AccessLog,
+    AccessLogCollector,
+    AccessLogPolicy,
+    RequestRecord,
+    render,
+)
 from dataplane.relay import ConnectionRecord
 from lbwire.logs import LogFormat
 
@@ -272,3 +278,53 @@ def test_text_and_json_lines_say_the_same_in_the_same_order(worker: int | None) 
         }
         assert list(as_text) == list(expected)
         assert as_text == expected
+
+
+# --- plain HTTP requests ----------------------------------------------------------------
+
+
+def request_record(**fields: Any) -> RequestRecord:
+    values: dict[str, Any] = {
+        "client": "192.0.2.7",
+        "client_port": 40000,
+        "listener": "web",
+        "rule": "api",
+        "backend": "10.1.0.4:8080",
+        "status": 200,
+        "rejection": "",
+        "started": 1_800_000_000.0,
+        "duration": 0.0125,
+        "bytes_c2b": 12,
+        "bytes_b2c": 3456,
+        "method": "POST",
+        "host": "api.example.com",
+        "target": "/v1/orders?token=secret",
+        "forwarded_for": "203.0.113.9",
+    }
+    values.update(fields)
+    return RequestRecord(**values)
+
+
+def test_http_request_line_in_json_names_the_rule_and_drops_the_query() -> None:
+    line = json.loads(render(request_record(), False, None, LogFormat.JSON))
+    assert line["kind"] == "http"
+    assert (line["method"], line["host"], line["path"]) == ("POST", "api.example.com", "/v1/orders")
+    assert (line["rule"], line["backend"], line["status"]) == ("api", "10.1.0.4:8080", 200)
+    assert (line["bytes_from_client"], line["bytes_to_client"]) == (12, 3456)
+    assert line["duration_seconds"] == 0.0125
+    assert line["client_addr"] == "192.0.2.7"
+    assert "close_code" not in line
+
+
+def test_http_request_line_in_text_keeps_the_query_when_asked_and_escapes_the_path() -> None:
+    text = render(
+        request_record(target='/a b"?q=1', rejection="backend_timeout", status=504),
+        True,
+        3,
+        LogFormat.TEXT,
+    )
+    pairs = dict(LOGFMT.findall(text))
+    assert pairs["kind"] == "http"
+    assert json.loads(pairs["path"]) == '/a b"?q=1'
+    assert (pairs["status"], pairs["reason"], pairs["worker"]) == ("504", "backend_timeout", "3")
+    assert text.endswith("\n") and text.count("\n") == 1

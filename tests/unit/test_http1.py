@@ -719,3 +719,18 @@ def test_responses_split_anywhere_parse_as_whole(
         pieces.extend(reader.feed(data[start:end]))
     assert _normalised(pieces) == whole
     assert reader.reusable
+
+
+def test_requests_completed_before_a_refused_one_are_salvaged_in_order() -> None:
+    reader = RequestReader()
+    good = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+    bad = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+    with pytest.raises(Rejection) as refused:
+        reader.feed(good + bad)
+    assert refused.value.status == 400
+    assert [type(event) for event in reader.salvaged] == [RequestHead, EndOfMessage]
+    head = reader.salvaged[0]
+    assert isinstance(head, RequestHead) and head.target == b"/a"
+    with pytest.raises(Rejection):
+        reader.feed(good)
+    assert reader.salvaged == []  # nothing is salvaged once the reader refuses everything
