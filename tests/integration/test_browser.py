@@ -120,3 +120,65 @@ async def test_browser_sees_idle_timeout_close(backends: Any, dataplane: Any, pa
     assert seen["opened"]
     assert (seen["code"], seen["reason"], seen["wasClean"]) == (1001, "idle timeout", True)
     assert 0.9 <= seen["seconds"] < 5, seen
+
+
+def page_url(runtime: Runtime, name: str = "ws") -> str:
+    """The listener's own origin, as a person would type it: http:// or https://."""
+    return url(runtime, name).replace("ws", "http", 1)
+
+
+async def demo_page(chromium: Chromium, origin: str) -> dict[str, Any]:
+    """Load the echo backend's demo page from `origin` and wait for its result."""
+    async with chromium.page(origin, ready="typeof demoResult === 'object'") as page:
+        result: dict[str, Any] = await page.evaluate("demoResult")
+        result["title"] = await page.evaluate("document.title")
+        result["status"] = await page.evaluate("document.getElementById('status').textContent")
+    return result
+
+
+async def test_demo_page_works_straight_from_the_echo_backend(
+    backends: Any, chromium: Chromium
+) -> None:
+    """The page itself, with no load balancer: its CSP lets its script, fetch and ws:// run."""
+    (backend,) = await backends(1)
+    origin = f"http://127.0.0.1:{backend.port}/"
+    seen = await demo_page(chromium, origin)
+    assert seen.get("error") is None, seen
+    assert seen["wsUrl"] == f"ws://127.0.0.1:{backend.port}/ws"
+    assert seen["echo"] == seen["sent"] == "hello over ws"
+    assert seen["http"] == {
+        "backend": backend.name,
+        "peer": "127.0.0.1",
+        "forwardedFor": None,
+        "forwardedProto": None,
+    }
+    assert seen["wsBackend"] == backend.name
+    assert (seen["ok"], seen["title"]) == (True, "wslb demo: ok"), seen
+
+
+@pytest.mark.parametrize("protocol", ["HTTP", "HTTPS"])
+async def test_browser_loads_the_demo_page_through_the_listener_and_its_websocket_echoes(
+    backends: Any, dataplane: Any, tls: TlsFiles, chromium: Chromium, protocol: str
+) -> None:
+    """One listener serves the page, its fetch of /api/info and its same-origin ws:// or
+    wss:// (the page picks the scheme after its own), as an app behind the LB needs."""
+    pair = await backends(2)
+    config = listener(backends={"scheduler": "rr", "endpoints": [b.endpoint for b in pair]})
+    if protocol == "HTTPS":
+        config["protocol"] = "HTTPS"
+        pem = {"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}
+        config["tls"] = {"certificates": [pem]}
+    runtime = await dataplane(snapshot(config))
+    seen = await demo_page(chromium, page_url(runtime))
+    scheme = "wss" if protocol == "HTTPS" else "ws"
+    assert seen["page"] == page_url(runtime), seen
+    assert seen.get("error") is None, seen
+    assert seen["wsUrl"] == url(runtime, path="/ws") and seen["wsUrl"].startswith(f"{scheme}:")
+    assert seen["echo"] == seen["sent"] == f"hello over {scheme}"
+    names = {b.name for b in pair}
+    assert seen["http"]["backend"] in names and seen["wsBackend"] in names, seen
+    # The HTTP request went through the proxy, which said so in the forwarded fields.
+    assert seen["http"]["forwardedProto"] == protocol.lower(), seen
+    assert seen["http"]["forwardedFor"] == "127.0.0.1", seen
+    assert (seen["ok"], seen["title"]) == (True, "wslb demo: ok"), seen
+    assert seen["status"] == "HTTP and WebSocket answered through one listener"
