@@ -109,10 +109,14 @@ async def start_server(node_modules: Path, name: str, timeout: float = 15.0) -> 
 
 
 async def run_client(
-    node_modules: Path, url: str, count: int = 3, seconds: float = 10.0
+    node_modules: Path, url: str, count: int = 3, seconds: float = 10.0, ca: Path | None = None
 ) -> dict[str, Any]:
-    """Run `client.js` once against `url`: what it saw (connected, transports, acks, errors,
-    final transport, cookie names) and its exit code as `code`."""
+    """Run `client.js` once against `url` (https: verified against the PEM file `ca`): what
+    it saw (connected, transports, acks, errors, final transport, cookie names) and its exit
+    code as `code`."""
+    env = _env(node_modules)
+    if ca is not None:
+        env["WSLB_TEST_CA"] = str(ca)
     proc = await asyncio.create_subprocess_exec(
         "node",
         str(PEER / "client.js"),
@@ -121,7 +125,7 @@ async def run_client(
         str(seconds),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=_env(node_modules),
+        env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), seconds + 15)

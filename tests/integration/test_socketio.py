@@ -19,7 +19,7 @@ import pytest
 from dataplane.runtime import Runtime
 from tests.apps import socketio_peer
 from tests.apps.socketio_peer import SocketIoServer
-from tests.integration.conftest import listener, snapshot, wait_until
+from tests.integration.conftest import TlsFiles, listener, snapshot, wait_until
 
 COOKIE = "WSLB_STICKY"
 MESSAGES = 3
@@ -51,7 +51,8 @@ async def socketio_servers(
 
 
 def http_url(runtime: Runtime, name: str = "ws") -> str:
-    return f"http://127.0.0.1:{runtime.listeners[name].config.port}"
+    config = runtime.listeners[name].config
+    return f"{'https' if config.tls else 'http'}://127.0.0.1:{config.port}"
 
 
 def session_unknown(servers: list[SocketIoServer]) -> list[dict[str, Any]]:
@@ -59,18 +60,31 @@ def session_unknown(servers: list[SocketIoServer]) -> list[dict[str, Any]]:
     return [e for e in errors if e["message"] == "Session ID unknown"]
 
 
+@pytest.mark.parametrize("protocol", ["HTTP", "HTTPS"])
 async def test_socketio_polls_then_upgrades_and_echoes_through_a_sticky_listener(
-    socketio_servers: Any, dataplane: Any, node_modules: Path
+    socketio_servers: Any,
+    dataplane: Any,
+    node_modules: Path,
+    tls: TlsFiles,
+    tmp_path: Path,
+    protocol: str,
 ) -> None:
     """Each client's polling requests and its upgrade carry the inserted cookie, so all of
     them reach the backend that opened its session: it ends on websocket and echoes."""
     servers = await socketio_servers(2)
     sticky = {"mode": "insert", "secret": "socket.io test secret"}
     backends = {"scheduler": "rr", "sticky": sticky, "endpoints": [s.endpoint for s in servers]}
-    runtime = await dataplane(snapshot(listener(backends=backends)))
+    config = listener(backends=backends)
+    ca = None
+    if protocol == "HTTPS":
+        pem = {"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}
+        config.update(protocol="HTTPS", tls={"certificates": [pem]})
+        ca = tmp_path / "ca.crt"
+        ca.write_text(tls.cert_pem)
+    runtime = await dataplane(snapshot(config))
     echoed_by: list[str] = []
     for _session in range(2):  # two sessions, each on one backend from start to end
-        seen = await socketio_peer.run_client(node_modules, http_url(runtime), MESSAGES)
+        seen = await socketio_peer.run_client(node_modules, http_url(runtime), MESSAGES, ca=ca)
         assert seen["connected"] and seen["errors"] == [], str(seen)
         assert seen["transports"] == ["polling", "websocket"], str(seen)
         assert seen["transport"] == "websocket", str(seen)

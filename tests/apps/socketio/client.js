@@ -4,8 +4,11 @@
 // Connects once (no reconnection), waits for the upgrade, sends `count` echo events and
 // prints one JSON line with what happened, then exits: 0 when every echo came back over
 // websocket, 1 otherwise. Bounded by `seconds` in all.
+// An https:// url is verified against the PEM file named by $WSLB_TEST_CA (a self-signed
+// test certificate), never by turning verification off.
 // Usage: node client.js <url> [count] [seconds]
 "use strict";
+const fs = require("node:fs");
 const { io } = require("socket.io-client");
 
 const url = process.argv[2];
@@ -22,7 +25,9 @@ function finish(code) {
   socket.close();
 }
 
-const socket = io(url, { withCredentials: true, reconnection: false, timeout: seconds * 1000 });
+const options = { withCredentials: true, reconnection: false, timeout: seconds * 1000 };
+if (process.env.WSLB_TEST_CA) options.ca = fs.readFileSync(process.env.WSLB_TEST_CA);
+const socket = io(url, options);
 const deadline = setTimeout(() => {
   result.errors.push({ message: `gave up after ${seconds} s` });
   finish(1);
