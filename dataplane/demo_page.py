@@ -64,7 +64,7 @@ window.demoResult = (async () => {
   show("ws-url", wsUrl);
   try {
     result.http = await info();
-    show("http", `GET /api/info answered by ${result.http.backend}` +
+    show("http", `GET /api/info answered by ${result.http.name}` +
       ` (X-Forwarded-Proto: ${result.http.forwardedProto ?? "none"})`, "ok");
     result.sent = `hello over ${wsUrl.split(":")[0]}`;
     [result.echo, result.wsBackend] = await talk([result.sent, "whoami"]);

@@ -7,9 +7,9 @@ also serves plain HTTP GET `/healthz` (200) for HTTP health checks and readiness
 and negotiates permessage-deflate and any subprotocol listed with `--subprotocol`.
 
 Plain GET `/` is a demo page (dataplane/demo_page.py) whose script calls GET `/api/info`
-(JSON: which backend answered, and the forwarded headers it saw) and then opens a WebSocket
-back to its own origin, so a person, or a headless browser in the tests, sees HTTP and
-WebSocket served through one listener. Any other plain GET keeps websockets' 426.
+(JSON: `name` of the backend that answered, and the forwarded headers it saw), then opens
+a WebSocket back to its own origin, so a person, or a headless browser in the tests, sees
+HTTP and WebSocket served through one listener. Any other plain GET keeps websockets' 426.
 
 On SIGTERM it closes its open connections with 1001, as a well-behaved backend does. With
 `--hold-on-sigterm` it only stops accepting (so readiness fails) and keeps open connections
@@ -56,7 +56,7 @@ def make_http_answers(name: str) -> object:
             return response
         if path == "/api/info":
             info = {
-                "backend": name,
+                "name": name,
                 "peer": str(connection.remote_address[0]),
                 "forwardedFor": request.headers.get("X-Forwarded-For"),
                 "forwardedProto": request.headers.get("X-Forwarded-Proto"),

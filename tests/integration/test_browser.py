@@ -147,7 +147,7 @@ async def test_demo_page_works_straight_from_the_echo_backend(
     assert seen["wsUrl"] == f"ws://127.0.0.1:{backend.port}/ws"
     assert seen["echo"] == seen["sent"] == "hello over ws"
     assert seen["http"] == {
-        "backend": backend.name,
+        "name": backend.name,
         "peer": "127.0.0.1",
         "forwardedFor": None,
         "forwardedProto": None,
@@ -176,7 +176,7 @@ async def test_browser_loads_the_demo_page_through_the_listener_and_its_websocke
     assert seen["wsUrl"] == url(runtime, path="/ws") and seen["wsUrl"].startswith(f"{scheme}:")
     assert seen["echo"] == seen["sent"] == f"hello over {scheme}"
     names = {b.name for b in pair}
-    assert seen["http"]["backend"] in names and seen["wsBackend"] in names, seen
+    assert seen["http"]["name"] in names and seen["wsBackend"] in names, seen
     # The HTTP request went through the proxy, which said so in the forwarded fields.
     assert seen["http"]["forwardedProto"] == protocol.lower(), seen
     assert seen["http"]["forwardedFor"] == "127.0.0.1", seen
