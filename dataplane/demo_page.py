@@ -43,19 +43,26 @@ async function info() {
   return response.json();
 }
 
-// One WebSocket: send `messages` once open, resolve with the answers, close with 1000.
+// One WebSocket: send `messages` once open, resolve with the answers, close with 1000;
+// reject when it closes early or stays silent for 5 s.
 function talk(messages) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(wsUrl);
     const answers = [];
+    const timer = setTimeout(() => {
+      reject(new Error(`no echo from ${wsUrl} within 5 s`));
+      ws.close();
+    }, 5000);
     ws.onopen = () => messages.forEach((message) => ws.send(message));
     ws.onmessage = (event) => {
       answers.push(event.data);
       if (answers.length === messages.length) ws.close(1000, "done");
     };
-    ws.onclose = (event) => answers.length === messages.length
-      ? resolve(answers)
-      : reject(new Error(`WebSocket closed with ${event.code} after ${answers.length} answers`));
+    ws.onclose = (event) => {
+      clearTimeout(timer);
+      if (answers.length === messages.length) resolve(answers);
+      else reject(new Error(`WebSocket closed with ${event.code} after ${answers.length} answers`));
+    };
   });
 }
 
