@@ -51,6 +51,7 @@ def make_http_answers(name: str) -> object:
             return connection.respond(http.HTTPStatus.OK, "ok\n")
         if path == "/":
             response = connection.respond(http.HTTPStatus.OK, demo_page.HTML)
+            del response.headers["Content-Type"]  # Headers is a multidict: replace, not add
             response.headers["Content-Type"] = "text/html; charset=utf-8"
             response.headers.update(demo_page.SECURITY_HEADERS)
             return response
@@ -62,6 +63,7 @@ def make_http_answers(name: str) -> object:
                 "forwardedProto": request.headers.get("X-Forwarded-Proto"),
             }
             response = connection.respond(http.HTTPStatus.OK, json.dumps(info) + "\n")
+            del response.headers["Content-Type"]
             response.headers["Content-Type"] = "application/json"
             response.headers["Cache-Control"] = "no-store"
             response.headers["X-Content-Type-Options"] = "nosniff"

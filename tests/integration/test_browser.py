@@ -15,7 +15,14 @@ import pytest
 
 from dataplane.runtime import Runtime
 from tests.integration.browser import CHROMIUM, Chromium, Page, PageServer, spki_sha256_base64
-from tests.integration.conftest import TlsFiles, listener, snapshot, url, wait_until
+from tests.integration.conftest import (
+    TlsFiles,
+    listener,
+    raw_request,
+    snapshot,
+    url,
+    wait_until,
+)
 
 if not CHROMIUM.exists():
     pytest.skip(
@@ -134,6 +141,25 @@ async def demo_page(chromium: Chromium, origin: str) -> dict[str, Any]:
         result["title"] = await page.evaluate("document.title")
         result["status"] = await page.evaluate("document.getElementById('status').textContent")
     return result
+
+
+def fields_of(answer: bytes) -> list[tuple[str, str]]:
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    return [(n.strip().lower(), v.strip()) for n, _, v in (line.partition(":") for line in head)]
+
+
+async def test_demo_page_and_api_info_heads_from_the_echo_backend(backends: Any) -> None:
+    """One Content-Type each, and a CSP that allows no inline code but the page's own."""
+    (backend,) = await backends(1)
+    page = await raw_request(backend.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert page.startswith(b"HTTP/1.1 200 ")
+    fields = fields_of(page)
+    assert [v for n, v in fields if n == "content-type"] == ["text/html; charset=utf-8"]
+    (csp,) = [v for n, v in fields if n == "content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    assert "unsafe-inline" not in csp and "http" not in csp  # nothing external, no inline
+    info = await raw_request(backend.port, b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [v for n, v in fields_of(info) if n == "content-type"] == ["application/json"]
 
 
 async def test_demo_page_works_straight_from_the_echo_backend(
