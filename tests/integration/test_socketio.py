@@ -5,12 +5,14 @@ every session with HTTP long-polling and then upgrades it to a WebSocket; every 
 names its session, which lives in one backend process. Two such backends behind one
 listener: with the sticky cookie every request and the upgrade reach the backend that holds
 the session; without it the requests are spread and a backend answers 400 "Session ID
-unknown". Node is required: without it these tests fail, saying what to install.
+unknown". Node is required: without it these tests fail, saying what to install. The
+browser test runs Socket.IO's own browser client in Debian's Chromium (skipped, saying so,
+where Chromium is not installed, as in test_browser.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from dataplane.runtime import Runtime
 from tests.apps import socketio_peer
 from tests.apps.socketio_peer import SocketIoServer
+from tests.integration.browser import CHROMIUM, Chromium, spki_sha256_base64
 from tests.integration.conftest import TlsFiles, listener, snapshot, wait_until
 
 COOKIE = "WSLB_STICKY"
@@ -50,6 +53,27 @@ async def socketio_servers(
         await server.stop()
 
 
+@pytest.fixture(scope="module")
+def chromium(tls: TlsFiles) -> Iterator[Chromium]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (hack/ci-packages.sh does)")
+    browser = Chromium.start(
+        f"--ignore-certificate-errors-spki-list={spki_sha256_base64(tls.cert_pem)}"
+    )
+    yield browser
+    browser.stop()
+
+
+def sticky_listener(servers: list[SocketIoServer], protocol: str, tls: TlsFiles) -> dict[str, Any]:
+    sticky = {"mode": "insert", "secret": "socket.io test secret"}
+    backends = {"scheduler": "rr", "sticky": sticky, "endpoints": [s.endpoint for s in servers]}
+    config = listener(backends=backends)
+    if protocol == "HTTPS":
+        pem = {"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}
+        config.update(protocol="HTTPS", tls={"certificates": [pem]})
+    return config
+
+
 def http_url(runtime: Runtime, name: str = "ws") -> str:
     config = runtime.listeners[name].config
     return f"{'https' if config.tls else 'http'}://127.0.0.1:{config.port}"
@@ -72,16 +96,9 @@ async def test_socketio_polls_then_upgrades_and_echoes_through_a_sticky_listener
     """Each client's polling requests and its upgrade carry the inserted cookie, so all of
     them reach the backend that opened its session: it ends on websocket and echoes."""
     servers = await socketio_servers(2)
-    sticky = {"mode": "insert", "secret": "socket.io test secret"}
-    backends = {"scheduler": "rr", "sticky": sticky, "endpoints": [s.endpoint for s in servers]}
-    config = listener(backends=backends)
-    ca = None
-    if protocol == "HTTPS":
-        pem = {"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}
-        config.update(protocol="HTTPS", tls={"certificates": [pem]})
-        ca = tmp_path / "ca.crt"
-        ca.write_text(tls.cert_pem)
-    runtime = await dataplane(snapshot(config))
+    runtime = await dataplane(snapshot(sticky_listener(servers, protocol, tls)))
+    ca = tmp_path / "ca.crt"
+    ca.write_text(tls.cert_pem)
     echoed_by: list[str] = []
     for _session in range(2):  # two sessions, each on one backend from start to end
         seen = await socketio_peer.run_client(node_modules, http_url(runtime), MESSAGES, ca=ca)
@@ -136,3 +153,28 @@ async def test_socketio_fails_without_stickiness_session_id_unknown(
     refused = session_unknown(servers)
     assert {e["backend"] for e in refused} == {s.name for s in servers} - {opener.name}, report
     assert all(f"sid={sid}" in e["url"] and e["code"] == 1 for e in refused), report
+
+
+@pytest.mark.parametrize("protocol", ["HTTP", "HTTPS"])
+async def test_socketio_browser_client_upgrades_and_echoes_through_a_sticky_listener(
+    socketio_servers: Any, dataplane: Any, tls: TlsFiles, chromium: Chromium, protocol: str
+) -> None:
+    """Chromium loads a backend's page through the listener and runs Socket.IO's browser
+    client: the browser keeps the sticky cookie itself (no client option), polls, upgrades
+    to websocket and echoes, all on the backend that served its session."""
+    servers = await socketio_servers(2)
+    runtime = await dataplane(snapshot(sticky_listener(servers, protocol, tls)))
+    page_url = f"{http_url(runtime)}/?count={MESSAGES}"
+    async with chromium.page(page_url, ready="typeof result === 'object'") as page:
+        seen: dict[str, Any] = await page.evaluate("result", timeout=15)
+    assert seen["connected"] and seen["errors"] == [], str(seen)
+    assert seen["transports"] == ["polling", "websocket"], str(seen)
+    assert seen["transport"] == "websocket", str(seen)
+    assert [a["message"] for a in seen["acks"]] == [f"message {n + 1}" for n in range(MESSAGES)]
+    ((backend, transport),) = {(a["backend"], a["transport"]) for a in seen["acks"]}
+    assert transport == "websocket"
+    (server,) = [s for s in servers if s.name == backend]
+    await wait_until(lambda: len(server.seen("upgrade")) == 1)
+    assert [e["sid"] for e in server.seen("open")] == [e["sid"] for e in server.seen("upgrade")]
+    assert session_unknown(servers) == []
+    assert [s.seen("open") for s in servers if s is not server] == [[]]

@@ -3,6 +3,7 @@
 // on stdout, one JSON object a line: {"event":"listening","port":N} first, then every
 // session opened, upgraded or refused, so a test sees which backend served what.
 // `echo` events are acknowledged with the message, this backend's name and the transport.
+// GET / is a page that runs Socket.IO's browser client against its own origin.
 // Usage: node server.js <name> [port]
 "use strict";
 const http = require("node:http");
@@ -12,10 +13,58 @@ const name = process.argv[2] || `socketio-${process.pid}`;
 const port = Number(process.argv[3] || 0);
 const report = (event) => process.stdout.write(JSON.stringify({ backend: name, ...event }) + "\n");
 
+// GET / is a page whose script is Socket.IO's own browser client (served by the server at
+// /socket.io/socket.io.js, same origin): a browser connects with its default transports and
+// its own cookie handling, echoes `count` (query) messages and resolves `window.result`.
+const PAGE = `<!doctype html>
+<html><head><meta charset="utf-8"><title>socket.io peer</title></head><body>
+<script src="/socket.io/socket.io.js"></script>
+<script>
+window.result = new Promise((resolve) => {
+  const count = Number(new URLSearchParams(location.search).get("count") || 3);
+  const result = { connected: false, transports: [], acks: [], errors: [] };
+  const socket = io({ reconnection: false, timeout: 5000 });
+  const done = () => {
+    result.transport = socket.io.engine ? socket.io.engine.transport.name : null;
+    socket.close();
+    resolve(result);
+  };
+  const deadline = setTimeout(() => { result.errors.push("gave up after 10 s"); done(); }, 10000);
+  socket.io.on("open", () => {
+    result.transports.push(socket.io.engine.transport.name);
+    socket.io.engine.on("upgrade", (transport) => result.transports.push(transport.name));
+  });
+  socket.on("connect_error", (err) => {
+    result.errors.push(err.message + " " + (err.description ?? ""));
+    clearTimeout(deadline);
+    done();
+  });
+  socket.on("connect", async () => {
+    result.connected = true;
+    const engine = socket.io.engine;
+    if (engine.transport.name !== "websocket") {
+      await new Promise((upgraded) => engine.once("upgrade", upgraded));
+    }
+    for (let n = 1; n <= count; n++) {
+      result.acks.push(await socket.timeout(5000).emitWithAck("echo", "message " + n));
+    }
+    clearTimeout(deadline);
+    done();
+  });
+});
+</script></body></html>
+`;
+
 const server = http.createServer((req, res) => {
   // Socket.IO answers its own path (/socket.io/); this is everything else.
-  const ok = req.url === "/healthz";
-  res.writeHead(ok ? 200 : 404, { "Content-Type": "text/plain" }).end(ok ? "ok\n" : "not found\n");
+  const path = req.url.split("?")[0];
+  if (path === "/") {
+    res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" }).end(PAGE);
+  } else if (path === "/healthz") {
+    res.writeHead(200, { "Content-Type": "text/plain" }).end("ok\n");
+  } else {
+    res.writeHead(404, { "Content-Type": "text/plain" }).end("not found\n");
+  }
 });
 const io = new Server(server);
 
