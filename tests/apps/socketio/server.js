@@ -1,7 +1,8 @@
 // A Socket.IO server as an app would run it: one per backend port, each with its own
-// sessions (like two pods). Listens on 127.0.0.1:<port> (0: the kernel picks) and reports
-// on stdout, one JSON object a line: {"event":"listening","port":N} first, then every
-// session opened, upgraded or refused, so a test sees which backend served what.
+// sessions (like two pods). Listens on $SOCKETIO_HOST (default 127.0.0.1) at <port> (0: the
+// kernel picks) and reports on stdout, one JSON object a line: {"event":"listening",
+// "port":N} first, then every session opened, upgraded or refused, so a test sees which
+// backend served what.
 // `echo` events are acknowledged with the message, this backend's name and the transport.
 // GET / is a page that runs Socket.IO's browser client against its own origin.
 // Usage: node server.js <name> [port]
@@ -11,6 +12,8 @@ const { Server } = require("socket.io");
 
 const name = process.argv[2] || `socketio-${process.pid}`;
 const port = Number(process.argv[3] || 0);
+// Loopback unless told otherwise (a pod listens on every address: SOCKETIO_HOST=0.0.0.0).
+const host = process.env.SOCKETIO_HOST || "127.0.0.1";
 const report = (event) => process.stdout.write(JSON.stringify({ backend: name, ...event }) + "\n");
 
 // GET / is a page whose script is Socket.IO's own browser client (served by the server at
@@ -90,7 +93,7 @@ io.on("connection", (socket) => {
   });
 });
 
-server.listen(port, "127.0.0.1", () => report({ event: "listening", port: server.address().port }));
+server.listen(port, host, () => report({ event: "listening", port: server.address().port }));
 for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => io.close(() => process.exit(0)));
 }
