@@ -25,6 +25,7 @@ GRAFANA_VARIABLES = {
     "$namespace": ".*",
     "$load_balancer": ".*",
     "$listener": ".*",
+    "$rule": ".*",
 }
 
 
@@ -89,7 +90,34 @@ def test_the_issue_panels_are_on_the_dashboard() -> None:
         "Config reloads, nacks and channel",
         "Resident memory per pod and worker",
         "Open file descriptors",
+        "HTTP requests /s by listener and rule",
+        "HTTP requests /s by status class",
+        "HTTP 5xx ratio",
+        "HTTP request latency",
+        "HTTP backend errors /s by kind",
+        "Idle pooled backend connections",
     } <= titles
+
+
+def test_http_row_reads_the_http_metrics_with_the_rule_variable() -> None:
+    """The HTTP row: latency from the request histogram at p50/p95/p99, every request
+    panel filtered by the Rule variable, and the variable itself listed from the requests."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert "HTTP" in rows
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "wslb_dataplane_http_requests_total" in str(variables["rule"]["query"])
+    by_title = {p["title"]: p for p in panels()}
+    latency = [t["expr"] for t in by_title["HTTP request latency"]["targets"]]
+    assert [e.split(",")[0] for e in latency] == [
+        "histogram_quantile(0.50",
+        "histogram_quantile(0.95",
+        "histogram_quantile(0.99",
+    ]
+    assert all("wslb_dataplane_http_request_duration_seconds_bucket" in e for e in latency)
+    for title in ("HTTP requests /s by listener and rule", "HTTP 5xx ratio"):
+        for target in by_title[title]["targets"]:
+            assert 'rule=~"$rule"' in target["expr"], title
 
 
 def test_panels_use_the_datasource_variable_and_do_not_overlap() -> None:
