@@ -70,7 +70,7 @@ def stat(title: str, unit: str, expr: str, legend: str = "") -> Stat:
         .title(title)
         .unit(unit)
         .datasource(DATASOURCE)
-        .span(6)
+        .span(4)
         .height(4)
         .with_target(query(expr, legend))
     )
@@ -230,6 +230,22 @@ def build() -> Dashboard:
                 "Upgrades /s (101)",
                 "reqps",
                 f'sum(rate(wslb_dataplane_upgrades_total{{{SEL}, code="101"}}[{RATE}]))',
+            )
+        )
+        .with_panel(
+            stat(
+                "HTTP requests /s",
+                "reqps",
+                f"sum(rate({HTTP_REQUESTS}{{{SEL}}}[{RATE}]))",
+            )
+        )
+        .with_panel(
+            stat(
+                "HTTP 5xx ratio (selected listeners)",
+                "percentunit",
+                f'(sum(rate({HTTP_REQUESTS}{{{SEL}, code="5xx"}}[{RATE}]))'
+                f" or 0 * sum(rate({HTTP_REQUESTS}{{{SEL}}}[{RATE}])))"
+                f" / sum(rate({HTTP_REQUESTS}{{{SEL}}}[{RATE}]))",
             )
         )
         .with_panel(stat("Data planes ready", "short", f"sum(wslb_dataplane_ready{{{LB}}})"))

@@ -34,13 +34,19 @@ def panels() -> list[dict[str, Any]]:
 
 
 def expressions() -> dict[str, str]:
+    """Every panel query by "title/refId"; a title used twice (a stat and a graph) gets the
+    panel type added, so no query hides another."""
     out = {}
     for panel in panels():
         for target in panel["targets"]:
             expr = target["expr"]
             for variable, value in GRAFANA_VARIABLES.items():
                 expr = expr.replace(variable, value)
-            out[f"{panel['title']}/{target['refId']}"] = expr
+            key = f"{panel['title']}/{target['refId']}"
+            if key in out:
+                key = f"{panel['title']} ({panel['type']})/{target['refId']}"
+            assert key not in out, key
+            out[key] = expr
     return out
 
 
@@ -59,7 +65,7 @@ def test_committed_json_is_what_the_code_builds(tmp_path: Path) -> None:
 
 def test_every_panel_query_parses_as_promql() -> None:
     exprs = expressions()
-    assert len(exprs) >= 30
+    assert len(exprs) == sum(len(panel["targets"]) for panel in panels()) >= 30
     assert all("$" not in expr for expr in exprs.values()), "a Grafana variable left unexpanded"
     check_promql(exprs)
 
@@ -96,6 +102,8 @@ def test_the_issue_panels_are_on_the_dashboard() -> None:
         "HTTP request latency",
         "HTTP backend errors /s by kind",
         "Idle pooled backend connections",
+        "HTTP requests /s",
+        "HTTP 5xx ratio (selected listeners)",
     } <= titles
 
 
