@@ -117,7 +117,7 @@ def http_row(dashboard: Dashboard) -> Dashboard:
         )
         .with_panel(
             series(
-                "HTTP requests /s by status class",
+                "HTTP requests /s by status class and method",
                 "reqps",
                 (
                     f"sum by (code) (rate({HTTP_REQUESTS}{{{RULE}}}[{RATE}]))",

@@ -97,7 +97,7 @@ def test_the_issue_panels_are_on_the_dashboard() -> None:
         "Resident memory per pod and worker",
         "Open file descriptors",
         "HTTP requests /s by listener and rule",
-        "HTTP requests /s by status class",
+        "HTTP requests /s by status class and method",
         "HTTP 5xx ratio",
         "HTTP request latency",
         "HTTP backend errors /s by kind",

@@ -161,7 +161,7 @@ async def test_rules_evaluate_an_alert_fires_and_dashboard_queries_return_data(
     assert len(answered) >= 15, answered
     assert {title.rsplit("/", 1)[0] for title in answered} >= {
         "HTTP requests /s by listener and rule",
-        "HTTP requests /s by status class",
+        "HTTP requests /s by status class and method",
         "HTTP 5xx ratio",
         "HTTP request latency",
         "HTTP backend errors /s by kind",
