@@ -37,10 +37,11 @@ async def test_metrics_after_known_traffic(backends: Any, dataplane: Any) -> Non
                 for i in range(4):
                     await ws.send(f"message {i}")
                     assert await ws.recv() == f"message {i}"
-        # A plain GET is proxied (issue 10): the websockets backend answers it with 426.
+        # A plain GET is proxied (issue 10): the websockets backend answers any path but
+        # its demo page, /api/info and /healthz with 426.
         answer = await raw_request(
             runtime.listeners["ws"].config.port,
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /upgrade-only HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
         assert answer.startswith(b"HTTP/1.1 426")
         held = await connect(url(runtime), ping_interval=None)
