@@ -137,9 +137,9 @@ def test_taken_admin_port_exits_2_with_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        admin = f"127.0.0.1:{port}"
         done = subprocess.run(
-            [sys.executable, "-m", "dataplane.cli", "--config", str(path)]
-            + ["--admin", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "dataplane.cli", "--config", str(path), "--admin", admin],
             capture_output=True,
             text=True,
             cwd=ROOT,
