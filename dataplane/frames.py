@@ -315,7 +315,9 @@ class FrameTracker:
                 # The carried-over header bytes were held back; forward them now.
                 if forward:
                     pieces.append(data[start:frame_start])
-                    start = pos
+                    # Never slice backwards below (data[pos:frame_start]): compiled by mypyc
+                    # that raises SystemError instead of giving b"".
+                    start = frame_start = pos
                     carried = header
                 else:
                     carried = _EMPTY
@@ -332,7 +334,7 @@ class FrameTracker:
                 pos += need
                 carried = _EMPTY
             try:
-                self._header_complete(header)
+                control = self._header_complete(header)
             except FrameError as exc:
                 self.error = exc
                 if forward:
@@ -344,7 +346,7 @@ class FrameTracker:
                     self._lost = True  # framing can no longer be followed
                     break
                 continue
-            if self._ctrl is not None:
+            if control:
                 # Control frame: hold its header with the payload until complete.
                 if forward:
                     pieces.append(data[start:frame_start])
@@ -390,7 +392,10 @@ class FrameTracker:
             return False
         return True
 
-    def _header_complete(self, header: bytes) -> None:
+    def _header_complete(self, header: bytes) -> bool:
+        """Check a whole frame header and follow it; True for a control frame, whose
+        payload the caller then collects (a returned flag, not `_ctrl` read back: mypy
+        narrows an attribute across a call, and compiled code trusts the narrowing)."""
         b0, b1 = header[0], header[1]
         opcode = b0 & 0x0F
         length = b1 & 0x7F
@@ -408,9 +413,8 @@ class FrameTracker:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode}")
             if length > 125 or not b0 & 0x80:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, "bad control frame")
-            self._ctrl = bytearray()  # marker; the caller stores the header
             self._ctrl_need = length
-            return
+            return True
         if opcode in (OP_TEXT, OP_BINARY):
             self._message_bytes = length
         elif opcode == OP_CONT:
@@ -424,6 +428,7 @@ class FrameTracker:
         if b0 & 0x80:
             self.messages += 1
             self._message_bytes = 0
+        return False
 
     def _control_complete(self, frame: bytes) -> bool:
         """Inspect a whole control frame; return False to drop it from the stream."""
