@@ -17,26 +17,27 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+OP_CONT: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_NO_STATUS = 1005
-CLOSE_ABNORMAL = 1006
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_BAD_GATEWAY = 1014
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_NO_STATUS: Final = 1005
+CLOSE_ABNORMAL: Final = 1006
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_TRY_AGAIN_LATER: Final = 1013
+CLOSE_BAD_GATEWAY: Final = 1014
 
-_EMPTY = b""
-_NO_FRAMES: list[bytes] = []  # shared and never appended to: see inject_at_boundary
+_EMPTY: Final = b""
+_NO_FRAMES: Final[list[bytes]] = []  # shared and never appended to: see inject_at_boundary
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,10 @@ class FrameTracker:
         pos = self._scan_data_frames(data)
         if pos == len(data):
             return data
+        if not pos:
+            # A 64 KiB message starts with a 64-bit length, which the scan leaves to the full
+            # parser: data[0:] would be a whole copy of the chunk once compiled by mypyc.
+            return self._parse(data, forward=True)
         rest = data[pos:]
         out = self._parse(rest, forward=True)
         if out is rest:
