@@ -63,12 +63,13 @@ e2e: $(STAMP) ## e2e tier on a kind cluster (builds what is missing); E2E_ARGS g
 
 E2E_ON = [ -x hack/e2e.sh ] && [ "$${WSLB_SKIP_E2E:-}" != 1 ]
 
-test: check ## every tier this machine can run (what CI runs)
+test: check ## every tier this machine can run (what CI runs), pure Python, then compiled
 	@# The Go-built kube-apiserver/etcd/helm serve the integration tier's controller tests too.
 	@if $(E2E_ON); then bash hack/e2e-assets.sh; fi
 	WSLB_MYPYC=0 $(PY) -m pytest tests/unit tests/integration tests/monitoring -q -rs -p no:cacheprovider
 	@if $(E2E_ON); then bash hack/e2e.sh; \
 	  else echo "e2e tier skipped: WSLB_SKIP_E2E=1 was set"; fi
+	$(MAKE) test-compiled
 
 # The connection core (dataplane/relay.py, frames.py, deadlines.py) compiled with mypyc, as the
 # image ships it: C extensions beside the .py files, which Python imports first (setup.py).
@@ -80,13 +81,15 @@ compiled: $(STAMP) ## compile the connection core with mypyc (.so beside the .py
 pure: ## remove the compiled connection core: pure Python again
 	rm -rf build dataplane/*.so
 
-# CI's second pass, after `make test` (pure Python): the unit tier and the integration tests
-# that drive the core, against the compiled core (tests/unit/test_compiled.py fails on pure).
+# The last pass of `make test` (after the pure Python tiers): the unit tier and the integration
+# tests that drive the core, against the compiled core (tests/unit/test_compiled.py fails on
+# pure). The compiled modules are removed afterwards, pass or fail: the checkout is pure again.
 COMPILED_TESTS := tests/unit tests/integration/test_proxy.py tests/integration/test_close_paths.py \
 	tests/integration/test_timeouts.py tests/integration/test_limits.py \
 	tests/integration/test_robustness.py tests/integration/test_connection_record.py
 test-compiled: compiled ## the unit tier and the relay integration tests, core compiled with mypyc
-	WSLB_MYPYC=1 $(PY) -m pytest $(COMPILED_TESTS) -q -rs -p no:cacheprovider
+	WSLB_MYPYC=1 $(PY) -m pytest $(COMPILED_TESTS) -q -rs -p no:cacheprovider; \
+	  status=$$?; rm -rf build dataplane/*.so; exit $$status
 
 run: $(STAMP) ## the load balancer standalone: WS :8080, WSS :8443, two demo echo backends
 	$(PY) -m dataplane.demo examples/standalone.yaml
