@@ -100,6 +100,8 @@ def fmt(value: float | None, digits: int = 0) -> str:
 def verdict(ratio: float | None, target: float) -> str:
     if ratio is None:
         return "not measured"
+    if ratio <= 0:
+        return "**missed**: nothing completed (see the errors in the load table)"
     if ratio >= target:
         return f"met (≥{target:.1f}{X})"
     short = (target - ratio) / target
