@@ -1,7 +1,9 @@
-"""Access log: one line per WebSocket connection when it ends, one per refused handshake.
+"""Access log: one line per WebSocket connection when it ends, one per refused handshake,
+one per plain HTTP request (`kind=http`).
 
 The listener hands each ended connection's `relay.ConnectionRecord` (the one record type
-of a connection's end) to `AccessLog.record()`, which only decides sampling and batches
+of a connection's end), and each answered HTTP request's `RequestRecord`, to
+`AccessLog.record()`, which only decides sampling and batches
 it; every FLUSH_DELAY the batch goes to a bounded queue, and rendering and writing happen
 on a writer thread, so a slow log pipe never stalls the event loop. When the queue is
 full the batch is dropped and counted (`..._access_log_dropped_total`) rather than
@@ -31,6 +33,34 @@ from prometheus_client.registry import Collector
 
 from dataplane.relay import ConnectionRecord
 from lbwire.logs import LogFormat
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One plain HTTP request on a keep-alive connection, complete once answered.
+
+    `status` is what the client got (0: the client left before any answer); `rule` the
+    forwarding rule that chose the group ("default" when none); bytes are body bytes
+    each way; `rejection` the label when the load balancer answered itself."""
+
+    client: str
+    client_port: int
+    listener: str
+    rule: str
+    backend: str
+    status: int
+    rejection: str
+    started: float
+    duration: float
+    bytes_c2b: int
+    bytes_b2c: int
+    method: str
+    host: str
+    target: str
+    forwarded_for: str
+
+
+Record = ConnectionRecord | RequestRecord
 
 MAX_FIELD = 1024  # longest Host, path or forwarded-for chain written, in characters
 BATCH_MAX = 512  # records batched on the loop before the writer thread gets them at once
@@ -72,6 +102,34 @@ def _timestamp(when: float) -> str:
     if _second[0] != whole:
         _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
     return f"{_second[1]}.{int((when - whole) * 1000):03d}+00:00"
+
+
+def request_fields(
+    record: RequestRecord, include_query: bool, worker: int | None
+) -> dict[str, Any]:
+    """The ordered fields of one HTTP request's line (absent: None)."""
+    path = record.target if include_query else record.target.split("?", 1)[0]
+    out: dict[str, Any] = {
+        "time": _timestamp(record.started + record.duration),
+        "kind": "http",
+        "listener": record.listener,
+        "client_addr": record.client,
+        "client_port": record.client_port,
+        "forwarded_for": _clip(record.forwarded_for),
+        "host": _clip(record.host),
+        "method": _clip(record.method),
+        "path": _clip(path),
+        "rule": record.rule,
+        "backend": record.backend or None,
+        "status": record.status,
+        "reason": record.rejection or None,
+        "duration_seconds": round(record.duration, 6),
+        "bytes_from_client": record.bytes_c2b,
+        "bytes_to_client": record.bytes_b2c,
+    }
+    if worker is not None:
+        out["worker"] = worker
+    return out
 
 
 def fields(record: ConnectionRecord, include_query: bool, worker: int | None) -> dict[str, Any]:
@@ -116,11 +174,14 @@ def _text(value: str | None) -> str:
     return value if _BARE(value) and value != "-" else json.dumps(value)
 
 
-def render(
-    record: ConnectionRecord, include_query: bool, worker: int | None, fmt: LogFormat
-) -> str:
+def render(record: Record, include_query: bool, worker: int | None, fmt: LogFormat) -> str:
     """One line, newline included. Text is one f-string (a dict and a loop per line cost
     twice as much) with the same keys, in the same order, as `fields()` gives JSON."""
+    if isinstance(record, RequestRecord):
+        items = request_fields(record, include_query, worker)
+        if fmt is LogFormat.JSON:
+            return json.dumps(items, separators=(",", ":")) + "\n"
+        return " ".join(f"{key}={_text(_value(value))}" for key, value in items.items()) + "\n"
     if fmt is LogFormat.JSON:
         return json.dumps(fields(record, include_query, worker), separators=(",", ":")) + "\n"
     path = record.target
@@ -138,6 +199,10 @@ def render(
         f" close_code={record.close_code or '-'} closed_by={record.closed_by or '-'}"
     )
     return f"{line} worker={worker}\n" if worker is not None else line + "\n"
+
+
+def _value(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 class AccessLog:
@@ -162,11 +227,9 @@ class AccessLog:
         self.written = 0
         self.dropped = 0  # queue full; counted on the loop thread only
         self.failed = 0  # the stream refused a write; counted on the writer thread only
-        self._batch: list[tuple[ConnectionRecord, bool]] = []
+        self._batch: list[tuple[Record, bool]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._queue: queue.Queue[list[tuple[ConnectionRecord, bool]] | None] = queue.Queue(
-            queue_batches
-        )
+        self._queue: queue.Queue[list[tuple[Record, bool]] | None] = queue.Queue(queue_batches)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ config
@@ -177,8 +240,9 @@ class AccessLog:
 
     # ------------------------------------------------------------------ event loop side
 
-    def record(self, record: ConnectionRecord) -> None:
-        """Called on the loop at the end of a connection: O(1), never blocks, never raises.
+    def record(self, record: Record) -> None:
+        """Called on the loop at the end of a connection or an HTTP request: O(1), never
+        blocks, never raises.
 
         Records wait in a batch for up to FLUSH_DELAY: waking the writer thread once per
         line cost ~100 us of GIL hand-over each, more than the handshake itself."""

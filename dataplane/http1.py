@@ -19,6 +19,7 @@ dropped. This module must not buffer a body: every byte of one leaves in the nex
 
 from __future__ import annotations
 
+import dataclasses
 import http
 import re
 from dataclasses import dataclass
@@ -194,6 +195,8 @@ class Upgrade:
 
     head: bytes
     rest: bytes
+    # the parsed head (host, target), for redirects
+    request: RequestHead | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 RequestEvent = RequestHead | Body | EndOfMessage | Upgrade
@@ -464,7 +467,7 @@ class RequestReader:
         line = b"%b %b HTTP/%b\r\n" % (head.method, head.target, head.version)
         if self._events and self._events[-1] is head:
             self._events.pop()
-        self._events.append(Upgrade(line + _render_fields(head.fields) + b"\r\n", rest))
+        self._events.append(Upgrade(line + _render_fields(head.fields) + b"\r\n", rest, head))
         self._closing = True
 
     def _raise(self, rejection: Rejection) -> None:
@@ -599,6 +602,11 @@ class ResponseReader:
         self._body_bytes = 0
         self.done = False
         self._extra = False  # bytes after the end of the response
+
+    @property
+    def head(self) -> ResponseHead | None:
+        """The final response head, once read."""
+        return self._head
 
     @property
     def reusable(self) -> bool:

@@ -1,11 +1,13 @@
-"""One listener at run time: its socket, policy objects, backends and live connections.
+"""One listener at run time: its socket, policy objects, backend groups and live connections.
 
 A `ListenerRuntime` is what every `ClientSide` of that port talks to, through the
-`tunnel.Site` interface: admission (admission.py's gate), backend choice (sticky, then
-the scheduler), counters, and the end-of-connection hook.
-`update()` takes a new config for the same port in place, so live connections are
-untouched unless their backend left, and then they drain. It must not parse configs or
-decide whether a port is rebound; `runtime.py` does that.
+`tunnel.Site` interface: admission (admission.py's gate), routing a request to a backend
+group (`routing.Router`: the default group and one per forwarding rule, group.py), counters,
+and the end-of-connection and end-of-request hooks.
+`update()` takes a new config for the same port in place: groups are kept by name (with
+their endpoint states, health checks and pooled connections), so live connections are
+untouched unless their backend or their group left, and then they drain. It must not
+parse configs or decide whether a port is rebound; `runtime.py` does that.
 """
 
 from __future__ import annotations
@@ -15,24 +17,21 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Collection
 from typing import Any
 
-from websockets.datastructures import Headers
-
-from dataplane.access_log import AccessLog
+from dataplane.access_log import AccessLog, RequestRecord
 from dataplane.admission import Capacity, Gate
-from dataplane.balancer import Balancer, EndpointState, RequestInfo
+from dataplane.balancer import Balancer, EndpointState
 from dataplane.deadlines import DeadlineWheel
+from dataplane.group import DEFAULT, BackendGroup
 from dataplane.handshake import Rejection
-from dataplane.health import HealthChecker
-from dataplane.metrics import Metrics, TrafficTotals, close_code_label
+from dataplane.metrics import Metrics, TrafficTotals, close_code_label, method_class
 from dataplane.process_metrics import TlsFailures
-from dataplane.relay import RelaySettings
-from dataplane.sticky import StickyCookies
+from dataplane.routing import Router
+from dataplane.routing import Rule as RoutingRule
 from dataplane.tls import CertificateSet, front_context, set_min_version
 from dataplane.tunnel import ClientSide, Site
-from lbwire.snapshot import Listener, Protocol, StickyMode
+from lbwire.snapshot import Listener, PathType, Protocol
 
 log = logging.getLogger("wslb.listener")
 
@@ -63,13 +62,13 @@ class ListenerRuntime:
         self.connections: set[ClientSide] = set()
         self.empty = asyncio.Event()  # set while no connection is open
         self.empty.set()
-        self.endpoints: dict[str, EndpointState] = {}
+        self.groups: dict[str, BackendGroup] = {}
+        self._closing_groups: set[asyncio.Task[None]] = set()
         self.totals = TrafficTotals()
         self.server: asyncio.Server | None = None
         self.front: ssl.SSLContext | None = None  # the socket's TLS context (HTTPS)
         self.retired = False
         self.certificates = certificates
-        self.health: HealthChecker | None = None
         self.wheel = DeadlineWheel(asyncio.get_running_loop())
         self._m_draining = metrics.connections_draining.labels(self.name)
         self._m_handshake = metrics.handshake_seconds.labels(self.name)
@@ -78,6 +77,9 @@ class ListenerRuntime:
         self._m_closes: dict[tuple[str, str], Any] = {}
         self.config = config
         self.bind_key = _bind_key(config)
+        self._published: set[str] = set()
+        self._m_requests: dict[tuple[str, str, str], Any] = {}
+        self._m_request_seconds: dict[str, Any] = {}
         self._apply(config, certificates, first=True)
 
     # ------------------------------------------------------------------ config
@@ -96,62 +98,67 @@ class ListenerRuntime:
             set_min_version(self.front, config.tls.min_version)
         self.scheme = "https" if config.protocol is Protocol.HTTPS else "http"
         self.gate: Gate = Gate(config, self.capacity, None if first else self.gate)
-        limits = config.limits
-        keepalive = config.keepalive
-        self.relay_settings = RelaySettings(
-            max_message=limits.max_message_bytes,
-            idle_timeout=config.idle_timeout_seconds,
-            keepalive_interval=keepalive.interval_seconds if keepalive.enabled else 0.0,
-            keepalive_timeout=keepalive.timeout_seconds if keepalive.enabled else 0.0,
-        )
-        backends = config.backends
-        fresh: dict[str, EndpointState] = {}
-        for endpoint in backends.endpoints:
-            state = self.endpoints.get(endpoint.key)
-            if state is None:
-                state = EndpointState.from_endpoint(endpoint)
-            else:
-                state.apply(endpoint)
-            fresh[endpoint.key] = state
-        removed = [state for key, state in self.endpoints.items() if key not in fresh]
-        for state in removed:
-            with contextlib.suppress(KeyError):
-                self.metrics.backend_healthy.remove(self.name, state.key)
-        self.endpoints = fresh
-        self.sticky = StickyCookies(
-            backends.sticky,
-            secure=config.protocol is Protocol.HTTPS,
-            endpoint_keys=self.endpoints,
-        )
-        self.sticky_rewrites_response = backends.sticky.mode is not StickyMode.NONE
-        self.sticky_enabled = self.sticky.enabled
         self.keeps_heads = self.access_log is not None and config.access_log.enabled
-        self.balancer = Balancer(backends, self.endpoints)
-        # Keep one checker across swaps so a dead endpoint does not look healthy again.
-        if self.health is None:
-            self.health = HealthChecker(backends.health_check, self._health_changed, name=self.name)
-        else:
-            self.health.set_policy(backends.health_check)
-        self.health.update(backends.endpoints)
-        for state in self.endpoints.values():
-            state.healthy = self.health.is_healthy(state.key)
-        for state in self.endpoints.values():
-            self._publish_health(state)
-        # Connections to endpoints that left, or that now drain, drain; others stay.
+        wanted: dict[str, Any] = {DEFAULT: None, **{rule.name: rule for rule in config.rules}}
+        groups: dict[str, BackendGroup] = {}
+        for name, rule in wanted.items():
+            group = self.groups.get(name)
+            if group is None:
+                group = BackendGroup(name, self.name, self._health_changed)
+            group.apply(config, rule)
+            groups[name] = group
+        gone = [group for name, group in self.groups.items() if name not in groups]
+        self.groups = groups
+        self.default = groups[DEFAULT]
+        self.router = Router(
+            [
+                RoutingRule(
+                    group=rule.name,
+                    host=rule.match.host,
+                    path=rule.match.path,
+                    match="exact" if rule.match.path_type is PathType.EXACT else "prefix",
+                )
+                for rule in config.rules
+            ],
+            DEFAULT,
+        )
+        self.has_rules = bool(config.rules)
+        for group in gone:
+            self._close_group(group)
+        self._publish_all_health()
+        # Connections to endpoints or groups that left, or that now drain, drain.
         for connection in list(self.connections):
             state = connection.endpoint
-            if state is not None and self.should_drain(state):
-                connection.drain(config.drain_timeout_seconds)
+            current = connection.group
+            if current is None:
+                continue
+            if groups.get(current.name) is not current or (
+                state is not None and current.should_drain(state)
+            ):
+                connection.drain(current.drain_timeout)
 
-    def _health_changed(self, key: str, healthy: bool) -> None:
-        state = self.endpoints.get(key)
-        if state is not None:
-            state.healthy = healthy
-            self._publish_health(state)
+    def _close_group(self, group: BackendGroup) -> None:
+        task = asyncio.get_running_loop().create_task(group.close())
+        self._closing_groups.add(task)
+        task.add_done_callback(self._closing_groups.discard)
 
-    def _publish_health(self, state: EndpointState) -> None:
-        up = state.ready and state.healthy and not state.draining
-        self.metrics.backend_healthy.labels(self.name, state.key).set(1 if up else 0)
+    def _health_changed(self, group: BackendGroup, state: EndpointState) -> None:
+        self._publish_all_health()
+
+    def _publish_all_health(self) -> None:
+        """One gauge per endpoint key: up when it is up in every group that has it (an
+        endpoint in two groups is checked by each)."""
+        up: dict[str, bool] = {}
+        for group in self.groups.values():
+            for state in group.endpoints.values():
+                ok = state.ready and state.healthy and not state.draining
+                up[state.key] = up.get(state.key, True) and ok
+        for key in self._published - up.keys():
+            with contextlib.suppress(KeyError):
+                self.metrics.backend_healthy.remove(self.name, key)
+        for key, ok in up.items():
+            self.metrics.backend_healthy.labels(self.name, key).set(1 if ok else 0)
+        self._published = set(up)
 
     # ------------------------------------------------------------------ socket
 
@@ -197,8 +204,10 @@ class ListenerRuntime:
 
     async def close(self) -> None:
         self.wheel.close()
-        if self.health is not None:
-            await self.health.close()
+        for group in self.groups.values():
+            await group.close()
+        for task in list(self._closing_groups):
+            await task
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -248,7 +257,12 @@ class ListenerRuntime:
         """Totals of closed connections plus the live ones, for the scrape collector."""
         totals = TrafficTotals(**vars(self.totals))
         totals.connections = len(self.connections)
-        totals.backend_connections = {key: state.active for key, state in self.endpoints.items()}
+        backend: dict[str, int] = {}
+        for group in self.groups.values():
+            totals.pool_idle += len(group.pool)
+            for key, state in group.endpoints.items():
+                backend[key] = backend.get(key, 0) + state.active
+        totals.backend_connections = backend
         for connection in self.connections:
             relay = connection.relay
             if relay is not None:
@@ -258,27 +272,25 @@ class ListenerRuntime:
                 totals.bytes_b2c += relay.bytes_b2c
         return totals
 
-    def sticky_endpoint(self, headers: Headers) -> str | None:
-        return self.sticky.endpoint_for(headers) if self.sticky.enabled else None
+    @property
+    def endpoints(self) -> dict[str, EndpointState]:
+        """The default group's endpoint states."""
+        return self.default.endpoints
 
-    def rewrite_request(self, headers: Headers) -> None:
-        if self.sticky.enabled:
-            self.sticky.rewrite_request(headers)
+    @property
+    def balancer(self) -> Balancer:
+        """The default group's scheduler."""
+        return self.default.balancer
 
-    def rewrite_response(self, endpoint_key: str, headers: Headers) -> None:
-        self.sticky.rewrite_response(endpoint_key, headers)
+    def route(self, host: str, target: str) -> BackendGroup:
+        """The backend group for a request or an upgrade (host as http1 gives it)."""
+        if not self.has_rules:
+            return self.default
+        return self.groups[self.router.route(host, target).group]
 
-    def choose(
-        self, request: RequestInfo, tried: Collection[str], sticky_key: str | None
-    ) -> EndpointState | None:
-        if sticky_key is not None and sticky_key not in tried:
-            state = self.endpoints.get(sticky_key)
-            if state is not None and state.eligible:
-                return state
-        return self.balancer.pick(request, tried)
-
-    def should_drain(self, endpoint: EndpointState) -> bool:
-        return endpoint.draining or self.endpoints.get(endpoint.key) is not endpoint
+    def route_gone(self, group: BackendGroup) -> bool:
+        """The group left the config (its connections drain)."""
+        return self.groups.get(group.name) is not group
 
     def tunnel_opened(self, connection: ClientSide, handshake_seconds: float) -> None:
         self._m_upgraded.inc()
@@ -302,6 +314,28 @@ class ListenerRuntime:
 
     def count_draining(self, delta: int) -> None:
         self._m_draining.inc(delta)
+
+    def request_done(self, record: RequestRecord) -> None:
+        """One plain HTTP request answered (or abandoned): metrics, then the access log."""
+        if record.status:
+            key = (record.rule, method_class(record.method.encode()), f"{record.status // 100}xx")
+            child = self._m_requests.get(key)
+            if child is None:  # cached: bounded labels, and labels() locks and hashes
+                child = self._m_requests[key] = self.metrics.http_requests.labels(self.name, *key)
+            child.inc()
+            seconds = self._m_request_seconds.get(record.rule)
+            if seconds is None:
+                seconds = self._m_request_seconds[record.rule] = (
+                    self.metrics.http_request_seconds.labels(self.name, record.rule)
+                )
+            seconds.observe(record.duration)
+        if record.rejection and record.status:
+            self.metrics.rejections.labels(self.name, record.rejection).inc()
+        if self.keeps_heads and self.access_log is not None:
+            self.access_log.record(record)
+
+    def count_backend_error(self, group: str, kind: str) -> None:
+        self.metrics.http_backend_errors.labels(self.name, group, kind).inc()
 
 
 CLOSING = Rejection(503, "Listener is closing", [("Retry-After", "1")], label="draining")

@@ -25,6 +25,15 @@ _KNOWN_CLOSE_CODES = frozenset(
 )
 
 
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+
+
+def method_class(method: bytes) -> str:
+    """An HTTP method as a bounded label: the common ones by name, the rest `other`."""
+    return method.decode("ascii") if method in _METHODS else "other"
+
+
 def close_code_label(code: int) -> str:
     """Standard codes as themselves; application ranges folded so the label stays bounded."""
     if code in _KNOWN_CLOSE_CODES:
@@ -46,6 +55,7 @@ class TrafficTotals:
     bytes_b2c: int = 0
     connections: int = 0  # open now (handshaking or tunnelling)
     backend_connections: dict[str, int] = field(default_factory=dict)  # open or opening
+    pool_idle: int = 0  # idle HTTP backend connections kept for reuse
 
     def add(self, other: TrafficTotals) -> None:
         self.messages_c2b += other.messages_c2b
@@ -53,6 +63,7 @@ class TrafficTotals:
         self.bytes_c2b += other.bytes_c2b
         self.bytes_b2c += other.bytes_b2c
         self.connections += other.connections
+        self.pool_idle += other.pool_idle
         for key, count in other.backend_connections.items():
             self.backend_connections[key] = self.backend_connections.get(key, 0) + count
 
@@ -85,8 +96,14 @@ class TrafficCollector(Collector):
             "Connections open (or being opened) to each backend.",
             labels=["listener", "backend"],
         )
+        pool = GaugeMetricFamily(
+            f"{PREFIX}_http_pool_idle_connections",
+            "Idle HTTP backend connections kept for reuse, over every group of a listener.",
+            labels=["listener"],
+        )
         for listener, totals in self._source():
             active.add_metric([listener], totals.connections)
+            pool.add_metric([listener], totals.pool_idle)
             for backend, count in totals.backend_connections.items():
                 backend_active.add_metric([listener, backend], count)
             messages.add_metric([listener, "client_to_backend"], totals.messages_c2b)
@@ -97,6 +114,7 @@ class TrafficCollector(Collector):
         yield data
         yield active
         yield backend_active
+        yield pool
 
 
 class Metrics:
@@ -167,6 +185,25 @@ class Metrics:
             ["listener", "backend"],
             registry=r,
         )
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests",
+            "Plain HTTP requests answered, by rule (default: no rule), method and status class.",
+            ["listener", "rule", "method", "code"],
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "From a plain HTTP request's head to the end of its answer.",
+            ["listener", "rule"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.http_backend_errors = Counter(
+            f"{PREFIX}_http_backend_errors",
+            "Backend failures on plain HTTP requests (connect, reset, timeout, invalid).",
+            ["listener", "rule", "kind"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             f"{PREFIX}_config_reloads",
             "Attempts to apply a new config, by result (applied, rejected).",
@@ -204,6 +241,9 @@ class Metrics:
             self.keepalive_timeouts,
             self.backend_connect_failures,
             self.backend_healthy,
+            self.http_requests,
+            self.http_request_seconds,
+            self.http_backend_errors,
         ):
             for labels in list(metric._metrics):  # the children, keyed by label values
                 if labels[0] == name:

@@ -2,28 +2,33 @@
 
 `ClientSide` is the asyncio Protocol of the accepted socket; `BackendSide` the thin
 Protocol of the backend socket. Before the 101 this module reads the client's head,
-asks its listener (seen only through the `Site` interface below) for admission and a
-backend, and dials it. After the 101 every byte and every deadline goes through the
-connection core (`relay.Relay`): this module writes what it returns, carries out its
-actions (close a TCP connection, count a timeout) and files its next deadline on the
-listener's shared timing wheel. Flow control (each side pauses the other's reading
-when its write buffer fills) is the only tunnel rule that lives here.
+asks its listener (seen only through the `Site` interface below) for admission and the
+backend group the request routes to, and dials one of the group's endpoints. A head that
+is not a WebSocket upgrade goes to an `http_proxy.HttpSession`, which serves plain HTTP
+on the connection and hands a later upgrade back here (`take_upgrade`). After the 101
+every byte and every deadline goes through the connection core (`relay.Relay`): this
+module writes what it returns, carries out its actions (close a TCP connection, count a
+timeout) and files its next deadline on the listener's shared timing wheel. Flow control
+(each side pauses the other's reading when its write buffer fills) is the only tunnel
+rule that lives here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from enum import Enum
 from typing import Protocol, cast
 
-from websockets.datastructures import Headers
 from websockets.http11 import Request
 
+from dataplane.access_log import RequestRecord
 from dataplane.balancer import EndpointState, RequestInfo
 from dataplane.deadlines import DeadlineWheel
+from dataplane.group import BackendGroup
 from dataplane.handshake import (
     HEAD_END,
     FastRequest,
@@ -37,6 +42,7 @@ from dataplane.handshake import (
     render_request,
     validate_upgrade,
 )
+from dataplane.http_proxy import HttpSession
 from dataplane.relay import (
     CLOSE_BACKEND,
     CLOSE_CLIENT,
@@ -47,9 +53,9 @@ from dataplane.relay import (
     RESUME_CLIENT,
     ConnectionRecord,
     Relay,
-    RelaySettings,
     negotiated_extensions,
 )
+from dataplane.routing import normalise_host
 from lbwire.snapshot import Listener
 
 log = logging.getLogger("wslb.tunnel")
@@ -60,6 +66,9 @@ REFUSED_HEAD_WAIT = 1.0  # how long a refused client may take to send its head
 Dialled = asyncio.Future[tuple[asyncio.Transport, "BackendSide"]]
 
 HEADER_TOO_LARGE = Rejection(431, "Request header fields too large", label="header_too_large")
+# A head that asks for a WebSocket upgrade (even a malformed one) takes the WebSocket
+# path, so its answer stays the WebSocket validator's; any other head is plain HTTP.
+_WS_UPGRADE = re.compile(rb"\r\nupgrade:[^\r\n]*websocket", re.IGNORECASE)
 
 
 class Site(Protocol):
@@ -69,20 +78,16 @@ class Site(Protocol):
     config: Listener
     scheme: str
     wheel: DeadlineWheel
-    relay_settings: RelaySettings
-    sticky_enabled: bool
-    sticky_rewrites_response: bool
     keeps_heads: bool  # the access log wants request fields: keep each head
+    has_rules: bool  # routing needs the Host (else every request takes the default group)
+    retired: bool
 
     def admit(self, connection: ClientSide) -> Rejection | None: ...
     def check_origin(self, values: list[str]) -> Rejection | None: ...
-    def sticky_endpoint(self, headers: Headers) -> str | None: ...
-    def rewrite_request(self, headers: Headers) -> None: ...
-    def rewrite_response(self, endpoint_key: str, headers: Headers) -> None: ...
-    def choose(
-        self, request: RequestInfo, tried: Collection[str], sticky_key: str | None
-    ) -> EndpointState | None: ...
-    def should_drain(self, endpoint: EndpointState) -> bool: ...
+    def route(self, host: str, target: str) -> BackendGroup: ...
+    def route_gone(self, group: BackendGroup) -> bool: ...
+    def request_done(self, record: RequestRecord) -> None: ...
+    def count_backend_error(self, group: str, kind: str) -> None: ...
     def tunnel_opened(self, connection: ClientSide, handshake_seconds: float) -> None: ...
     def count_upgrade(self, status: int) -> None: ...
     def count_rejection(self, rejection: Rejection) -> None: ...
@@ -100,6 +105,7 @@ class State(Enum):
     TUNNEL = 3  # relaying frames (the relay core decides)
     RELAY = 4  # relaying a backend's non-101 answer, then closing
     CLOSED = 5
+    HTTP = 6  # plain HTTP requests: the HttpSession decides
 
 
 _TUNNEL = State.TUNNEL  # a module global: one lookup fewer per chunk on the hot path
@@ -121,7 +127,9 @@ class ClientSide(asyncio.Protocol):
         "draining",
         "ended_at",
         "endpoint",
+        "group",
         "head",
+        "http",
         "listener",
         "loop",
         "lost",
@@ -144,6 +152,8 @@ class ClientSide(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.backend: BackendSide | None = None
         self.endpoint: EndpointState | None = None
+        self.group: BackendGroup | None = None  # the group the last request routed to
+        self.http: HttpSession | None = None  # serving plain HTTP requests
         self.client_ip = ""
         self.client_port = 0
         self.accepted_at = 0.0
@@ -176,7 +186,10 @@ class ClientSide(asyncio.Protocol):
         self.client_ip = ip[7:] if ip.startswith("::ffff:") else ip
         self.client_port = int(peer[1]) if peer else 0
         self.admission = self.listener.admit(self)
-        wait = self.listener.config.limits.handshake_timeout_seconds
+        config = self.listener.config
+        wait = min(
+            config.limits.handshake_timeout_seconds, config.http.request_head_timeout_seconds
+        )
         if self.admission is not None:
             # Refused anyway: do not hold a slot for the whole handshake timeout.
             wait = min(wait, REFUSED_HEAD_WAIT)
@@ -192,7 +205,9 @@ class ClientSide(asyncio.Protocol):
             if relay.pending:
                 self._carry_out(relay)
             return
-        if self.state is State.HEAD:
+        if self.state is State.HTTP:
+            self.http.client_data(data)  # type: ignore[union-attr]
+        elif self.state is State.HEAD:
             self._head_data(data)
         elif self.state is State.CONNECTING:
             self.pending += data
@@ -245,9 +260,45 @@ class ClientSide(asyncio.Protocol):
     def _handle_request(self, head: bytes) -> None:
         if self.admission is not None:
             raise self.admission
-        if self.listener.keeps_heads:
-            self.head = head  # a reference, no copy: parsed again only for the record
+        listener = self.listener
+        if listener.config.http.redirect_to_https.enabled:
+            self._start_http(head)  # the session answers requests and upgrades with 308
+            return
         fast = fast_request(head)
+        if fast is None and _WS_UPGRADE.search(head) is None:
+            self._start_http(head)
+            return
+        self._handle_upgrade(head, fast)
+
+    def _start_http(self, head: bytes) -> None:
+        """Serve plain HTTP on this connection from `head` (and what followed it) on."""
+        self.state = State.HTTP
+        session = self.http = HttpSession(self, self.listener)
+        data = head + self.pending if self.pending else head
+        self.pending = b""
+        session.client_data(data)
+
+    def take_upgrade(self, head: bytes, rest: bytes) -> None:
+        """A WebSocket upgrade after plain requests (called by the HttpSession): the
+        WebSocket path continues with it and the bytes that followed."""
+        self.http = None
+        self.state = State.CONNECTING
+        self.pending = rest or b""
+        try:
+            self._handle_upgrade(head, fast_request(head))
+        except Rejection as rejection:
+            self._reject(rejection)
+
+    def end_http(self) -> None:
+        """The HttpSession is done with the connection: close it once flushed."""
+        self.state = State.CLOSED
+        self._cancel_timer()
+        self._finish()
+
+    def _handle_upgrade(self, head: bytes, fast: FastRequest | None) -> None:
+        listener = self.listener
+        if listener.keeps_heads:
+            self.head = head  # a reference, no copy: parsed again only for the record
         request: Request | FastRequest
         if fast is None:
             request = parse_request(head)
@@ -256,9 +307,19 @@ class ClientSide(asyncio.Protocol):
         else:
             request = fast
             origins = fast.origins
-        refused = self.listener.check_origin(origins)
+        refused = listener.check_origin(origins)
         if refused is not None:
             raise refused
+        host = ""
+        if listener.has_rules:
+            if isinstance(request, FastRequest):
+                host = next(
+                    (value.decode() for name, value in request.fields if name.lower() == b"host"),
+                    "",
+                )
+            else:
+                host = request.headers.get("Host", "")
+        self.group = listener.route(normalise_host(host), request.path)
         self._start_dial(request)
 
     def _reject(self, rejection: Rejection) -> None:
@@ -283,10 +344,12 @@ class ClientSide(asyncio.Protocol):
         """Render the request for the backends, then try them one by one (callbacks and a
         deadline handle per attempt: no coroutine of ours runs per connection)."""
         listener = self.listener
+        group = self.group
+        assert group is not None
         sticky_key = None
-        if listener.sticky_enabled:
-            sticky_key = listener.sticky_endpoint(request.headers)
-            listener.rewrite_request(request.headers)
+        if group.sticky_enabled:
+            sticky_key = group.sticky.endpoint_for(request.headers)
+            group.sticky.rewrite_request(request.headers)
         head = render_request(
             request,
             client_ip=self.client_ip,
@@ -304,8 +367,8 @@ class ClientSide(asyncio.Protocol):
             return
         listener = self.listener
         endpoint = None
-        if dial.attempts_left > 0:
-            endpoint = listener.choose(dial.info, dial.tried, dial.sticky_key)
+        if dial.attempts_left > 0 and self.group is not None:
+            endpoint = self.group.choose(dial.info, dial.tried, dial.sticky_key)
         if endpoint is None:
             self.dial = None
             if not dial.tried:
@@ -383,13 +446,15 @@ class ClientSide(asyncio.Protocol):
 
     def _backend_answered(self, backend: BackendSide, endpoint: EndpointState, head: bytes) -> None:
         listener = self.listener
+        group = self.group
+        assert group is not None
         self._cancel_timer()  # the connect deadline
         try:
             # A 101 is relayed unchanged: its headers are parsed only when sticky
             # sessions must rewrite them (a measurable share of each handshake).
             status = parse_status_line(head)
             answer = None
-            if status != 101 or listener.sticky_rewrites_response:
+            if status != 101 or group.sticky_rewrites_response:
                 answer = parse_backend_head(head)
         except ValueError:
             endpoint.active -= 1
@@ -421,12 +486,12 @@ class ClientSide(asyncio.Protocol):
                     listener.config.limits.handshake_timeout_seconds, self._finish
                 )
             return
-        if answer is not None and listener.sticky_rewrites_response:
-            listener.rewrite_response(endpoint.key, answer.headers)
+        if answer is not None and group.sticky_rewrites_response:
+            group.sticky.rewrite_response(endpoint.key, answer.headers)
             head = render_backend_head(answer)
         now = self.loop.time()
         relay = self.relay = Relay(
-            listener.relay_settings, now, extensions=negotiated_extensions(head)
+            group.relay_settings, now, extensions=negotiated_extensions(head)
         )
         self.state = State.TUNNEL
         rest = backend.attach()
@@ -440,12 +505,11 @@ class ClientSide(asyncio.Protocol):
             self.data_received(pending)
         else:
             self.pending = b""
-        config = listener.config
         if self.draining:
-            relay.drain(now + config.drain_timeout_seconds)
+            relay.drain(now + group.drain_timeout)
             self._carry_out(relay)
-        elif listener.should_drain(endpoint):
-            self.drain(config.drain_timeout_seconds)
+        elif group.should_drain(endpoint) or listener.route_gone(group):
+            self.drain(group.drain_timeout)
 
     def backend_data(self, data: bytes) -> None:
         """Bytes from the backend (called by BackendSide)."""
@@ -528,6 +592,9 @@ class ClientSide(asyncio.Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """The proxy closes the tunnel: Close frames to both peers at frame boundaries."""
+        if self.state is State.HTTP:
+            self._finish()  # shutdown: a request under way is cut
+            return
         if self.state is not State.TUNNEL:
             if self.state in (State.HEAD, State.CONNECTING):
                 self._reject(Rejection(503, "Load balancer is shutting down", label="shutdown"))
@@ -542,7 +609,9 @@ class ClientSide(asyncio.Protocol):
             return
         self.draining = True
         self.listener.count_draining(+1)
-        if self.state is State.TUNNEL and self.relay is not None:
+        if self.state is State.HTTP and self.http is not None:
+            self.http.drain()
+        elif self.state is State.TUNNEL and self.relay is not None:
             self.relay.drain(self.loop.time() + timeout)
             self._carry_out(self.relay)
         # A handshake in progress finishes; its tunnel drains when it opens.
@@ -571,6 +640,8 @@ class ClientSide(asyncio.Protocol):
         self._cancel_timer()
         if self.dialing is not None or self.task is not None:
             self._stop_dial()
+        if self.http is not None:
+            self.http.client_lost()
         relay = self.relay
         if state is State.TUNNEL and relay is not None:
             relay.client_lost()
@@ -620,14 +691,20 @@ class ClientSide(asyncio.Protocol):
     # ---------------------------------------------------------------- flow control
 
     def pause_writing(self) -> None:
-        if self.backend is not None and self.backend.transport is not None:
+        if self.http is not None:
+            self.http.client_paused()
+        elif self.backend is not None and self.backend.transport is not None:
             self.backend.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.backend is not None and self.backend.transport is not None:
+        if self.http is not None:
+            self.http.client_resumed()
+        elif self.backend is not None and self.backend.transport is not None:
             self.backend.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
+        if self.state is State.HTTP and self.http is not None:
+            return True if self.http.client_eof() else None
         if self.state is State.TUNNEL and self.relay is not None and self.relay.client_ended():
             # The client closed cleanly and half-closed: keep writing so the backend's
             # Close reply reaches it (bounded by the close timer).

@@ -150,17 +150,21 @@ async def assert_never_reached_backend(runtime: Runtime, backend: CountingBacken
     assert len(backend.requests) == 1
 
 
-async def test_plain_get_is_answered_426_with_upgrade_websocket(
+async def test_plain_get_is_proxied_to_the_backend_not_refused(
     proxy: Proxy, backend: CountingBackend
 ) -> None:
+    """A request that is not an upgrade is plain HTTP now (issue 10): the backend answers
+    it (this websockets backend with its own 426), and the answer comes back through us."""
     runtime = await proxy()
     data = await raw_request(
-        port_of(runtime), request_bytes("GET / HTTP/1.1", "Host: 127.0.0.1", "Accept: */*")
+        port_of(runtime),
+        request_bytes("GET / HTTP/1.1", "Host: 127.0.0.1", "Accept: */*", "Connection: close"),
     )
     answer = parse_answer(data)
-    assert_short_error(answer, 426)
-    assert answer.headers["Upgrade"].lower() == "websocket"
-    await assert_never_reached_backend(runtime, backend)
+    assert answer.status == 426
+    assert answer.headers["Via"] == "1.1 wslb"  # relayed by the proxy, not its own answer
+    assert backend.accepted == 1
+    assert [request.path for request in backend.requests] == ["/"]
 
 
 async def test_websocket_version_8_is_answered_426_with_version_13(
@@ -380,7 +384,7 @@ async def test_two_host_headers_are_answered_400(proxy: Proxy, backend: Counting
     await assert_never_reached_backend(runtime, backend)
 
 
-async def test_plain_get_over_tls_is_answered_426(
+async def test_plain_get_over_tls_is_proxied(
     dataplane: Any, backend: CountingBackend, tls: Any
 ) -> None:
     config = listener(
@@ -402,9 +406,9 @@ async def test_plain_get_over_tls_is_answered_426(
             answer.body = await reader.readexactly(int(answer.headers["Content-Length"]))
     finally:
         writer.close()
-    assert_short_error(answer, 426)
-    assert answer.headers["Upgrade"].lower() == "websocket"
-    assert backend.accepted == 0
+    assert answer.status == 426  # the websockets backend's own answer to a plain GET
+    assert answer.headers["Via"] == "1.1 wslb"
+    assert backend.accepted == 1
 
 
 def rejection_count(runtime: Runtime, reason: str) -> float:
@@ -426,17 +430,19 @@ async def test_handshake_rejections_are_counted_by_reason_and_status(
 ) -> None:
     runtime = await proxy(limits={"handshakeTimeoutSeconds": 0.5, "maxHeaderBytes": 1024})
     port = port_of(runtime)
-    await raw_request(port, request_bytes("GET / HTTP/1.1", "Host: 127.0.0.1"))
+    await raw_request(port, request_bytes("GET / HTTP/1.1", "Host: 127.0.0.1", "Connection: close"))
     await raw_request(port, b"nonsense\r\n\r\n")
     await raw_request(port, padded_upgrade(1500))
     await raw_request(port, upgrade_request()[:30], read_timeout=3)
 
-    assert rejection_count(runtime, "bad_request") == 2
+    # The plain GET was proxied (not refused); the garbage is refused as a plain request,
+    # so it counts as a rejection but not as an upgrade.
+    assert rejection_count(runtime, "bad_request") == 1
     assert rejection_count(runtime, "header_too_large") == 1
     assert rejection_count(runtime, "handshake_timeout") == 1
     assert {code: upgrade_count(runtime, code) for code in ("400", "426", "431", "408", "101")} == {
-        "400": 1,
-        "426": 1,
+        "400": 0,
+        "426": 0,
         "431": 1,
         "408": 1,
         "101": 0,

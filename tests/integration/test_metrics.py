@@ -37,8 +37,10 @@ async def test_metrics_after_known_traffic(backends: Any, dataplane: Any) -> Non
                 for i in range(4):
                     await ws.send(f"message {i}")
                     assert await ws.recv() == f"message {i}"
+        # A plain GET is proxied (issue 10): the websockets backend answers it with 426.
         answer = await raw_request(
-            runtime.listeners["ws"].config.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            runtime.listeners["ws"].config.port,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
         assert answer.startswith(b"HTTP/1.1 426")
         held = await connect(url(runtime), ping_interval=None)
@@ -56,8 +58,14 @@ async def test_metrics_after_known_traffic(backends: Any, dataplane: Any) -> Non
         found = samples(body.decode())
         ws = {"listener": "ws"}
         assert value(found, "wslb_dataplane_upgrades_total", code="101", **ws) == 4
-        assert value(found, "wslb_dataplane_upgrades_total", code="426", **ws) == 1
-        assert value(found, "wslb_dataplane_rejections_total", reason="bad_request", **ws) == 1
+        assert value(found, "wslb_dataplane_upgrades_total", code="426", **ws) == 0
+        http = {"rule": "default", "method": "GET", "code": "4xx", **ws}
+        assert value(found, "wslb_dataplane_http_requests_total", **http) == 1
+        assert (
+            value(found, "wslb_dataplane_http_request_duration_seconds_count", rule="default", **ws)
+            == 1
+        )
+        assert value(found, "wslb_dataplane_http_pool_idle_connections", **ws) == 0
         assert (
             value(found, "wslb_dataplane_messages_total", direction="client_to_backend", **ws) == 12
         )

@@ -1,0 +1,860 @@
+"""Plain HTTP/1.1 proxying on a client connection: the adapter around `http1`.
+
+`ClientSide` (tunnel.py) hands a connection here when its first request is not a
+WebSocket upgrade. An `HttpSession` then owns the client's side of HTTP: it feeds the
+client's bytes to `http1.RequestReader`, answers pipelined requests one at a time and in
+order, sends each to a backend of the group its route names (a pooled idle connection
+first, else a new one), relays the answer, and keeps the client connection alive
+between requests within its limits. A later request that is a WebSocket upgrade goes
+back to `ClientSide`, which continues with today's WebSocket path.
+
+Bodies are streamed both ways, never held whole: when one side's write buffer fills,
+the other side stops being read (asyncio's pause_writing/pause_reading). The only bytes
+kept are a retry's replay (at most REPLAY_LIMIT of a request body) and pipelined input
+read ahead (reading pauses past QUEUE_LIMIT).
+
+Retries: a request whose backend fails before a byte of its answer arrives is sent to
+another endpoint of the group when nothing of it reached the old one (connect failure or
+connect timeout, any method) or when its method is idempotent (a reused or new
+connection reset or closed before answering); and only while its body so far is within
+REPLAY_LIMIT. Otherwise the client gets 502 (503 when no endpoint is ready at all).
+
+It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
+(group.py); metrics and the access log are the listener's (`HttpSite.request_done`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from websockets.datastructures import Headers
+
+from dataplane.access_log import RequestRecord
+from dataplane.balancer import EndpointState, RequestInfo
+from dataplane.group import BackendGroup
+from dataplane.handshake import Rejection
+from dataplane.http1 import (
+    LAST_CHUNK,
+    Body,
+    EndOfMessage,
+    Framing,
+    Informational,
+    RequestEvent,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    ResponseReader,
+    Upgrade,
+    frame_chunk,
+)
+from dataplane.sticky import StickyCookies
+from lbwire.snapshot import Listener
+
+log = logging.getLogger("wslb.http")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REPLAY_LIMIT = 64 * 1024
+"""Request body bytes kept for a retry: a larger body is not retried (502), so no request
+costs more than this much memory for the sake of retrying it."""
+QUEUE_LIMIT = 64 * 1024
+"""Bytes read ahead of the request being answered (pipelined requests, or body bytes
+waiting for a backend connection); past it the client is not read until they are sent."""
+CLOSE_TIMEOUT = 5.0
+
+Fields = list[tuple[bytes, bytes]]
+
+
+class HttpSite(Protocol):
+    """The listener as an HTTP session sees it (listener.py implements it)."""
+
+    name: str
+    config: Listener
+    scheme: str
+    retired: bool
+
+    def route(self, host: str, target: str) -> BackendGroup: ...
+    def request_done(self, record: RequestRecord) -> None: ...
+    def count_backend_error(self, group: str, kind: str) -> None: ...
+    def count_backend_failure(self, endpoint: EndpointState) -> None: ...
+
+
+class Client(Protocol):
+    """The client connection (tunnel.ClientSide) as its HTTP session sees it."""
+
+    transport: asyncio.Transport | None
+    loop: asyncio.AbstractEventLoop
+    client_ip: str
+    client_port: int
+    group: BackendGroup | None
+
+    def take_upgrade(self, head: bytes, rest: bytes) -> None: ...
+    def end_http(self) -> None: ...
+
+
+# ---------------------------------------------------------------- sticky on field lists
+# Adapters from http1's field lists to StickyCookies' Headers methods. The sticky module
+# gains byte-level equivalents (issue 10: endpoint_for_fields, strip_request_fields,
+# response_fields); these three calls are the only places to switch over.
+
+
+def _headers(fields: Fields) -> Headers:
+    headers = Headers()
+    for name, value in fields:
+        headers[name.decode("latin-1")] = value.decode("latin-1")
+    return headers
+
+
+def _fields(headers: Headers) -> Fields:
+    return [
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.raw_items()
+    ]
+
+
+def sticky_endpoint(sticky: StickyCookies, fields: Fields) -> str | None:
+    if not any(name.lower() == b"cookie" for name, _ in fields):
+        return None
+    return sticky.endpoint_for(_headers(fields))
+
+
+def sticky_strip(sticky: StickyCookies, fields: Fields) -> Fields:
+    if not any(name.lower() == b"cookie" for name, _ in fields):
+        return fields
+    headers = _headers(fields)
+    sticky.rewrite_request(headers)
+    return _fields(headers)
+
+
+def sticky_response(sticky: StickyCookies, key: str, fields: Fields, had_valid: bool) -> Fields:
+    headers = _headers(fields)
+    if had_valid and not any(name.lower() == b"set-cookie" for name, _ in fields):
+        return fields  # the request's cookie already names this endpoint
+    before = list(headers.raw_items())
+    sticky.rewrite_response(key, headers)
+    if had_valid and len(list(headers.raw_items())) > len(before):
+        return fields  # insert mode would add a cookie the client already holds
+    return _fields(headers)
+
+
+# ---------------------------------------------------------------- one request
+
+
+class _Exchange:
+    """One request and its answer."""
+
+    __slots__ = (
+        "attempts_left",
+        "backend",
+        "body_in",
+        "body_out",
+        "chunked",
+        "client_framing",
+        "endpoint",
+        "group",
+        "head",
+        "head_sent",
+        "keep_alive",
+        "rendered",
+        "replay",
+        "replay_size",
+        "request_done",
+        "response_started",
+        "sent",
+        "started",
+        "status",
+        "sticky_key",
+        "tried",
+        "waiting",
+    )
+
+    def __init__(self, head: RequestHead, group: BackendGroup, started: float) -> None:
+        self.head = head
+        self.group = group
+        self.started = started
+        self.rendered = b""
+        self.chunked = head.framing == "chunked"
+        self.sticky_key: str | None = None
+        self.tried: list[str] = []
+        self.attempts_left = 1
+        self.endpoint: EndpointState | None = None
+        self.backend: BackendConn | None = None
+        self.replay: list[bytes] | None = []  # framed body bytes sent so far; None: too many
+        self.replay_size = 0
+        self.waiting: list[bytes] = []  # framed body bytes waiting for a backend connection
+        self.request_done = head.framing == "none"
+        self.sent = False  # some of the request reached a backend connection
+        self.response_started = False
+        self.head_sent = False
+        self.keep_alive = True
+        self.client_framing: Framing = "none"
+        self.status = 0
+        self.body_in = 0
+        self.body_out = 0
+
+
+class HttpSession:
+    """The HTTP side of one client connection (see the module docstring)."""
+
+    def __init__(self, client: Client, site: HttpSite) -> None:
+        self.client = client
+        self.site = site
+        config = site.config
+        self.http = config.http
+        self.reader = RequestReader(
+            head_limit=config.limits.max_header_bytes, max_body=config.http.max_body_bytes
+        )
+        self.queue: deque[RequestEvent | Rejection] = deque()
+        self.queued = 0  # bytes of body events in the queue
+        self.current: _Exchange | None = None
+        self.requests = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.head_timer = False  # the timer is the request-head one (408), not idle
+        self.holds: set[str] = set()  # why the client is not being read
+        self.client_write_paused = False
+        self.draining = False
+        self.closing = False  # the client connection ends after the current answer
+        self.done = False
+
+    # ---------------------------------------------------------------- client side
+
+    def client_data(self, data: bytes) -> None:
+        if self.done:
+            return
+        try:
+            events = self.reader.feed(data)
+        except Rejection as rejection:
+            self.queue.append(rejection)
+        else:
+            for event in events:
+                if type(event) is Body:
+                    self.queued += len(event.data)
+                self.queue.append(event)
+        self._pump()
+        idle = self.current is None and not self.done and not self.head_timer
+        if idle and self.timer is not None:  # between requests: bytes of a head arrived
+            self._arm(self.http.request_head_timeout_seconds, self._head_timeout)
+            self.head_timer = True
+
+    def _pump(self) -> None:
+        """Dispatch queued events: the current request's body, then the next request."""
+        queue = self.queue
+        while queue and not self.done:
+            event = queue[0]
+            exchange = self.current
+            if exchange is None:
+                queue.popleft()
+                if type(event) is RequestHead:
+                    self._start(event)
+                elif type(event) is Upgrade:
+                    self._upgrade(event)
+                    return
+                elif isinstance(event, Rejection):
+                    self._refuse(event)
+                    return
+                elif type(event) is Body:
+                    self.queued -= len(event.data)
+                # else the end of a body that was answered early: dropped
+                continue
+            if exchange.request_done:
+                break  # the next request waits for this answer
+            queue.popleft()
+            if type(event) is Body:
+                self.queued -= len(event.data)
+                self._send_body(exchange, event.data)
+            elif type(event) is EndOfMessage:
+                exchange.request_done = True
+                if exchange.chunked:
+                    self._to_backend(exchange, LAST_CHUNK)
+                self._arm_response_timer(exchange)
+            elif isinstance(event, Rejection):
+                # The current request's body went bad (chunk framing, 413): nothing more of
+                # it may reach the backend.
+                self._abort_exchange(exchange, event)
+                return
+        if self.queued > QUEUE_LIMIT or (
+            self.current is not None and sum(map(len, self.current.waiting)) > QUEUE_LIMIT
+        ):
+            self._hold("queue")
+        else:
+            self._release("queue")
+
+    def _start(self, head: RequestHead) -> None:
+        self._cancel_timer()
+        self.requests += 1
+        target = head.target.decode("latin-1")
+        group = self.site.route(head.host, target)
+        client = self.client
+        client.group = group
+        exchange = self.current = _Exchange(head, group, client.loop.time())
+        redirect = self.http.redirect_to_https
+        if redirect.enabled:
+            self._answer_self(exchange, redirect_answer(head, redirect.port))
+            return
+        if group.sticky_enabled:
+            exchange.sticky_key = sticky_endpoint(group.sticky, head.fields)
+            head.forward_fields = sticky_strip(group.sticky, head.forward_fields)
+        exchange.keep_alive = (
+            head.keep_alive
+            and self.http.keep_alive_timeout_seconds > 0
+            and self.requests < self.http.max_requests_per_connection
+            and not self.draining
+            and not self.site.retired
+        )
+        exchange.rendered = head.render(
+            client_ip=client.client_ip,
+            scheme=self.site.scheme,
+            port=self.site.config.port,
+            forwarded=self.site.config.forwarded_headers.enabled,
+        )
+        exchange.attempts_left = self.site.config.limits.connect_retries + 1
+        self._attempt(exchange)
+
+    def _attempt(self, exchange: _Exchange) -> None:
+        """Send the request to the next endpoint, or answer 503/502 when none is left."""
+        endpoint = None
+        if exchange.attempts_left > 0:
+            info = RequestInfo(
+                self.client.client_ip,
+                exchange.head.target.decode("latin-1"),
+                request=_Fields(exchange.head.fields),
+            )
+            endpoint = exchange.group.choose(info, exchange.tried, exchange.sticky_key)
+        if endpoint is None:
+            if not exchange.tried:
+                rejection = Rejection(
+                    503, "No ready backend", [("Retry-After", "5")], label="no_ready_backend"
+                )
+            else:
+                rejection = Rejection(
+                    502, "No backend could be reached", label="backend_unavailable"
+                )
+            self._answer_self(exchange, rejection)
+            return
+        exchange.attempts_left -= 1
+        exchange.tried.append(endpoint.key)
+        exchange.endpoint = endpoint
+        endpoint.active += 1
+        loop = self.client.loop
+        conn = cast("BackendConn | None", exchange.group.take_idle(endpoint, loop.time()))
+        if conn is not None and not conn.lost:
+            conn.idle = False
+            conn.session = self
+            conn.endpoint = endpoint
+            self._send_request(exchange, conn)
+            return
+        conn = BackendConn(self, endpoint, exchange.group)
+        exchange.backend = conn
+        self._arm(self.site.config.limits.connect_timeout_seconds, self._connect_timeout)
+        task = asyncio.ensure_future(
+            loop.create_connection(conn.itself, endpoint.address, endpoint.port)
+        )
+        conn.task = task
+        task.add_done_callback(conn.connected)
+
+    def _send_request(self, exchange: _Exchange, conn: BackendConn) -> None:
+        """The connection is ready: head, the body so far, and the response deadline."""
+        exchange.backend = conn
+        conn.reader = ResponseReader(exchange.head.method)
+        transport = conn.transport
+        assert transport is not None
+        parts = [exchange.rendered]
+        if exchange.replay:
+            parts.extend(exchange.replay)
+        if exchange.waiting:
+            parts.extend(exchange.waiting)
+            self._keep_for_replay(exchange, exchange.waiting)
+            exchange.waiting = []
+        transport.write(b"".join(parts))
+        exchange.sent = True
+        if self.client_write_paused:
+            transport.pause_reading()
+        self._cancel_timer()
+        self._pump()
+        self._arm_response_timer(exchange)
+
+    def _arm_response_timer(self, exchange: _Exchange) -> None:
+        """The backend's answer is due once the whole request reached it (a slow upload
+        is not the backend's delay)."""
+        conn = exchange.backend
+        if (
+            self.current is exchange
+            and exchange.request_done
+            and not exchange.response_started
+            and conn is not None
+            and conn.reader is not None
+        ):
+            self._arm(self.http.response_head_timeout_seconds, self._response_timeout)
+
+    def _send_body(self, exchange: _Exchange, data: bytes) -> None:
+        exchange.body_in += len(data)
+        self._to_backend(exchange, frame_chunk(data) if exchange.chunked else data)
+
+    def _to_backend(self, exchange: _Exchange, data: bytes) -> None:
+        conn = exchange.backend
+        if conn is None or conn.transport is None or conn.reader is None:
+            exchange.waiting.append(data)
+            return
+        if exchange.response_started and conn.reader.done:
+            return  # answered already: the rest of the body is read and dropped
+        conn.transport.write(data)
+        self._keep_for_replay(exchange, [data])
+
+    def _keep_for_replay(self, exchange: _Exchange, parts: list[bytes]) -> None:
+        if exchange.replay is None:
+            return
+        size = sum(map(len, parts))
+        exchange.replay_size += size
+        if exchange.replay_size > REPLAY_LIMIT or exchange.response_started:
+            exchange.replay = None
+        else:
+            exchange.replay.extend(parts)
+
+    # ---------------------------------------------------------------- backend side
+
+    def backend_connected(self, conn: BackendConn, exc: BaseException | None) -> None:
+        exchange = self.current
+        if exchange is None or exchange.backend is not conn:
+            conn.abandon()
+            return
+        if exc is not None:
+            self._backend_failed(exchange, "connect", repr(exc))
+            return
+        self._cancel_timer()
+        self._send_request(exchange, conn)
+
+    def _connect_timeout(self) -> None:
+        self.timer = None
+        exchange = self.current
+        if exchange is not None and exchange.backend is not None:
+            self._backend_failed(exchange, "connect", "connect timed out")
+
+    def _response_timeout(self) -> None:
+        self.timer = None
+        exchange = self.current
+        if exchange is None or exchange.head_sent:
+            return
+        self.site.count_backend_error(exchange.group.name, "timeout")
+        self._drop_backend(exchange)
+        self._answer_self(
+            exchange, Rejection(504, "Backend did not answer in time", label="backend_timeout")
+        )
+
+    def backend_data(self, conn: BackendConn, data: bytes) -> None:
+        exchange = self.current
+        reader = conn.reader
+        if exchange is None or exchange.backend is not conn or reader is None:
+            conn.abandon()
+            return
+        exchange.response_started = True
+        exchange.replay = None
+        try:
+            events = reader.feed(data)
+        except Rejection as rejection:
+            self.site.count_backend_error(exchange.group.name, "invalid")
+            self._drop_backend(exchange)
+            self._answer_self(exchange, rejection)
+            return
+        for event in events:
+            self._relay(exchange, conn, event)
+            if self.current is not exchange:
+                return
+
+    def backend_lost(self, conn: BackendConn) -> None:
+        exchange = self.current
+        reader = conn.reader
+        if exchange is None or exchange.backend is not conn:
+            return
+        if not exchange.response_started or reader is None:
+            self._backend_failed(exchange, "reset", "closed before answering")
+            return
+        try:
+            events = reader.feed_eof()
+        except Rejection as rejection:
+            self.site.count_backend_error(exchange.group.name, "reset")
+            self._drop_backend(exchange)
+            self._answer_self(exchange, rejection)
+            return
+        for event in events:
+            self._relay(exchange, conn, event)
+
+    def _backend_failed(self, exchange: _Exchange, kind: str, why: str) -> None:
+        """Nothing of the answer came: retry when that is safe, else 502."""
+        endpoint = exchange.endpoint
+        self._cancel_timer()
+        self._drop_backend(exchange)
+        self.site.count_backend_error(exchange.group.name, kind)
+        if endpoint is not None:
+            self.site.count_backend_failure(endpoint)
+            log.debug("backend %s failed: %s", endpoint.key, why)
+        replayable = exchange.replay is not None and not exchange.response_started
+        safe = not exchange.sent or exchange.head.method in IDEMPOTENT
+        if replayable and safe:
+            self._attempt(exchange)
+            return
+        self._answer_self(exchange, Rejection(502, "Backend failed", label="backend_failed"))
+
+    def _drop_backend(self, exchange: _Exchange) -> None:
+        """Close this exchange's backend connection (never pooled) and release its slot."""
+        conn = exchange.backend
+        exchange.backend = None
+        if conn is not None:
+            conn.session = None
+            conn.abandon()
+        if exchange.endpoint is not None:
+            exchange.endpoint.active -= 1
+            exchange.endpoint = None
+
+    def _relay(self, exchange: _Exchange, conn: BackendConn, event: object) -> None:
+        transport = self.client.transport
+        if transport is None or transport.is_closing():
+            return
+        kind = type(event)
+        if kind is Body:
+            data = cast(Body, event).data
+            exchange.body_out += len(data)
+            transport.write(frame_chunk(data) if exchange.client_framing == "chunked" else data)
+        elif kind is ResponseHead:
+            self._cancel_timer()
+            head = cast(ResponseHead, event)
+            exchange.status = head.status
+            group = exchange.group
+            endpoint = exchange.endpoint
+            if group.sticky_rewrites_response and endpoint is not None:
+                head.fields = sticky_response(
+                    group.sticky, endpoint.key, head.fields, exchange.sticky_key == endpoint.key
+                )
+            if self.draining or self.site.retired:
+                exchange.keep_alive = False
+            exchange.client_framing = head.client_framing(exchange.head.version)
+            transport.write(
+                head.render(client_version=exchange.head.version, keep_alive=exchange.keep_alive)
+            )
+            exchange.head_sent = True
+        elif kind is EndOfMessage:
+            if exchange.client_framing == "chunked":
+                transport.write(LAST_CHUNK)
+            self._finish(exchange, conn)
+        elif kind is Informational and exchange.head.version == b"1.1":
+            transport.write(cast(Informational, event).render())
+
+    def _finish(self, exchange: _Exchange, conn: BackendConn | None) -> None:
+        """The answer is complete: pool or close the backend, then the next request."""
+        endpoint = exchange.endpoint
+        reader = conn.reader if conn is not None else None
+        if conn is not None and endpoint is not None and reader is not None:
+            exchange.backend = None
+            conn.session = None
+            conn.reader = None
+            if reader.reusable and exchange.request_done and not conn.lost:
+                ttl = reader.head.keep_alive_timeout() if reader.head is not None else None
+                if self.client_write_paused and conn.transport is not None:
+                    conn.transport.resume_reading()
+                conn.idle = True
+                exchange.group.put_idle(endpoint, conn, ttl)
+            else:
+                conn.abandon()
+        if endpoint is not None:
+            endpoint.active -= 1
+            exchange.endpoint = None
+        self._done(exchange)
+        if (
+            not exchange.keep_alive
+            or exchange.client_framing == "close"
+            or not exchange.request_done
+            or (self.closing and not self.queue)
+        ):
+            self._close()
+            return
+        self._idle()
+        self._pump()
+
+    def _done(self, exchange: _Exchange, rejection: str = "") -> None:
+        """Count and log the request, once."""
+        if self.current is exchange:
+            self.current = None
+        client = self.client
+        now = client.loop.time()
+        head = exchange.head
+        duration = now - exchange.started
+        self.site.request_done(
+            RequestRecord(
+                client=client.client_ip,
+                client_port=client.client_port,
+                listener=self.site.name,
+                rule=exchange.group.name,
+                backend=exchange.tried[-1] if exchange.tried else "",
+                status=exchange.status,
+                rejection=rejection,
+                started=time.time() - (now - exchange.started),
+                duration=duration,
+                bytes_c2b=exchange.body_in,
+                bytes_b2c=exchange.body_out,
+                method=head.method.decode("latin-1"),
+                host=head.host,
+                target=head.target.decode("latin-1"),
+                forwarded_for=head.prior_xff,
+            )
+        )
+
+    # ---------------------------------------------------------------- answers of our own
+
+    def _answer_self(self, exchange: _Exchange, rejection: Rejection) -> None:
+        """Answer the current request ourselves and close (the rest of its body is not
+        read); an answer already under way is cut instead."""
+        self._drop_backend(exchange)
+        exchange.status = rejection.status
+        transport = self.client.transport
+        if not exchange.head_sent and transport is not None and not transport.is_closing():
+            transport.write(rejection.render())
+        self._done(exchange, rejection.label)
+        self._close()
+
+    def _abort_exchange(self, exchange: _Exchange, rejection: Rejection) -> None:
+        self._answer_self(exchange, rejection)
+
+    def _refuse(self, rejection: Rejection) -> None:
+        """A request refused before any backend saw it (400, 413, 431, 505...)."""
+        transport = self.client.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(rejection.render())
+        self.site.request_done(
+            RequestRecord(
+                client=self.client.client_ip,
+                client_port=self.client.client_port,
+                listener=self.site.name,
+                rule="",
+                backend="",
+                status=rejection.status,
+                rejection=rejection.label,
+                started=time.time(),
+                duration=0.0,
+                bytes_c2b=0,
+                bytes_b2c=0,
+                method="",
+                host="",
+                target="",
+                forwarded_for="",
+            )
+        )
+        self._close()
+
+    def _upgrade(self, upgrade: Upgrade) -> None:
+        """A WebSocket upgrade after plain requests: the WebSocket path takes over."""
+        self._cancel_timer()
+        self.done = True
+        self.holds.clear()
+        transport = self.client.transport
+        if transport is not None:
+            transport.resume_reading()
+        self.client.take_upgrade(upgrade.head, upgrade.rest)
+
+    # ---------------------------------------------------------------- timers
+
+    def _idle(self) -> None:
+        """Between requests: the keep-alive idle timer runs until bytes come."""
+        self.head_timer = False
+        self._arm(self.http.keep_alive_timeout_seconds, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        self.timer = None
+        if self.current is None:
+            self._close()
+
+    def _head_timeout(self) -> None:
+        self.timer = None
+        if self.current is None and not self.done:
+            self._refuse(Rejection(408, "Timed out reading the request", label="head_timeout"))
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self.timer = self.client.loop.call_later(seconds, callback)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # ---------------------------------------------------------------- flow control
+
+    def _hold(self, reason: str) -> None:
+        if reason in self.holds:
+            return
+        self.holds.add(reason)
+        transport = self.client.transport
+        if len(self.holds) == 1 and transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def _release(self, reason: str) -> None:
+        if reason not in self.holds:
+            return
+        self.holds.discard(reason)
+        transport = self.client.transport
+        if not self.holds and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def backend_paused(self) -> None:
+        self._hold("backend")
+
+    def backend_resumed(self) -> None:
+        self._release("backend")
+
+    def client_paused(self) -> None:
+        self.client_write_paused = True
+        exchange = self.current
+        if exchange is not None and exchange.backend is not None:
+            transport = exchange.backend.transport
+            if transport is not None:
+                transport.pause_reading()
+
+    def client_resumed(self) -> None:
+        self.client_write_paused = False
+        exchange = self.current
+        if exchange is not None and exchange.backend is not None:
+            transport = exchange.backend.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+
+    # ---------------------------------------------------------------- ending
+
+    def drain(self) -> None:
+        """Finish the answer under way with Connection: close, then close."""
+        self.draining = True
+        if self.current is None:
+            self._close()
+        else:
+            self.current.keep_alive = False
+
+    def client_eof(self) -> bool:
+        """The client half-closed: answer what is under way, then close."""
+        self.closing = True
+        return self.current is not None or bool(self.queue)
+
+    def _close(self) -> None:
+        self.done = True
+        self._cancel_timer()
+        self.client.end_http()
+
+    def client_lost(self) -> None:
+        """The client connection is gone: drop the backend of an unfinished answer."""
+        self.done = True
+        self._cancel_timer()
+        exchange = self.current
+        if exchange is not None:
+            task = exchange.backend.task if exchange.backend is not None else None
+            if task is not None and not task.done():
+                task.cancel()
+            self._drop_backend(exchange)
+            self._done(exchange, "client_gone")
+
+
+def redirect_answer(head: RequestHead, port: int) -> Rejection:
+    """308 to the same host and target over https (the port named unless 443)."""
+    host = head.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    authority = host if port == 443 else f"{host}:{port}"
+    location = f"https://{authority}{head.target.decode('latin-1')}"
+    return Rejection(308, "Use HTTPS", [("Location", location)], label="redirect_to_https")
+
+
+class _Fields:
+    """Request fields seen as `Headers`, built only when a hash policy reads one."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: Fields) -> None:
+        self.fields = fields
+
+    @property
+    def headers(self) -> Headers:
+        return _headers(self.fields)
+
+
+class BackendConn(asyncio.Protocol):
+    """One HTTP/1.1 connection to a backend: serves one exchange at a time, and idles in
+    its group's pool between them (bytes or a close while idle end it)."""
+
+    __slots__ = (
+        "endpoint",
+        "group",
+        "idle",
+        "lost",
+        "reader",
+        "session",
+        "task",
+        "transport",
+    )
+
+    def __init__(self, session: HttpSession, endpoint: EndpointState, group: BackendGroup) -> None:
+        self.session: HttpSession | None = session
+        self.endpoint = endpoint
+        self.group = group
+        self.transport: asyncio.Transport | None = None
+        self.reader: ResponseReader | None = None
+        self.task: asyncio.Future[tuple[asyncio.Transport, BackendConn]] | None = None
+        self.idle = False
+        self.lost = False
+
+    def itself(self) -> BackendConn:
+        return self
+
+    def connected(self, task: asyncio.Future[tuple[asyncio.Transport, BackendConn]]) -> None:
+        self.task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        session = self.session
+        if session is None:
+            if exc is None:
+                self.abandon()
+            return
+        session.backend_connected(self, exc)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is None:
+            # idle in the pool: a backend must not talk unasked; never reuse it
+            self.group.forget_idle(self.endpoint, self)
+            self.abandon()
+            return
+        session.backend_data(self, data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        session = self.session
+        if session is not None:
+            self.session = None
+            session.backend_lost(self)
+        elif self.idle:
+            self.group.forget_idle(self.endpoint, self)
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.backend_paused()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.backend_resumed()
+
+    def abandon(self) -> None:
+        """Close (buffered writes flushed first, with a bound)."""
+        self.session = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if transport.get_write_buffer_size():
+                asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort_if_stuck)
+            transport.close()
+
+    def _abort_if_stuck(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,375 @@
+"""Plain HTTP/1.1 through a listener: keep-alive, pooling, bodies, pipelining, errors.
+
+Real sockets on loopback: a raw client, the data plane under uvloop, and small asyncio
+HTTP backends (tests/integration/http_backend.py) that record what reached them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from dataplane.runtime import Runtime
+from lbwire.snapshot import parse_snapshot
+from tests.integration.conftest import listener, snapshot, wait_until
+from tests.integration.http_backend import (
+    Client,
+    HttpBackend,
+    Seen,
+    get,
+    response,
+)
+
+pytestmark = pytest.mark.integration
+
+Start = Callable[..., Awaitable[HttpBackend]]
+
+
+@pytest.fixture
+async def http_backend() -> AsyncIterator[Start]:
+    started: list[HttpBackend] = []
+
+    async def start(**kwargs: Any) -> HttpBackend:
+        backend = await HttpBackend(**kwargs).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        await backend.stop()
+
+
+async def proxy_for(dataplane: Any, *backends: HttpBackend, **fields: Any) -> int:
+    config = listener(backends={"endpoints": [b.endpoint for b in backends]}, **fields)
+    runtime: Runtime = await dataplane(snapshot(config))
+    return runtime.listeners["ws"].config.port
+
+
+async def test_keep_alive_requests_share_one_backend_connection(
+    dataplane: Any, http_backend: Start
+) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    try:
+        for number in range(5):
+            client.send(get(f"/item/{number}"))
+            answer = await client.answer()
+            assert answer.status == 200
+            assert answer.body == f"GET /item/{number} 0".encode()
+            assert answer.field("Via") == "1.1 wslb"
+            assert answer.field("Connection") is None  # kept alive
+    finally:
+        client.close()
+    assert [seen.target for seen in backend.requests] == [f"/item/{n}" for n in range(5)]
+    assert backend.accepted == 1  # the pooled connection carried every request
+    assert {seen.connection for seen in backend.requests} == {1}
+
+
+async def test_pooled_connection_is_reused_by_another_client(
+    dataplane: Any, http_backend: Start
+) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend)
+    for _ in range(3):
+        client = await Client.connect(port)
+        client.send(get("/", extra="Connection: close\r\n"))
+        answer = await client.answer()
+        assert answer.status == 200
+        assert answer.field("Connection") == "close"
+        assert await client.closed()
+        client.close()
+    assert backend.accepted == 1
+
+
+async def test_forwarded_fields_and_hop_by_hop_fields(dataplane: Any, http_backend: Start) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(
+        b"GET /x?q=1 HTTP/1.1\r\nHost: app.example\r\nConnection: X-Secret\r\n"
+        b"X-Secret: drop me\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n"
+    )
+    assert (await client.answer()).status == 200
+    client.close()
+    seen = backend.requests[0]
+    assert seen.target == "/x?q=1"
+    assert seen.field("X-Secret") is None
+    assert seen.field("Keep-Alive") is None
+    assert seen.field("Connection") is None
+    assert seen.field("Via") == "1.1 wslb"
+    assert seen.field("X-Forwarded-For") == "10.9.9.9, 127.0.0.1"
+    assert seen.field("X-Forwarded-Proto") == "http"
+    assert seen.field("Host") == "app.example"
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    dataplane: Any, http_backend: Start
+) -> None:
+    async def slow_first(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        if seen.target == "/1":
+            await asyncio.sleep(0.2)  # the backend's own delay: the order must still hold
+        writer.write(response(200, seen.target.encode()))
+
+    backend = await http_backend(handler=slow_first)
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    post = b"POST /3 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+    client.send(get("/1") + get("/2") + post)
+    bodies = [(await client.answer()).body for _ in range(3)]
+    client.close()
+    assert bodies == [b"/1", b"/2", b"/3"]
+    assert backend.requests[2].body == b"abc"
+
+
+async def test_chunked_upload_and_chunked_download(dataplane: Any, http_backend: Start) -> None:
+    async def chunked(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"alpha", b"beta", seen.body):
+            writer.write(b"%x\r\n%b\r\n" % (len(part), part))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    backend = await http_backend(handler=chunked)
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(
+        b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nTrailer-X: y\r\n\r\n"
+    )
+    answer = await client.answer()
+    assert answer.status == 200
+    assert answer.field("Transfer-Encoding") == "chunked"
+    assert answer.body == b"alphabetaabcdefg"
+    client.send(get("/again"))
+    assert (await client.answer()).status == 200  # the connection survived the chunked body
+    client.close()
+    assert backend.requests[0].body == b"abcdefg"
+    assert backend.requests[0].field("Transfer-Encoding") == "chunked"
+    assert backend.requests[0].field("Trailer-X") is None
+
+
+async def test_content_length_upload(dataplane: Any, http_backend: Start) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    body = b"x" * 300_000
+    client.send(b"PUT /f HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    answer = await client.answer()
+    client.close()
+    assert answer.body == b"PUT /f 300000"
+    assert backend.requests[0].body == body
+
+
+async def test_body_read_until_the_backend_closes_is_chunked_for_the_client(
+    dataplane: Any, http_backend: Start
+) -> None:
+    async def until_close(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nstreamed to the end")
+        writer.close()
+
+    backend = await http_backend(handler=until_close)
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(get("/"))
+    answer = await client.answer()
+    assert answer.body == b"streamed to the end"
+    assert answer.field("Transfer-Encoding") == "chunked"
+    client.send(get("/"))
+    assert (await client.answer()).body == b"streamed to the end"
+    client.close()
+    assert backend.accepted == 2  # a read-to-close connection is never pooled
+
+
+async def test_head_204_and_304_have_no_body(dataplane: Any, http_backend: Start) -> None:
+    async def answers(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        if seen.method == "HEAD":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        elif seen.target == "/204":
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\nETag: x\r\n\r\n")
+
+    backend = await http_backend(handler=answers)
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+    head = await client.answer("HEAD")
+    assert (head.status, head.field("Content-Length")) == (200, "1000")
+    client.send(get("/204"))
+    no_content = await client.answer()
+    assert no_content.status == 204
+    assert no_content.field("Transfer-Encoding") is None
+    client.send(get("/304"))
+    not_modified = await client.answer()
+    assert not_modified.status == 304
+    client.send(get("/304"))
+    assert (await client.answer()).status == 304  # no stray body bytes in between
+    client.close()
+    assert backend.accepted == 1
+
+
+async def test_expect_100_continue_is_relayed(dataplane: Any, http_backend: Start) -> None:
+    async def continue_first(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        body = await reader.readexactly(int(seen.field("Content-Length") or 0))
+        writer.write(response(201, body))
+
+    backend = await http_backend(handler=continue_first, read_bodies=False)
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    interim = await client.answer()
+    assert interim.status == 100  # before any body byte was sent
+    client.send(b"hello")
+    final = await client.answer()
+    client.close()
+    assert (final.status, final.body) == (201, b"hello")
+    assert backend.requests[0].field("Expect") == "100-continue"
+
+
+async def test_no_ready_backend_is_503(dataplane: Any) -> None:
+    port = await proxy_for(dataplane)
+    client = await Client.connect(port)
+    client.send(get())
+    answer = await client.answer()
+    assert answer.status == 503
+    assert await client.closed()
+    client.close()
+
+
+async def test_unreachable_backend_is_502(dataplane: Any, http_backend: Start) -> None:
+    backend = await http_backend()
+    endpoint = backend.endpoint
+    await backend.stop()
+    config = listener(backends={"endpoints": [endpoint]}, limits={"connectRetries": 0})
+    runtime: Runtime = await dataplane(snapshot(config))
+    client = await Client.connect(runtime.listeners["ws"].config.port)
+    client.send(get())
+    assert (await client.answer()).status == 502
+    client.close()
+
+
+async def test_backend_that_does_not_answer_in_time_is_504(
+    dataplane: Any, http_backend: Start
+) -> None:
+    async def silent(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    backend = await http_backend(handler=silent)
+    port = await proxy_for(dataplane, backend, http={"responseHeadTimeoutSeconds": 0.3})
+    client = await Client.connect(port)
+    client.send(get())
+    answer = await client.answer(timeout=3)
+    assert answer.status == 504
+    assert await client.closed()
+    client.close()
+
+
+async def test_idle_keep_alive_connection_is_closed(dataplane: Any, http_backend: Start) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend, http={"keepAliveTimeoutSeconds": 0.3})
+    client = await Client.connect(port)
+    client.send(get())
+    assert (await client.answer()).status == 200
+    assert await client.closed(timeout=3)
+    client.close()
+
+
+async def test_max_requests_per_connection_closes_after_the_last(
+    dataplane: Any, http_backend: Start
+) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend, http={"maxRequestsPerConnection": 2})
+    client = await Client.connect(port)
+    client.send(get())
+    assert (await client.answer()).field("Connection") is None
+    client.send(get())
+    last = await client.answer()
+    assert last.field("Connection") == "close"
+    assert await client.closed()
+    client.close()
+
+
+async def test_body_over_max_body_bytes_is_413_and_never_reaches_the_backend(
+    dataplane: Any, http_backend: Start
+) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend, http={"maxBodyBytes": 10})
+    client = await Client.connect(port)
+    client.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n")
+    assert (await client.answer()).status == 413
+    assert await client.closed()
+    client.close()
+    assert backend.accepted == 0
+
+
+async def test_slow_request_head_is_408(dataplane: Any, http_backend: Start) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend, http={"requestHeadTimeoutSeconds": 0.3})
+    client = await Client.connect(port)
+    client.send(get())
+    assert (await client.answer()).status == 200
+    client.send(b"GET / HTTP/1.1\r\nHo")  # a second head that never completes
+    assert (await client.answer(timeout=3)).status == 408
+    client.close()
+    assert len(backend.requests) == 1
+
+
+async def test_upgrade_after_plain_requests_on_one_connection(
+    dataplane: Any, http_backend: Start, backends: Any
+) -> None:
+    [echo] = await backends(1)
+    config = listener(backends={"endpoints": [echo.endpoint]})
+    runtime: Runtime = await dataplane(snapshot(config))
+    port = runtime.listeners["ws"].config.port
+    client = await Client.connect(port)
+    client.send(get("/page", extra="Connection: keep-alive\r\n"))
+    first = await client.answer()
+    assert first.status == 426  # the echo backend's answer to a plain GET, relayed
+    client.send(
+        b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    switching = await client.answer()
+    assert switching.status == 101
+    client.send(b"\x81\x85" + b"\x00\x00\x00\x00" + b"hello")  # a masked text frame
+    async with asyncio.timeout(5):
+        frame = await client.reader.readexactly(7)
+    client.close()
+    assert frame == b"\x81\x05hello"
+
+
+async def test_drain_closes_a_keep_alive_connection_after_its_answer(
+    dataplane: Any, http_backend: Start
+) -> None:
+    gate = asyncio.Event()
+
+    async def held(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        if seen.target == "/held":
+            await gate.wait()
+        writer.write(response(200, b"ok"))
+
+    backend = await http_backend(handler=held)
+    config = listener(backends={"endpoints": [backend.endpoint]})
+    runtime: Runtime = await dataplane(snapshot(config))
+    port = runtime.listeners["ws"].config.port
+    idle = await Client.connect(port)
+    idle.send(get("/"))
+    assert (await idle.answer()).status == 200
+    busy = await Client.connect(port)
+    busy.send(get("/held"))
+    await wait_until(lambda: len(backend.requests) == 2)
+    # The listener leaves the config: its connections drain.
+    await runtime.apply(parse_snapshot(snapshot(version="2")))
+    assert await idle.closed()  # idle between requests: closed at once
+    gate.set()
+    answer = await busy.answer()
+    assert (answer.status, answer.field("Connection")) == (200, "close")
+    assert await busy.closed()
+    idle.close()
+    busy.close()
