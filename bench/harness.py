@@ -14,7 +14,8 @@ Settings (environment):
   BENCH_REPEAT            rounds of every measurement, interleaved by proxy (default 3;
                           the report shows medians)
   BENCH_IDLE_CONNECTIONS  idle connections held for the RSS figure (default 5000)
-  BENCH_PROXIES           comma list, of wslb,haproxy,nginx (default all)
+  BENCH_PROXIES           comma list, of wslb,haproxy,nginx,floor (default the first three;
+                          floor: bench/floor.py, a bare uvloop TCP relay, no WSS)
   BENCH_TESTS             comma list, of idle,idle-wss,idle-http,handshake,echo,bulk,wss,
                           http (default all); the HTTP rows alone: BENCH_TESTS=http,idle-http
   BENCH_HANDSHAKE_CONNECTIONS, BENCH_ECHO_CONNECTIONS, BENCH_BULK_CONNECTIONS,
@@ -463,6 +464,8 @@ def main() -> None:
                 continue
             found = idle[IDLE_KEYS[test]]
             for proxy in proxies:
+                if not proxy.supports(test):
+                    continue
                 if test == "idle-http" and measured_idle:
                     # A fresh process: memory the WS rows' connections freed would be reused
                     # by the keep-alive ones and hide their cost (measured: 0.00 KiB).
@@ -477,6 +480,8 @@ def main() -> None:
                     continue
                 # Odd rounds go in reverse order, so drift in the machine's load evens out.
                 for proxy in proxies if rnd % 2 == 0 else proxies[::-1]:
+                    if not proxy.supports(test):
+                        continue
                     m = run_load(test, proxy, backend, settings, rnd)
                     measurements.append(m)
                     d = m.derived

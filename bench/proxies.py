@@ -109,7 +109,14 @@ class Proxy:
                 cwd=self.working_directory(),
                 preexec_fn=die_with_parent,
             )
-        wait_listening([self.ws_port, self.wss_port, self.http_port], self.process, self.log)
+        wait_listening(self.listening_ports(), self.process, self.log)
+
+    def listening_ports(self) -> list[int]:
+        return [self.ws_port, self.wss_port, self.http_port]
+
+    def supports(self, test: str) -> bool:
+        """Whether the proxy can take part in a test (the floor has no TLS)."""
+        return True
 
     def working_directory(self) -> Path:
         return self.dir
@@ -355,6 +362,29 @@ http {{
         return out.strip() or "nginx"
 
 
+class Floor(Proxy):
+    """`bench/floor.py`: a bare uvloop TCP relay on the WS and HTTP ports, the floor for
+    any proxy on uvloop. Optional (`BENCH_PROXIES=...,floor`); not in the default run."""
+
+    name = "floor"
+
+    def write_config(self) -> list[str]:
+        ports = [str(self.backend_port), str(self.ws_port), str(self.http_port)]
+        return [sys.executable, "-m", "bench.floor", *ports]
+
+    def listening_ports(self) -> list[int]:
+        return [self.ws_port, self.http_port]
+
+    def supports(self, test: str) -> bool:
+        return test not in ("wss", "idle-wss")
+
+    def version(self) -> str:
+        return f"bare uvloop relay (uvloop {uvloop_version()})"
+
+    def working_directory(self) -> Path:
+        return REPO
+
+
 def uvloop_version() -> str:
     from importlib.metadata import version
 
@@ -368,4 +398,9 @@ def _binary(name: str) -> str:
     return found
 
 
-PROXIES: dict[str, type[Proxy]] = {"wslb": Wslb, "haproxy": HAProxy, "nginx": Nginx}
+PROXIES: dict[str, type[Proxy]] = {
+    "wslb": Wslb,
+    "haproxy": HAProxy,
+    "nginx": Nginx,
+    "floor": Floor,
+}

@@ -22,8 +22,13 @@ from typing import Any
 
 from bench.proxies import REPO
 
-PROXY_ORDER = ("wslb", "haproxy", "nginx")
-LABELS = {"wslb": "wslb (1 worker)", "haproxy": "HAProxy (nbthread 1)", "nginx": "nginx (1 worker)"}
+PROXY_ORDER = ("wslb", "haproxy", "nginx", "floor")
+LABELS = {
+    "wslb": "wslb (1 worker)",
+    "haproxy": "HAProxy (nbthread 1)",
+    "nginx": "nginx (1 worker)",
+    "floor": "bare uvloop relay (floor)",
+}
 NOTES = REPO / "bench" / "NOTES.md"
 PROPAGATION = REPO / "bench" / "results" / "propagation.md"
 BUSY_LOAD = 0.5
@@ -266,7 +271,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     proxies = proxies_in(results)
-    colors = {"wslb": "#2b6cb0", "haproxy": "#718096", "nginx": "#38a169"}
+    colors = {"wslb": "#2b6cb0", "haproxy": "#718096", "nginx": "#38a169", "floor": "#d69e2e"}
     panels: list[tuple[str, str, dict[str, float | None]]] = []
     for metric in METRICS:
         values = {p: median_of(results, metric.key, p, metric.field) for p in proxies}
@@ -367,6 +372,9 @@ METHOD = """\
   connection each, plus the backend connections it kept: at most 16 in wslb and nginx,
   up to the 200 of the opening burst in HAProxy (see its fd count). Run the HTTP rows
   alone with `BENCH_TESTS=http,idle-http` (see `bench/NOTES.md`).
+- **The floor** (optional, `BENCH_PROXIES=wslb,haproxy,nginx,floor`): `bench/floor.py`, a
+  bare uvloop TCP relay with one backend connection per client and no parsing, on the
+  WS and HTTP ports (no WSS): what any proxy on uvloop pays before doing any work.
 """
 
 

@@ -31,9 +31,9 @@ if ! "$PY" -c 'import picows, matplotlib' 2>/dev/null; then
 fi
 
 if [ "${BENCH_QUICK:-0}" != 0 ]; then
-  "$PY" -m bench.harness
-  "$PY" -m bench.report bench/results/quick.json --out bench/results/quick.md \
-    --plot bench/results/quick.png
+  out="${BENCH_OUT:-bench/results/quick.json}"
+  BENCH_OUT="$out" "$PY" -m bench.harness
+  "$PY" -m bench.report "$out" --out "${out%.json}.md" --plot "${out%.json}.png"
 elif [ -z "${BENCH_OUT:-}" ] || [ "$BENCH_OUT" = bench/results/results.json ]; then
   BENCH_OUT=bench/results/results.json "$PY" -m bench.harness
   "$PY" -m bench.report bench/results/results.json
