@@ -447,6 +447,12 @@ def main() -> None:
 
     backend = Backend(kind=settings.backend)
     info["backend"] = backend.kind
+    if backend.kind != "go" and {"http", "idle-http"} & set(settings.tests):
+        backend.stop()
+        raise SystemExit(
+            "bench: the HTTP rows need the Go backend (bench/echo-go; the picows one speaks "
+            "WebSocket only): install Go, or leave http and idle-http out of BENCH_TESTS"
+        )
     log(f"echo backend: {backend.kind}")
     proxies: list[Proxy] = []
     idle: dict[str, dict[str, Any]] = {key: {} for key in IDLE_KEYS.values()}
