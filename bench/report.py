@@ -370,7 +370,7 @@ METHOD = """\
   *Idle RSS*: as for WS, but each connection sends one GET, reads the answer and then
   stays open and idle; they are opened 200 at a time. The proxy holds a keep-alive client
   connection each, plus the backend connections it kept: at most 16 in wslb and nginx,
-  up to the 200 of the opening burst in HAProxy (see its fd count). Run the HTTP rows
+  as many as HAProxy chose to keep in HAProxy (see its fd count). Run the HTTP rows
   alone with `BENCH_TESTS=http,idle-http` (see `bench/NOTES.md`).
 - **The floor** (optional, `BENCH_PROXIES=wslb,haproxy,nginx,floor`): `bench/floor.py`, a
   bare uvloop TCP relay with one backend connection per client and no parsing, on the
