@@ -14,14 +14,21 @@ Settings (environment):
   BENCH_REPEAT            rounds of every measurement, interleaved by proxy (default 3;
                           the report shows medians)
   BENCH_IDLE_CONNECTIONS  idle connections held for the RSS figure (default 5000)
-  BENCH_PROXIES           comma list, of wslb,haproxy,nginx (default all)
-  BENCH_TESTS             comma list, of idle,idle-wss,handshake,echo,bulk,wss (default all)
-  BENCH_HANDSHAKE_CONNECTIONS, BENCH_ECHO_CONNECTIONS, BENCH_BULK_CONNECTIONS
-                          concurrent connections of each load (default 32, 64, 4)
+  BENCH_PROXIES           comma list, of wslb,haproxy,nginx,floor (default the first three;
+                          floor: bench/floor.py, a bare uvloop TCP relay, no WSS)
+  BENCH_TESTS             comma list, of idle,idle-wss,idle-http,handshake,echo,bulk,wss,
+                          http (default all); the HTTP rows alone: BENCH_TESTS=http,idle-http
+  BENCH_HANDSHAKE_CONNECTIONS, BENCH_ECHO_CONNECTIONS, BENCH_BULK_CONNECTIONS,
+  BENCH_HTTP_CONNECTIONS  concurrent connections of each load (default 32, 64, 4, 16: the
+                          HTTP clients no more than the 16 idle backend connections that
+                          wslb and nginx keep, or they close and redial backend connections)
   BENCH_BACKEND           go (bench/echo-go, built with the local Go; the default) or
                           picows (bench/echo_fast.py; also used when Go is missing)
   BENCH_OUT               results file (default bench/results/results.json;
                           quick mode: bench/results/quick.json)
+
+The HTTP rows use `bench/httpload.c` (a C epoll client, built with the local C compiler
+on first use) against the same Go backend, which answers plain requests with 1 KiB.
 """
 
 from __future__ import annotations
@@ -50,8 +57,9 @@ from bench.proxies import PROXIES, REPO, Proxy, uvloop_version
 LOAD_CPU = 0
 PROXY_CPU = 1
 RESULTS = REPO / "bench" / "results"
-TESTS = ("idle", "idle-wss", "handshake", "echo", "bulk", "wss")
-IDLE_TESTS = ("idle", "idle-wss")
+TESTS = ("idle", "idle-wss", "idle-http", "handshake", "echo", "bulk", "wss", "http")
+IDLE_TESTS = ("idle", "idle-wss", "idle-http")
+IDLE_KEYS = {"idle": "idle", "idle-wss": "idle_wss", "idle-http": "idle_http"}
 SETTLE_SECONDS = 1.0  # after the idle connections are open, before RSS is read
 
 
@@ -69,6 +77,7 @@ class Settings:
     handshake_connections: int = 32
     echo_connections: int = 64
     bulk_connections: int = 4
+    http_connections: int = 16
     bulk_window: int = 4
     small_size: int = 64
     bulk_size: int = 64 * 1024
@@ -96,6 +105,7 @@ class Settings:
             handshake_connections=int(env.get("BENCH_HANDSHAKE_CONNECTIONS", "32")),
             echo_connections=int(env.get("BENCH_ECHO_CONNECTIONS", "64")),
             bulk_connections=int(env.get("BENCH_BULK_CONNECTIONS", "4")),
+            http_connections=int(env.get("BENCH_HTTP_CONNECTIONS", "16")),
         )
 
 
@@ -179,6 +189,24 @@ def go_echo() -> Path | None:
     return binary
 
 
+def http_client() -> Path:
+    """Build the C HTTP load client (bench/httpload.c) unless it is built and current."""
+    source = REPO / "bench" / "httpload.c"
+    binary = REPO / "bench" / ".build" / "httpload"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("bench: the HTTP rows need a C compiler (cc); apt-get install gcc")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    built = subprocess.run(
+        [cc, "-O2", "-o", str(binary), str(source)], capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        raise SystemExit(f"bench: bench/httpload.c did not build: {built.stderr[-1000:]}")
+    return binary
+
+
 class Backend:
     """The echo backend, pinned to the load client's CPU: the Go one (`kind="go"`) or
     the picows one (`kind="picows"`, also the fallback when Go is missing)."""
@@ -223,8 +251,12 @@ class Backend:
 def load(
     args: list[str], watch: dict[str, list[int]], timeout: float, cpu: int | None = LOAD_CPU
 ) -> dict[str, Any]:
-    """Run the load client once (pinned) and return its JSON result."""
-    command = [python(), "-m", "bench.loadgen", *args]
+    """Run the load client once (pinned) and return its JSON result: the C client for
+    HTTP modes (`get`), the picows one for the rest."""
+    if args[0] == "get":
+        command = [str(http_client()), *args]
+    else:
+        command = [python(), "-m", "bench.loadgen", *args]
     for name, pids in watch.items():
         command += ["--watch", f"{name}={','.join(map(str, pids))}"]
     done = subprocess.run(
@@ -263,28 +295,34 @@ def derive(measurement: Measurement, backend_pid: int) -> None:
         d["p99_us"] = latency["p99"]
 
 
-def measure_idle(proxy: Proxy, settings: Settings, secure: bool = False) -> dict[str, Any]:
-    """RSS per idle WebSocket (or WSS) connection: VmRSS of the proxy tree before and after."""
-    url = proxy.wss_url if secure else proxy.ws_url
-    warm = ["--url", url, "--connections", "200", "--hold", "0.5", "--open-seconds", "20"]
-    load(["idle", *warm], {}, timeout=60)  # allocator and lazy imports warmed up once
+def idle_command(proxy: Proxy, test: str, connections: int, hold: float) -> list[str]:
+    """The client that opens `connections` idle connections: WS, WSS, or HTTP keep-alive
+    (one GET answered on each, then nothing)."""
+    shape = ["--connections", str(connections), "--hold", str(hold), "--open-seconds", "90"]
+    if test == "idle-http":
+        return [str(http_client()), "idle", "--port", str(proxy.http_port), *shape]
+    url = proxy.wss_url if test == "idle-wss" else proxy.ws_url
+    return [python(), "-m", "bench.loadgen", "idle", "--url", url, *shape]
+
+
+def measure_idle(proxy: Proxy, settings: Settings, test: str = "idle") -> dict[str, Any]:
+    """RSS per idle WS, WSS or keep-alive HTTP connection: VmRSS of the proxy tree before
+    and after."""
+    warm = idle_command(proxy, test, 200, 0.5)
+    # Allocator and lazy imports warmed up once: 200 connections opened, then closed.
+    subprocess.run(
+        pinned(LOAD_CPU, *warm),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
+        preexec_fn=die_with_parent,
+        check=True,
+    )
     time.sleep(SETTLE_SECONDS)
     pids = proxy.pids()
     before = total_rss_kib(pids)
-    command = [
-        python(),
-        "-m",
-        "bench.loadgen",
-        "idle",
-        "--url",
-        url,
-        "--connections",
-        str(settings.idle_connections),
-        "--hold",
-        "120",
-        "--open-seconds",
-        "90",
-    ]
+    command = idle_command(proxy, test, settings.idle_connections, 120)
     client = subprocess.Popen(
         pinned(LOAD_CPU, *command),
         stdin=subprocess.PIPE,
@@ -344,6 +382,14 @@ def run_load(
             "--connections",
             str(settings.handshake_connections),
         ]
+    elif test == "http":
+        args = [
+            "get",
+            "--port",
+            str(proxy.http_port),
+            "--connections",
+            str(settings.http_connections),
+        ]
     elif test == "echo":
         args = [
             "echo",
@@ -401,10 +447,15 @@ def main() -> None:
 
     backend = Backend(kind=settings.backend)
     info["backend"] = backend.kind
+    if backend.kind != "go" and {"http", "idle-http"} & set(settings.tests):
+        backend.stop()
+        raise SystemExit(
+            "bench: the HTTP rows need the Go backend (bench/echo-go; the picows one speaks "
+            "WebSocket only): install Go, or leave http and idle-http out of BENCH_TESTS"
+        )
     log(f"echo backend: {backend.kind}")
     proxies: list[Proxy] = []
-    idle: dict[str, Any] = {}
-    idle_wss: dict[str, Any] = {}
+    idle: dict[str, dict[str, Any]] = {key: {} for key in IDLE_KEYS.values()}
     measurements: list[Measurement] = []
     try:
         for name in settings.proxies:
@@ -413,18 +464,30 @@ def main() -> None:
             proxies.append(proxy)
             log(f"{name} pid {proxy.pids()} on {proxy.ws_url} and {proxy.wss_url}")
         info["versions"] = {proxy.name: proxy.version() for proxy in proxies}
-        for test, found in (("idle", idle), ("idle-wss", idle_wss)):
+        measured_idle = False
+        for test in IDLE_TESTS:
             if test not in settings.tests:
                 continue
+            found = idle[IDLE_KEYS[test]]
             for proxy in proxies:
-                found[proxy.name] = measure_idle(proxy, settings, secure=test == "idle-wss")
+                if not proxy.supports(test):
+                    continue
+                if test == "idle-http" and measured_idle:
+                    # A fresh process: memory the WS rows' connections freed would be reused
+                    # by the keep-alive ones and hide their cost (measured: 0.00 KiB).
+                    proxy.stop()
+                    proxy.start()
+                found[proxy.name] = measure_idle(proxy, settings, test)
                 log(f"{test} {proxy.name}: {found[proxy.name]['kib_per_connection']:.2f} KiB/conn")
+            measured_idle = True
         for rnd in range(settings.repeat):
             for test in settings.tests:
                 if test in IDLE_TESTS:
                     continue
                 # Odd rounds go in reverse order, so drift in the machine's load evens out.
                 for proxy in proxies if rnd % 2 == 0 else proxies[::-1]:
+                    if not proxy.supports(test):
+                        continue
                     m = run_load(test, proxy, backend, settings, rnd)
                     measurements.append(m)
                     d = m.derived
@@ -449,8 +512,7 @@ def main() -> None:
     results = {
         "machine": info,
         "settings": settings_out,
-        "idle": idle,
-        "idle_wss": idle_wss,
+        **idle,
         "measurements": [asdict(m) for m in measurements],
     }
     settings.out.parent.mkdir(parents=True, exist_ok=True)

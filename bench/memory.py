@@ -6,7 +6,11 @@ connections through it to the picows echo backend, and compares snapshots: the P
 and C (PyMem) allocations alive per connection, by source line. Kernel socket buffers are
 not in RSS and not here. Writes `bench/results/profile/idle-memory.md`.
 
-Run: `python -m bench.memory [N]` (default 2000).
+With `--http` the connections are keep-alive HTTP instead: each sends one GET (the C
+client, `bench/httpload.c`), reads the 1 KiB answer and stays idle; writes
+`bench/results/profile/idle-http-memory.md`.
+
+Run: `python -m bench.memory [N] [--http]` (default 2000).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
-from bench.harness import LOAD_CPU, Backend, pinned, python
+from bench.harness import LOAD_CPU, Backend, http_client, pinned, python
 from bench.procstat import raise_nofile, rss_kib
 from bench.proxies import REPO, free_port
 
 OUT = REPO / "bench" / "results" / "profile" / "idle-memory.md"
+OUT_HTTP = REPO / "bench" / "results" / "profile" / "idle-http-memory.md"
 
 
 def config_text(port: int, backend_port: int) -> str:
@@ -41,7 +46,7 @@ listeners:
 """
 
 
-async def measure(count: int, backend_port: int) -> str:
+async def measure(count: int, backend_port: int, http: bool = False) -> str:
     from dataplane.config import load_file
     from dataplane.runtime import Runtime
 
@@ -53,11 +58,14 @@ async def measure(count: int, backend_port: int) -> str:
     url = f"ws://127.0.0.1:{port}/"
 
     async def hold(n: int) -> tuple[asyncio.subprocess.Process, dict[str, object]]:
+        shape = ["--connections", str(n), "--hold", "120"]
+        if http:
+            command = [str(http_client()), "idle", "--port", str(port), *shape]
+        else:
+            command = [python(), "-m", "bench.loadgen", "idle", "--url", url, *shape]
         client = await asyncio.create_subprocess_exec(
-            *pinned(LOAD_CPU, python(), "-m", "bench.loadgen", "idle", "--url", url,
-                    "--connections", str(n), "--hold", "120"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
-        )  # fmt: skip
+            *pinned(LOAD_CPU, *command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO
+        )
         assert client.stdout is not None
         ready = json.loads(await client.stdout.readline())
         await asyncio.sleep(1.0)
@@ -86,7 +94,8 @@ async def measure(count: int, backend_port: int) -> str:
     stats = after.compare_to(before, "lineno")
     traced = sum(stat.size_diff for stat in stats)
     lines = [
-        "# wslb: memory per idle WebSocket connection (tracemalloc)",
+        f"# wslb: memory per idle {'keep-alive HTTP' if http else 'WebSocket'} connection "
+        "(tracemalloc)",
         "",
         f"{opened} idle connections through one data-plane Runtime (in-process, uvloop).",
         f"RSS grew {(rss_after - rss_before) / opened:.2f} KiB per connection (tracemalloc "
@@ -124,17 +133,20 @@ def _short(filename: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
+    http = "--http" in args
+    args = [arg for arg in args if arg != "--http"]
     count = int(args[0]) if args else 2000
     raise_nofile()
     backend = Backend(kind="go")
     try:
         import uvloop
 
-        text = uvloop.run(measure(count, backend.port))
+        text = uvloop.run(measure(count, backend.port, http))
     finally:
         backend.stop()
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text)
+    out = OUT_HTTP if http else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
     print(text)
 
 

@@ -7,7 +7,8 @@ the collapsed stacks (`bench/results/profile/<test>.txt`, not kept in git) and a
 of self and inclusive time by function (`bench/results/profile/<test>.md`; with C frames:
 `<test>-native.md`).
 
-Run: `python -m bench.profile [handshake echo bulk wss]` (needs `pip install py-spy`).
+Run: `python -m bench.profile [handshake echo bulk wss http]` (needs `pip install py-spy`;
+`http` is the keep-alive GET load of the HTTP row, from the C client).
 Settings: BENCH_PROFILE_SECONDS (default 8), BENCH_PROFILE_NATIVE=1 (C frames too).
 """
 
@@ -23,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.harness import LOAD_CPU, PROXY_CPU, Backend, Settings, pinned, python
+from bench.harness import LOAD_CPU, PROXY_CPU, Backend, Settings, http_client, pinned, python
 from bench.proxies import REPO, Wslb
 
 OUT = REPO / "bench" / "results" / "profile"
@@ -71,8 +72,15 @@ def summarize(collapsed: Path, test: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_args(test: str, wslb: Wslb, settings: Settings, seconds: float) -> list[str]:
+def load_command(test: str, wslb: Wslb, settings: Settings, seconds: float) -> list[str]:
     timing = ["--duration", str(seconds + 2), "--warmup", "0.5"]
+    if test == "http":
+        shape = ["--port", str(wslb.http_port), "--connections", str(settings.http_connections)]
+        return [str(http_client()), "get", *shape, *timing]
+    return [python(), "-m", "bench.loadgen", *load_args(test, wslb, settings, timing)]
+
+
+def load_args(test: str, wslb: Wslb, settings: Settings, timing: list[str]) -> list[str]:
     if test in ("handshake", "wss"):
         url = wslb.wss_url if test == "wss" else wslb.ws_url
         shape = ["--connections", str(settings.handshake_connections)]
@@ -103,7 +111,7 @@ def profile(test: str, seconds: float, native: bool) -> Path:
     collapsed = OUT / f"{stem}.txt"
     try:
         wslb.start()
-        command = [python(), "-m", "bench.loadgen", *load_args(test, wslb, settings, seconds)]
+        command = load_command(test, wslb, settings, seconds)
         client = subprocess.Popen(
             pinned(LOAD_CPU, *command), cwd=REPO, stdout=subprocess.PIPE, text=True
         )

@@ -1,11 +1,15 @@
-"""The three proxies under test, each configured as a one-worker WS/WSS proxy in front of
-one echo backend: wslb (`dataplane.cli`, 1 worker), HAProxy (`nbthread 1`) and nginx
+"""The three proxies under test, each configured as a one-worker WS/WSS and HTTP proxy in
+front of one backend: wslb (`dataplane.cli`, 1 worker), HAProxy (`nbthread 1`) and nginx
 (`worker_processes 1`).
 
 Every proxy gets a WS port and a WSS port (TLS 1.2+, the same ECDSA P-256 certificate),
 adds the same forwarding headers as wslb does (X-Forwarded-For/-Proto/-Port, X-Real-IP),
 has a one-hour idle timeout (idle connections must stay open while RSS is read), no
-health checks, no access log, and runs pinned to one CPU with `taskset`. This module
+health checks, no access log, and runs pinned to one CPU with `taskset`. A third port
+proxies plain HTTP/1.1 the same way in all three: keep-alive to clients (one-hour idle
+timeout, no cap on requests per connection) and to the backend (idle backend connections
+kept for reuse; 16 at most in wslb and nginx, HAProxy's default reuse) and adds a Via
+header as wslb does. This module
 writes configs and starts and stops only the processes it started, by PID.
 """
 
@@ -25,6 +29,8 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 REPO = Path(__file__).resolve().parent.parent
 MAX_CONNECTIONS = 9000  # HAProxy needs 2 fds per connection below the 20000 hard limit
+POOL_IDLE = 16  # idle backend connections kept (wslb's default in dataplane/pool.py)
+REQUESTS_PER_CONNECTION = 1_000_000  # the largest wslb accepts: in effect no cap
 
 
 def free_port() -> int:
@@ -68,6 +74,7 @@ class Proxy:
         self.cpu = cpu
         self.ws_port = free_port()
         self.wss_port = free_port()
+        self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "output.log"
 
@@ -78,6 +85,10 @@ class Proxy:
     @property
     def wss_url(self) -> str:
         return f"wss://127.0.0.1:{self.wss_port}/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/"
 
     def write_config(self) -> list[str]:
         """Write the config files; return the command line."""
@@ -98,7 +109,14 @@ class Proxy:
                 cwd=self.working_directory(),
                 preexec_fn=die_with_parent,
             )
-        wait_listening([self.ws_port, self.wss_port], self.process, self.log)
+        wait_listening(self.listening_ports(), self.process, self.log)
+
+    def listening_ports(self) -> list[int]:
+        return [self.ws_port, self.wss_port, self.http_port]
+
+    def supports(self, test: str) -> bool:
+        """Whether the proxy can take part in a test (the floor has no TLS)."""
+        return True
 
     def working_directory(self) -> Path:
         return self.dir
@@ -151,6 +169,17 @@ listeners:
     tls:
       certificates:
         - {{certificateFile: {self.cert}, privateKeyFile: {self.key}}}
+    backends: {backends}
+  - name: http
+    protocol: HTTP
+    address: 127.0.0.1
+    port: {self.http_port}
+    idleTimeoutSeconds: 3600
+    limits: {limits}
+    http:
+      keepAliveTimeoutSeconds: 3600
+      maxRequestsPerConnection: {REQUESTS_PER_CONNECTION}
+    accessLog: {{enabled: false}}
     backends: {backends}
 """
         )
@@ -216,6 +245,15 @@ frontend wss
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header X-Real-IP %[src]
     default_backend echo
+frontend http
+    bind 127.0.0.1:{self.http_port}
+    maxconn {MAX_CONNECTIONS}
+    timeout http-keep-alive 3600s
+    http-request add-header Via "1.1 wslb"
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Real-IP %[src]
+    default_backend echo
 backend echo
     server echo1 127.0.0.1:{self.backend_port}
 """
@@ -271,6 +309,28 @@ http {{
     upstream echo {{
         server 127.0.0.1:{self.backend_port};
     }}
+    upstream web {{
+        server 127.0.0.1:{self.backend_port};
+        keepalive {POOL_IDLE};
+        keepalive_requests {REQUESTS_PER_CONNECTION};
+        keepalive_timeout 3600s;
+    }}
+    server {{
+        listen 127.0.0.1:{self.http_port} backlog=4096;
+        keepalive_timeout 3600s;
+        keepalive_requests {REQUESTS_PER_CONNECTION};
+        location / {{
+            proxy_pass http://web;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Via "1.1 wslb";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Real-IP $remote_addr;
+        }}
+    }}
     server {{
         listen 127.0.0.1:{self.ws_port} backlog=4096;
 {common}
@@ -302,6 +362,29 @@ http {{
         return out.strip() or "nginx"
 
 
+class Floor(Proxy):
+    """`bench/floor.py`: a bare uvloop TCP relay on the WS and HTTP ports, the floor for
+    any proxy on uvloop. Optional (`BENCH_PROXIES=...,floor`); not in the default run."""
+
+    name = "floor"
+
+    def write_config(self) -> list[str]:
+        ports = [str(self.backend_port), str(self.ws_port), str(self.http_port)]
+        return [sys.executable, "-m", "bench.floor", *ports]
+
+    def listening_ports(self) -> list[int]:
+        return [self.ws_port, self.http_port]
+
+    def supports(self, test: str) -> bool:
+        return test not in ("wss", "idle-wss")
+
+    def version(self) -> str:
+        return f"bare uvloop relay (uvloop {uvloop_version()})"
+
+    def working_directory(self) -> Path:
+        return REPO
+
+
 def uvloop_version() -> str:
     from importlib.metadata import version
 
@@ -315,4 +398,9 @@ def _binary(name: str) -> str:
     return found
 
 
-PROXIES: dict[str, type[Proxy]] = {"wslb": Wslb, "haproxy": HAProxy, "nginx": Nginx}
+PROXIES: dict[str, type[Proxy]] = {
+    "wslb": Wslb,
+    "haproxy": HAProxy,
+    "nginx": Nginx,
+    "floor": Floor,
+}

@@ -2,6 +2,8 @@
 # `make bench`: install what the benchmark needs if missing, run it, write BENCHMARKS.md.
 # Not part of `make test` or CI. Quick mode for development: BENCH_QUICK=1 make bench
 # (short windows; writes bench/results/quick.* and leaves BENCHMARKS.md alone).
+# Some rows only, e.g. HTTP: BENCH_TESTS=http,idle-http BENCH_OUT=bench/results/http.json
+# make bench (writes bench/results/http.{json,md,png}; BENCHMARKS.md is left alone).
 # Other settings: see `python -m bench.harness` (bench/harness.py docstring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is missing" >&2; exit 1; }
+command -v cc >/dev/null || { echo "bench: a C compiler (cc) is missing: it builds bench/httpload.c" >&2; exit 1; }
 
 # picows (the load client and backend) and matplotlib (the plot) into the same Python.
 if ! "$PY" -c 'import picows, matplotlib' 2>/dev/null; then
@@ -28,11 +31,14 @@ if ! "$PY" -c 'import picows, matplotlib' 2>/dev/null; then
 fi
 
 if [ "${BENCH_QUICK:-0}" != 0 ]; then
-  "$PY" -m bench.harness
-  "$PY" -m bench.report bench/results/quick.json --out bench/results/quick.md \
-    --plot bench/results/quick.png
-else
-  out="${BENCH_OUT:-bench/results/results.json}"
+  out="${BENCH_OUT:-bench/results/quick.json}"
   BENCH_OUT="$out" "$PY" -m bench.harness
-  "$PY" -m bench.report "$out"
+  "$PY" -m bench.report "$out" --out "${out%.json}.md" --plot "${out%.json}.png"
+elif [ -z "${BENCH_OUT:-}" ] || [ "$BENCH_OUT" = bench/results/results.json ]; then
+  BENCH_OUT=bench/results/results.json "$PY" -m bench.harness
+  "$PY" -m bench.report bench/results/results.json
+else
+  # Another results file (e.g. a run of some rows only): its report beside it, not BENCHMARKS.md.
+  "$PY" -m bench.harness
+  "$PY" -m bench.report "$BENCH_OUT" --out "${BENCH_OUT%.json}.md" --plot "${BENCH_OUT%.json}.png"
 fi

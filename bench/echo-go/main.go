@@ -3,12 +3,16 @@
 // answers a Close with the same code, then closes TCP first (RFC 6455 §7.1.1). Standard
 // library only. It prints "READY <port>" once it listens.
 //
+// A request that is not an upgrade is answered with 200 and a fixed 1 KiB body, and the
+// connection is kept alive for the next request (the HTTP rows of `make bench`).
+//
 // It exists so that the backend takes as little as possible of the CPU that it shares
 // with the load client (bench/echo_fast.py, the picows backend, is the fallback).
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
@@ -18,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -51,6 +56,10 @@ func serve(conn net.Conn) {
 	if err != nil {
 		return
 	}
+	if request.Header.Get("Upgrade") == "" {
+		serveHTTP(conn, reader, request)
+		return
+	}
 	key := request.Header.Get("Sec-WebSocket-Key")
 	if !strings.EqualFold(request.Header.Get("Upgrade"), "websocket") || key == "" {
 		io.WriteString(conn, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -61,6 +70,77 @@ func serve(conn net.Conn) {
 		"Connection: Upgrade\r\nSec-WebSocket-Accept: "+
 		base64.StdEncoding.EncodeToString(sum[:])+"\r\n\r\n")
 	echo(conn, reader)
+}
+
+// response is the whole answer to every plain request: a head and a 1 KiB body, one write.
+var response = func() []byte {
+	body := strings.Repeat("wslb-bench 1 KiB body, the same bytes for every request.\n", 18)
+	body = body[:1023] + "\n"
+	return []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
+		fmt.Sprint(len(body)) + "\r\n\r\n" + body)
+}()
+
+// serveHTTP answers plain requests on one keep-alive connection until the client closes it,
+// asks to close, or sends what this reader does not handle (a chunked body, a bad head).
+// Only the first request goes through net/http's parser; the next ones are read line by
+// line without allocating, so that the backend costs its shared CPU as little as it can.
+func serveHTTP(conn net.Conn, reader *bufio.Reader, request *http.Request) {
+	if _, err := io.Copy(io.Discard, request.Body); err != nil {
+		return
+	}
+	closing := request.Close
+	for {
+		if _, err := conn.Write(response); err != nil || closing {
+			return
+		}
+		var body int64
+		var ok bool
+		if body, closing, ok = readHead(reader); !ok {
+			return
+		}
+		if _, err := reader.Discard(int(body)); err != nil {
+			return
+		}
+	}
+}
+
+// readHead reads one request head; it returns the body's Content-Length, whether the
+// client asked to close, and false for anything else (EOF, chunked, a malformed line).
+func readHead(reader *bufio.Reader) (int64, bool, bool) {
+	var length int64
+	closing, first := false, true
+	for {
+		line, err := reader.ReadSlice('\n')
+		if err != nil || len(line) < 2 || line[len(line)-2] != '\r' {
+			return 0, false, false
+		}
+		line = line[:len(line)-2]
+		if first {
+			if !bytes.HasSuffix(line, []byte(" HTTP/1.1")) {
+				return 0, false, false
+			}
+			first = false
+			continue
+		}
+		if len(line) == 0 {
+			return length, closing, true
+		}
+		name, value, found := bytes.Cut(line, []byte(":"))
+		if !found {
+			return 0, false, false
+		}
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("content-length")):
+			if length, err = strconv.ParseInt(string(value), 10, 64); err != nil || length < 0 || length > 1<<30 {
+				return 0, false, false
+			}
+		case bytes.EqualFold(name, []byte("transfer-encoding")):
+			return 0, false, false
+		case bytes.EqualFold(name, []byte("connection")):
+			closing = bytes.Contains(bytes.ToLower(value), []byte("close"))
+		}
+	}
 }
 
 // echo relays frames back until a Close or an error. Server frames are never masked.
