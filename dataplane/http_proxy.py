@@ -20,7 +20,8 @@ connection reset or closed before answering); and only while its body so far is 
 REPLAY_LIMIT. Otherwise the client gets 502 (503 when no endpoint is ready at all).
 
 It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
-(group.py); metrics and the access log are the listener's (`HttpSite.request_done`).
+(group.py); metrics and the access log are the listener's (`HttpSite.count_request`,
+`HttpSite.log_request`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from dataplane.http1 import (
     RequestEvent,
     RequestHead,
     RequestReader,
+    ResponseEvent,
     ResponseHead,
     ResponseReader,
     Upgrade,
@@ -80,7 +82,13 @@ class HttpSite(Protocol):
     retired: bool
 
     def route(self, host: str, target: str) -> BackendGroup: ...
-    def request_done(self, record: RequestRecord) -> None: ...
+
+    keeps_heads: bool  # the access log is on: build a record per request
+
+    def count_request(
+        self, rule: str, method: bytes, status: int, duration: float, rejection: str
+    ) -> None: ...
+    def log_request(self, record: RequestRecord) -> None: ...
     def count_backend_error(self, group: str, kind: str) -> None: ...
     def count_backend_failure(self, endpoint: EndpointState) -> None: ...
 
@@ -465,10 +473,24 @@ class HttpSession:
             self._drop_backend(exchange)
             self._answer_self(exchange, rejection)
             return
+        self._relay_all(exchange, conn, events)
+
+    def _relay_all(
+        self, exchange: _Exchange, conn: BackendConn, events: list[ResponseEvent]
+    ) -> None:
+        """Relay the events of one read in one write (a syscall per read, not per event),
+        then finish the exchange if its answer ended."""
+        out: list[bytes] = []
+        ended = False
         for event in events:
-            self._relay(exchange, conn, event)
-            if self.current is not exchange:
-                return
+            if self._relay(exchange, event, out):
+                ended = True
+                break
+        transport = self.client.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if ended:
+            self._finish(exchange, conn)
 
     def backend_lost(self, conn: BackendConn) -> None:
         exchange = self.current
@@ -485,8 +507,7 @@ class HttpSession:
             self._drop_backend(exchange)
             self._answer_self(exchange, rejection)
             return
-        for event in events:
-            self._relay(exchange, conn, event)
+        self._relay_all(exchange, conn, events)
 
     def _backend_failed(self, exchange: _Exchange, kind: str, why: str) -> None:
         """Nothing of the answer came: retry when that is safe, else 502."""
@@ -515,15 +536,13 @@ class HttpSession:
             exchange.endpoint.active -= 1
             exchange.endpoint = None
 
-    def _relay(self, exchange: _Exchange, conn: BackendConn, event: object) -> None:
-        transport = self.client.transport
-        if transport is None or transport.is_closing():
-            return
+    def _relay(self, exchange: _Exchange, event: object, out: list[bytes]) -> bool:
+        """Add what `event` sends to the client to `out`; True at the answer's end."""
         kind = type(event)
         if kind is Body:
             data = cast(Body, event).data
             exchange.body_out += len(data)
-            transport.write(frame_chunk(data) if exchange.client_framing == "chunked" else data)
+            out.append(frame_chunk(data) if exchange.client_framing == "chunked" else data)
         elif kind is ResponseHead:
             self._cancel_timer()
             head = cast(ResponseHead, event)
@@ -537,16 +556,17 @@ class HttpSession:
             if self.draining or self.site.retired:
                 exchange.keep_alive = False
             exchange.client_framing = head.client_framing(exchange.head.version)
-            transport.write(
+            out.append(
                 head.render(client_version=exchange.head.version, keep_alive=exchange.keep_alive)
             )
             exchange.head_sent = True
         elif kind is EndOfMessage:
             if exchange.client_framing == "chunked":
-                transport.write(LAST_CHUNK)
-            self._finish(exchange, conn)
+                out.append(LAST_CHUNK)
+            return True
         elif kind is Informational and exchange.head.version == b"1.1":
-            transport.write(cast(Informational, event).render())
+            out.append(cast(Informational, event).render())
+        return False
 
     def _finish(self, exchange: _Exchange, conn: BackendConn | None) -> None:
         """The answer is complete: pool or close the backend, then the next request."""
@@ -588,7 +608,11 @@ class HttpSession:
         now = client.loop.time()
         head = exchange.head
         duration = now - exchange.started
-        self.site.request_done(
+        site = self.site
+        site.count_request(exchange.group.name, head.method, exchange.status, duration, rejection)
+        if not site.keeps_heads:
+            return  # no access log: no record built
+        site.log_request(
             RequestRecord(
                 client=client.client_ip,
                 client_port=client.client_port,
@@ -629,7 +653,12 @@ class HttpSession:
         transport = self.client.transport
         if transport is not None and not transport.is_closing():
             transport.write(rejection.render())
-        self.site.request_done(
+        method = head.method if head is not None else b""
+        self.site.count_request("none", method, rejection.status, 0.0, rejection.label)
+        if not self.site.keeps_heads:
+            self._close(linger=True)
+            return
+        self.site.log_request(
             RequestRecord(
                 client=self.client.client_ip,
                 client_port=self.client.client_port,
