@@ -654,7 +654,7 @@ class HttpSession:
         if transport is not None and not transport.is_closing():
             transport.write(rejection.render())
         method = head.method if head is not None else b""
-        self.site.count_request("none", method, rejection.status, 0.0, rejection.label)
+        self.site.count_request("", method, rejection.status, 0.0, rejection.label)
         if not self.site.keeps_heads:
             self._close(linger=True)
             return
@@ -663,7 +663,7 @@ class HttpSession:
                 client=self.client.client_ip,
                 client_port=self.client.client_port,
                 listener=self.site.name,
-                rule="none",
+                rule="",
                 backend="",
                 status=rejection.status,
                 rejection=rejection.label,
