@@ -8,23 +8,25 @@ the digest only moves when the content does. It must not import kopf, do I/O, or
 at data-plane sessions (Programmed is status.py's).
 
     Listener left out of the snapshot when:  spec invalid, port or nodePort taken by an
-    older Listener, HTTPS Secret missing or invalid, sticky `insert` without the
-    LoadBalancer's sticky secret.
-    Listener kept, with ResolvedRefs=False:  a backend Service (or its port) missing;
-    its endpoints are simply absent, so the data plane answers 503 before the upgrade.
+    older Listener, no certificate Secret of an HTTPS listener present and valid, sticky
+    `insert` (on any group) without the LoadBalancer's sticky secret.
+    Listener kept, with ResolvedRefs=False:  a backend Service (or its port) missing, in
+    the default group or a rule; that group's endpoints are simply absent, so the data
+    plane answers its requests with 503 and the other groups serve on. One of several
+    certificate Secrets missing or invalid: the others are served.
+    Listener kept, with Conflicted=True:  a rule with the same match as an earlier rule.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
+from controller import rules as rule_checks
 from controller import status as st
+from controller.certificates import certificate_problem, server_names
 from controller.models import (
     STICKY_SECRET_KEY,
     TLS_CERT_KEY,
@@ -32,11 +34,14 @@ from controller.models import (
     BackendRef,
     IpFamilyPolicy,
     Listener,
+    ListenerSpec,
+    ListenerTls,
     LoadBalancer,
+    RuleSpec,
     Tier,
     key_of,
 )
-from controller.status import ACCEPTED, RESOLVED_REFS, UNKNOWN, Condition
+from controller.status import ACCEPTED, CONFLICTED, RESOLVED_REFS, UNKNOWN, Condition
 from controller.store import Store, config_secret_name
 from lbwire import snapshot as wire
 
@@ -128,10 +133,12 @@ class ListenerResult:
     generation: int
     accepted: Condition
     resolved_refs: Condition
+    conflicted: Condition
     in_snapshot: bool = False
     why_not: str = ""  # why it is not in the snapshot (for Programmed=False Pending)
-    ready_backends: int = 0
+    ready_backends: int = 0  # distinct endpoints across the default group and the rules
     total_backends: int = 0
+    rule_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -256,7 +263,9 @@ def _refused(item: Listener, reason: str, message: str) -> ListenerResult:
         generation=generation,
         accepted=Condition.of(ACCEPTED, False, reason, message, generation),
         resolved_refs=Condition(RESOLVED_REFS, UNKNOWN, reason, "not accepted", generation),
+        conflicted=Condition(CONFLICTED, UNKNOWN, reason, "not accepted", generation),
         why_not=f"not accepted: {message}",
+        rule_count=len(item.spec.rules) if item.spec is not None else 0,
     )
 
 
@@ -278,41 +287,32 @@ def _listener(
     namespace, generation = item.meta.namespace, item.meta.generation
     problems: list[tuple[str, str]] = []  # (reason, message)
 
-    groups: list[tuple[int, list[wire.Endpoint]]] = []
-    for ref in spec.backends:
-        found, problem = _endpoints(store, namespace, ref)
-        if problem is not None:
-            problems.append((st.REASON_SERVICE_NOT_FOUND, problem))
-        groups.append((ref.weight, found))
-    ordered = spread_weights(groups)
+    default, blocking = _group(store, namespace, spec, sticky_secret, item.ref, problems, "")
+    rules: list[wire.Rule] = []
+    for rule in spec.rules:
+        backends, rule_blocks = _group(
+            store, namespace, rule, sticky_secret, item.ref, problems, f"rule {rule.name}: "
+        )
+        blocking = blocking or rule_blocks
+        rules.append(
+            wire.Rule(
+                name=rule.name,
+                match=rule.match,
+                backends=backends,
+                idle_timeout_seconds=rule.idle_timeout_seconds,
+                keepalive=rule.keepalive,
+                drain_timeout_seconds=rule.drain_timeout_seconds,
+                max_message_bytes=rule.max_message_bytes,
+            )
+        )
 
     tls: wire.Tls | None = None
-    blocking = False
     if spec.tls is not None:
-        secret_name = spec.tls.secret_name
-        secret = store.secrets.get(key_of(namespace, secret_name))
-        if secret is None:
-            problems.append((st.REASON_SECRET_NOT_FOUND, f"Secret {secret_name} not found"))
-            blocking = True
+        certificates = _certificates(store, namespace, spec.tls, problems)
+        if certificates:
+            tls = wire.Tls(certificates=certificates, min_version=spec.tls.min_version)
         else:
-            cert, key = secret.text(TLS_CERT_KEY), secret.text(TLS_KEY_KEY)
-            error = certificate_problem(cert or "", key or "")
-            if error is not None or cert is None or key is None:
-                problems.append((st.REASON_INVALID_CERTIFICATE, f"Secret {secret_name}: {error}"))
-                blocking = True
-            else:
-                tls = wire.Tls(
-                    certificates=[wire.Certificate(certificate_pem=cert, private_key_pem=key)],
-                    min_version=spec.tls.min_version,
-                )
-
-    sticky = spec.sticky_session
-    if sticky.mode is wire.StickyMode.INSERT and not sticky_secret:
-        name = config_secret_name(item.ref)
-        problems.append(
-            (st.REASON_SECRET_NOT_FOUND, f"Secret {name} (key {STICKY_SECRET_KEY}) not found")
-        )
-        blocking = True
+            blocking = True
 
     if problems:
         reason = problems[0][0]
@@ -320,40 +320,35 @@ def _listener(
         resolved = Condition.of(RESOLVED_REFS, False, reason, message, generation)
     else:
         resolved = Condition.of(RESOLVED_REFS, True, st.REASON_RESOLVED_REFS, "", generation)
+    conflicted = _conflicted(spec, generation)
+    endpoints = [*default.endpoints, *(e for rule in rules for e in rule.backends.endpoints)]
     counts = {
-        "ready_backends": sum(1 for e in ordered if e.ready),
-        "total_backends": len(ordered),
+        "ready_backends": len({e.key for e in endpoints if e.ready}),
+        "total_backends": len({e.key for e in endpoints}),
+        "rule_count": len(spec.rules),
     }
     accepted = Condition.of(ACCEPTED, True, st.REASON_ACCEPTED, "", generation)
+    name = item.meta.name
     if blocking:
         why = f"unresolved references: {resolved.message}"
         result = ListenerResult(
-            item.meta.key, item.meta.name, generation, accepted, resolved, False, why, **counts
+            item.meta.key, name, generation, accepted, resolved, conflicted, False, why, **counts
         )
         return result, None
     try:
         listener = wire.Listener(
-            name=item.meta.name,
+            name=name,
             address=address,
             protocol=spec.protocol,
             port=spec.port,
             tls=tls,
-            backends=wire.Backends(
-                scheduler=spec.scheduler,
-                hash=wire.HashPolicy(source=spec.hash.source, name=spec.hash.name or None),
-                sticky=wire.StickySession(
-                    mode=sticky.mode,
-                    cookie_name=sticky.cookie_name,
-                    max_age_seconds=sticky.max_age_seconds,
-                    secret=sticky_secret if sticky.mode is wire.StickyMode.INSERT else None,
-                ),
-                health_check=spec.health_check,
-                endpoints=ordered,
-            ),
+            backends=default,
+            rules=rules,
             idle_timeout_seconds=spec.idle_timeout_seconds,
             keepalive=spec.keepalive,
             drain_timeout_seconds=spec.drain_timeout_seconds,
             limits=spec.limits,
+            http=spec.http,
             source_ranges=spec.source_ranges,
             allowed_origins=sorted(spec.allowed_origins),
             forwarded_headers=spec.forwarded_headers,
@@ -366,9 +361,91 @@ def _listener(
         )
         return _refused(item, st.REASON_INVALID, message), None
     result = ListenerResult(
-        item.meta.key, item.meta.name, generation, accepted, resolved, True, "", **counts
+        item.meta.key, name, generation, accepted, resolved, conflicted, True, "", **counts
     )
     return result, listener
+
+
+def _group(
+    store: Store,
+    namespace: str,
+    spec: ListenerSpec | RuleSpec,
+    sticky_secret: str | None,
+    load_balancer: str,
+    problems: list[tuple[str, str]],
+    label: str,
+) -> tuple[wire.Backends, bool]:
+    """One backend group (the listener's default or a rule's) with its endpoints resolved
+    through EndpointSlices; adds what is missing to `problems` (each message prefixed with
+    `label`) and says whether that keeps the listener out of the snapshot."""
+    groups: list[tuple[int, list[wire.Endpoint]]] = []
+    for ref in spec.backends:
+        found, problem = _endpoints(store, namespace, ref)
+        if problem is not None:
+            problems.append((st.REASON_SERVICE_NOT_FOUND, label + problem))
+        groups.append((ref.weight, found))
+    sticky = spec.sticky_session
+    blocking = False
+    if sticky.mode is wire.StickyMode.INSERT and not sticky_secret:
+        name = config_secret_name(load_balancer)
+        problems.append(
+            (
+                st.REASON_SECRET_NOT_FOUND,
+                f"{label}Secret {name} (key {STICKY_SECRET_KEY}) not found",
+            )
+        )
+        blocking = True
+    backends = wire.Backends(
+        scheduler=spec.scheduler,
+        hash=wire.HashPolicy(source=spec.hash.source, name=spec.hash.name or None),
+        sticky=wire.StickySession(
+            # when blocking, the listener is left out; NONE keeps the model valid meanwhile
+            mode=wire.StickyMode.NONE if blocking else sticky.mode,
+            cookie_name=sticky.cookie_name,
+            max_age_seconds=sticky.max_age_seconds,
+            secret=sticky_secret if sticky.mode is wire.StickyMode.INSERT else None,
+        ),
+        health_check=spec.health_check,
+        endpoints=spread_weights(groups),
+    )
+    return backends, blocking
+
+
+def _certificates(
+    store: Store, namespace: str, tls: ListenerTls, problems: list[tuple[str, str]]
+) -> list[wire.Certificate]:
+    """The certificates of `tls` in spec order (the first is the default), each named by
+    the DNS names of its subjectAltName. A Secret that is missing or invalid is left out
+    and added to `problems`; so is a later certificate without DNS names, which SNI could
+    never choose."""
+    found: list[wire.Certificate] = []
+    for index, secret_name in enumerate(tls.secret_names):
+        secret = store.secrets.get(key_of(namespace, secret_name))
+        if secret is None:
+            problems.append((st.REASON_SECRET_NOT_FOUND, f"Secret {secret_name} not found"))
+            continue
+        cert, key = secret.text(TLS_CERT_KEY), secret.text(TLS_KEY_KEY)
+        error = certificate_problem(cert or "", key or "")
+        if error is not None or cert is None or key is None:
+            problems.append((st.REASON_INVALID_CERTIFICATE, f"Secret {secret_name}: {error}"))
+            continue
+        names = list(server_names(cert))
+        if index > 0 and not names:
+            message = f"Secret {secret_name}: the certificate has no DNS name for SNI to choose"
+            problems.append((st.REASON_INVALID_CERTIFICATE, message))
+            continue
+        found.append(
+            wire.Certificate(certificate_pem=cert, private_key_pem=key, server_names=names)
+        )
+    return found
+
+
+def _conflicted(spec: ListenerSpec, generation: int) -> Condition:
+    found = rule_checks.shadowed(spec.rules)
+    if found:
+        message = rule_checks.describe(found)
+        return Condition.of(CONFLICTED, True, st.REASON_RULE_SHADOWED, message, generation)
+    return Condition.of(CONFLICTED, False, st.REASON_NO_CONFLICTS, "", generation)
 
 
 def _endpoints(
@@ -398,24 +475,3 @@ def _endpoints(
                     )
                 )
     return found, None
-
-
-@functools.lru_cache(maxsize=256)
-def certificate_problem(certificate_pem: str, private_key_pem: str) -> str | None:
-    """None when the PEM chain and key load and match; else what is wrong."""
-    if not certificate_pem:
-        return f"no {TLS_CERT_KEY}"
-    if not private_key_pem:
-        return f"no {TLS_KEY_KEY}"
-    try:
-        chain = x509.load_pem_x509_certificates(certificate_pem.encode())
-    except ValueError as exc:
-        return f"{TLS_CERT_KEY} is not a PEM certificate chain ({exc})"
-    try:
-        key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
-    except (ValueError, TypeError) as exc:
-        return f"{TLS_KEY_KEY} is not an unencrypted PEM private key ({exc})"
-    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if chain[0].public_key().public_bytes(*raw) != key.public_key().public_bytes(*raw):
-        return f"{TLS_KEY_KEY} does not match the first certificate of {TLS_CERT_KEY}"
-    return None

@@ -8,8 +8,10 @@ import kopf, talk to the API server, or read files.
 
 CR fields are camelCase; attributes are snake_case through pydantic aliases. Nested
 Listener parts that have the same shape as the snapshot's (health check, keepalive,
-limits, source ranges, forwarded headers) reuse the `lbwire.snapshot` models, so the
-CRD and the snapshot cannot drift apart silently.
+limits, source ranges, forwarded headers, a rule's match, the http block) reuse the
+`lbwire.snapshot` models, so the CRD and the snapshot cannot drift apart silently. The
+parts that differ are Kubernetes references: backends name Services (resolved through
+EndpointSlices by the builder) and certificates name Secrets.
 """
 
 from __future__ import annotations
@@ -21,17 +23,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from lbwire.snapshot import (
+    DNS_LABEL,
+    MIB,
     AccessLog,
     ForwardedHeaders,
     HashSource,
     HealthCheck,
+    Http,
     Keepalive,
     Limits,
     Protocol,
+    RuleMatch,
     Scheduler,
     SourceRanges,
     StickyMode,
@@ -164,13 +170,40 @@ class LoadBalancerSpec(SpecModel):
     data_plane: DataPlaneSpec = DataPlaneSpec()
 
 
+DEFAULT_GROUP = "default"  # the name of spec.backends' group; no rule may take it
+
+
 class LoadBalancerRef(SpecModel):
     name: Annotated[str, Field(min_length=1)]
 
 
-class ListenerTls(SpecModel):
+class CertificateRef(SpecModel):
     secret_name: Annotated[str, Field(min_length=1)]
+
+
+class ListenerTls(SpecModel):
+    """One certificate (`secretName`) or several (`certificates`, the first the default);
+    exactly one of the two forms."""
+
+    secret_name: Annotated[str, Field(min_length=1)] | None = None
+    certificates: Annotated[list[CertificateRef], Field(max_length=32)] = []
     min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ListenerTls:
+        if (self.secret_name is None) == (not self.certificates):
+            raise ValueError("exactly one of tls.secretName and tls.certificates is required")
+        names = self.secret_names
+        if len(set(names)) != len(names):
+            raise ValueError("tls.certificates names a Secret twice")
+        return self
+
+    @property
+    def secret_names(self) -> list[str]:
+        """The certificate Secrets in order; the first is the default certificate."""
+        if self.secret_name is not None:
+            return [self.secret_name]
+        return [item.secret_name for item in self.certificates]
 
 
 class BackendRef(SpecModel):
@@ -192,6 +225,24 @@ class StickySpec(SpecModel):
     max_age_seconds: Annotated[int, Field(ge=1, le=31_536_000)] = 3600
 
 
+class RuleSpec(SpecModel):
+    """A forwarding rule: its match and its own backend group. The group's scheduler,
+    hash, sticky session and health check default like the listener's (they are not
+    inherited); the WebSocket timers left unset are the listener's."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+    match: RuleMatch = RuleMatch()
+    backends: Annotated[list[BackendRef], Field(min_length=1, max_length=16)]
+    scheduler: Scheduler = Scheduler.WLC
+    hash: HashSpec = HashSpec()
+    sticky_session: StickySpec = StickySpec()
+    health_check: HealthCheck = HealthCheck()
+    idle_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] | None = None
+    keepalive: Keepalive | None = None
+    drain_timeout_seconds: Annotated[int, Field(ge=0, le=3600)] | None = None
+    max_message_bytes: Annotated[int, Field(ge=125, le=1024 * MIB)] | None = None
+
+
 class ListenerSpec(SpecModel):
     load_balancer_ref: LoadBalancerRef
     protocol: Protocol
@@ -211,6 +262,26 @@ class ListenerSpec(SpecModel):
     allowed_origins: list[str] = []
     forwarded_headers: ForwardedHeaders = ForwardedHeaders()
     access_log: AccessLog = AccessLog()
+    rules: Annotated[list[RuleSpec], Field(max_length=256)] = []
+    http: Http = Http()
+
+    @model_validator(mode="after")
+    def _rule_names(self) -> ListenerSpec:
+        names = {DEFAULT_GROUP}
+        for rule in self.rules:
+            if rule.name in names:
+                raise ValueError(f"rule name {rule.name!r} is used twice (or is 'default')")
+            names.add(rule.name)
+        return self
+
+    def service_names(self) -> set[str]:
+        """Every Service the default group and the rules name."""
+        refs = [*self.backends, *(ref for rule in self.rules for ref in rule.backends)]
+        return {ref.service_name for ref in refs}
+
+    def secret_names(self) -> list[str]:
+        """The certificate Secrets, in order (empty for HTTP)."""
+        return self.tls.secret_names if self.tls is not None else []
 
 
 def describe(error: ValidationError) -> str:

@@ -26,6 +26,7 @@ from lbwire.session import PushSession
 # Condition types.
 ACCEPTED = "Accepted"
 RESOLVED_REFS = "ResolvedRefs"
+CONFLICTED = "Conflicted"  # True is the bad state, as in Gateway API listeners
 PROGRAMMED = "Programmed"
 
 # Reasons.
@@ -37,6 +38,8 @@ REASON_RESOLVED_REFS = "ResolvedRefs"
 REASON_SERVICE_NOT_FOUND = "ServiceNotFound"
 REASON_SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 - a reason
 REASON_INVALID_CERTIFICATE = "InvalidCertificate"
+REASON_RULE_SHADOWED = "RuleShadowed"  # a rule with the same match as an earlier one
+REASON_NO_CONFLICTS = "NoConflicts"
 REASON_PROGRAMMED = "Programmed"
 REASON_PENDING = "Pending"
 REASON_NO_DATA_PLANES = "NoDataPlanes"

@@ -77,9 +77,10 @@ class StatusWriter:
             self.metrics.listener_programmed(
                 item.key, lb_name, programmed.status == st.TRUE, programmed.reason
             )
-            conditions = [item.accepted, item.resolved_refs, programmed]
+            conditions = [item.accepted, item.resolved_refs, item.conflicted, programmed]
             body: dict[str, Any] = {
                 "observedGeneration": item.generation,
+                "ruleCount": item.rule_count,
                 "readyBackends": item.ready_backends,
                 "totalBackends": item.total_backends,
             }

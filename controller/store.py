@@ -150,7 +150,7 @@ class Store:
                 for item in self.listeners_in(namespace)
                 if item.spec is not None
                 and item.load_balancer_key
-                and any(ref.service_name == service for ref in item.spec.backends)
+                and service in item.spec.service_names()
             }
             if isinstance(obj, Service) and service.endswith(OWNED_SERVICE_SUFFIX):
                 owner = key_of(namespace, service.removesuffix(OWNED_SERVICE_SUFFIX))
@@ -162,10 +162,7 @@ class Store:
         affected = {
             item.load_balancer_key
             for item in self.listeners_in(namespace)
-            if item.spec is not None
-            and item.load_balancer_key
-            and item.spec.tls is not None
-            and item.spec.tls.secret_name == name
+            if item.spec is not None and item.load_balancer_key and name in item.spec.secret_names()
         }
         if name.endswith(CONFIG_SECRET_SUFFIX):
             owner = key_of(namespace, name.removesuffix(CONFIG_SECRET_SUFFIX))

@@ -2,8 +2,10 @@
 
 The file has the snapshot schema of `lbwire.snapshot` (the one the controller pushes),
 plus one convenience for people: a certificate may name files (`certificateFile`,
-`privateKeyFile`, relative to the config file) instead of carrying PEM inline. Every
-problem is reported with the field path and the file; nothing is applied here.
+`privateKeyFile`, relative to the config file) instead of carrying PEM inline (one or
+the other, never both: which would win is not obvious). A listener may hold several
+certificates, each from its own files, chosen by SNI (dataplane/tls.py). Every problem
+is reported with the field path and the file; nothing is applied here.
 """
 
 from __future__ import annotations
@@ -70,7 +72,14 @@ def _resolve_certificate_files(
                 if file_key not in certificate:
                     continue
                 where = f"listeners[{i}].tls.certificates[{j}].{file_key}"
-                target = base / os.path.expanduser(str(certificate.pop(file_key)))
+                name = certificate.pop(file_key)
+                if pem_key in certificate:
+                    problems.append(FieldProblem(where, f"give {file_key} or {pem_key}, not both"))
+                    continue
+                if not isinstance(name, str) or not name:
+                    problems.append(FieldProblem(where, "must be a file path"))
+                    continue
+                target = base / os.path.expanduser(name)
                 files.append(target)
                 try:
                     certificate[pem_key] = target.read_text()

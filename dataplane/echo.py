@@ -6,6 +6,11 @@ address the connection came from (behind a load balancer: which data plane relay
 also serves plain HTTP GET `/healthz` (200) for HTTP health checks and readiness probes,
 and negotiates permessage-deflate and any subprotocol listed with `--subprotocol`.
 
+Plain GET `/` is a demo page (dataplane/demo_page.py) whose script calls GET `/api/info`
+(JSON: `name` of the backend that answered, and the forwarded headers it saw), then opens
+a WebSocket back to its own origin, so a person, or a headless browser in the tests, sees
+HTTP and WebSocket served through one listener. Any other plain GET keeps websockets' 426.
+
 On SIGTERM it closes its open connections with 1001, as a well-behaved backend does. With
 `--hold-on-sigterm` it only stops accepting (so readiness fails) and keeps open connections
 until their peers close them, then exits: a backend that never says goodbye by itself, so a
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http
+import json
 import logging
 import os
 import signal
@@ -26,17 +32,45 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from dataplane import demo_page
 from lbwire import logs
 from lbwire.programs import OneLineParser
 
 log = logging.getLogger("wslb.echo")
 
 
-def _health_response(connection: ServerConnection, request: Request) -> Response | None:
-    """Answer non-upgrade GETs on /healthz; let WebSocket upgrades through."""
-    if request.path.split("?", 1)[0] == "/healthz" and "Upgrade" not in request.headers:
-        return connection.respond(http.HTTPStatus.OK, "ok\n")
-    return None
+def make_http_answers(name: str) -> object:
+    """websockets' process_request: plain GETs of /healthz, the demo page and /api/info get
+    their answer; anything else, and every upgrade, goes on to the WebSocket handshake."""
+
+    def answer(connection: ServerConnection, request: Request) -> Response | None:
+        if "Upgrade" in request.headers:
+            return None
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "ok\n")
+        if path == "/":
+            response = connection.respond(http.HTTPStatus.OK, demo_page.HTML)
+            del response.headers["Content-Type"]  # Headers is a multidict: replace, not add
+            response.headers["Content-Type"] = "text/html; charset=utf-8"
+            response.headers.update(demo_page.SECURITY_HEADERS)
+            return response
+        if path == "/api/info":
+            info = {
+                "name": name,
+                "peer": str(connection.remote_address[0]),
+                "forwardedFor": request.headers.get("X-Forwarded-For"),
+                "forwardedProto": request.headers.get("X-Forwarded-Proto"),
+            }
+            response = connection.respond(http.HTTPStatus.OK, json.dumps(info) + "\n")
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
+        return None
+
+    return answer
 
 
 def make_handler(name: str) -> object:
@@ -76,7 +110,7 @@ async def start_echo(
         kwargs["port"] = port
     return await serve(
         make_handler(backend_name),  # type: ignore[arg-type]
-        process_request=_health_response,
+        process_request=make_http_answers(backend_name),  # type: ignore[arg-type]
         process_response=add_name,
         subprotocols=subprotocols or None,  # type: ignore[arg-type]
         max_size=None,

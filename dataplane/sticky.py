@@ -1,19 +1,28 @@
 """Sticky sessions: the cookie that sends a client back to the endpoint it had.
 
 This module owns the token format, its HMAC signature and the rewriting of `Cookie`
-and `Set-Cookie` headers for the two modes:
+and `Set-Cookie` for the two modes, on the WebSocket path (`Headers`) and on the HTTP
+path (http1's `(name, value)` byte fields):
 
-- insert: the load balancer sets its own cookie on the 101 and removes it from
-  requests before they reach a backend.
+- insert: the load balancer sets its own cookie (on the 101, and on an HTTP response
+  when the request had no valid cookie for the endpoint that answered) and removes it
+  from requests before they reach a backend.
 - server: the backend's own cookie (named in the policy) is prefixed on the way out
   with `<token>~` and the prefix is stripped on the way in, so the backend only ever
   sees the value it set (HAProxy's `cookie ... prefix`).
 
-Tokens are `<base64url endpoint key>.<expiry unix seconds>.<base64url HMAC-SHA256/128>`
-under the configured secret, so any replica or worker sharing the secret accepts a
-cookie another one issued. Expiry uses the wall clock because tokens cross processes
-and hosts. Server mode without a secret carries an unsigned opaque endpoint id (see
-`StickyCookies`).
+Tokens name no backend address. A signed token is `<id>.<expiry unix seconds>.<mac>`:
+`id` is a keyed hash of the endpoint key ("ip:port") under the secret (HMAC-SHA256,
+96 bits, its own domain string), `mac` an HMAC-SHA256/128 of the cookie name, id and
+expiry (another domain string). Only a holder of the secret can tell which endpoint an
+id stands for: every replica and worker sharing the secret resolves it through a table
+of the ids of the endpoints it currently has (each key hashed once, then one dict
+lookup per request). Expiry uses the wall clock because tokens cross processes and
+hosts. Cookies of the earlier format (which carried base64 of "ip:port") fail to verify:
+such a client is balanced again and gets a new cookie; in server mode their prefix is
+still stripped, so the backend keeps its value. Server mode without a secret carries an
+unsigned id (an unkeyed hash: it hides the address from a glance, not from someone who
+tries every address of a small network); see `StickyCookies`.
 
 It is pure: it must not pick a fallback endpoint (the balancer does), check
 eligibility, or read anything but the headers it is given.
@@ -22,12 +31,11 @@ eligibility, or read anything but the headers it is given.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from websockets.datastructures import Headers
 
@@ -39,22 +47,28 @@ PREFIX_SEPARATOR = "~"
 MAX_COOKIE_VALUE = 4096
 """Longer values are not ours (browsers cap a cookie near 4 KiB); parsing stops there."""
 
+Fields = list[tuple[bytes, bytes]]
+"""http1's header fields: names as received (any case), values trimmed."""
+
 _MAC_BYTES = 16
-_SIGNED_TOKEN = re.compile(r"([A-Za-z0-9_-]{1,400})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})")
+_ID_BYTES = 12
+_SIGNED_TOKEN = re.compile(r"([A-Za-z0-9_-]{16})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})")
+# The earlier signed format (base64 of the endpoint key): never accepted, only recognised
+# so that server mode still strips it from the backend's cookie.
+_ANY_SIGNED_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,400}\.[0-9]{1,12}\.[A-Za-z0-9_-]{22}")
 _UNSIGNED_TOKEN = re.compile(r"[A-Za-z0-9_-]{12}")
-_DOMAIN = b"wslb-sticky-v1\x00"
+_MAC_DOMAIN = b"wslb-sticky-v2 mac\x00"
+_ID_DOMAIN = b"wslb-sticky-v2 endpoint id\x00"
+_COOKIE = b"cookie"
+_SET_COOKIE = b"set-cookie"
 
 
 def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def opaque_id(endpoint_key: str) -> str:
-    """Unsigned stand-in for an endpoint key: does not show the backend address."""
+    """Unsigned stand-in for an endpoint key (server mode without a secret)."""
     return _b64encode(hashlib.blake2b(endpoint_key.encode(), digest_size=9).digest())
 
 
@@ -69,19 +83,63 @@ def _requote(value: str, quoted: bool) -> str:
 
 
 def _is_our_token(text: str) -> bool:
-    """Shaped like a token of either kind (signature not checked): safe to strip."""
-    return bool(_SIGNED_TOKEN.fullmatch(text) or _UNSIGNED_TOKEN.fullmatch(text))
+    """Shaped like a token of any kind or age (signature not checked): safe to strip."""
+    return bool(_ANY_SIGNED_TOKEN.fullmatch(text) or _UNSIGNED_TOKEN.fullmatch(text))
+
+
+class _EndpointIds:
+    """Endpoint ids both ways over a live collection of endpoint keys.
+
+    A key is hashed once, when first seen; an id resolves with one dict lookup. An
+    unknown id costs one pass of dict lookups over the current keys (to pick up keys
+    added since), never a hash per key. Only keys still in the collection resolve."""
+
+    __slots__ = ("_id_of", "_key_of", "_keys", "_make")
+
+    def __init__(self, keys: Collection[str], make: Callable[[str], str]) -> None:
+        self._keys = keys
+        self._make = make
+        self._id_of: dict[str, str] = {}
+        self._key_of: dict[str, str] = {}
+
+    def id_for(self, key: str) -> str:
+        found = self._id_of.get(key)
+        return found if found is not None else self._remember(key)
+
+    def key_for(self, endpoint_id: str) -> str | None:
+        key = self._key_of.get(endpoint_id)
+        if key is None:
+            self._sync()
+            key = self._key_of.get(endpoint_id)
+            if key is None:
+                return None
+        return key if key in self._keys else None
+
+    def _remember(self, key: str) -> str:
+        if len(self._id_of) > 2 * len(self._keys) + 64:
+            # Keys come and go with snapshots: forget the ones that left.
+            self._id_of = {k: i for k, i in self._id_of.items() if k in self._keys}
+            self._key_of = {i: k for k, i in self._id_of.items()}
+        endpoint_id = self._id_of[key] = self._make(key)
+        self._key_of[endpoint_id] = key
+        return endpoint_id
+
+    def _sync(self) -> None:
+        for key in self._keys:
+            if key not in self._id_of:
+                self._remember(key)
 
 
 class StickyCookies:
-    """Reads and writes the sticky cookie of one listener.
+    """Reads and writes the sticky cookie of one listener (or backend group).
 
     `secure` marks the inserted cookie `Secure` (an HTTPS listener). `endpoint_keys`
-    is consulted live (pass the proxy's endpoint mapping) only in server mode without
-    a secret: there the cookie holds an unsigned opaque id of the endpoint, accepted
-    only when it names an endpoint that exists. A client can then only steer itself to
-    an endpoint it could have been balanced to anyway, and the backend address is not
-    disclosed; signing with an empty key would look like protection while giving none.
+    (pass the proxy's live endpoint mapping) are the endpoints a token may resolve to;
+    it is read at each lookup, so snapshots that change endpoints need no new object.
+    In server mode without a secret the cookie holds an unsigned id, accepted only when
+    it names an endpoint that exists: a client can then only steer itself to an
+    endpoint it could have been balanced to anyway; signing with an empty key would
+    look like protection while giving none.
     """
 
     def __init__(
@@ -93,11 +151,13 @@ class StickyCookies:
     ) -> None:
         self._mode = policy.mode
         self._name = policy.cookie_name
+        self._name_bytes = policy.cookie_name.encode("ascii")
         self._max_age = policy.max_age_seconds
         self._secret = policy.secret.encode() if policy.secret else None
         self._secure = secure
-        self._endpoint_keys = endpoint_keys
-        self._opaque_ids: dict[str, str] = {}
+        self._ids = _EndpointIds(
+            endpoint_keys, opaque_id if self._secret is None else self._keyed_id
+        )
 
     @property
     def enabled(self) -> bool:
@@ -105,47 +165,39 @@ class StickyCookies:
 
     # --- tokens -----------------------------------------------------------------------
 
+    def _keyed_id(self, endpoint_key: str) -> str:
+        assert self._secret is not None
+        digest = hmac.digest(self._secret, _ID_DOMAIN + endpoint_key.encode(), hashlib.sha256)
+        return _b64encode(digest[:_ID_BYTES])
+
     def _mac(self, body: str) -> str:
         assert self._secret is not None
-        message = _DOMAIN + self._name.encode() + b"\x00" + body.encode()
+        message = _MAC_DOMAIN + self._name_bytes + b"\x00" + body.encode()
         return _b64encode(hmac.digest(self._secret, message, hashlib.sha256)[:_MAC_BYTES])
 
     def issue(self, endpoint_key: str, now: float | None = None) -> str:
         """A token naming `endpoint_key`, valid for the policy's max age."""
+        endpoint_id = self._ids.id_for(endpoint_key)
         if self._secret is None:
-            return opaque_id(endpoint_key)
+            return endpoint_id
         expiry = int(time.time() if now is None else now) + self._max_age
-        body = f"{_b64encode(endpoint_key.encode())}.{expiry}"
+        body = f"{endpoint_id}.{expiry}"
         return f"{body}.{self._mac(body)}"
 
     def verify(self, token: str, now: float | None = None) -> str | None:
-        """The endpoint key a token names, or None when it is malformed, forged,
-        signed with another secret or expired."""
+        """The endpoint key a token names, or None when it is malformed, forged, signed
+        with another secret, expired, or names no current endpoint."""
         if self._secret is None:
-            return self._key_for_opaque_id(token)
+            return self._ids.key_for(token) if _UNSIGNED_TOKEN.fullmatch(token) else None
         match = _SIGNED_TOKEN.fullmatch(token)
         if match is None:
             return None
-        encoded_key, expiry, mac = match.groups()
-        if not hmac.compare_digest(mac, self._mac(f"{encoded_key}.{expiry}")):
+        endpoint_id, expiry, mac = match.groups()
+        if not hmac.compare_digest(mac, self._mac(f"{endpoint_id}.{expiry}")):
             return None
         if int(expiry) <= (time.time() if now is None else now):
             return None
-        try:
-            return _b64decode(encoded_key).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-
-    def _key_for_opaque_id(self, token: str) -> str | None:
-        if not _UNSIGNED_TOKEN.fullmatch(token):
-            return None
-        for key in self._endpoint_keys:
-            known = self._opaque_ids.get(key)
-            if known is None:
-                known = self._opaque_ids[key] = opaque_id(key)
-            if hmac.compare_digest(known, token):
-                return key
-        return None
+        return self._ids.key_for(endpoint_id)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -154,7 +206,30 @@ class StickyCookies:
         expired, unknown). Never raises on garbage."""
         if not self.enabled:
             return None
-        for value in self._our_cookie_values(headers):
+        for header in headers.get_all("Cookie"):
+            key = self._endpoint_in(header, now)
+            if key is not None:
+                return key
+        return None
+
+    def endpoint_for_fields(self, fields: Fields, now: float | None = None) -> str | None:
+        """`endpoint_for` on http1 fields (any name case; bytes read as Latin-1, so no
+        byte sequence raises)."""
+        if not self.enabled:
+            return None
+        name = self._name_bytes
+        for field_name, value in fields:
+            if name in value and field_name.lower() == _COOKIE:
+                key = self._endpoint_in(value.decode("latin-1"), now)
+                if key is not None:
+                    return key
+        return None
+
+    def _endpoint_in(self, header: str, now: float | None) -> str | None:
+        for name, value in _cookie_pairs(header):
+            if name != self._name or len(value) > MAX_COOKIE_VALUE:
+                continue
+            value = _unquote(value)[0]
             if self._mode is StickyMode.SERVER:
                 token, separator, _ = value.partition(PREFIX_SEPARATOR)
                 if not separator:
@@ -165,14 +240,6 @@ class StickyCookies:
             if key is not None:
                 return key
         return None
-
-    def _our_cookie_values(self, headers: Headers) -> list[str]:
-        values = []
-        for header in headers.get_all("Cookie"):
-            for name, value in _cookie_pairs(header):
-                if name == self._name and len(value) <= MAX_COOKIE_VALUE:
-                    values.append(_unquote(value)[0])
-        return values
 
     def rewrite_request(self, headers: Headers) -> None:
         """Before forwarding: insert mode drops our cookie so backends never see it;
@@ -189,6 +256,29 @@ class StickyCookies:
         for header in rewritten:
             if header:
                 headers["Cookie"] = header
+
+    def strip_request_fields(self, fields: Fields) -> Fields:
+        """`rewrite_request` on http1 fields: a new list with our cookie removed (insert)
+        or the backend's value restored (server); a Cookie field left empty is dropped.
+        `fields` itself is never changed, and comes back as is when nothing changes."""
+        if not self.enabled:
+            return fields
+        name = self._name_bytes
+        result: Fields | None = None
+        for index, (field_name, value) in enumerate(fields):
+            if name not in value or field_name.lower() != _COOKIE:
+                if result is not None:
+                    result.append((field_name, value))
+                continue
+            header = value.decode("latin-1")
+            rewritten = self._rewrite_cookie_header(header)
+            if rewritten == header and result is None:
+                continue
+            if result is None:
+                result = fields[:index]
+            if rewritten:
+                result.append((field_name, rewritten.encode("latin-1")))
+        return fields if result is None else result
 
     def _rewrite_cookie_header(self, header: str) -> str:
         kept: list[str] = []
@@ -208,10 +298,7 @@ class StickyCookies:
         """On the backend's 101: insert mode adds our cookie; server mode prefixes the
         backend's cookie, if it sets one, with a token for `endpoint_key`."""
         if self._mode is StickyMode.INSERT:
-            attributes = f"Max-Age={self._max_age}; Path=/; HttpOnly; SameSite=Lax"
-            if self._secure:
-                attributes += "; Secure"
-            headers["Set-Cookie"] = f"{self._name}={self.issue(endpoint_key, now)}; {attributes}"
+            headers["Set-Cookie"] = self._inserted(endpoint_key, now)
         elif self._mode is StickyMode.SERVER:
             originals = headers.get_all("Set-Cookie")
             rewritten = [self._prefix_set_cookie(item, endpoint_key, now) for item in originals]
@@ -219,6 +306,46 @@ class StickyCookies:
                 del headers["Set-Cookie"]
                 for item in rewritten:
                     headers["Set-Cookie"] = item
+
+    def response_fields(
+        self,
+        endpoint_key: str,
+        fields: Fields,
+        had_valid_cookie: bool,
+        now: float | None = None,
+    ) -> Fields:
+        """On an HTTP response from `endpoint_key`: insert mode adds our Set-Cookie unless
+        the request already had a valid cookie for this endpoint (pass
+        `endpoint_for_fields(request) == endpoint_key`): so a cookie lives its max age
+        from when it was set, and a WebSocket upgrade renews it. Server mode prefixes the
+        backend's Set-Cookie of the policy's name. Returns a new list when it changes
+        anything, else `fields` itself (never changed in place)."""
+        if self._mode is StickyMode.INSERT:
+            if had_valid_cookie:
+                return fields
+            return [*fields, (b"Set-Cookie", self._inserted(endpoint_key, now).encode())]
+        if self._mode is not StickyMode.SERVER:
+            return fields
+        name = self._name_bytes
+        result: Fields | None = None
+        for index, (field_name, value) in enumerate(fields):
+            if name in value and field_name.lower() == _SET_COOKIE:
+                original = value.decode("latin-1")
+                prefixed = self._prefix_set_cookie(original, endpoint_key, now)
+                if prefixed != original:
+                    if result is None:
+                        result = fields[:index]
+                    result.append((field_name, prefixed.encode("latin-1")))
+                    continue
+            if result is not None:
+                result.append((field_name, value))
+        return fields if result is None else result
+
+    def _inserted(self, endpoint_key: str, now: float | None) -> str:
+        attributes = f"Max-Age={self._max_age}; Path=/; HttpOnly; SameSite=Lax"
+        if self._secure:
+            attributes += "; Secure"
+        return f"{self._name}={self.issue(endpoint_key, now)}; {attributes}"
 
     def _prefix_set_cookie(self, set_cookie: str, endpoint_key: str, now: float | None) -> str:
         pair, semicolon, attributes = set_cookie.partition(";")
@@ -244,11 +371,13 @@ def _strip_prefix(value: str) -> str:
 
 
 def _deletes_cookie(attributes: str) -> bool:
+    """A `Max-Age` of zero or less; read without int() so no length of digits raises."""
     for attribute in attributes.split(";"):
         key, _, value = attribute.partition("=")
-        digits = value.strip().lstrip("-")
+        text = value.strip()
+        digits = text[1:] if text.startswith("-") else text
         if key.strip().lower() == "max-age" and digits.isascii() and digits.isdecimal():
-            return int(value.strip()) <= 0
+            return text.startswith("-") or not digits.strip("0")
     return False
 
 

@@ -6,6 +6,18 @@ measurable write on every full handshake), and certificate choice by SNI. The li
 socket keeps one front context whose SNI callback reads the current certificate set, so
 a config swap rotates certificates and changes the minimum TLS version for new
 connections without rebinding the port (live connections keep what they negotiated).
+
+Certificate choice (the rules of docs/http.md, as `routing.CertificateChooser` has them):
+
+- a certificate's names are its `serverNames`, or, when that list is empty, the DNS
+  names of its subjectAltName (so a certificate from a Secret needs no extra config);
+  IP addresses are never names (SNI cannot carry one), and the subject CN is ignored,
+  as browsers do. `serverNames` replaces the SANs: it can narrow a certificate to some
+  of its names, never make a client accept a name the certificate lacks;
+- an exact name beats a wildcard; `*.example.com` covers exactly one label
+  (`a.example.com`, not `a.b.example.com` nor `example.com`), as TLS clients check;
+- the first certificate is the default: no SNI, or a name no certificate has;
+- a name that two certificates share goes to the earlier one.
 """
 
 from __future__ import annotations
@@ -14,6 +26,8 @@ import os
 import ssl
 import tempfile
 from collections.abc import Callable
+
+from cryptography import x509
 
 from lbwire.snapshot import Certificate, Tls
 
@@ -53,39 +67,61 @@ def load_certificate(context: ssl.SSLContext, certificate: Certificate) -> None:
         context.load_cert_chain(cert_path, key_path)
 
 
+def certificate_names(certificate: Certificate) -> list[str]:
+    """The names SNI picks `certificate` by: `serverNames`, else its DNS SANs; lowercase,
+    without a trailing dot, in order, each once."""
+    names = certificate.server_names or _dns_names(certificate.certificate_pem)
+    seen: dict[str, None] = {}
+    for name in names:
+        name = name.strip().lower().rstrip(".")
+        if name:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def _dns_names(pem: str) -> list[str]:
+    """The leaf's DNS subjectAltNames ([] when it has none or cannot be read: OpenSSL
+    has already accepted the chain, so it then serves only as a default)."""
+    try:
+        leaf = x509.load_pem_x509_certificate(pem.encode())
+        extension = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    return [str(name) for name in extension.value.get_values_for_type(x509.DNSName)]
+
+
 class CertificateSet:
-    """The certificates of one listener, each in its own context, chosen by SNI."""
+    """The certificates of one listener, each in its own context, chosen by SNI (the
+    rules in the module docstring)."""
 
     def __init__(self, tls: Tls) -> None:
-        self.default: ssl.SSLContext | None = None
-        self.by_name: dict[str, ssl.SSLContext] = {}
-        self.wildcards: dict[str, ssl.SSLContext] = {}
         self.first = tls.certificates[0]
+        self.names: list[list[str]] = []
+        self.by_name: dict[str, ssl.SSLContext] = {}
+        self.wildcards: dict[str, ssl.SSLContext] = {}  # "*.example.com" as "example.com"
+        contexts = []
         for certificate in tls.certificates:
             context = _base_context(tls.min_version)
             load_certificate(context, certificate)
-            if self.default is None or not certificate.server_names:
-                self.default = self.default if certificate.server_names else context
-            for name in certificate.server_names:
-                name = name.lower().rstrip(".")
+            contexts.append(context)
+            names = certificate_names(certificate)
+            self.names.append(names)
+            for name in names:
                 if name.startswith("*."):
                     self.wildcards.setdefault(name[2:], context)
                 else:
                     self.by_name.setdefault(name, context)
-        if self.default is None:
-            # Every certificate names its hosts: the first one serves clients without SNI.
-            first = _base_context(tls.min_version)
-            load_certificate(first, tls.certificates[0])
-            self.default = first
+        self.default = contexts[0]
 
     def select(self, server_name: str | None) -> ssl.SSLContext:
-        assert self.default is not None
         if not server_name:
             return self.default
         name = server_name.lower().rstrip(".")
         found = self.by_name.get(name)
-        if found is None and "." in name:
-            found = self.wildcards.get(name.split(".", 1)[1])
+        if found is None:
+            _, dot, parent = name.partition(".")
+            if dot:
+                found = self.wildcards.get(parent)
         return found or self.default
 
 

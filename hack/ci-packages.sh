@@ -6,6 +6,9 @@
 # before the tiers run, so that on a fresh machine those tests run instead of skipping.
 # And Debian's chromium and prometheus: the real browser and the real Prometheus of the
 # integration tier (tests/integration/test_browser.py, test_prometheus.py skip without them).
+# And the Socket.IO peer's pinned npm packages (tests/apps/socketio, `npm ci` into
+# ~/.cache/wslb/npm by tests/apps/npm-install.sh), with Debian's nodejs and npm where the
+# machine has no node: test_socketio.py fails, not skips, without them.
 # Every step only does what is missing: on a warm machine this takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +36,18 @@ test_packages() {
   return "$status"
 }
 
+# node_packages: Debian's nodejs and npm, only where no node or npm is on PATH at all (a
+# machine that ships its own Node.js keeps it: Debian's npm would conflict with it).
+node_packages() {
+  command -v node >/dev/null && command -v npm >/dev/null && return 0
+  log "apt-get install nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt_get update -qq && apt_get install -y -qq --no-install-recommends nodejs npm >/dev/null
+}
+
 timed "host prep" bash hack/host-prep.sh
 timed "go tools (make e2e-assets)" bash hack/e2e-assets.sh
 timed "chromium + prometheus (apt)" test_packages
+timed "node + npm (apt, if none)" node_packages
+timed "socket.io peer (npm ci)" bash tests/apps/npm-install.sh tests/apps/socketio >/dev/null
 print_timings

@@ -222,7 +222,8 @@ class AccessLog(Model):
 
 
 class Certificate(Model):
-    """A PEM certificate chain and key; `serverNames` picks it by SNI (empty: default)."""
+    """A PEM certificate chain and key; `serverNames` picks it by SNI (empty: the certificate's
+    DNS SANs). The first certificate of a listener is the default."""
 
     certificate_pem: str
     private_key_pem: str

@@ -36,7 +36,10 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 LB = 'namespace=~"$namespace", load_balancer=~"$load_balancer"'
 SEL = f'{LB}, listener=~"$listener"'
 DP = 'job="wslb-dataplane", namespace=~"$namespace", load_balancer=~"$load_balancer"'
+RULE = f'{SEL}, rule=~"$rule"'
 RATE = "$__rate_interval"
+HTTP_REQUESTS = "wslb_dataplane_http_requests_total"
+HTTP_SECONDS = "wslb_dataplane_http_request_duration_seconds_bucket"
 
 
 def query(expr: str, legend: str = "", ref: str = "A") -> Dataquery:
@@ -67,7 +70,7 @@ def stat(title: str, unit: str, expr: str, legend: str = "") -> Stat:
         .title(title)
         .unit(unit)
         .datasource(DATASOURCE)
-        .span(6)
+        .span(4)
         .height(4)
         .with_target(query(expr, legend))
     )
@@ -87,11 +90,103 @@ def variable(name: str, label: str, expr: str) -> QueryVariable:
     )
 
 
-def build() -> Dashboard:
+def http_latency(quantile: str) -> tuple[str, str]:
     return (
+        f"histogram_quantile({quantile}, sum by (le, listener)"
+        f" (rate({HTTP_SECONDS}{{{RULE}}}[{RATE}])))",
+        f"p{quantile[2:]} {{{{listener}}}}",
+    )
+
+
+def http_row(dashboard: Dashboard) -> Dashboard:
+    """Plain HTTP requests (not upgrades, which keep their own panels above)."""
+    by_listener = f"sum by (listener) (rate({HTTP_REQUESTS}{{{RULE}}}[{RATE}]))"
+    return (
+        dashboard.with_row(Row("HTTP"))
+        .with_panel(
+            series(
+                "HTTP requests /s by listener and rule",
+                "reqps",
+                (
+                    f"sum by (listener, rule) (rate({HTTP_REQUESTS}{{{RULE}}}[{RATE}]))",
+                    "{{listener}} {{rule}}",
+                ),
+                description="Plain HTTP requests answered; rule is empty for requests refused"
+                " before routing (malformed heads).",
+            )
+        )
+        .with_panel(
+            series(
+                "HTTP requests /s by status class and method",
+                "reqps",
+                (
+                    f"sum by (code) (rate({HTTP_REQUESTS}{{{RULE}}}[{RATE}]))",
+                    "{{code}}",
+                ),
+                (
+                    f"sum by (method) (rate({HTTP_REQUESTS}{{{RULE}}}[{RATE}]))",
+                    "{{method}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "HTTP 5xx ratio",
+                "percentunit",
+                (
+                    # `or 0 * ...`: a listener with traffic and no 5xx shows 0, not no data.
+                    f'(sum by (listener) (rate({HTTP_REQUESTS}{{{RULE}, code="5xx"}}[{RATE}]))'
+                    f" or 0 * {by_listener}) / {by_listener}",
+                    "{{listener}}",
+                ),
+                description="5xx answers (the backend's and the load balancer's own 502, 503,"
+                " 504) over all requests.",
+            )
+        )
+        .with_panel(
+            series(
+                "HTTP request latency",
+                "s",
+                http_latency("0.50"),
+                http_latency("0.95"),
+                http_latency("0.99"),
+                description="From the request head to the end of the answer, bodies included:"
+                " long-polling requests are long by design.",
+            )
+        )
+        .with_panel(
+            series(
+                "HTTP backend errors /s by kind",
+                "ops",
+                (
+                    "sum by (listener, rule, kind)"
+                    f" (rate(wslb_dataplane_http_backend_errors_total{{{RULE}}}[{RATE}]))",
+                    "{{listener}} {{rule}} {{kind}}",
+                ),
+                description="connect: the dial failed; reset: closed before answering;"
+                " timeout: no response head in time (504); invalid: a malformed response.",
+            )
+        )
+        .with_panel(
+            series(
+                "Idle pooled backend connections",
+                "short",
+                (
+                    f"sum by (listener) (wslb_dataplane_http_pool_idle_connections{{{SEL}}})",
+                    "{{listener}}",
+                ),
+            )
+        )
+    )
+
+
+def build() -> Dashboard:
+    dashboard = (
         Dashboard("wslb")
         .uid(UID)
-        .description("wslb WebSocket load balancer: data planes, listeners, backends, config.")
+        .description(
+            "wslb load balancer (WebSocket and HTTP): data planes, listeners, backends, config."
+        )
         .tags(["wslb", "websocket", "load-balancer"])
         .refresh("30s")
         .time("now-1h", "now")
@@ -119,6 +214,13 @@ def build() -> Dashboard:
                 f"label_values(wslb_dataplane_connections_active{{{LB}}}, listener)",
             )
         )
+        .with_variable(
+            variable(
+                "rule",
+                "Rule (HTTP)",
+                f"label_values({HTTP_REQUESTS}{{{SEL}}}, rule)",
+            )
+        )
         .with_row(Row("Overview"))
         .with_panel(
             stat("Active connections", "short", f"sum(wslb_dataplane_connections_active{{{SEL}}})")
@@ -128,6 +230,22 @@ def build() -> Dashboard:
                 "Upgrades /s (101)",
                 "reqps",
                 f'sum(rate(wslb_dataplane_upgrades_total{{{SEL}, code="101"}}[{RATE}]))',
+            )
+        )
+        .with_panel(
+            stat(
+                "HTTP requests /s",
+                "reqps",
+                f"sum(rate({HTTP_REQUESTS}{{{SEL}}}[{RATE}]))",
+            )
+        )
+        .with_panel(
+            stat(
+                "HTTP 5xx ratio (selected listeners)",
+                "percentunit",
+                f'(sum(rate({HTTP_REQUESTS}{{{SEL}, code="5xx"}}[{RATE}]))'
+                f" or 0 * sum(rate({HTTP_REQUESTS}{{{SEL}}}[{RATE}])))"
+                f" / sum(rate({HTTP_REQUESTS}{{{SEL}}}[{RATE}]))",
             )
         )
         .with_panel(stat("Data planes ready", "short", f"sum(wslb_dataplane_ready{{{LB}}})"))
@@ -245,7 +363,10 @@ def build() -> Dashboard:
                 ),
             )
         )
-        .with_row(Row("Backends"))
+    )
+    dashboard = http_row(dashboard)
+    return (
+        dashboard.with_row(Row("Backends"))
         .with_panel(
             series(
                 "Healthy backends",

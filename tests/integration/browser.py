@@ -283,8 +283,11 @@ class Chromium:
         return path.read_text(errors="replace") if path.exists() else ""
 
     @contextlib.asynccontextmanager
-    async def page(self, url: str) -> AsyncIterator[Page]:
-        """A new tab showing `url` (load event seen), closed on exit."""
+    async def page(
+        self, url: str, ready: str = "typeof wsTalk === 'function'"
+    ) -> AsyncIterator[Page]:
+        """A new tab showing `url` (load event seen, the JS expression `ready` true), closed on
+        exit. A page that never gets ready fails with what it shows (say, a 426 error page)."""
         cdp = Cdp(await connect(self.devtools_url, max_size=None, ping_interval=None))
         cdp.start()
         try:
@@ -299,14 +302,20 @@ class Chromium:
                 navigated = await cdp.send("Page.navigate", {"url": url}, session)
                 if navigated.get("errorText"):
                     raise CdpError(f"navigating to {url}: {navigated['errorText']}")
-                async with asyncio.timeout(10):
-                    await loaded
-                    page = Page(cdp, session)
-                    # a late load event of the first about:blank must not fool us
-                    while not await page.evaluate(
-                        f"location.href === {json.dumps(url)} && typeof wsTalk === 'function'"
-                    ):
-                        await asyncio.sleep(0.05)
+                page = Page(cdp, session)
+                try:
+                    async with asyncio.timeout(10):
+                        await loaded
+                        # a late load event of the first about:blank must not fool us
+                        while not await page.evaluate(
+                            f"location.href === {json.dumps(url)} && ({ready})"
+                        ):
+                            await asyncio.sleep(0.05)
+                except TimeoutError:
+                    shown = await page.evaluate("document.title + ': ' + document.body?.innerText")
+                    raise CdpError(
+                        f"{url} not ready ({ready}) within 10 s; it shows {shown!r}"
+                    ) from None
                 yield page
             finally:
                 with contextlib.suppress(Exception):

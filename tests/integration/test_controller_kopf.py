@@ -347,6 +347,21 @@ def conditions(obj: dict[str, Any] | None) -> dict[str, tuple[str, int]]:
     }
 
 
+async def unsupported_upgrade(port: int) -> bytes:
+    """The response head to a WebSocket upgrade of version 8, which the data plane answers
+    itself (426) without a backend."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+        )
+        await writer.drain()
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+
+
 # ---------------------------------------------------------------------- tests
 
 
@@ -473,9 +488,11 @@ async def test_controller_against_a_real_api_server(
                 ("10.244.2.7", 9000, True),
                 ("10.244.3.9", 9000, False),
             ]
-            # The data plane serves the listener (a plain GET is refused without a backend).
-            status, _ = await http_get(port, "/")
-            assert status == 426
+            # The data plane serves the listener: it answers an unsupported WebSocket
+            # version itself (a plain GET would be proxied to the unroutable pod addresses).
+            head = await unsupported_upgrade(port)
+            assert head.startswith(b"HTTP/1.1 426 "), head
+            assert b"sec-websocket-version: 13" in head.lower(), head
 
             # Status: every Listener condition True for its generation; the LB's counts.
             async def listener_programmed(generation: int) -> dict[str, Any] | None:
@@ -625,6 +642,207 @@ async def test_controller_against_a_real_api_server(
         ("patch", "listeners", "status"),
         ("patch", "loadbalancers", "status"),
     } <= made
+
+
+def backend_service(ns: str, name: str) -> dict[str, Any]:
+    body = service(ns)
+    body["metadata"]["name"] = name
+    return body
+
+
+def backend_slice(ns: str, name: str, *addresses: str) -> dict[str, Any]:
+    body = endpoint_slice(ns, *addresses)
+    body["metadata"]["name"] = f"{name}-a"
+    body["metadata"]["labels"] = {"kubernetes.io/service-name": name}
+    return body
+
+
+def tls_secret(ns: str, name: str, *dns_names: str) -> tuple[dict[str, Any], str]:
+    """A kubernetes.io/tls Secret with a fresh self-signed certificate; and its PEM."""
+    cert, key = self_signed(list(dns_names))
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(cert.encode()).decode(),
+            "tls.key": base64.b64encode(key.encode()).decode(),
+        },
+    }
+    return body, cert
+
+
+def rules_listener(ns: str, port: int) -> dict[str, Any]:
+    def rule(name: str, path: str, service: str, **match: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "match": {"path": path, **match},
+            "backends": [{"serviceName": service, "port": 8080}],
+        }
+
+    return {
+        "apiVersion": API,
+        "kind": "Listener",
+        "metadata": {"name": "app", "namespace": ns},
+        "spec": {
+            "loadBalancerRef": {"name": "lb"},
+            "protocol": "HTTPS",
+            "port": port,
+            "tls": {"certificates": [{"secretName": "app-tls"}, {"secretName": "chat-tls"}]},
+            "backends": [{"serviceName": "echo", "port": 8080}],
+            "http": {"maxBodyBytes": 1048576},
+            "rules": [
+                {**rule("api", "/api", "api", host="app.example.com"), "idleTimeoutSeconds": 30},
+                rule("ghost", "/ghost", "ghost"),
+                rule("api-again", "/api/", "api", host="app.example.com"),  # shadowed by api
+            ],
+        },
+    }
+
+
+async def served_certificate(port: int, server_name: str) -> bytes:
+    """The DER certificate the listener presents to a ClientHello with `server_name`."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    _reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=server_name
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert isinstance(der, bytes)
+        return der
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+def der(pem: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem)
+
+
+async def test_listener_with_rules_and_two_certificates_is_programmed(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """A Listener with three rules (one naming a missing Service, one shadowed) and two
+    certificate Secrets: the API server admits it, the controller builds the rules and the
+    SNI names into the snapshot, the data plane acks it and answers each name with its
+    certificate, status shows the missing Service and the conflict, and rotating the second
+    Secret reaches the data plane."""
+    ns = namespace
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    write_tls(tls_dir)
+    port = free_port()
+    app_secret, app_pem = tls_secret(ns, "app-tls", "app.example.com")
+    chat_secret, chat_pem = tls_secret(ns, "chat-tls", "*.chat.example.com")
+    await apply(
+        cluster,
+        service(ns),
+        endpoint_slice(ns, "10.244.1.5"),
+        backend_service(ns, "api"),
+        backend_slice(ns, "api", "10.244.2.1", "10.244.2.2"),
+        app_secret,
+        chat_secret,
+        load_balancer(ns),
+        rules_listener(ns, port),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        ctl = await stack.enter_async_context(running_controller(tls_dir))
+        secret = await config_secret(cluster, ns)
+        url = f"wss://127.0.0.1:{ctl.ports['config']}"
+        token, ca_pem = secret_text(secret, "token"), secret_text(secret, "ca.crt")
+        client = await stack.enter_async_context(
+            data_plane(tmp_path, url, f"{ns}/lb", token, ca_pem)
+        )
+        await eventually(applied(client, 1), "first snapshot applied")
+
+        # The snapshot: the rules in spec order with their own endpoints and timers, the
+        # http block, and the certificates in order named by their DNS SANs.
+        [app] = client.received[-1][0].snapshot["listeners"]
+        rules = [
+            (r["name"], r["match"], [e["address"] for e in r["backends"]["endpoints"]])
+            for r in app["rules"]
+        ]
+        api_match = {"host": "app.example.com", "path": "/api", "pathType": "Prefix"}
+        assert rules == [
+            ("api", api_match, ["10.244.2.1", "10.244.2.2"]),
+            ("ghost", {"host": None, "path": "/ghost", "pathType": "Prefix"}, []),
+            ("api-again", {**api_match, "path": "/api/"}, ["10.244.2.1", "10.244.2.2"]),
+        ]
+        assert app["rules"][0]["idleTimeoutSeconds"] == 30
+        assert [e["address"] for e in app["backends"]["endpoints"]] == ["10.244.1.5"]
+        assert app["http"]["maxBodyBytes"] == 1048576
+        certificates = app["tls"]["certificates"]
+        assert [(c["certificatePem"], c["serverNames"]) for c in certificates] == [
+            (app_pem, ["app.example.com"]),
+            (chat_pem, ["*.chat.example.com"]),
+        ]
+
+        # The data plane chooses by SNI: the wildcard's certificate, else the first.
+        assert await served_certificate(port, "a.chat.example.com") == der(chat_pem)
+        assert await served_certificate(port, "app.example.com") == der(app_pem)
+        assert await served_certificate(port, "unknown.example.org") == der(app_pem)
+
+        # Status: programmed, with the missing Service and the shadowed rule named.
+        async def programmed() -> dict[str, Any] | None:
+            obj = await get(cluster, "listeners.wslb.io", "app", ns)
+            if conditions(obj).get("Programmed") == ("True", 1):
+                return obj
+            return None
+
+        obj = await eventually(programmed, "Listener with rules Programmed")
+        by_type = {c["type"]: c for c in obj["status"]["conditions"]}
+        assert (by_type["Accepted"]["status"], by_type["Accepted"]["reason"]) == (
+            "True",
+            "Accepted",
+        )
+        resolved = by_type["ResolvedRefs"]
+        assert (resolved["status"], resolved["reason"]) == ("False", "ServiceNotFound")
+        assert resolved["message"] == "rule ghost: Service ghost not found"
+        conflicted = by_type["Conflicted"]
+        assert (conflicted["status"], conflicted["reason"]) == ("True", "RuleShadowed")
+        assert "rule api-again" in conflicted["message"] and "rule api " in conflicted["message"]
+        assert obj["status"]["ruleCount"] == 3
+        assert (obj["status"]["readyBackends"], obj["status"]["totalBackends"]) == (3, 3)
+
+        # The printer columns, as kubectl shows them.
+        table = await kubectl(cluster, "get", "listeners.wslb.io", "app", "-n", ns, "-o", "wide")
+        header, row = table.splitlines()
+        columns = dict(zip(header.split(), row.split(), strict=True))
+        assert (columns["RULES"], columns["RESOLVEDREFS"], columns["CONFLICTED"]) == (
+            "3",
+            "False",
+            "True",
+        )
+
+        # Rotating the second Secret reaches the data plane; the first is untouched.
+        received = len(client.received)
+        rotated, rotated_pem = tls_secret(ns, "chat-tls", "*.chat.example.com")
+        await apply(cluster, rotated)
+        await eventually(applied(client, received + 1), "snapshot after the rotation")
+        [app] = client.received[-1][0].snapshot["listeners"]
+        pems = [c["certificatePem"] for c in app["tls"]["certificates"]]
+        assert pems == [app_pem, rotated_pem]
+
+        async def rotated_served() -> bool:
+            return await served_certificate(port, "b.chat.example.com") == der(rotated_pem)
+
+        await eventually(rotated_served, "the rotated certificate served")
+
+        # Creating the missing Service resolves the rule's reference.
+        await apply(cluster, backend_service(ns, "ghost"), backend_slice(ns, "ghost", "10.244.3.1"))
+
+        async def resolved_now() -> bool:
+            obj = await get(cluster, "listeners.wslb.io", "app", ns)
+            return conditions(obj).get("ResolvedRefs") == ("True", 1)
+
+        await eventually(resolved_now, "ResolvedRefs after the Service appeared")
+        [app] = client.received[-1][0].snapshot["listeners"]
+        assert [e["address"] for e in app["rules"][1]["backends"]["endpoints"]] == ["10.244.3.1"]
+    assert all(isinstance(reply, Ack) for _, reply in client.received)
 
 
 async def test_stopping_controller_closes_data_planes_promptly(

@@ -49,8 +49,8 @@ def _names(registry: CollectorRegistry) -> set[str]:
     return names
 
 
-def exposed_metric_names() -> set[str]:
-    """Every family of the data plane (with the new collectors) and of the controller."""
+def registries() -> list[CollectorRegistry]:
+    """The data plane's registry (with every collector Runtime adds) and the controller's."""
     dataplane = Metrics()
     dataplane.watch_traffic(lambda: [("ws", TrafficTotals())])  # as Runtime registers it
     listener = Listener.model_validate({"name": "ws", "port": 8080})
@@ -59,7 +59,15 @@ def exposed_metric_names() -> set[str]:
     made.channel.acked()
     made.channel.nacked()
     dataplane.registry.register(AccessLogCollector(AccessLog()))
-    return _names(dataplane.registry) | _names(ControllerMetrics().registry) | SCRAPE_SERIES
+    return [dataplane.registry, ControllerMetrics().registry]
+
+
+def exposed_metric_names() -> set[str]:
+    """Every family of the data plane (with the new collectors) and of the controller."""
+    names = set(SCRAPE_SERIES)
+    for registry in registries():
+        names |= _names(registry)
+    return names
 
 
 def metric_names_in(expr: str) -> set[str]:

@@ -25,6 +25,7 @@ GRAFANA_VARIABLES = {
     "$namespace": ".*",
     "$load_balancer": ".*",
     "$listener": ".*",
+    "$rule": ".*",
 }
 
 
@@ -33,13 +34,19 @@ def panels() -> list[dict[str, Any]]:
 
 
 def expressions() -> dict[str, str]:
+    """Every panel query by "title/refId"; a title used twice (a stat and a graph) gets the
+    panel type added, so no query hides another."""
     out = {}
     for panel in panels():
         for target in panel["targets"]:
             expr = target["expr"]
             for variable, value in GRAFANA_VARIABLES.items():
                 expr = expr.replace(variable, value)
-            out[f"{panel['title']}/{target['refId']}"] = expr
+            key = f"{panel['title']}/{target['refId']}"
+            if key in out:
+                key = f"{panel['title']} ({panel['type']})/{target['refId']}"
+            assert key not in out, key
+            out[key] = expr
     return out
 
 
@@ -58,7 +65,7 @@ def test_committed_json_is_what_the_code_builds(tmp_path: Path) -> None:
 
 def test_every_panel_query_parses_as_promql() -> None:
     exprs = expressions()
-    assert len(exprs) >= 30
+    assert len(exprs) == sum(len(panel["targets"]) for panel in panels()) >= 30
     assert all("$" not in expr for expr in exprs.values()), "a Grafana variable left unexpanded"
     check_promql(exprs)
 
@@ -89,7 +96,36 @@ def test_the_issue_panels_are_on_the_dashboard() -> None:
         "Config reloads, nacks and channel",
         "Resident memory per pod and worker",
         "Open file descriptors",
+        "HTTP requests /s by listener and rule",
+        "HTTP requests /s by status class and method",
+        "HTTP 5xx ratio",
+        "HTTP request latency",
+        "HTTP backend errors /s by kind",
+        "Idle pooled backend connections",
+        "HTTP requests /s",
+        "HTTP 5xx ratio (selected listeners)",
     } <= titles
+
+
+def test_http_row_reads_the_http_metrics_with_the_rule_variable() -> None:
+    """The HTTP row: latency from the request histogram at p50/p95/p99, every request
+    panel filtered by the Rule variable, and the variable itself listed from the requests."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert "HTTP" in rows
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "wslb_dataplane_http_requests_total" in str(variables["rule"]["query"])
+    by_title = {p["title"]: p for p in panels()}
+    latency = [t["expr"] for t in by_title["HTTP request latency"]["targets"]]
+    assert [e.split(",")[0] for e in latency] == [
+        "histogram_quantile(0.50",
+        "histogram_quantile(0.95",
+        "histogram_quantile(0.99",
+    ]
+    assert all("wslb_dataplane_http_request_duration_seconds_bucket" in e for e in latency)
+    for title in ("HTTP requests /s by listener and rule", "HTTP 5xx ratio"):
+        for target in by_title[title]["targets"]:
+            assert 'rule=~"$rule"' in target["expr"], title
 
 
 def test_panels_use_the_datasource_variable_and_do_not_overlap() -> None:

@@ -1,6 +1,7 @@
 """`promtool check metrics` on real scrapes: the running `wslb-dataplane` (two workers, so the
-parent's merge is what is checked) after known traffic, the new collectors served by the
-real admin server, alone and merged as two workers, and the controller's health server."""
+parent's merge is what is checked) after known WebSocket and plain HTTP traffic, the new
+collectors served by the real admin server, alone and merged as two workers, and the
+controller's health server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from controller.main import HealthServer
@@ -21,6 +23,14 @@ from dataplane.process_metrics import Observability
 from dataplane.workers import _Merged
 from lbwire.snapshot import Snapshot
 from tests.integration.conftest import Backend, DataplaneProcess, listener, snapshot
+from tests.integration.http_backend import HttpBackend
+from tests.monitoring.http_traffic import (
+    GONE_REQUESTS,
+    HEAD_REQUESTS,
+    OK_REQUESTS,
+    http_listener,
+    http_session,
+)
 from tests.monitoring.known import promtool
 from tests.unit.test_process_metrics import https_listener
 
@@ -66,6 +76,88 @@ async def test_running_data_plane_with_two_workers_passes_promtool(
     assert 'worker="0"' in text and 'worker="1"' in text
     result = check_metrics(text)
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` whose labels include `labels` (over workers)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+# The fields of a `kind=http` access-log line, in the order docs/observability.md gives.
+HTTP_LINE_FIELDS = [
+    "time",
+    "kind",
+    "listener",
+    "client_addr",
+    "client_port",
+    "forwarded_for",
+    "host",
+    "method",
+    "path",
+    "rule",
+    "backend",
+    "status",
+    "reason",
+    "duration_seconds",
+    "bytes_from_client",
+    "bytes_to_client",
+    "worker",
+]
+
+
+async def test_running_data_plane_after_http_requests_passes_promtool(
+    dataplane_process: Callable[..., DataplaneProcess],
+) -> None:
+    """Plain HTTP through `wslb-dataplane` with two workers: the request counter by rule,
+    method and status class, the duration histogram, the backend error by kind and the idle
+    pool gauge carry exactly the session's counts, promtool finds nothing to say about
+    them, and each request wrote one `kind=http` access-log line with the documented
+    fields."""
+    backend = await HttpBackend().start()
+    try:
+        config = snapshot(http_listener("web", backend))
+        process = dataplane_process(config, "--workers", "2")
+        await process.wait_ready()
+        await http_session(config["listeners"][0]["port"])
+        requests = "wslb_dataplane_http_requests_total"
+        text = ""
+        deadline = asyncio.get_running_loop().time() + 10
+        while total(text, requests, rule="gone") < GONE_REQUESTS:
+            assert asyncio.get_running_loop().time() < deadline, text
+            status, text = await process.admin("/metrics")
+            assert status == 200
+            await asyncio.sleep(0.1)
+    finally:
+        await backend.stop()
+    web = {"listener": "web"}
+    ok = {**web, "rule": "default", "code": "2xx"}
+    assert total(text, requests, **ok, method="GET") == OK_REQUESTS
+    assert total(text, requests, **ok, method="HEAD") == HEAD_REQUESTS
+    assert total(text, requests, **web, rule="gone", method="GET", code="5xx") == GONE_REQUESTS
+    assert total(text, requests, **web) == OK_REQUESTS + HEAD_REQUESTS + GONE_REQUESTS
+    seconds = "wslb_dataplane_http_request_duration_seconds"
+    assert total(text, f"{seconds}_count", **web, rule="default") == OK_REQUESTS + HEAD_REQUESTS
+    assert total(text, f"{seconds}_bucket", **web, rule="gone", le="+Inf") == GONE_REQUESTS
+    errors = "wslb_dataplane_http_backend_errors_total"
+    assert total(text, errors, **web, rule="gone", kind="connect") == GONE_REQUESTS
+    assert total(text, errors, **web, rule="default") == 0
+    assert total(text, "wslb_dataplane_http_pool_idle_connections", **web) >= 1
+    assert 'worker="0"' in text and 'worker="1"' in text
+    result = check_metrics(text)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+    lines = [line for line in process.log().splitlines() if " kind=http " in line]
+    assert len(lines) == OK_REQUESTS + HEAD_REQUESTS + GONE_REQUESTS, process.log()
+    for line in lines:
+        assert [item.split("=", 1)[0] for item in line.split(" ")] == HTTP_LINE_FIELDS, line
+    gone = [line for line in lines if " rule=gone " in line]
+    assert len(gone) == GONE_REQUESTS
+    assert " path=/gone/x " in gone[0] and " status=502 " in gone[0], gone[0]
 
 
 async def test_new_collectors_pass_promtool_alone_and_merged() -> None:

@@ -1,7 +1,8 @@
 """Debian's Prometheus scrapes a running `wslb-dataplane` with the chart's rules loaded: every
 rule evaluates without error, one alert is driven to firing and seen in the alerts API, and
 every dashboard query whose metrics the data plane exposes returns data after a known session
-(connections, messages, an idle close, a refused request)."""
+(connections, messages, an idle close, a refused request, plain HTTP requests answered 200
+and 502)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from tests.integration.conftest import (
     raw_request,
     snapshot,
 )
+from tests.integration.http_backend import HttpBackend
 from tests.monitoring import prometheus as prometheus_server
+from tests.monitoring.http_traffic import http_listener, http_session
 from tests.monitoring.known import RULES, metric_names_in
 from tests.monitoring.prometheus import Prometheus
 from tests.monitoring.test_dashboard import expressions
@@ -78,16 +81,29 @@ async def test_rules_evaluate_an_alert_fires_and_dashboard_queries_return_data(
     prometheus: Callable[[int], Prometheus],
 ) -> None:
     (echo,) = await backends(1)
-    config = snapshot(listener("ws", idleTimeoutSeconds=1, backends={"endpoints": [echo.endpoint]}))
-    process = dataplane_process(config)
-    await process.wait_ready()
-    prom = prometheus(process.admin_port)
-    await known_session(config["listeners"][0]["port"])
+    http_backend = await HttpBackend().start()
+    try:
+        config = snapshot(
+            listener("ws", idleTimeoutSeconds=1, backends={"endpoints": [echo.endpoint]}),
+            http_listener("web", http_backend),
+        )
+        process = dataplane_process(config)
+        await process.wait_ready()
+        prom = prometheus(process.admin_port)
+        await known_session(config["listeners"][0]["port"])
+        await http_session(config["listeners"][1]["port"])
+    finally:
+        await http_backend.stop()
 
     def idle_close_scraped() -> bool:
         return bool(prom.query('wslb_dataplane_idle_timeouts_total{listener="ws"} == 1'))
 
+    def http_error_scraped() -> bool:
+        promql = 'wslb_dataplane_http_backend_errors_total{listener="web", kind="connect"} == 1'
+        return bool(prom.query(promql))
+
     await poll(idle_close_scraped, "the idle close not scraped", prom)
+    await poll(http_error_scraped, "the HTTP backend error not scraped", prom)
 
     # Every rule of the chart evaluates against the real series without error.
     def rules_evaluated() -> list[dict[str, Any]] | None:
@@ -109,7 +125,9 @@ async def test_rules_evaluate_an_alert_fires_and_dashboard_queries_return_data(
     # the `rejected` series is born at 1 on the first, which increase() cannot see.
     port = config["listeners"][0]["port"]
     for attempt in (1, 2):
-        bad = snapshot(listener("ws", port=port, idleTimeoutSeconds=-attempt))
+        bad = snapshot(
+            listener("ws", port=port, idleTimeoutSeconds=-attempt), config["listeners"][1]
+        )
         process.write_config(bad)
 
         def rejected_scraped(attempt: int = attempt) -> bool:
@@ -141,3 +159,11 @@ async def test_rules_evaluate_an_alert_fires_and_dashboard_queries_return_data(
             (answered if prom.query(expr) else silent).append(title)
     assert silent == []
     assert len(answered) >= 15, answered
+    assert {title.rsplit("/", 1)[0] for title in answered} >= {
+        "HTTP requests /s by listener and rule",
+        "HTTP requests /s by status class and method",
+        "HTTP 5xx ratio",
+        "HTTP request latency",
+        "HTTP backend errors /s by kind",
+        "Idle pooled backend connections",
+    }, answered

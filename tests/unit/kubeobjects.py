@@ -114,9 +114,10 @@ def secret(name: str, data: dict[str, str], type_: str = "Opaque", ns: str = NS)
     }
 
 
-def certificate(common_name: str = "lb.example") -> tuple[str, str]:
-    """A self-signed ECDSA certificate and its key, PEM."""
-    return self_signed([common_name])
+def certificate(*names: str) -> tuple[str, str]:
+    """A self-signed ECDSA certificate for `names` (its DNS SANs; default lb.example) and
+    its key, PEM."""
+    return self_signed(list(names) or ["lb.example"])
 
 
 KINDS = {kind.value: kind for kind in Kind}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
 from controller import builder
 from controller.builder import Build, ListenerResult, build
+from controller.models import parse
 from controller.status import FALSE, TRUE
-from lbwire.snapshot import AccessLog, Snapshot, parse_snapshot
+from controller.store import Store
+from lbwire.snapshot import AccessLog, Http, Snapshot, parse_snapshot
 from tests.unit import kubeobjects as k
 
 LB = "default/lb"
@@ -459,3 +462,291 @@ def test_listeners_bind_both_families_when_the_service_asks_for_ipv6(
     out = build(store, LB, "1")
     assert out.snapshot is not None
     assert [item.address for item in out.snapshot.listeners] == [address]
+
+
+# ---------------------------------------------------------------- rules, certificates, http
+
+
+def rule(name: str, path: str, service: str, **extra: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "match": {"path": path, **extra.pop("match", {})},  # type: ignore[dict-item]
+        "backends": [{"serviceName": service, "port": 8080}],
+        **extra,
+    }
+
+
+def test_rules_become_snapshot_rules_with_their_own_endpoints_and_timers() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.secret("lb-wslb-config", {"sticky-secret": "s3cret"}),
+        k.listener(
+            idleTimeoutSeconds=60,
+            rules=[
+                rule("api", "/api", "api", match={"host": "app.example.com"}, scheduler="rr"),
+                rule(
+                    "ws",
+                    "/ws",
+                    "chat",
+                    match={"pathType": "Exact"},
+                    stickySession={"mode": "insert"},
+                    idleTimeoutSeconds=3600,
+                    keepalive={"intervalSeconds": 25},
+                    maxMessageBytes=65536,
+                ),
+            ],
+        ),
+        k.service("echo"),
+        k.service("api"),
+        k.service("chat"),
+        k.endpoint_slice("echo-a", "echo", [k.endpoint("10.0.0.1")]),
+        k.endpoint_slice("api-a", "api", [k.endpoint("10.0.1.1"), k.endpoint("10.0.1.2")]),
+        k.endpoint_slice("chat-a", "chat", [k.endpoint("10.0.2.1", ready=False)]),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    (listener,) = out.snapshot.listeners
+    assert [e.address for e in listener.backends.endpoints] == ["10.0.0.1"]
+    wire = out.snapshot.to_wire()["listeners"][0]["rules"]
+    assert wire == [
+        {
+            "name": "api",
+            "match": {"host": "app.example.com", "path": "/api", "pathType": "Prefix"},
+            "backends": {
+                "scheduler": "rr",
+                "hash": {"source": "sourceIP", "name": None},
+                "sticky": {"mode": "none", "cookieName": "WSLB_STICKY", "maxAgeSeconds": 3600,
+                           "secret": None},
+                "healthCheck": wire[0]["backends"]["healthCheck"],
+                "endpoints": [
+                    {"address": "10.0.1.1", "port": 9000, "weight": 100, "ready": True,
+                     "draining": False},
+                    {"address": "10.0.1.2", "port": 9000, "weight": 100, "ready": True,
+                     "draining": False},
+                ],
+            },
+            "idleTimeoutSeconds": None,
+            "keepalive": None,
+            "drainTimeoutSeconds": None,
+            "maxMessageBytes": None,
+        },
+        {
+            "name": "ws",
+            "match": {"host": None, "path": "/ws", "pathType": "Exact"},
+            "backends": {
+                "scheduler": "wlc",
+                "hash": {"source": "sourceIP", "name": None},
+                "sticky": {"mode": "insert", "cookieName": "WSLB_STICKY", "maxAgeSeconds": 3600,
+                           "secret": "s3cret"},
+                "healthCheck": wire[1]["backends"]["healthCheck"],
+                "endpoints": [
+                    {"address": "10.0.2.1", "port": 9000, "weight": 100, "ready": False,
+                     "draining": False},
+                ],
+            },
+            "idleTimeoutSeconds": 3600.0,
+            "keepalive": {"intervalSeconds": 25.0, "timeoutSeconds": 10.0},
+            "drainTimeoutSeconds": None,
+            "maxMessageBytes": 65536,
+        },
+    ]  # fmt: skip
+    assert wire[0]["backends"]["healthCheck"]["type"] == "none"
+    web = result(out, "web")
+    assert (web.ready_backends, web.total_backends, web.rule_count) == (3, 4, 2)
+    assert (web.resolved_refs.status, web.conflicted.status) == (TRUE, FALSE)
+    assert web.conflicted.reason == "NoConflicts"
+
+
+def test_a_rule_with_a_missing_service_serves_nothing_and_the_rest_serves_on() -> None:
+    """The rule stays with no endpoints (its requests get 503 from the data plane); the
+    listener and its other groups are programmed, and ResolvedRefs names the rule."""
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(rules=[rule("api", "/api", "ghost"), rule("ws", "/ws", "echo")]),
+        k.service("echo"),
+        k.endpoint_slice("echo-a", "echo", [k.endpoint("10.0.0.1")]),
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    (listener,) = out.snapshot.listeners
+    assert [(r.name, len(r.backends.endpoints)) for r in listener.rules] == [("api", 0), ("ws", 1)]
+    assert len(listener.backends.endpoints) == 1
+    web = result(out, "web")
+    assert web.in_snapshot
+    assert (web.resolved_refs.status, web.resolved_refs.reason) == (FALSE, "ServiceNotFound")
+    assert web.resolved_refs.message == "rule api: Service ghost not found"
+
+
+def test_rules_with_the_same_match_are_conflicted_and_the_later_one_is_named() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(
+            rules=[
+                rule("api", "/api", "echo", match={"host": "a.example.com"}),
+                rule("api2", "/api/", "echo", match={"host": "a.example.com"}),  # same prefix
+                rule("exact", "/api", "echo", match={"host": "a.example.com", "pathType": "Exact"}),
+                rule("other", "/api", "echo", match={"host": "b.example.com"}),
+            ]
+        ),
+        k.service("echo"),
+    )
+    web = result(build(store, LB, "1"), "web")
+    assert (web.conflicted.status, web.conflicted.reason) == (TRUE, "RuleShadowed")
+    assert web.conflicted.message == (
+        "rule api2 has the same host, path and pathType as the earlier rule api and never matches"
+    )
+    assert web.in_snapshot  # a conflict is reported, not refused: the earlier rule serves
+
+
+def test_a_rule_named_default_is_invalid() -> None:
+    store = k.store_of(k.load_balancer(), k.listener(rules=[rule("default", "/x", "echo")]))
+    web = result(build(store, LB, "1"), "web")
+    assert (web.accepted.status, web.accepted.reason) == (FALSE, "Invalid")
+    assert "default" in web.accepted.message
+
+
+def test_sticky_insert_on_a_rule_without_the_secret_waits() -> None:
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(rules=[rule("ws", "/ws", "echo", stickySession={"mode": "insert"})]),
+        k.service(),
+    )
+    web = result(build(store, LB, "1"), "web")
+    assert not web.in_snapshot
+    assert (
+        web.resolved_refs.message == "rule ws: Secret lb-wslb-config (key sticky-secret) not found"
+    )
+
+
+def tls_store(*secrets: dict[str, Any], names: list[str]) -> Store:
+    return k.store_of(
+        k.load_balancer(),
+        k.listener(
+            "secure",
+            port=443,
+            protocol="HTTPS",
+            tls={"certificates": [{"secretName": name} for name in names]},
+        ),
+        k.service(),
+        *secrets,
+    )
+
+
+def tls_secret(name: str, cert: str, key: str) -> dict[str, Any]:
+    return k.secret(name, {"tls.crt": cert, "tls.key": key}, "kubernetes.io/tls")
+
+
+def test_certificates_come_in_order_named_by_their_dns_sans() -> None:
+    app = k.certificate("app.example.com", "www.example.com", "127.0.0.1")
+    chat = k.certificate("*.Chat.example.com")
+    store = tls_store(
+        tls_secret("chat-tls", *chat), tls_secret("app-tls", *app), names=["app-tls", "chat-tls"]
+    )
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    tls = out.snapshot.listeners[0].tls
+    assert tls is not None
+    assert [(c.certificate_pem, c.server_names) for c in tls.certificates] == [
+        (app[0], ["app.example.com", "www.example.com"]),  # the IP SAN is no SNI name
+        (chat[0], ["*.chat.example.com"]),
+    ]
+    assert result(out, "secure").resolved_refs.status == TRUE
+
+
+def test_a_missing_second_certificate_leaves_the_first_serving() -> None:
+    app = k.certificate("app.example.com")
+    out = build(tls_store(tls_secret("app-tls", *app), names=["app-tls", "chat-tls"]), LB, "1")
+    assert out.snapshot is not None
+    tls = out.snapshot.listeners[0].tls
+    assert tls is not None and [c.certificate_pem for c in tls.certificates] == [app[0]]
+    secure = result(out, "secure")
+    assert secure.in_snapshot
+    assert (secure.resolved_refs.status, secure.resolved_refs.reason) == (FALSE, "SecretNotFound")
+    assert secure.resolved_refs.message == "Secret chat-tls not found"
+
+
+def test_no_certificate_at_all_leaves_the_listener_out() -> None:
+    out = build(tls_store(names=["app-tls", "chat-tls"]), LB, "1")
+    secure = result(out, "secure")
+    assert not secure.in_snapshot
+    assert secure.resolved_refs.message == "Secret app-tls not found; Secret chat-tls not found"
+
+
+def test_a_later_certificate_without_dns_names_is_refused() -> None:
+    app = k.certificate("app.example.com")
+    bare = k.certificate("10.0.0.1")  # an IP SAN only: SNI can never choose it
+    out = build(
+        tls_store(
+            tls_secret("app-tls", *app), tls_secret("ip-tls", *bare), names=["app-tls", "ip-tls"]
+        ),
+        LB,
+        "1",
+    )
+    secure = result(out, "secure")
+    assert secure.in_snapshot and secure.resolved_refs.reason == "InvalidCertificate"
+    assert (
+        "ip-tls" in secure.resolved_refs.message and "no DNS name" in secure.resolved_refs.message
+    )
+
+
+def test_tls_takes_exactly_one_form() -> None:
+    both = {"secretName": "a", "certificates": [{"secretName": "b"}]}
+    for tls in (both, {}, {"certificates": [{"secretName": "a"}, {"secretName": "a"}]}):
+        store = k.store_of(
+            k.load_balancer(), k.listener("secure", port=443, protocol="HTTPS", tls=tls)
+        )
+        secure = result(build(store, LB, "1"), "secure")
+        assert (secure.accepted.status, secure.accepted.reason) == (FALSE, "Invalid"), tls
+
+
+def test_http_block_reaches_the_snapshot() -> None:
+    http = {
+        "maxBodyBytes": 1024,
+        "requestHeadTimeoutSeconds": 5,
+        "responseHeadTimeoutSeconds": 30,
+        "keepAliveTimeoutSeconds": 0,
+        "maxRequestsPerConnection": 10,
+        "redirectToHttps": {"enabled": True, "port": 8443},
+    }
+    store = k.store_of(k.load_balancer(), k.listener(http=http), k.service())
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    assert out.snapshot.to_wire()["listeners"][0]["http"] == {
+        "maxBodyBytes": 1024,
+        "requestHeadTimeoutSeconds": 5.0,
+        "responseHeadTimeoutSeconds": 30.0,
+        "keepAliveTimeoutSeconds": 0.0,
+        "maxRequestsPerConnection": 10,
+        "redirectToHttps": {"enabled": True, "port": 8443},
+    }
+
+
+def test_http_defaults_are_the_snapshot_defaults() -> None:
+    store = k.store_of(k.load_balancer(), k.listener(), k.service())
+    out = build(store, LB, "1")
+    assert out.snapshot is not None
+    assert out.snapshot.listeners[0].http == Http()
+    assert out.snapshot.listeners[0].rules == []
+
+
+def test_rule_services_and_certificate_secrets_trigger_a_rebuild() -> None:
+    """The store's index: a change to any Service a rule names, or to any certificate Secret,
+    touches the LoadBalancer (so rotation of every Secret is picked up)."""
+    store = k.store_of(
+        k.load_balancer(),
+        k.listener(
+            "secure",
+            port=443,
+            protocol="HTTPS",
+            tls={"certificates": [{"secretName": "app-tls"}, {"secretName": "chat-tls"}]},
+            rules=[rule("api", "/api", "api")],
+        ),
+    )
+    for body in (
+        k.service("api"),
+        k.endpoint_slice("api-a", "api"),
+        k.secret("app-tls", {}),
+        k.secret("chat-tls", {}),
+    ):
+        assert store.put(parse(k.KINDS[body["kind"]], body)) == {LB}, body["metadata"]
+    assert store.put(parse(k.KINDS["Secret"], k.secret("unrelated", {}))) == set()

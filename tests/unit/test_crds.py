@@ -159,8 +159,16 @@ def test_printer_columns_follow_the_contract() -> None:
 
     assert default_columns("LoadBalancer") == ["Tier", "Replicas", "Address", "Programmed", "Age"]
     assert default_columns("Listener") == [
-        "LoadBalancer", "Protocol", "Port", "Ready", "Programmed", "Age",
+        "LoadBalancer", "Protocol", "Port", "Rules", "Ready", "Programmed", "Age",
     ]  # fmt: skip
+
+
+def test_listener_wide_columns_show_missing_references_and_conflicting_rules() -> None:
+    columns = {c["name"]: c for c in version_of(CRDS["Listener"])["additionalPrinterColumns"]}
+    assert columns["Rules"]["jsonPath"] == ".status.ruleCount"
+    for name in ("ResolvedRefs", "Conflicted"):
+        assert columns[name]["jsonPath"] == f'.status.conditions[?(@.type=="{name}")].status'
+        assert columns[name]["priority"] == 1
 
 
 @pytest.mark.parametrize("kind", sorted(CRDS))
@@ -210,10 +218,27 @@ def test_conditions_are_metav1_conditions_keyed_by_type(kind: str) -> None:
         ("Listener", "spec.limits.connectRetries", 2),
         ("Listener", "spec.tls.minVersion", "1.2"),
         ("Listener", "spec.forwardedHeaders.enabled", True),
+        ("Listener", "spec.rules", []),
+        ("Listener", "spec.rules[].match.path", "/"),
+        ("Listener", "spec.rules[].match.pathType", "Prefix"),
+        ("Listener", "spec.rules[].scheduler", "wlc"),
+        ("Listener", "spec.rules[].backends[].weight", 100),
+        ("Listener", "spec.rules[].stickySession.mode", "none"),
+        ("Listener", "spec.rules[].healthCheck.type", "none"),
+        ("Listener", "spec.http.requestHeadTimeoutSeconds", 10),
+        ("Listener", "spec.http.responseHeadTimeoutSeconds", 60),
+        ("Listener", "spec.http.keepAliveTimeoutSeconds", 60),
+        ("Listener", "spec.http.maxRequestsPerConnection", 1000),
+        ("Listener", "spec.http.redirectToHttps.enabled", False),
+        ("Listener", "spec.http.redirectToHttps.port", 443),
     ],
 )
 def test_defaults_of_the_contract(kind: str, path: str, default: object) -> None:
     assert node(kind, path)["default"] == default
+
+
+# Objects whose absence means something: a rule without keepalive takes the listener's.
+INHERITED = {"spec.rules[].keepalive"}
 
 
 @pytest.mark.parametrize("kind", sorted(CRDS))
@@ -222,6 +247,9 @@ def test_every_defaulted_object_gets_its_nested_defaults(kind: str) -> None:
     defaulted fields default to {}: `kubectl get -o yaml` then shows every effective value."""
     for path, schema in walk(root_schema(kind)):
         if not path.startswith("spec.") or schema.get("type") != "object" or path == "spec.tls":
+            continue
+        if path in INHERITED:
+            assert "default" not in schema, path
             continue
         if path.endswith("[]"):  # a list item exists whenever it is written
             continue
@@ -272,6 +300,15 @@ def test_cel_rules_cover_the_cross_field_checks() -> None:
     assert any("timeoutSeconds <= self.intervalSeconds" in r for r in by_path["spec.healthCheck"])
     assert by_path["spec.sourceRanges.allow[]"] == ["isCIDR(self)"]
     assert by_path["spec.sourceRanges.deny[]"] == ["isCIDR(self)"]
+    assert any("redirectToHttps.enabled" in r and "'HTTP'" in r for r in by_path["spec"])
+    assert by_path["spec.tls"] == ["has(self.secretName) != has(self.certificates)"]
+    assert by_path["spec.rules[]"] == ["self.name != 'default'"]
+    assert any("self.name" in r and "sourceIP" in r for r in by_path["spec.rules[].hash"])
+    rules_list = node("Listener", "spec.rules")
+    assert rules_list["x-kubernetes-list-type"] == "map"  # unique names, checked by admission
+    assert rules_list["x-kubernetes-list-map-keys"] == ["name"]
+    certificates = node("Listener", "spec.tls.certificates")
+    assert certificates["x-kubernetes-list-map-keys"] == ["secretName"]
 
 
 @pytest.mark.parametrize("kind", sorted(CRDS))
@@ -296,6 +333,16 @@ PAIRS: list[tuple[str, type[BaseModel], dict[str, str], set[str]]] = [
         {},
         {"name", "address", "tls", "backends", "generation"},
     ),
+    ("spec.rules[]", snapshot.Rule, {}, {"backends"}),
+    ("spec.rules[]", snapshot.Backends, {"stickySession": "sticky"}, {"endpoints"}),
+    ("spec.rules[].match", snapshot.RuleMatch, {}, set()),
+    ("spec.rules[].backends[]", snapshot.Endpoint, {}, {"address", "ready", "draining"}),
+    ("spec.rules[].hash", snapshot.HashPolicy, {}, set()),
+    ("spec.rules[].stickySession", snapshot.StickySession, {}, {"secret"}),
+    ("spec.rules[].healthCheck", snapshot.HealthCheck, {}, set()),
+    ("spec.rules[].keepalive", snapshot.Keepalive, {}, set()),
+    ("spec.http", snapshot.Http, {}, set()),
+    ("spec.http.redirectToHttps", snapshot.HttpsRedirect, {}, set()),
     (
         "spec",
         snapshot.Backends,
@@ -311,7 +358,7 @@ PAIRS: list[tuple[str, type[BaseModel], dict[str, str], set[str]]] = [
     ("spec.sourceRanges", snapshot.SourceRanges, {}, set()),
     ("spec.forwardedHeaders", snapshot.ForwardedHeaders, {}, set()),
     ("spec.accessLog", snapshot.AccessLog, {}, set()),
-    ("spec.tls", snapshot.Tls, {}, {"certificates"}),
+    ("spec.tls", snapshot.Tls, {}, set()),
 ]
 
 
@@ -356,6 +403,80 @@ def item_metadata(annotation: Any) -> list[Any]:
 def test_every_snapshot_listener_field_has_its_crd_field() -> None:
     mapped = list(pairs())
     assert len(mapped) > 30
+
+
+def optional_bounds(model: type[BaseModel], name: str) -> tuple[float | None, float | None]:
+    """The bounds of an `Annotated[int, Field(...)] | None` field (a rule's timers)."""
+    (inner, _) = typing.get_args(model.model_fields[name].annotation)
+    metadata: list[Any] = []
+    for extra in getattr(inner, "__metadata__", ()):
+        metadata.extend(extra.metadata if isinstance(extra, FieldInfo) else [extra])
+    return bounds(metadata)
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "name"),
+    [
+        ("spec.rules[].idleTimeoutSeconds", snapshot.Rule, "idle_timeout_seconds"),
+        ("spec.rules[].drainTimeoutSeconds", snapshot.Rule, "drain_timeout_seconds"),
+        ("spec.rules[].maxMessageBytes", snapshot.Rule, "max_message_bytes"),
+        ("spec.http.maxBodyBytes", snapshot.Http, "max_body_bytes"),
+    ],
+)
+def test_optional_fields_have_the_snapshot_range_and_no_default(
+    path: str, model: type[BaseModel], name: str
+) -> None:
+    """Unset means the listener's value (a rule's timers) or unlimited (maxBodyBytes), so the
+    CRD must not fill in a default; its range is the snapshot's."""
+    schema = node("Listener", path)
+    assert "default" not in schema
+    assert (schema["minimum"], schema["maximum"]) == optional_bounds(model, name)
+
+
+RULE_GROUP = ["backends", "scheduler", "hash", "stickySession", "healthCheck"]
+
+
+def without_prose(schema: Any) -> Any:
+    """A schema without descriptions and CEL messages (they name their own path)."""
+    if isinstance(schema, dict):
+        return {
+            key: without_prose(value)
+            for key, value in schema.items()
+            if key not in {"description", "message"}
+        }
+    if isinstance(schema, list):
+        return [without_prose(item) for item in schema]
+    return schema
+
+
+@pytest.mark.parametrize("name", RULE_GROUP)
+def test_a_rule_group_has_the_schema_of_the_default_group(name: str) -> None:
+    """A rule's backend group accepts and defaults exactly what spec's does."""
+    rule = node("Listener", f"spec.rules[].{name}")
+    assert without_prose(rule) == without_prose(node("Listener", f"spec.{name}"))
+
+
+def test_rule_host_pattern_is_the_snapshot_pattern() -> None:
+    (inner, _) = typing.get_args(snapshot.RuleMatch.model_fields["host"].annotation)
+    (field,) = [m for m in inner.__metadata__ if isinstance(m, FieldInfo)]
+    patterns = [m.pattern for m in field.metadata if hasattr(m, "pattern")]
+    assert node("Listener", "spec.rules[].match.host")["pattern"] in patterns
+
+
+@pytest.mark.parametrize(
+    ("path", "valid"),
+    [("/", True), ("/api", True), ("/api/v1/", True), ("/socket.io", True),
+     ("api", False), ("", False), ("/a b", False), ("/a?b", False), ("/a#b", False)],
+)  # fmt: skip
+def test_rule_path_pattern_agrees_with_the_snapshot(path: str, valid: bool) -> None:
+    schema = node("Listener", "spec.rules[].match.path")
+    admitted = check(path, schema, "path") == []
+    try:
+        snapshot.RuleMatch(path=path)
+        parsed = True
+    except ValueError:
+        parsed = False
+    assert (admitted, parsed) == (valid, valid)
 
 
 @pytest.mark.parametrize(
@@ -539,6 +660,9 @@ def test_examples_cover_each_kind_and_protocol() -> None:
     assert {spec["protocol"] for spec in listeners} == {"HTTP", "HTTPS"}
     assert any(len({b["serviceName"] for b in spec["backends"]}) == 2 for spec in listeners)
     assert all("tls" in spec for spec in listeners if spec["protocol"] == "HTTPS")
+    assert any(len(spec.get("rules", [])) >= 2 for spec in listeners)
+    assert any(len(spec.get("tls", {}).get("certificates", [])) == 2 for spec in listeners)
+    assert any(spec.get("http", {}).get("redirectToHttps", {}).get("enabled") for spec in listeners)
     names = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "LoadBalancer"}
     assert all(spec["loadBalancerRef"]["name"] in names for spec in listeners)
 
@@ -573,7 +697,10 @@ def test_invalid_examples_cover_the_rules_of_the_brief() -> None:
     assert set(expected.values()) >= {
         "spec.tls", "spec.port", "spec.idleTimeoutSeconds", "spec.hash.name",
         "spec.healthCheck.timeoutSeconds", "spec.nodePort", "spec.backends[1]",
+        "spec.rules[0].name", "spec.rules[1]", "spec.rules[0].match.path",
+        "spec.rules[0].match.host", "spec.http.redirectToHttps.enabled",
     }  # fmt: skip
+    assert sum(value == "spec.tls" for value in expected.values()) >= 3
 
 
 def test_load_balancer_scale_subresource_reads_replicas_and_selector() -> None:
@@ -626,3 +753,17 @@ def test_quantities_accept_integers_and_suffixed_strings() -> None:
     assert check("500m", schema, "cpu") == []
     assert check("1.5Gi", schema, "memory") == []
     assert check("lots", schema, "cpu") != []
+
+
+# --- standalone examples ------------------------------------------------------------------------
+
+STANDALONE_RULES = REPO / "examples" / "standalone-rules.yaml"
+
+
+def test_standalone_rules_example_is_a_valid_snapshot() -> None:
+    """examples/standalone-rules.yaml parses with the one schema, with its rules in order."""
+    parsed = snapshot.parse_snapshot(yaml.safe_load(STANDALONE_RULES.read_text()))
+    (listener,) = parsed.listeners
+    assert [rule.name for rule in listener.rules] == ["ws", "api", "admin"]
+    assert listener.rules[0].idle_timeout_seconds == 3600
+    assert listener.http.max_body_bytes == 10 * 1024 * 1024

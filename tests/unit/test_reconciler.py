@@ -282,18 +282,25 @@ async def test_listener_status_reports_programmed_from_sessions(
     server.peers[LB] = [session]
     await synced_round(store, reconciler, k.load_balancer(replicas=1), *BODIES[1:])
     status = cluster.last_status(Kind.LISTENER, "web")
-    assert [c["type"] for c in status["conditions"]] == ["Accepted", "ResolvedRefs", "Programmed"]
-    assert status["conditions"][2]["reason"] == "Pending"
+    assert [c["type"] for c in status["conditions"]] == [
+        "Accepted", "ResolvedRefs", "Conflicted", "Programmed",
+    ]  # fmt: skip
+    assert status["conditions"][3]["reason"] == "Pending"
+    assert (status["conditions"][2]["status"], status["conditions"][2]["reason"]) == (
+        "False",
+        "NoConflicts",
+    )
     assert (status["readyBackends"], status["totalBackends"], status["observedGeneration"]) == (
         1,
         1,
         1,
     )
+    assert status["ruleCount"] == 0
     assert session.in_flight is not None
     session.on_ack(Ack(version=session.in_flight[1].version, nonce="n1"))
     reconciler.sessions_changed(LB)  # what the config server's on_change does
     await reconciler.round()
-    assert cluster.last_status(Kind.LISTENER, "web")["conditions"][2]["status"] == "True"
+    assert cluster.last_status(Kind.LISTENER, "web")["conditions"][3]["status"] == "True"
     lb_status = cluster.last_status(Kind.LOAD_BALANCER, "lb")
     assert lb_status["dataPlanes"] == {"desired": 1, "connected": 1, "acked": 1}
     assert lb_status["appliedVersion"] == session.applied_version
