@@ -54,7 +54,6 @@ from dataplane.http1 import (
     Upgrade,
     frame_chunk,
 )
-from dataplane.sticky import StickyCookies
 from lbwire.snapshot import Listener
 
 log = logging.getLogger("wslb.http")
@@ -106,48 +105,11 @@ class Client(Protocol):
     def end_http(self, linger: bool) -> None: ...
 
 
-# ---------------------------------------------------------------- sticky on field lists
-# Adapters from http1's field lists to StickyCookies' Headers methods. The sticky module
-# gains byte-level equivalents (issue 10: endpoint_for_fields, strip_request_fields,
-# response_fields); these three calls are the only places to switch over.
-
-
 def _headers(fields: Fields) -> Headers:
     headers = Headers()
     for name, value in fields:
         headers[name.decode("latin-1")] = value.decode("latin-1")
     return headers
-
-
-def _fields(headers: Headers) -> Fields:
-    return [
-        (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.raw_items()
-    ]
-
-
-def sticky_endpoint(sticky: StickyCookies, fields: Fields) -> str | None:
-    if not any(name.lower() == b"cookie" for name, _ in fields):
-        return None
-    return sticky.endpoint_for(_headers(fields))
-
-
-def sticky_strip(sticky: StickyCookies, fields: Fields) -> Fields:
-    if not any(name.lower() == b"cookie" for name, _ in fields):
-        return fields
-    headers = _headers(fields)
-    sticky.rewrite_request(headers)
-    return _fields(headers)
-
-
-def sticky_response(sticky: StickyCookies, key: str, fields: Fields, had_valid: bool) -> Fields:
-    headers = _headers(fields)
-    if had_valid and not any(name.lower() == b"set-cookie" for name, _ in fields):
-        return fields  # the request's cookie already names this endpoint
-    before = list(headers.raw_items())
-    sticky.rewrite_response(key, headers)
-    if had_valid and len(list(headers.raw_items())) > len(before):
-        return fields  # insert mode would add a cookie the client already holds
-    return _fields(headers)
 
 
 # ---------------------------------------------------------------- one request
@@ -310,8 +272,8 @@ class HttpSession:
             self._answer_self(exchange, redirect_answer(head, redirect.port))
             return
         if group.sticky_enabled:
-            exchange.sticky_key = sticky_endpoint(group.sticky, head.fields)
-            head.forward_fields = sticky_strip(group.sticky, head.forward_fields)
+            exchange.sticky_key = group.sticky.endpoint_for_fields(head.fields)
+            head.forward_fields = group.sticky.strip_request_fields(head.forward_fields)
         exchange.keep_alive = (
             head.keep_alive
             and self.http.keep_alive_timeout_seconds > 0
@@ -550,8 +512,8 @@ class HttpSession:
             group = exchange.group
             endpoint = exchange.endpoint
             if group.sticky_rewrites_response and endpoint is not None:
-                head.fields = sticky_response(
-                    group.sticky, endpoint.key, head.fields, exchange.sticky_key == endpoint.key
+                head.fields = group.sticky.response_fields(
+                    endpoint.key, head.fields, exchange.sticky_key == endpoint.key
                 )
             if self.draining or self.site.retired:
                 exchange.keep_alive = False
