@@ -183,7 +183,13 @@ class HttpSession:
         self.queued = 0  # bytes of body events in the queue
         self.current: _Exchange | None = None
         self.requests = 0
+        # One timer per session, re-armed lazily: `due` and `on_due` say what is pending;
+        # the handle fires at `timer_at` and re-files itself when `due` moved later.
+        # Each request moves the deadline without a cancel and a new handle.
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.due = 0.0
+        self.on_due: Callable[[], None] | None = None
         self.head_timer = False  # the timer is the request-head one (408), not idle
         self.holds: set[str] = set()  # why the client is not being read
         self.client_write_paused = False
@@ -210,7 +216,7 @@ class HttpSession:
             self.queue.append(refused)
         self._pump()
         idle = self.current is None and not self.done and not self.head_timer
-        if idle and self.timer is not None:  # between requests: bytes of a head arrived
+        if idle and self.on_due is not None:  # between requests: bytes of a head arrived
             self._arm(self.http.request_head_timeout_seconds, self._head_timeout)
             self.head_timer = True
 
@@ -404,13 +410,11 @@ class HttpSession:
         self._send_request(exchange, conn)
 
     def _connect_timeout(self) -> None:
-        self.timer = None
         exchange = self.current
         if exchange is not None and exchange.backend is not None:
             self._backend_failed(exchange, "connect", "connect timed out")
 
     def _response_timeout(self) -> None:
-        self.timer = None
         exchange = self.current
         if exchange is None or exchange.head_sent:
             return
@@ -647,7 +651,7 @@ class HttpSession:
         if redirect.enabled and upgrade.request is not None:
             self._refuse(redirect_answer(upgrade.request, redirect.port), upgrade.request)
             return
-        self._cancel_timer()
+        self._stop_timer()
         self.done = True
         self.holds.clear()
         transport = self.client.transport
@@ -663,20 +667,44 @@ class HttpSession:
         self._arm(self.http.keep_alive_timeout_seconds, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
-        self.timer = None
         if self.current is None:
             self._close()
 
     def _head_timeout(self) -> None:
-        self.timer = None
         if self.current is None and not self.done:
             self._refuse(Rejection(408, "Timed out reading the request", label="head_timeout"))
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self.timer = self.client.loop.call_later(seconds, callback)
+        loop = self.client.loop
+        due = self.due = loop.time() + seconds
+        self.on_due = callback
+        if self.timer is not None:
+            if self.timer_at <= due:
+                return  # it fires first and files itself again for `due`
+            self.timer.cancel()
+        self.timer_at = due
+        self.timer = loop.call_at(due, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        callback = self.on_due
+        if callback is None:
+            return
+        loop = self.client.loop
+        if loop.time() < self.due:
+            self.timer_at = self.due
+            self.timer = loop.call_at(self.due, self._tick)
+            return
+        self.on_due = None
+        callback()
 
     def _cancel_timer(self) -> None:
+        """Nothing is due (the handle, if any, fires for nothing or is reused)."""
+        self.on_due = None
+
+    def _stop_timer(self) -> None:
+        """The session ends: drop the handle too, so the loop holds no reference to it."""
+        self.on_due = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -740,13 +768,13 @@ class HttpSession:
         """End the client connection; `linger` after an answer that left request bytes
         unread, so closing does not reset the connection before the client reads it."""
         self.done = True
-        self._cancel_timer()
+        self._stop_timer()
         self.client.end_http(linger)
 
     def client_lost(self) -> None:
         """The client connection is gone: drop the backend of an unfinished answer."""
         self.done = True
-        self._cancel_timer()
+        self._stop_timer()
         exchange = self.current
         if exchange is not None:
             task = exchange.backend.task if exchange.backend is not None else None
