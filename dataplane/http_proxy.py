@@ -157,7 +157,8 @@ class _Exchange:
         self.replay: list[bytes] | None = []  # framed body bytes sent so far; None: too many
         self.replay_size = 0
         self.waiting: list[bytes] = []  # framed body bytes waiting for a backend connection
-        self.request_done = head.framing == "none"
+        self.request_done = False  # its EndOfMessage was read (it follows the head at once
+        # when there is no body)
         self.sent = False  # some of the request reached a backend connection
         self.response_started = False
         self.head_sent = False
@@ -564,6 +565,8 @@ class HttpSession:
             return
         self._idle()
         self._pump()
+        if self.closing and self.current is None and not self.queue and not self.done:
+            self._close()  # the client half-closed and everything it asked is answered
 
     def _done(self, exchange: _Exchange, rejection: str = "") -> None:
         """Count and log the request, once."""

@@ -505,3 +505,17 @@ async def test_final_answer_instead_of_100_continue_skips_the_body(
     assert (answer.status, answer.body) == (401, b"no")
     assert await client.closed()  # the unsent body leaves the connection unusable
     client.close()
+
+
+async def test_client_half_close_after_its_requests_gets_every_answer_then_a_close(
+    dataplane: Any, http_backend: Start
+) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(get("/1") + get("/2"))
+    client.writer.write_eof()  # shutdown(SHUT_WR), as some clients do after sending
+    assert (await client.answer()).body == b"GET /1 0"
+    assert (await client.answer()).body == b"GET /2 0"
+    assert await client.closed(timeout=3)  # not left open until the keep-alive timeout
+    client.close()
