@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -68,6 +67,8 @@ waiting for a backend connection); past it the client is not read until they are
 QUEUE_EVENTS = 64
 """Pipelined requests read ahead of the one being answered, at most (each holds its head)."""
 CLOSE_TIMEOUT = 5.0
+HOLD_QUEUE = 1  # too much read ahead
+HOLD_BACKEND = 2  # the backend's write buffer is full
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -172,6 +173,28 @@ class _Exchange:
 class HttpSession:
     """The HTTP side of one client connection (see the module docstring)."""
 
+    # Slots: one session lives per idle keep-alive connection.
+    __slots__ = (
+        "client",
+        "client_write_paused",
+        "closing",
+        "current",
+        "done",
+        "draining",
+        "due",
+        "head_timer",
+        "holds",
+        "http",
+        "on_due",
+        "queue",
+        "queued",
+        "reader",
+        "requests",
+        "site",
+        "timer",
+        "timer_at",
+    )
+
     def __init__(self, client: Client, site: HttpSite) -> None:
         self.client = client
         self.site = site
@@ -180,7 +203,8 @@ class HttpSession:
         self.reader = RequestReader(
             head_limit=config.limits.max_header_bytes, max_body=config.http.max_body_bytes
         )
-        self.queue: deque[RequestEvent | Rejection] = deque()
+        # events read ahead, in order (a list: a deque's first block is 600 B per session)
+        self.queue: list[RequestEvent | Rejection] = []
         self.queued = 0  # bytes of body events in the queue
         self.current: _Exchange | None = None
         self.requests = 0
@@ -192,7 +216,7 @@ class HttpSession:
         self.due = 0.0
         self.on_due: Callable[[], None] | None = None
         self.head_timer = False  # the timer is the request-head one (408), not idle
-        self.holds: set[str] = set()  # why the client is not being read
+        self.holds = 0  # why the client is not being read: HOLD_* bits
         self.client_write_paused = False
         self.draining = False
         self.closing = False  # the client connection ends after the current answer
@@ -228,7 +252,7 @@ class HttpSession:
             event = queue[0]
             exchange = self.current
             if exchange is None:
-                queue.popleft()
+                del queue[0]
                 if type(event) is RequestHead:
                     self._start(event)
                 elif type(event) is Upgrade:
@@ -243,7 +267,7 @@ class HttpSession:
                 continue
             if exchange.request_done:
                 break  # the next request waits for this answer
-            queue.popleft()
+            del queue[0]
             if type(event) is Body:
                 self.queued -= len(event.data)
                 self._send_body(exchange, event.data)
@@ -262,9 +286,9 @@ class HttpSession:
             or len(queue) > QUEUE_EVENTS
             or (self.current is not None and sum(map(len, self.current.waiting)) > QUEUE_LIMIT)
         ):
-            self._hold("queue")
+            self._hold(HOLD_QUEUE)
         else:
-            self._release("queue")
+            self._release(HOLD_QUEUE)
 
     def _start(self, head: RequestHead) -> None:
         self._cancel_timer()
@@ -572,7 +596,7 @@ class HttpSession:
         """Count and log the request, once."""
         if self.current is exchange:
             self.current = None
-            self._release("backend")  # a backend's full buffer no longer holds the client
+            self._release(HOLD_BACKEND)  # a backend's full buffer no longer holds the client
         client = self.client
         now = client.loop.time()
         head = exchange.head
@@ -656,7 +680,7 @@ class HttpSession:
             return
         self._stop_timer()
         self.done = True
-        self.holds.clear()
+        self.holds = 0
         transport = self.client.transport
         if transport is not None:
             transport.resume_reading()
@@ -714,27 +738,27 @@ class HttpSession:
 
     # ---------------------------------------------------------------- flow control
 
-    def _hold(self, reason: str) -> None:
-        if reason in self.holds:
-            return
-        self.holds.add(reason)
+    def _hold(self, reason: int) -> None:
+        held = self.holds
+        self.holds = held | reason
         transport = self.client.transport
-        if len(self.holds) == 1 and transport is not None and not transport.is_closing():
+        if not held and transport is not None and not transport.is_closing():
             transport.pause_reading()
 
-    def _release(self, reason: str) -> None:
-        if reason not in self.holds:
+    def _release(self, reason: int) -> None:
+        held = self.holds
+        if not held & reason:
             return
-        self.holds.discard(reason)
+        self.holds = held & ~reason
         transport = self.client.transport
         if not self.holds and transport is not None and not transport.is_closing():
             transport.resume_reading()
 
     def backend_paused(self) -> None:
-        self._hold("backend")
+        self._hold(HOLD_BACKEND)
 
     def backend_resumed(self) -> None:
-        self._release("backend")
+        self._release(HOLD_BACKEND)
 
     def client_paused(self) -> None:
         self.client_write_paused = True
