@@ -519,3 +519,29 @@ async def test_client_half_close_after_its_requests_gets_every_answer_then_a_clo
     assert (await client.answer()).body == b"GET /2 0"
     assert await client.closed(timeout=3)  # not left open until the keep-alive timeout
     client.close()
+
+
+async def test_https_listener_proxies_plain_requests_with_forwarded_proto_https(
+    dataplane: Any, http_backend: Start, tls: Any
+) -> None:
+    backend = await http_backend()
+    config = listener(
+        protocol="HTTPS",
+        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
+        backends={"endpoints": [backend.endpoint]},
+    )
+    runtime: Runtime = await dataplane(snapshot(config))
+    port = runtime.listeners["ws"].config.port
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.client_context, server_hostname="localhost"
+    )
+    client = Client(reader, writer)
+    for target in ("/a", "/b"):
+        client.send(get(target, host="localhost"))
+        assert (await client.answer()).body == f"GET {target} 0".encode()
+    client.send(get("/c", host="localhost", extra="Connection: close\r\n"))
+    assert (await client.answer()).status == 200
+    assert await client.closed()
+    client.close()
+    assert [seen.field("X-Forwarded-Proto") for seen in backend.requests] == ["https"] * 3
+    assert backend.accepted == 1
