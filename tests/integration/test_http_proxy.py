@@ -545,3 +545,17 @@ async def test_https_listener_proxies_plain_requests_with_forwarded_proto_https(
     client.close()
     assert [seen.field("X-Forwarded-Proto") for seen in backend.requests] == ["https"] * 3
     assert backend.accepted == 1
+
+
+async def test_many_pipelined_requests_are_all_answered_in_order(
+    dataplane: Any, http_backend: Start
+) -> None:
+    """More than the read-ahead bound (64 requests): reading pauses and resumes."""
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(b"".join(get(f"/{n}") for n in range(300)))
+    bodies = [(await client.answer()).body for _ in range(300)]
+    client.close()
+    assert bodies == [f"GET /{n} 0".encode() for n in range(300)]
+    assert backend.accepted == 1
