@@ -556,6 +556,9 @@ async def test_many_pipelined_requests_are_all_answered_in_order(
     client = await Client.connect(port)
     client.send(b"".join(get(f"/{n}") for n in range(300)))
     bodies = [(await client.answer()).body for _ in range(300)]
+    client.send(get("/after"))  # read only if the pause was lifted
+    last = await client.answer()
     client.close()
     assert bodies == [f"GET /{n} 0".encode() for n in range(300)]
+    assert last.body == b"GET /after 0"
     assert backend.accepted == 1
