@@ -8,7 +8,10 @@
 #   build   installs the locked dependencies (requirements/runtime.txt: every version pinned,
 #           every file hashed) and our own wheel, built here from the source, into the venv
 #           /opt/wslb, for the builder's own platform: `--platform linux/arm64` gets arm64
-#           wheels. Debug symbols are stripped from the compiled extensions.
+#           wheels. The connection core (dataplane/relay.py, frames.py, deadlines.py) is
+#           compiled with mypyc here (WSLB_MYPYC=1, setup.py), so this stage has a C compiler
+#           and Python's headers; the build fails if the installed core is not the compiled
+#           one. Debug symbols are stripped from the compiled extensions.
 #   rootfs  the base cut down to what the programs use (hack/image-rootfs.sh), plus the venv.
 #   final   that tree as one layer, run as a fixed non-root user.
 #
@@ -22,12 +25,19 @@
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-# strip(1), for this stage only (it never reaches the final image). Unpinned: Debian stable
-# takes only fixes, and a pinned version disappears from the mirror with the next one.
+# strip(1) and a C compiler for mypyc, for this stage only (they never reach the final image),
+# plus Python's headers where the base lacks them (Debian's python3; the official image has
+# them). Unpinned: Debian stable takes only fixes, and a pinned version disappears from the
+# mirror with the next one.
 # hadolint ignore=DL3008
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils \
- && rm -rf /var/lib/apt/lists/*
+RUN set -eu; \
+    headers=""; \
+    include=$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))'); \
+    [ -e "$include/Python.h" ] || headers=python3-dev; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      binutils gcc libc6-dev $headers; \
+    rm -rf /var/lib/apt/lists/*
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1 PIP_ROOT_USER_ACTION=ignore
 # Dependencies first (from the lock alone), so a code change reuses this layer where the
 # builder caches layers. /opt/tools holds pip and setuptools (requirements/build.txt) and is
@@ -43,14 +53,18 @@ RUN --mount=type=secret,id=cacert --mount=type=secret,id=pipconf \
     python3 -m venv --without-pip /opt/wslb; \
     /opt/tools/bin/pip --python /opt/wslb/bin/python install -q --require-hashes \
       -r /src/requirements/runtime.txt
-COPY pyproject.toml README.md LICENSE /src/
+COPY pyproject.toml setup.py README.md LICENSE /src/
 COPY lbwire/ /src/lbwire/
 COPY dataplane/ /src/dataplane/
 COPY controller/ /src/controller/
 RUN set -eu; \
-    /opt/tools/bin/pip wheel -q --no-deps --no-build-isolation --wheel-dir /tmp/dist /src; \
+    WSLB_MYPYC=1 /opt/tools/bin/pip wheel -q --no-deps --no-build-isolation --wheel-dir /tmp/dist \
+      /src; \
     /opt/tools/bin/pip --python /opt/wslb/bin/python install -q --no-deps --no-index \
       /tmp/dist/wslb-*.whl; \
+    /opt/wslb/bin/python -c 'import dataplane.relay as r, dataplane.frames as f; \
+      from importlib.machinery import ExtensionFileLoader as E; \
+      assert isinstance(r.__loader__, E) and isinstance(f.__loader__, E), "core not compiled"'; \
     find /opt/wslb -name '*.so' -exec strip --strip-unneeded {} +; \
     find /opt/wslb -type f \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' \
       -o -name '*.h' \) -delete; \

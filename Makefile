@@ -6,6 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
 .PHONY: help venv lock lock-upgrade lint typecheck contracts chart dashboard check unit integration e2e test run echo bench \
+        compiled pure test-compiled \
         image e2e-assets base-image node-image cluster-up cluster-down kind-demo kind-demo-down \
         clean
 
@@ -65,9 +66,27 @@ E2E_ON = [ -x hack/e2e.sh ] && [ "$${WSLB_SKIP_E2E:-}" != 1 ]
 test: check ## every tier this machine can run (what CI runs)
 	@# The Go-built kube-apiserver/etcd/helm serve the integration tier's controller tests too.
 	@if $(E2E_ON); then bash hack/e2e-assets.sh; fi
-	$(PY) -m pytest tests/unit tests/integration tests/monitoring -q -rs -p no:cacheprovider
+	WSLB_MYPYC=0 $(PY) -m pytest tests/unit tests/integration tests/monitoring -q -rs -p no:cacheprovider
 	@if $(E2E_ON); then bash hack/e2e.sh; \
 	  else echo "e2e tier skipped: WSLB_SKIP_E2E=1 was set"; fi
+
+# The connection core (dataplane/relay.py, frames.py, deadlines.py) compiled with mypyc, as the
+# image ships it: C extensions beside the .py files, which Python imports first (setup.py).
+# Opt-in, it needs a C compiler and Python's headers; `make pure` goes back to pure Python.
+compiled: $(STAMP) ## compile the connection core with mypyc (.so beside the .py), as in the image
+	rm -rf build dataplane/*.so
+	WSLB_MYPYC=1 $(PIP) install -q --no-deps --no-build-isolation -e .
+
+pure: ## remove the compiled connection core: pure Python again
+	rm -rf build dataplane/*.so
+
+# CI's second pass, after `make test` (pure Python): the unit tier and the integration tests
+# that drive the core, against the compiled core (tests/unit/test_compiled.py fails on pure).
+COMPILED_TESTS := tests/unit tests/integration/test_proxy.py tests/integration/test_close_paths.py \
+	tests/integration/test_timeouts.py tests/integration/test_limits.py \
+	tests/integration/test_robustness.py tests/integration/test_connection_record.py
+test-compiled: compiled ## the unit tier and the relay integration tests, core compiled with mypyc
+	WSLB_MYPYC=1 $(PY) -m pytest $(COMPILED_TESTS) -q -rs -p no:cacheprovider
 
 run: $(STAMP) ## the load balancer standalone: WS :8080, WSS :8443, two demo echo backends
 	$(PY) -m dataplane.demo examples/standalone.yaml

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from dataplane.handshake import render_response
+from lbwire.errors import StartupError
 from lbwire.messages import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("wslb.admin")
@@ -55,7 +56,13 @@ class AdminServer:
 
     async def start(self, host: str | None, port: int) -> int:
         """Listen on `host` (None: all addresses, both families); the port bound."""
-        server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        try:
+            server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        except OSError as exc:
+            where = f"[{host}]:{port}" if host and ":" in host else f"{host or '*'}:{port}"
+            raise StartupError(
+                f"cannot listen on the admin address {where}: {exc.strerror or exc}"
+            ) from None
         self.servers.append(server)
         bound = int(server.sockets[0].getsockname()[1])
         shown = "[::]+0.0.0.0" if host is None else (f"[{host}]" if ":" in host else host)

@@ -36,7 +36,7 @@ from dataplane.process_metrics import ChannelState, Observability
 from dataplane.runtime import Runtime
 from dataplane.workers import WorkerSet, snapshot_receiver
 from lbwire import logs
-from lbwire.errors import ConfigError
+from lbwire.errors import ConfigError, StartupError
 from lbwire.logs import ENV_FORMAT, ENV_LEVEL, LogFormat, LogSetupError, parse_format, parse_level
 from lbwire.programs import OneLineParser, fail
 
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             code = _run(lambda: run_workers(options, runtime_dir, args))
         else:
             code = _run(lambda: DataPlaneProcess(options).run())
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         _fail(str(exc))
     sys.exit(code)
 

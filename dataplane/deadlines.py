@@ -14,9 +14,9 @@ import asyncio
 import heapq
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
-RESOLUTION = 0.05
+RESOLUTION: Final = 0.05
 
 
 class Expiring(Protocol):

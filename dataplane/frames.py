@@ -17,26 +17,27 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+OP_CONT: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_NO_STATUS = 1005
-CLOSE_ABNORMAL = 1006
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_BAD_GATEWAY = 1014
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_NO_STATUS: Final = 1005
+CLOSE_ABNORMAL: Final = 1006
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_TRY_AGAIN_LATER: Final = 1013
+CLOSE_BAD_GATEWAY: Final = 1014
 
-_EMPTY = b""
-_NO_FRAMES: list[bytes] = []  # shared and never appended to: see inject_at_boundary
+_EMPTY: Final = b""
+_NO_FRAMES: Final[list[bytes]] = []  # shared and never appended to: see inject_at_boundary
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,10 @@ class FrameTracker:
         pos = self._scan_data_frames(data)
         if pos == len(data):
             return data
+        if not pos:
+            # A 64 KiB message starts with a 64-bit length, which the scan leaves to the full
+            # parser: data[0:] would be a whole copy of the chunk once compiled by mypyc.
+            return self._parse(data, forward=True)
         rest = data[pos:]
         out = self._parse(rest, forward=True)
         if out is rest:
@@ -315,7 +320,9 @@ class FrameTracker:
                 # The carried-over header bytes were held back; forward them now.
                 if forward:
                     pieces.append(data[start:frame_start])
-                    start = pos
+                    # Never slice backwards below (data[pos:frame_start]): compiled by mypyc
+                    # that raises SystemError instead of giving b"".
+                    start = frame_start = pos
                     carried = header
                 else:
                     carried = _EMPTY
@@ -332,7 +339,7 @@ class FrameTracker:
                 pos += need
                 carried = _EMPTY
             try:
-                self._header_complete(header)
+                control = self._header_complete(header)
             except FrameError as exc:
                 self.error = exc
                 if forward:
@@ -344,7 +351,7 @@ class FrameTracker:
                     self._lost = True  # framing can no longer be followed
                     break
                 continue
-            if self._ctrl is not None:
+            if control:
                 # Control frame: hold its header with the payload until complete.
                 if forward:
                     pieces.append(data[start:frame_start])
@@ -390,7 +397,10 @@ class FrameTracker:
             return False
         return True
 
-    def _header_complete(self, header: bytes) -> None:
+    def _header_complete(self, header: bytes) -> bool:
+        """Check a whole frame header and follow it; True for a control frame, whose
+        payload the caller then collects (a returned flag, not `_ctrl` read back: mypy
+        narrows an attribute across a call, and compiled code trusts the narrowing)."""
         b0, b1 = header[0], header[1]
         opcode = b0 & 0x0F
         length = b1 & 0x7F
@@ -408,9 +418,8 @@ class FrameTracker:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode}")
             if length > 125 or not b0 & 0x80:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, "bad control frame")
-            self._ctrl = bytearray()  # marker; the caller stores the header
             self._ctrl_need = length
-            return
+            return True
         if opcode in (OP_TEXT, OP_BINARY):
             self._message_bytes = length
         elif opcode == OP_CONT:
@@ -424,6 +433,7 @@ class FrameTracker:
         if b0 & 0x80:
             self.messages += 1
             self._message_bytes = 0
+        return False
 
     def _control_complete(self, frame: bytes) -> bool:
         """Inspect a whole control frame; return False to drop it from the stream."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from dataplane.frames import (
     CLOSE_ABNORMAL,
@@ -43,22 +44,22 @@ from dataplane.frames import (
     ping_frame,
 )
 
-KEEPALIVE_PREFIX = b"wslb-ka-"
-CLOSE_TIMEOUT = 3.0  # default bound on waiting for a peer's Close reply
+KEEPALIVE_PREFIX: Final = b"wslb-ka-"
+CLOSE_TIMEOUT: Final = 3.0  # default bound on waiting for a peer's Close reply
 
 # actions: bit flags the adapter carries out, then clears
-CLOSE_CLIENT = 1  # close the client's TCP connection (after flushing)
-CLOSE_BACKEND = 2  # close the backend's TCP connection (after flushing)
-COUNT_IDLE_TIMEOUT = 4
-COUNT_KEEPALIVE_TIMEOUT = 8
-RESUME_CLIENT = 16  # the backend stopped reading for good: read the client again
-DEADLINE_MOVED = 32  # next_deadline() moved earlier: file it again
+CLOSE_CLIENT: Final = 1  # close the client's TCP connection (after flushing)
+CLOSE_BACKEND: Final = 2  # close the backend's TCP connection (after flushing)
+COUNT_IDLE_TIMEOUT: Final = 4
+COUNT_KEEPALIVE_TIMEOUT: Final = 8
+RESUME_CLIENT: Final = 16  # the backend stopped reading for good: read the client again
+DEADLINE_MOVED: Final = 32  # next_deadline() moved earlier: file it again
 
-_NOTHING: list[bytes] = []  # shared, never appended to: see _send_client
+_NOTHING: Final[list[bytes]] = []  # shared, never appended to: see _send_client
 
-CLIENT = "client"
-BACKEND = "backend"
-PROXY = "proxy"
+CLIENT: Final = "client"
+BACKEND: Final = "backend"
+PROXY: Final = "proxy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class RelaySettings:
     close_timeout: float = CLOSE_TIMEOUT
 
 
-_EXTENSIONS_FIELD = re.compile(rb"\r\nsec-websocket-extensions:[ \t]*[!-~]", re.IGNORECASE)
+_EXTENSIONS_FIELD: Final = re.compile(rb"\r\nsec-websocket-extensions:[ \t]*[!-~]", re.IGNORECASE)
 
 
 def negotiated_extensions(head: bytes) -> bool:

@@ -5,7 +5,8 @@
 # which the integration tier also uses (a real kube-apiserver, etcd, kubectl and helm). Built
 # before the tiers run, so that on a fresh machine those tests run instead of skipping.
 # And Debian's chromium and prometheus: the real browser and the real Prometheus of the
-# integration tier (tests/integration/test_browser.py, test_prometheus.py skip without them).
+# integration tier (tests/integration/test_browser.py, test_prometheus.py skip without them);
+# gcc for `make test-compiled` (the connection core compiled by mypyc).
 # And the Socket.IO peer's pinned npm packages (tests/apps/socketio, `npm ci` into
 # ~/.cache/wslb/npm by tests/apps/npm-install.sh), with Debian's nodejs and npm where the
 # machine has no node: test_socketio.py fails, not skips, without them.
@@ -21,8 +22,12 @@ source hack/lib.sh
 # already there (this image's answers 101 too) is left as it is, ours is removed afterwards.
 # Runs under `timed`, so errexit is off in here: failures are returned explicitly.
 test_packages() {
-  local pkgs=(chromium prometheus) missing=() p policy=/usr/sbin/policy-rc.d ours="" status=0
+  local pkgs=(chromium prometheus gcc libc6-dev) missing=() p policy=/usr/sbin/policy-rc.d ours=""
+  local status=0 include
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  # `make test-compiled` builds C extensions: Python's headers, where python3 lacks them.
+  include=$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')
+  [ -e "$include/Python.h" ] || dpkg -s python3-dev >/dev/null 2>&1 || missing+=(python3-dev)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "apt-get install ${missing[*]} (no services started)"
   if [ ! -e "$policy" ]; then
@@ -47,7 +52,7 @@ node_packages() {
 
 timed "host prep" bash hack/host-prep.sh
 timed "go tools (make e2e-assets)" bash hack/e2e-assets.sh
-timed "chromium + prometheus (apt)" test_packages
+timed "chromium, prometheus, gcc (apt)" test_packages
 timed "node + npm (apt, if none)" node_packages
 timed "socket.io peer (npm ci)" bash tests/apps/npm-install.sh tests/apps/socketio >/dev/null
 print_timings

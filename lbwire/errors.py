@@ -2,7 +2,8 @@
 
     WslbError
     ├── ConfigError          a snapshot or config file failed validation
-    └── ProtocolError        a config-channel peer broke the wire protocol
+    ├── ProtocolError        a config-channel peer broke the wire protocol
+    └── StartupError         a process cannot start (e.g. its admin port is taken)
 
 Errors carry structured fields so that a nack, a status condition or a log line can
 report them without parsing messages.
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 
 class WslbError(Exception):
     """Root of every error this project raises on purpose."""
+
+
+class StartupError(WslbError):
+    """A process cannot start as told; the message names what and why, in one line."""
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,13 @@ async def test_metrics_after_known_traffic(backends: Any, dataplane: Any) -> Non
                 for i in range(4):
                     await ws.send(f"message {i}")
                     assert await ws.recv() == f"message {i}"
-        # A plain GET is proxied (issue 10): the echo backend answers it (its demo page).
+        # A plain GET is proxied (issue 10): the websockets backend answers any path but
+        # its demo page, /api/info and /healthz with 426.
         answer = await raw_request(
             runtime.listeners["ws"].config.port,
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /upgrade-only HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
-        assert answer.startswith(b"HTTP/1.1 200")
-        assert b"\r\nVia: 1.1 wslb\r\n" in answer.partition(b"\r\n\r\n")[0]
+        assert answer.startswith(b"HTTP/1.1 426")
         held = await connect(url(runtime), ping_interval=None)
         await wait_until(
             lambda: (
@@ -60,7 +60,7 @@ async def test_metrics_after_known_traffic(backends: Any, dataplane: Any) -> Non
         ws = {"listener": "ws"}
         assert value(found, "wslb_dataplane_upgrades_total", code="101", **ws) == 4
         assert value(found, "wslb_dataplane_upgrades_total", code="426", **ws) == 0
-        http = {"rule": "default", "method": "GET", "code": "2xx", **ws}
+        http = {"rule": "default", "method": "GET", "code": "4xx", **ws}
         assert value(found, "wslb_dataplane_http_requests_total", **http) == 1
         assert (
             value(found, "wslb_dataplane_http_request_duration_seconds_count", rule="default", **ws)

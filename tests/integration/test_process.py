@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -126,6 +127,27 @@ def test_bad_file_at_start_exits_2_naming_file_and_field(tmp_path: Path) -> None
     assert done.returncode == 2
     assert str(path) in done.stderr
     assert "listeners[0].port" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_taken_admin_port_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("listeners: []\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        admin = f"127.0.0.1:{port}"
+        done = subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "--config", str(path), "--admin", admin],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert f"admin address 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
 
 
