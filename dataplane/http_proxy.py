@@ -849,7 +849,9 @@ class BackendConn(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, session: HttpSession, endpoint: EndpointState, group: BackendGroup) -> None:
+    def __init__(
+        self, session: HttpSession | None, endpoint: EndpointState, group: BackendGroup
+    ) -> None:
         self.session: HttpSession | None = session
         self.endpoint = endpoint
         self.group = group
