@@ -200,6 +200,8 @@ class Upgrade:
 
 
 RequestEvent = RequestHead | Body | EndOfMessage | Upgrade
+_NONE: list[RequestEvent] = []  # shared and never appended to: what an idle reader holds
+_NO_FIELDS: list[tuple[bytes, bytes]] = []  # likewise (on_header appends only in a head)
 
 
 # ------------------------------------------------------------------ requests
@@ -212,6 +214,28 @@ class RequestReader:
     After a request that does not allow keep-alive, later bytes are ignored: the
     connection closes once that request is answered.
     """
+
+    # Slots: one reader lives per idle keep-alive connection.
+    __slots__ = (
+        "_body_bytes",
+        "_closing",
+        "_completed",
+        "_current",
+        "_error",
+        "_events",
+        "_fields",
+        "_head_bytes",
+        "_head_size",
+        "_in_head",
+        "_last_host",
+        "_parser",
+        "_url",
+        "head_limit",
+        "max_body",
+        "max_fields",
+        "requests",
+        "salvaged",
+    )
 
     def __init__(
         self,
@@ -237,8 +261,8 @@ class RequestReader:
         self._completed = False  # a message ended during the current feed
         self._last_host: tuple[bytes, str] = (b"", "")  # the last Host checked, its name
         self.requests = 0
-        self.salvaged: list[RequestEvent] = []
-        """After `feed` raised: the complete requests it parsed before the bad one."""
+        self.salvaged: list[RequestEvent] = _NONE  # after `feed` raised: the complete
+        # requests it parsed before the bad one
 
     # -------- public
 
@@ -246,7 +270,7 @@ class RequestReader:
         """Parse `data`; return the events it completes. Raises Rejection (and keeps the
         requests it completed first in `salvaged`)."""
         if self._error is not None:
-            self.salvaged = []
+            self.salvaged = _NONE
             raise self._error
         if self._closing or not data:
             return []
@@ -272,6 +296,7 @@ class RequestReader:
             ends = [i for i, event in enumerate(events) if type(event) in (EndOfMessage, Upgrade)]
             self.salvaged = events[: ends[-1] + 1] if ends else []
             raise self._error
+        self._events = _NONE  # an idle reader keeps no event (nor the head in it) alive
         return events
 
     # -------- llhttp callbacks
@@ -317,7 +342,9 @@ class RequestReader:
             return  # the Upgrade event replaces the head and its end
         self._completed = True
         self._events.append(EndOfMessage())
-        if self._current is not None and not self._current.keep_alive:
+        current, self._current = self._current, None  # an idle reader holds no head
+        self._fields = _NO_FIELDS
+        if current is not None and not current.keep_alive:
             self._closing = True
             raise _Stop  # do not parse what follows a last request
 

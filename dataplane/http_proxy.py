@@ -20,7 +20,8 @@ connection reset or closed before answering); and only while its body so far is 
 REPLAY_LIMIT. Otherwise the client gets 502 (503 when no endpoint is ready at all).
 
 It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
-(group.py); metrics and the access log are the listener's (`HttpSite.request_done`).
+(group.py); metrics and the access log are the listener's (`HttpSite.count_request`,
+`HttpSite.log_request`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -47,12 +47,12 @@ from dataplane.http1 import (
     RequestEvent,
     RequestHead,
     RequestReader,
+    ResponseEvent,
     ResponseHead,
     ResponseReader,
     Upgrade,
     frame_chunk,
 )
-from dataplane.sticky import StickyCookies
 from lbwire.snapshot import Listener
 
 log = logging.getLogger("wslb.http")
@@ -67,6 +67,8 @@ waiting for a backend connection); past it the client is not read until they are
 QUEUE_EVENTS = 64
 """Pipelined requests read ahead of the one being answered, at most (each holds its head)."""
 CLOSE_TIMEOUT = 5.0
+HOLD_QUEUE = 1  # too much read ahead
+HOLD_BACKEND = 2  # the backend's write buffer is full
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -80,7 +82,13 @@ class HttpSite(Protocol):
     retired: bool
 
     def route(self, host: str, target: str) -> BackendGroup: ...
-    def request_done(self, record: RequestRecord) -> None: ...
+
+    keeps_heads: bool  # the access log is on: build a record per request
+
+    def count_request(
+        self, rule: str, method: bytes, status: int, duration: float, rejection: str
+    ) -> None: ...
+    def log_request(self, record: RequestRecord) -> None: ...
     def count_backend_error(self, group: str, kind: str) -> None: ...
     def count_backend_failure(self, endpoint: EndpointState) -> None: ...
 
@@ -98,48 +106,11 @@ class Client(Protocol):
     def end_http(self, linger: bool) -> None: ...
 
 
-# ---------------------------------------------------------------- sticky on field lists
-# Adapters from http1's field lists to StickyCookies' Headers methods. The sticky module
-# gains byte-level equivalents (issue 10: endpoint_for_fields, strip_request_fields,
-# response_fields); these three calls are the only places to switch over.
-
-
 def _headers(fields: Fields) -> Headers:
     headers = Headers()
     for name, value in fields:
         headers[name.decode("latin-1")] = value.decode("latin-1")
     return headers
-
-
-def _fields(headers: Headers) -> Fields:
-    return [
-        (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.raw_items()
-    ]
-
-
-def sticky_endpoint(sticky: StickyCookies, fields: Fields) -> str | None:
-    if not any(name.lower() == b"cookie" for name, _ in fields):
-        return None
-    return sticky.endpoint_for(_headers(fields))
-
-
-def sticky_strip(sticky: StickyCookies, fields: Fields) -> Fields:
-    if not any(name.lower() == b"cookie" for name, _ in fields):
-        return fields
-    headers = _headers(fields)
-    sticky.rewrite_request(headers)
-    return _fields(headers)
-
-
-def sticky_response(sticky: StickyCookies, key: str, fields: Fields, had_valid: bool) -> Fields:
-    headers = _headers(fields)
-    if had_valid and not any(name.lower() == b"set-cookie" for name, _ in fields):
-        return fields  # the request's cookie already names this endpoint
-    before = list(headers.raw_items())
-    sticky.rewrite_response(key, headers)
-    if had_valid and len(list(headers.raw_items())) > len(before):
-        return fields  # insert mode would add a cookie the client already holds
-    return _fields(headers)
 
 
 # ---------------------------------------------------------------- one request
@@ -187,7 +158,8 @@ class _Exchange:
         self.replay: list[bytes] | None = []  # framed body bytes sent so far; None: too many
         self.replay_size = 0
         self.waiting: list[bytes] = []  # framed body bytes waiting for a backend connection
-        self.request_done = head.framing == "none"
+        self.request_done = False  # its EndOfMessage was read (it follows the head at once
+        # when there is no body)
         self.sent = False  # some of the request reached a backend connection
         self.response_started = False
         self.head_sent = False
@@ -201,6 +173,28 @@ class _Exchange:
 class HttpSession:
     """The HTTP side of one client connection (see the module docstring)."""
 
+    # Slots: one session lives per idle keep-alive connection.
+    __slots__ = (
+        "client",
+        "client_write_paused",
+        "closing",
+        "current",
+        "done",
+        "draining",
+        "due",
+        "head_timer",
+        "holds",
+        "http",
+        "on_due",
+        "queue",
+        "queued",
+        "reader",
+        "requests",
+        "site",
+        "timer",
+        "timer_at",
+    )
+
     def __init__(self, client: Client, site: HttpSite) -> None:
         self.client = client
         self.site = site
@@ -209,13 +203,20 @@ class HttpSession:
         self.reader = RequestReader(
             head_limit=config.limits.max_header_bytes, max_body=config.http.max_body_bytes
         )
-        self.queue: deque[RequestEvent | Rejection] = deque()
+        # events read ahead, in order (a list: a deque's first block is 600 B per session)
+        self.queue: list[RequestEvent | Rejection] = []
         self.queued = 0  # bytes of body events in the queue
         self.current: _Exchange | None = None
         self.requests = 0
+        # One timer per session, re-armed lazily: `due` and `on_due` say what is pending;
+        # the handle fires at `timer_at` and re-files itself when `due` moved later.
+        # Each request moves the deadline without a cancel and a new handle.
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.due = 0.0
+        self.on_due: Callable[[], None] | None = None
         self.head_timer = False  # the timer is the request-head one (408), not idle
-        self.holds: set[str] = set()  # why the client is not being read
+        self.holds = 0  # why the client is not being read: HOLD_* bits
         self.client_write_paused = False
         self.draining = False
         self.closing = False  # the client connection ends after the current answer
@@ -240,7 +241,7 @@ class HttpSession:
             self.queue.append(refused)
         self._pump()
         idle = self.current is None and not self.done and not self.head_timer
-        if idle and self.timer is not None:  # between requests: bytes of a head arrived
+        if idle and self.on_due is not None:  # between requests: bytes of a head arrived
             self._arm(self.http.request_head_timeout_seconds, self._head_timeout)
             self.head_timer = True
 
@@ -251,7 +252,7 @@ class HttpSession:
             event = queue[0]
             exchange = self.current
             if exchange is None:
-                queue.popleft()
+                del queue[0]
                 if type(event) is RequestHead:
                     self._start(event)
                 elif type(event) is Upgrade:
@@ -266,7 +267,7 @@ class HttpSession:
                 continue
             if exchange.request_done:
                 break  # the next request waits for this answer
-            queue.popleft()
+            del queue[0]
             if type(event) is Body:
                 self.queued -= len(event.data)
                 self._send_body(exchange, event.data)
@@ -285,9 +286,9 @@ class HttpSession:
             or len(queue) > QUEUE_EVENTS
             or (self.current is not None and sum(map(len, self.current.waiting)) > QUEUE_LIMIT)
         ):
-            self._hold("queue")
+            self._hold(HOLD_QUEUE)
         else:
-            self._release("queue")
+            self._release(HOLD_QUEUE)
 
     def _start(self, head: RequestHead) -> None:
         self._cancel_timer()
@@ -302,8 +303,8 @@ class HttpSession:
             self._answer_self(exchange, redirect_answer(head, redirect.port))
             return
         if group.sticky_enabled:
-            exchange.sticky_key = sticky_endpoint(group.sticky, head.fields)
-            head.forward_fields = sticky_strip(group.sticky, head.forward_fields)
+            exchange.sticky_key = group.sticky.endpoint_for_fields(head.fields)
+            head.forward_fields = group.sticky.strip_request_fields(head.forward_fields)
         exchange.keep_alive = (
             head.keep_alive
             and self.http.keep_alive_timeout_seconds > 0
@@ -434,13 +435,11 @@ class HttpSession:
         self._send_request(exchange, conn)
 
     def _connect_timeout(self) -> None:
-        self.timer = None
         exchange = self.current
         if exchange is not None and exchange.backend is not None:
             self._backend_failed(exchange, "connect", "connect timed out")
 
     def _response_timeout(self) -> None:
-        self.timer = None
         exchange = self.current
         if exchange is None or exchange.head_sent:
             return
@@ -465,10 +464,24 @@ class HttpSession:
             self._drop_backend(exchange)
             self._answer_self(exchange, rejection)
             return
+        self._relay_all(exchange, conn, events)
+
+    def _relay_all(
+        self, exchange: _Exchange, conn: BackendConn, events: list[ResponseEvent]
+    ) -> None:
+        """Relay the events of one read in one write (a syscall per read, not per event),
+        then finish the exchange if its answer ended."""
+        out: list[bytes] = []
+        ended = False
         for event in events:
-            self._relay(exchange, conn, event)
-            if self.current is not exchange:
-                return
+            if self._relay(exchange, event, out):
+                ended = True
+                break
+        transport = self.client.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if ended:
+            self._finish(exchange, conn)
 
     def backend_lost(self, conn: BackendConn) -> None:
         exchange = self.current
@@ -485,8 +498,7 @@ class HttpSession:
             self._drop_backend(exchange)
             self._answer_self(exchange, rejection)
             return
-        for event in events:
-            self._relay(exchange, conn, event)
+        self._relay_all(exchange, conn, events)
 
     def _backend_failed(self, exchange: _Exchange, kind: str, why: str) -> None:
         """Nothing of the answer came: retry when that is safe, else 502."""
@@ -515,15 +527,13 @@ class HttpSession:
             exchange.endpoint.active -= 1
             exchange.endpoint = None
 
-    def _relay(self, exchange: _Exchange, conn: BackendConn, event: object) -> None:
-        transport = self.client.transport
-        if transport is None or transport.is_closing():
-            return
+    def _relay(self, exchange: _Exchange, event: object, out: list[bytes]) -> bool:
+        """Add what `event` sends to the client to `out`; True at the answer's end."""
         kind = type(event)
         if kind is Body:
             data = cast(Body, event).data
             exchange.body_out += len(data)
-            transport.write(frame_chunk(data) if exchange.client_framing == "chunked" else data)
+            out.append(frame_chunk(data) if exchange.client_framing == "chunked" else data)
         elif kind is ResponseHead:
             self._cancel_timer()
             head = cast(ResponseHead, event)
@@ -531,22 +541,23 @@ class HttpSession:
             group = exchange.group
             endpoint = exchange.endpoint
             if group.sticky_rewrites_response and endpoint is not None:
-                head.fields = sticky_response(
-                    group.sticky, endpoint.key, head.fields, exchange.sticky_key == endpoint.key
+                head.fields = group.sticky.response_fields(
+                    endpoint.key, head.fields, exchange.sticky_key == endpoint.key
                 )
             if self.draining or self.site.retired:
                 exchange.keep_alive = False
             exchange.client_framing = head.client_framing(exchange.head.version)
-            transport.write(
+            out.append(
                 head.render(client_version=exchange.head.version, keep_alive=exchange.keep_alive)
             )
             exchange.head_sent = True
         elif kind is EndOfMessage:
             if exchange.client_framing == "chunked":
-                transport.write(LAST_CHUNK)
-            self._finish(exchange, conn)
+                out.append(LAST_CHUNK)
+            return True
         elif kind is Informational and exchange.head.version == b"1.1":
-            transport.write(cast(Informational, event).render())
+            out.append(cast(Informational, event).render())
+        return False
 
     def _finish(self, exchange: _Exchange, conn: BackendConn | None) -> None:
         """The answer is complete: pool or close the backend, then the next request."""
@@ -578,17 +589,23 @@ class HttpSession:
             return
         self._idle()
         self._pump()
+        if self.closing and self.current is None and not self.queue and not self.done:
+            self._close()  # the client half-closed and everything it asked is answered
 
     def _done(self, exchange: _Exchange, rejection: str = "") -> None:
         """Count and log the request, once."""
         if self.current is exchange:
             self.current = None
-            self._release("backend")  # a backend's full buffer no longer holds the client
+            self._release(HOLD_BACKEND)  # a backend's full buffer no longer holds the client
         client = self.client
         now = client.loop.time()
         head = exchange.head
         duration = now - exchange.started
-        self.site.request_done(
+        site = self.site
+        site.count_request(exchange.group.name, head.method, exchange.status, duration, rejection)
+        if not site.keeps_heads:
+            return  # no access log: no record built
+        site.log_request(
             RequestRecord(
                 client=client.client_ip,
                 client_port=client.client_port,
@@ -629,12 +646,17 @@ class HttpSession:
         transport = self.client.transport
         if transport is not None and not transport.is_closing():
             transport.write(rejection.render())
-        self.site.request_done(
+        method = head.method if head is not None else b""
+        self.site.count_request("", method, rejection.status, 0.0, rejection.label)
+        if not self.site.keeps_heads:
+            self._close(linger=True)
+            return
+        self.site.log_request(
             RequestRecord(
                 client=self.client.client_ip,
                 client_port=self.client.client_port,
                 listener=self.site.name,
-                rule="none",
+                rule="",
                 backend="",
                 status=rejection.status,
                 rejection=rejection.label,
@@ -656,9 +678,9 @@ class HttpSession:
         if redirect.enabled and upgrade.request is not None:
             self._refuse(redirect_answer(upgrade.request, redirect.port), upgrade.request)
             return
-        self._cancel_timer()
+        self._stop_timer()
         self.done = True
-        self.holds.clear()
+        self.holds = 0
         transport = self.client.transport
         if transport is not None:
             transport.resume_reading()
@@ -672,47 +694,71 @@ class HttpSession:
         self._arm(self.http.keep_alive_timeout_seconds, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
-        self.timer = None
         if self.current is None:
             self._close()
 
     def _head_timeout(self) -> None:
-        self.timer = None
         if self.current is None and not self.done:
             self._refuse(Rejection(408, "Timed out reading the request", label="head_timeout"))
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self.timer = self.client.loop.call_later(seconds, callback)
+        loop = self.client.loop
+        due = self.due = loop.time() + seconds
+        self.on_due = callback
+        if self.timer is not None:
+            if self.timer_at <= due:
+                return  # it fires first and files itself again for `due`
+            self.timer.cancel()
+        self.timer_at = due
+        self.timer = loop.call_at(due, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        callback = self.on_due
+        if callback is None:
+            return
+        loop = self.client.loop
+        if loop.time() < self.due:
+            self.timer_at = self.due
+            self.timer = loop.call_at(self.due, self._tick)
+            return
+        self.on_due = None
+        callback()
 
     def _cancel_timer(self) -> None:
+        """Nothing is due (the handle, if any, fires for nothing or is reused)."""
+        self.on_due = None
+
+    def _stop_timer(self) -> None:
+        """The session ends: drop the handle too, so the loop holds no reference to it."""
+        self.on_due = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     # ---------------------------------------------------------------- flow control
 
-    def _hold(self, reason: str) -> None:
-        if reason in self.holds:
-            return
-        self.holds.add(reason)
+    def _hold(self, reason: int) -> None:
+        held = self.holds
+        self.holds = held | reason
         transport = self.client.transport
-        if len(self.holds) == 1 and transport is not None and not transport.is_closing():
+        if not held and transport is not None and not transport.is_closing():
             transport.pause_reading()
 
-    def _release(self, reason: str) -> None:
-        if reason not in self.holds:
+    def _release(self, reason: int) -> None:
+        held = self.holds
+        if not held & reason:
             return
-        self.holds.discard(reason)
+        self.holds = held & ~reason
         transport = self.client.transport
         if not self.holds and transport is not None and not transport.is_closing():
             transport.resume_reading()
 
     def backend_paused(self) -> None:
-        self._hold("backend")
+        self._hold(HOLD_BACKEND)
 
     def backend_resumed(self) -> None:
-        self._release("backend")
+        self._release(HOLD_BACKEND)
 
     def client_paused(self) -> None:
         self.client_write_paused = True
@@ -749,13 +795,13 @@ class HttpSession:
         """End the client connection; `linger` after an answer that left request bytes
         unread, so closing does not reset the connection before the client reads it."""
         self.done = True
-        self._cancel_timer()
+        self._stop_timer()
         self.client.end_http(linger)
 
     def client_lost(self) -> None:
         """The client connection is gone: drop the backend of an unfinished answer."""
         self.done = True
-        self._cancel_timer()
+        self._stop_timer()
         exchange = self.current
         if exchange is not None:
             task = exchange.backend.task if exchange.backend is not None else None
@@ -803,7 +849,9 @@ class BackendConn(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, session: HttpSession, endpoint: EndpointState, group: BackendGroup) -> None:
+    def __init__(
+        self, session: HttpSession | None, endpoint: EndpointState, group: BackendGroup
+    ) -> None:
         self.session: HttpSession | None = session
         self.endpoint = endpoint
         self.group = group

@@ -78,7 +78,7 @@ class ListenerRuntime:
         self.config = config
         self.bind_key = _bind_key(config)
         self._published: set[str] = set()
-        self._m_requests: dict[tuple[str, str, str], Any] = {}
+        self._m_requests: dict[tuple[str, str, int], Any] = {}
         self._m_request_seconds: dict[str, Any] = {}
         self._apply(config, certificates, first=True)
 
@@ -315,23 +315,31 @@ class ListenerRuntime:
     def count_draining(self, delta: int) -> None:
         self._m_draining.inc(delta)
 
-    def request_done(self, record: RequestRecord) -> None:
-        """One plain HTTP request answered (or abandoned): metrics, then the access log."""
-        if record.status:
-            key = (record.rule, method_class(record.method.encode()), f"{record.status // 100}xx")
-            child = self._m_requests.get(key)
-            if child is None:  # cached: bounded labels, and labels() locks and hashes
-                child = self._m_requests[key] = self.metrics.http_requests.labels(self.name, *key)
-            child.inc()
-            seconds = self._m_request_seconds.get(record.rule)
-            if seconds is None:
-                seconds = self._m_request_seconds[record.rule] = (
-                    self.metrics.http_request_seconds.labels(self.name, record.rule)
-                )
-            seconds.observe(record.duration)
-        if record.rejection and record.status:
-            self.metrics.rejections.labels(self.name, record.rejection).inc()
-        if self.keeps_heads and self.access_log is not None:
+    def count_request(
+        self, rule: str, method: bytes, status: int, duration: float, rejection: str
+    ) -> None:
+        """One plain HTTP request answered (status 0: abandoned, not counted)."""
+        if not status:
+            return
+        key = (rule, method_class(method), status // 100)
+        child = self._m_requests.get(key)
+        if child is None:  # cached: bounded labels, and labels() locks and hashes
+            child = self._m_requests[key] = self.metrics.http_requests.labels(
+                self.name, rule, key[1], f"{status // 100}xx"
+            )
+        child.inc()
+        seconds = self._m_request_seconds.get(rule)
+        if seconds is None:
+            seconds = self._m_request_seconds[rule] = self.metrics.http_request_seconds.labels(
+                self.name, rule
+            )
+        seconds.observe(duration)
+        if rejection:
+            self.metrics.rejections.labels(self.name, rejection).inc()
+
+    def log_request(self, record: RequestRecord) -> None:
+        """One line per plain HTTP request in the access log."""
+        if self.access_log is not None:
             self.access_log.record(record)
 
     def count_backend_error(self, group: str, kind: str) -> None:

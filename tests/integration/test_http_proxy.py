@@ -410,3 +410,155 @@ async def test_one_access_log_line_per_http_request(http_backend: Start) -> None
     assert lines[0]["rule"] == "default"
     assert lines[0]["backend"] == f"127.0.0.1:{backend.port}"
     assert all(line["status"] == 200 for line in lines)
+
+
+async def test_connection_the_backend_closed_while_pooled_is_not_reused(
+    dataplane: Any, http_backend: Start
+) -> None:
+    async def one_shot(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(200, b"once"))  # says nothing of closing, then closes
+        await writer.drain()
+        writer.close()
+
+    backend = await http_backend(handler=one_shot)
+    config = listener(backends={"endpoints": [backend.endpoint]})
+    runtime: Runtime = await dataplane(snapshot(config))
+    group = runtime.listeners["ws"].default
+    client = await Client.connect(runtime.listeners["ws"].config.port)
+    for _ in range(3):
+        client.send(get())
+        assert (await client.answer()).body == b"once"
+        # pooled, then dropped from the pool when the backend's FIN arrives
+        await wait_until(lambda: len(group.pool) == 0, timeout=2)  # under the 4 s pool age
+    client.close()
+    assert backend.accepted == 3
+    errors = runtime.metrics.registry.get_sample_value(
+        "wslb_dataplane_http_backend_errors_total",
+        {"listener": "ws", "rule": "default", "kind": "reset"},
+    )
+    assert errors is None  # no request was sent on the closed connection and retried
+
+
+async def test_client_gone_mid_answer_closes_the_backend_connection(
+    dataplane: Any, http_backend: Start
+) -> None:
+    async def endless(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        if seen.target == "/small":
+            writer.write(response(200, b"small"))
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+        for _ in range(100):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+
+    backend = await http_backend(handler=endless)
+    config = listener(backends={"endpoints": [backend.endpoint]})
+    runtime: Runtime = await dataplane(snapshot(config))
+    port = runtime.listeners["ws"].config.port
+    client = await Client.connect(port)
+    client.send(get("/big"))
+    await client.reader.readuntil(b"\r\n\r\n")
+    client.writer.transport.abort()
+    await wait_until(lambda: len(runtime.listeners["ws"].connections) == 0)
+    second = await Client.connect(port)
+    second.send(get("/small"))
+    assert (await second.answer()).body == b"small"
+    second.close()
+    assert backend.accepted == 2  # the half-read connection was not pooled
+    idle = runtime.metrics.registry.get_sample_value(
+        "wslb_dataplane_http_pool_idle_connections", {"listener": "ws"}
+    )
+    assert idle == 1
+
+
+async def test_http_1_0_client_gets_a_chunked_answer_read_to_close(
+    dataplane: Any, http_backend: Start
+) -> None:
+    async def chunked(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+
+    backend = await http_backend(handler=chunked)
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(b"GET / HTTP/1.0\r\n\r\n")
+    answer = await client.answer()
+    client.close()
+    assert answer.status == 200
+    assert answer.field("Transfer-Encoding") is None  # HTTP/1.0 knows no chunks
+    assert answer.field("Connection") == "close"
+    assert answer.body == b"hello"
+
+
+async def test_final_answer_instead_of_100_continue_skips_the_body(
+    dataplane: Any, http_backend: Start
+) -> None:
+    async def refuse(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(response(401, b"no"))
+
+    backend = await http_backend(handler=refuse, read_bodies=False)
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(b"PUT /u HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    answer = await client.answer()
+    assert (answer.status, answer.body) == (401, b"no")
+    assert await client.closed()  # the unsent body leaves the connection unusable
+    client.close()
+
+
+async def test_client_half_close_after_its_requests_gets_every_answer_then_a_close(
+    dataplane: Any, http_backend: Start
+) -> None:
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(get("/1") + get("/2"))
+    client.writer.write_eof()  # shutdown(SHUT_WR), as some clients do after sending
+    assert (await client.answer()).body == b"GET /1 0"
+    assert (await client.answer()).body == b"GET /2 0"
+    assert await client.closed(timeout=3)  # not left open until the keep-alive timeout
+    client.close()
+
+
+async def test_https_listener_proxies_plain_requests_with_forwarded_proto_https(
+    dataplane: Any, http_backend: Start, tls: Any
+) -> None:
+    backend = await http_backend()
+    config = listener(
+        protocol="HTTPS",
+        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
+        backends={"endpoints": [backend.endpoint]},
+    )
+    runtime: Runtime = await dataplane(snapshot(config))
+    port = runtime.listeners["ws"].config.port
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.client_context, server_hostname="localhost"
+    )
+    client = Client(reader, writer)
+    for target in ("/a", "/b"):
+        client.send(get(target, host="localhost"))
+        assert (await client.answer()).body == f"GET {target} 0".encode()
+    client.send(get("/c", host="localhost", extra="Connection: close\r\n"))
+    assert (await client.answer()).status == 200
+    assert await client.closed()
+    client.close()
+    assert [seen.field("X-Forwarded-Proto") for seen in backend.requests] == ["https"] * 3
+    assert backend.accepted == 1
+
+
+async def test_many_pipelined_requests_are_all_answered_in_order(
+    dataplane: Any, http_backend: Start
+) -> None:
+    """More than the read-ahead bound (64 requests): reading pauses and resumes."""
+    backend = await http_backend()
+    port = await proxy_for(dataplane, backend)
+    client = await Client.connect(port)
+    client.send(b"".join(get(f"/{n}") for n in range(300)))
+    bodies = [(await client.answer()).body for _ in range(300)]
+    client.send(get("/after"))  # read only if the pause was lifted
+    last = await client.answer()
+    client.close()
+    assert bodies == [f"GET /{n} 0".encode() for n in range(300)]
+    assert last.body == b"GET /after 0"
+    assert backend.accepted == 1

@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from dataplane.runtime import Runtime
+from lbwire.snapshot import parse_snapshot
 from tests.integration.conftest import free_port, listener, snapshot
 from tests.integration.http_backend import Client, HttpBackend, Seen, get, response
 
@@ -255,3 +256,34 @@ async def test_backend_keep_alive_field_is_not_relayed_and_response_via_is_added
     assert answer.field("X-Hop") is None
     assert answer.field("X-End") == "kept"
     assert answer.field("Via") == "1.1 wslb"
+
+
+async def test_removing_a_rule_drains_its_websockets_with_its_drain_timeout(
+    dataplane: Any, backends: Any
+) -> None:
+    [echo] = await backends(1)
+
+    def config(rules: list[dict[str, Any]]) -> dict[str, Any]:
+        return listener(
+            port=port, backends={"endpoints": [echo.endpoint]}, drainTimeoutSeconds=60, rules=rules
+        )
+
+    port = free_port()
+    chat = {
+        "name": "chat",
+        "match": {"path": "/chat"},
+        "backends": {"endpoints": [echo.endpoint]},
+        "drainTimeoutSeconds": 0,
+    }
+    runtime: Runtime = await dataplane(snapshot(config([chat])))
+    async with (
+        connect(f"ws://127.0.0.1:{port}/chat", ping_interval=None) as in_rule,
+        connect(f"ws://127.0.0.1:{port}/other", ping_interval=None) as in_default,
+    ):
+        await runtime.apply(parse_snapshot(snapshot(config([]), version="2")))
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(5):
+                await in_rule.recv()
+        assert in_rule.close_code == 1001  # its group left: drained at once (0 s)
+        await in_default.send("kept")
+        assert await in_default.recv() == "kept"  # the default group is untouched
