@@ -76,6 +76,17 @@ def listener(name: str, lb: str, backend: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def tls_secret(name: str, cert: str, key: str) -> dict[str, Any]:
+    """A kubernetes.io/tls Secret holding a PEM certificate chain and key."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert, "tls.key": key},
+    }
+
+
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     for item in obj.get("status", {}).get("conditions", []) or []:
         if item.get("type") == kind:

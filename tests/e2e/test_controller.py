@@ -28,6 +28,7 @@ from tests.e2e.product import (
     open_ws,
     programmed,
     reach,
+    tls_secret,
     whoami,
 )
 
@@ -56,16 +57,6 @@ def echo_service() -> dict[str, Any]:
             "selector": {"app": ECHO},
             "ports": [{"name": "ws", "port": 8080, "targetPort": 8080}],
         },
-    }
-
-
-def tls_secret(name: str, cert: str, key: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": cert, "tls.key": key},
     }
 
 

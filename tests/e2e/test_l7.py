@@ -27,7 +27,7 @@ from dataplane.certs import self_signed
 from tests.e2e import product
 from tests.e2e.kind_cluster import Cluster
 from tests.e2e.manifests import dump, echo_deployment, service
-from tests.e2e.product import RELEASE, SYSTEM, entry_url, programmed, whoami
+from tests.e2e.product import RELEASE, SYSTEM, entry_url, programmed, tls_secret, whoami
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +38,6 @@ ALPHA = "alpha"
 BETA = "beta"
 ALPHA_HOST = "alpha.example.test"
 BETA_HOST = "beta.example.test"
-
-
-def tls_secret(name: str, cert: str, key: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": cert, "tls.key": key},
-    }
 
 
 def beta_rules(with_path: bool) -> list[dict[str, Any]]:
