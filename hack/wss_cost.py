@@ -201,6 +201,27 @@ async def open_one(port: int, tls: ssl.SSLContext | None) -> asyncio.Transport:
     return transport
 
 
+def resuming_loop(port: int, tls: ssl.SSLContext, count: int) -> int:
+    """Blocking handshakes that offer the previous connection's TLS session (asyncio's
+    create_connection cannot); returns how many were resumed."""
+    session = None
+    resumed = 0
+    for _ in range(count):
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=60) as raw,
+            tls.wrap_socket(raw, server_hostname="localhost", session=session) as conn,
+        ):
+            conn.sendall(REQUEST)
+            head = conn.recv(4096)
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(f"no 101: {head[:40]!r}")
+            resumed += conn.session_reused
+            session = conn.session
+            conn.sendall(CLOSE_FRAME)
+            conn.recv(4096)
+    return resumed
+
+
 def _resolve(future: asyncio.Future[None], exc: Exception | None) -> None:
     if not future.done():
         future.set_result(None)
@@ -421,9 +442,19 @@ async def measure_handshakes(args: argparse.Namespace, workdir: Path) -> dict[st
             subprocess.run([*control, "-i", "on", pid], check=True, capture_output=True)  # noqa: ASYNC221
             per_loop = args.n // args.concurrency
             began = time.monotonic()
-            await asyncio.gather(
-                *(handshake_loop(port, tls, per_loop) for _ in range(args.concurrency))
-            )
+            resumed = 0
+            if args.resume and tls is not None:
+                counts = await asyncio.gather(
+                    *(
+                        asyncio.to_thread(resuming_loop, port, tls, per_loop)
+                        for _ in range(args.concurrency)
+                    )
+                )
+                resumed = sum(counts)
+            else:
+                await asyncio.gather(
+                    *(handshake_loop(port, tls, per_loop) for _ in range(args.concurrency))
+                )
             seconds = time.monotonic() - began
             subprocess.run([*control, "-i", "off", pid], check=True, capture_output=True)  # noqa: ASYNC221
             subprocess.run([*control, "-d", pid], check=True, capture_output=True)  # noqa: ASYNC221
@@ -444,6 +475,7 @@ async def measure_handshakes(args: argparse.Namespace, workdir: Path) -> dict[st
             "variant": args.variant,
             "handshakes": done,
             "instructions_per_handshake": round(total / done),
+            "resumed": resumed,
             "seconds_under_callgrind": round(seconds, 1),
         }
 
@@ -516,6 +548,9 @@ def main() -> None:
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="front")
     parser.add_argument("-n", type=int, default=0, help="connections or handshakes")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--resume", action="store_true", help="handshakes: offer the last TLS session"
+    )
     parser.add_argument("--strace", action="store_true", help="cpu: count syscalls instead")
     parser.add_argument("--save", default="", help="keep the callgrind dumps with this prefix")
     parser.add_argument("--cert", default="")
