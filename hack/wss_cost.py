@@ -57,7 +57,8 @@ VARIANTS = {
     "front": "dataplane.tls.front_context as the listener builds it (SNI callback, observer)",
     "front-nosni": "front_context without the SNI callback",
     "front-noobs": "front_context without the observed SSLObject class",
-    "tickets0": "base, num_tickets = 0",
+    "tickets0": "base, num_tickets = 0 (what dataplane.tls sets)",
+    "tickets1": "base, num_tickets = 1 (dataplane.tls before 5d27960)",
     "tickets2": "base, num_tickets = 2 (OpenSSL's default)",
     "noticket": "base, OP_NO_TICKET (stateful sessions in the server cache)",
 }
@@ -88,6 +89,8 @@ def lab_context(variant: str, cert: str, key: str) -> ssl.SSLContext | None:
     tls.load_certificate(context, certificate)
     if variant == "tickets0":
         context.num_tickets = 0
+    elif variant == "tickets1":
+        context.num_tickets = 1
     elif variant == "tickets2":
         context.num_tickets = 2
     elif variant == "noticket":
