@@ -1,11 +1,20 @@
 """TLS termination for HTTPS (WSS) listeners: SSL contexts and SNI selection.
 
-Owns the server-side OpenSSL settings: TLS 1.2 minimum, AEAD ECDHE suites only, one
-session ticket per handshake (OpenSSL's default of two costs a signature-free but
-measurable write on every full handshake), and certificate choice by SNI. The listener's
+Owns the server-side OpenSSL settings: TLS 1.2 minimum, AEAD ECDHE suites only, no TLS 1.3
+session tickets (below), and certificate choice by SNI. The listener's
 socket keeps one front context whose SNI callback reads the current certificate set, so
 a config swap rotates certificates and changes the minimum TLS version for new
 connections without rebinding the port (live connections keep what they negotiated).
+
+TLS 1.3 session tickets do not pay on a server like this one (callgrind, user-space
+instructions per full handshake with an ECDSA P-256 certificate, `hack/wss_cost.py`): each
+ticket costs about 170k instructions (6% of the handshake: a session copy, its ASN.1
+encoding, encryption and the PSK derivation), and a TLS 1.3 resumption saves about the
+same, because it still runs the key exchange and issues a new ticket; it only skips the
+certificate and its signature. The ticket key also lives in one worker's context, so a
+client resumes only when it comes back to the same worker process while the listener
+lives. So `num_tickets = 0`; TLS 1.2 tickets stay (a 1.2 resumption skips the key
+exchange too).
 
 Certificate choice (the rules of docs/http.md, as `routing.CertificateChooser` has them):
 
@@ -49,7 +58,7 @@ def _base_context(min_version: str) -> ssl.SSLContext:
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.options |= ssl.OP_NO_RENEGOTIATION
-    context.num_tickets = 1
+    context.num_tickets = 0  # TLS 1.3: see the module docstring
     context.set_alpn_protocols(["http/1.1"])
     return context
 

@@ -227,3 +227,48 @@ def test_a_certificate_without_names_first_serves_as_the_default() -> None:
     context = front_context(lambda: certificates, "1.2")
     assert served(context, "named.test") == der(named[0])
     assert served(context, "other.test") == der(bare[0])
+
+
+def session_after_exchange(client_context: ssl.SSLContext) -> ssl.SSLSession:
+    """The client's session once a request and an answer have crossed, so the client has
+    read whatever the server sent after its handshake (TLS 1.3 tickets come then)."""
+    context, _ = server([])
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_context.wrap_bio(c_in, c_out, server_hostname="localhost")
+    front = context.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for end in (client, front):
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    client.write(b"GET / HTTP/1.1\r\n\r\n")
+    s_in.write(c_out.read())
+    assert front.read(100) == b"GET / HTTP/1.1\r\n\r\n"
+    front.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    c_in.write(s_out.read())
+    assert client.read(100).startswith(b"HTTP/1.1 101")
+    assert client.session is not None
+    return client.session
+
+
+def insecure_client(version: ssl.TLSVersion) -> ssl.SSLContext:
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    client.minimum_version = client.maximum_version = version
+    return client
+
+
+def test_a_tls13_handshake_issues_no_session_ticket() -> None:
+    # A ticket costs as much as a TLS 1.3 resumption saves (the module docstring).
+    session = session_after_exchange(insecure_client(ssl.TLSVersion.TLSv1_3))
+    assert not session.has_ticket
+
+
+def test_a_tls12_handshake_still_gets_a_ticket() -> None:
+    # A TLS 1.2 resumption skips the key exchange and the signature: worth a ticket.
+    session = session_after_exchange(insecure_client(ssl.TLSVersion.TLSv1_2))
+    assert session.has_ticket
