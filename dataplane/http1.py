@@ -23,7 +23,7 @@ import dataclasses
 import http
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 
 import httptools
 
@@ -269,9 +269,10 @@ class RequestReader:
     def feed(self, data: bytes) -> list[RequestEvent]:
         """Parse `data`; return the events it completes. Raises Rejection (and keeps the
         requests it completed first in `salvaged`)."""
-        if self._error is not None:
+        error = self._error  # a local: mypyc must not narrow the attribute to None below
+        if error is not None:
             self.salvaged = _NONE
-            raise self._error
+            raise error
         if self._closing or not data:
             return []
         events = self._events = []
@@ -504,7 +505,7 @@ class RequestReader:
         self._events.append(Upgrade(line + _render_fields(head.fields) + b"\r\n", rest, head))
         self._closing = True
 
-    def _raise(self, rejection: Rejection) -> None:
+    def _raise(self, rejection: Rejection) -> NoReturn:
         self._error = rejection
         raise rejection
 
@@ -654,8 +655,9 @@ class ResponseReader:
 
     def feed(self, data: bytes) -> list[ResponseEvent]:
         """Parse `data`; return the events it completes. Raises Rejection."""
-        if self._error is not None:
-            raise self._error
+        error = self._error  # a local: mypyc must not narrow the attribute to None below
+        if error is not None:
+            raise error
         if not data:
             return []
         if self.done:
@@ -766,7 +768,7 @@ class ResponseReader:
         self.done = True
         self._events.append(EndOfMessage())
 
-    def _raise(self, rejection: Rejection) -> None:
+    def _raise(self, rejection: Rejection) -> NoReturn:
         self._error = rejection
         raise rejection
 

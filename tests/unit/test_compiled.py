@@ -17,9 +17,17 @@ import pytest
 
 import dataplane.deadlines
 import dataplane.frames
+import dataplane.http1
+import dataplane.http_proxy
 import dataplane.relay
 
-CORE = (dataplane.relay, dataplane.frames, dataplane.deadlines)
+CORE = (
+    dataplane.relay,
+    dataplane.frames,
+    dataplane.deadlines,
+    dataplane.http1,
+    dataplane.http_proxy,
+)
 
 
 def compiled(module: ModuleType) -> bool:
