@@ -43,6 +43,7 @@ from dataplane.handshake import (
     validate_upgrade,
 )
 from dataplane.http_proxy import HttpSession
+from dataplane.metrics import RequestCounts
 from dataplane.relay import (
     CLOSE_BACKEND,
     CLOSE_CLIENT,
@@ -79,6 +80,7 @@ class Site(Protocol):
     scheme: str
     wheel: DeadlineWheel
     keeps_heads: bool  # the access log wants request fields: keep each head
+    request_counts: RequestCounts  # plain HTTP requests, counted by the session
     has_rules: bool  # routing needs the Host (else every request takes the default group)
     retired: bool
 
