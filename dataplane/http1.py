@@ -115,7 +115,16 @@ def _end_to_end(
 
 
 def _render_fields(fields: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(b"%b: %b\r\n" % field for field in fields)
+    # one join of plain parts: no generator and no formatting per field (compiled, this
+    # is a loop of list appends)
+    parts: list[bytes] = []
+    append = parts.append
+    for name, value in fields:
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    return b"".join(parts)
 
 
 # ------------------------------------------------------------------ events
@@ -578,6 +587,40 @@ class ResponseHead:
     def render(self, *, client_version: bytes, keep_alive: bool) -> bytes:
         """The head for the client: hop-by-hop fields dropped, Via added, framing per
         `client_framing`, `Connection: close` when the client connection ends after it."""
+        # The common answer in one pass: no Connection field, or `Connection: keep-alive`
+        # (which names only a hop-by-hop field); anything else takes the general path.
+        parts = [b"HTTP/1.1 %d %b\r\n" % (self.status, self.reason)]
+        append = parts.append
+        vias: list[bytes] = []
+        for name, value in self.fields:
+            lower = name.lower()
+            if lower in _HOP_BY_HOP:
+                if lower == b"connection" and value.lower() != b"keep-alive":
+                    return self._render(client_version, keep_alive)
+                continue
+            if lower == b"via":
+                vias.append(value)
+                continue
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        vias.append(VIA)
+        append(b"Via: %b\r\n" % b", ".join(vias))
+        framing = self.client_framing(client_version)
+        if self.content_length is not None and self.status != 204:
+            append(b"Content-Length: %d\r\n" % self.content_length)  # HEAD/304 too
+        elif framing == "chunked":
+            append(b"Transfer-Encoding: chunked\r\n")
+        if not keep_alive or framing == "close":
+            append(b"Connection: close\r\n")
+        elif client_version == b"1.0":
+            append(b"Connection: keep-alive\r\n")
+        append(b"\r\n")
+        return b"".join(parts)
+
+    def _render(self, client_version: bytes, keep_alive: bool) -> bytes:
+        """`render` for any head: the fields a Connection field names are dropped too."""
         fields = _end_to_end(self.fields, drop_forwarded=False)
         vias = [value for name, value in fields if name.lower() == b"via"]
         fields = [(name, value) for name, value in fields if name.lower() != b"via"]

@@ -85,6 +85,9 @@ class HttpSite(Protocol):
 
     def route(self, host: str, target: str) -> BackendGroup: ...
 
+    has_rules: bool  # without rules, every request takes `default`
+    default: BackendGroup
+
     keeps_heads: bool  # the access log is on: build a record per request
     request_counts: RequestCounts  # what count_request adds to (inlined by _done)
 
@@ -296,8 +299,11 @@ class HttpSession:
     def _start(self, head: RequestHead) -> None:
         self._cancel_timer()
         self.requests += 1
-        target = head.target.decode("latin-1")
-        group = self.site.route(head.host, target)
+        site = self.site
+        if site.has_rules:
+            group = site.route(head.host, head.target.decode("latin-1"))
+        else:
+            group = site.default  # what route() answers without rules, without the call
         client = self.client
         client.group = group
         exchange = self.current = _Exchange(head, group, client.loop.time())
@@ -575,7 +581,7 @@ class HttpSession:
                 if self.client_write_paused and conn.transport is not None:
                     conn.transport.resume_reading()
                 conn.idle = True
-                exchange.group.put_idle(endpoint, conn, ttl)
+                exchange.group.put_idle(endpoint, conn, ttl, self.client.loop)
             else:
                 conn.abandon()
         if endpoint is not None:

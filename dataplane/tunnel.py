@@ -82,6 +82,7 @@ class Site(Protocol):
     keeps_heads: bool  # the access log wants request fields: keep each head
     request_counts: RequestCounts  # plain HTTP requests, counted by the session
     has_rules: bool  # routing needs the Host (else every request takes the default group)
+    default: BackendGroup  # the group of the listener's own backends
     retired: bool
 
     def admit(self, connection: ClientSide) -> Rejection | None: ...
