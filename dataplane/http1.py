@@ -679,6 +679,30 @@ class ResponseReader:
         self._body_bytes = 0
         self.done = False
         self._extra = False  # bytes after the end of the response
+        self._complete = False  # llhttp itself ended the message (not only our framing)
+
+    def restart(self, method: bytes) -> bool:
+        """Ready this reader for the next response on the same connection (its parser
+        kept: one fewer parser per request). False, and nothing changed, unless the last
+        response was read cleanly to its end by llhttp too (after a HEAD answer llhttp
+        still expects the body its Content-Length names): then use a new reader."""
+        if not (self._complete and self.reusable):
+            return False
+        self.method = method
+        self._events = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_size = 0
+        self._began = False
+        self._reason = b""
+        self._fields = []
+        self._head = None
+        self._informational = False
+        self._keep_alive = False
+        self._body_bytes = 0
+        self.done = False
+        self._complete = False
+        return True
 
     @property
     def head(self) -> ResponseHead | None:
@@ -804,6 +828,7 @@ class ResponseReader:
         if self._informational:
             self._informational = False
             return
+        self._complete = True
         if not self.done:
             self._finish()
 

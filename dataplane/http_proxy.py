@@ -375,7 +375,12 @@ class HttpSession:
     def _send_request(self, exchange: _Exchange, conn: BackendConn) -> None:
         """The connection is ready: head, the body so far, and the response deadline."""
         exchange.backend = conn
-        conn.reader = ResponseReader(exchange.head.method)
+        spare = conn.spare
+        conn.spare = None
+        if spare is not None and spare.restart(exchange.head.method):
+            conn.reader = spare  # the reader of its last answer, parser and all
+        else:
+            conn.reader = ResponseReader(exchange.head.method)
         transport = conn.transport
         assert transport is not None
         parts = [exchange.rendered]
@@ -581,6 +586,7 @@ class HttpSession:
                 if self.client_write_paused and conn.transport is not None:
                     conn.transport.resume_reading()
                 conn.idle = True
+                conn.spare = reader
                 exchange.group.put_idle(endpoint, conn, ttl, self.client.loop)
             else:
                 conn.abandon()
@@ -868,6 +874,7 @@ class BackendConn(asyncio.Protocol):
         "lost",
         "reader",
         "session",
+        "spare",
         "task",
         "transport",
     )
@@ -880,6 +887,7 @@ class BackendConn(asyncio.Protocol):
         self.group = group
         self.transport: asyncio.Transport | None = None
         self.reader: ResponseReader | None = None
+        self.spare: ResponseReader | None = None  # the last answer's reader, while pooled
         self.task: asyncio.Future[tuple[asyncio.Transport, BackendConn]] | None = None
         self.idle = False
         self.lost = False

@@ -772,3 +772,23 @@ def test_response_render_fast_path_gives_the_general_answer(
     head = ResponseHead(status, b"Whatever", fields, framing, length)
     general = head._render(version, keep_alive)
     assert head.render(client_version=version, keep_alive=keep_alive) == general
+
+
+def test_a_response_reader_restarts_for_the_next_answer_on_its_connection() -> None:
+    """Restarted, a reader parses the next response as a new one would; after a HEAD
+    answer (llhttp still waits for the body its Content-Length names) it refuses."""
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    second = b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nbye"
+    reader = ResponseReader(b"GET")
+    reader.feed(first)
+    assert reader.restart(b"POST")
+    assert reader.head is None and not reader.done
+    again = _normalised(list(reader.feed(second)))
+    assert again == _normalised(list(ResponseReader(b"POST").feed(second)))
+    assert reader.reusable and reader.head is not None and reader.head.status == 404
+    head = ResponseReader(b"HEAD")
+    head.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert head.reusable and not head.restart(b"GET")
+    unfinished = ResponseReader(b"GET")
+    unfinished.feed(first[:-1])
+    assert not unfinished.restart(b"GET")
