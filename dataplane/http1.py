@@ -457,21 +457,22 @@ class RequestReader:
                 host_name = match[1].lower().rstrip(b".").decode("ascii")
                 self._last_host = (hosts[0], host_name)
         target = self._check_target(method, hosts[0] if hosts else None)
+        # positional: with keywords the compiled constructor builds a dict per request
         return RequestHead(
-            method=method,
-            target=target,
-            version=version,
-            fields=fields,
-            host=host_name,
-            framing=framing,
-            content_length=length,
-            keep_alive=parser.should_keep_alive(),
-            expect_continue=expect and version == b"1.1",
-            forward_fields=kept,
-            has_forwarded=has_forwarded,
-            via=b", ".join([*vias, VIA]),
-            prior_xff=b", ".join(xff).decode("latin-1"),
-            prior_forwarded=b", ".join(prior).decode("latin-1"),
+            method,
+            target,
+            version,
+            fields,
+            host_name,
+            framing,
+            length,
+            parser.should_keep_alive(),  # keep_alive
+            expect and version == b"1.1",  # expect_continue
+            kept,  # forward_fields
+            has_forwarded,
+            b", ".join([*vias, VIA]) if vias else VIA,  # via
+            b", ".join(xff).decode("latin-1") if xff else "",  # prior_xff
+            b", ".join(prior).decode("latin-1") if prior else "",  # prior_forwarded
         )
 
     def _check_target(self, method: bytes, host: bytes | None) -> bytes:
