@@ -20,6 +20,7 @@ import dataplane.frames
 import dataplane.http1
 import dataplane.http_proxy
 import dataplane.relay
+import dataplane.tunnel
 
 CORE = (
     dataplane.relay,
@@ -27,6 +28,7 @@ CORE = (
     dataplane.deadlines,
     dataplane.http1,
     dataplane.http_proxy,
+    dataplane.tunnel,
 )
 
 
