@@ -82,6 +82,10 @@ class HttpSite(Protocol):
     config: Listener
     scheme: str
     retired: bool
+    # from `config`, kept as plain attributes for the request path
+    port: int
+    forwarded: bool  # forwarded_headers.enabled
+    connect_attempts: int  # limits.connect_retries + 1
 
     def route(self, host: str, target: str) -> BackendGroup: ...
 
@@ -319,15 +323,15 @@ class HttpSession:
             and self.http.keep_alive_timeout_seconds > 0
             and self.requests < self.http.max_requests_per_connection
             and not self.draining
-            and not self.site.retired
+            and not site.retired
         )
         exchange.rendered = head.render(
             client_ip=client.client_ip,
-            scheme=self.site.scheme,
-            port=self.site.config.port,
-            forwarded=self.site.config.forwarded_headers.enabled,
+            scheme=site.scheme,
+            port=site.port,
+            forwarded=site.forwarded,
         )
-        exchange.attempts_left = self.site.config.limits.connect_retries + 1
+        exchange.attempts_left = site.connect_attempts
         self._attempt(exchange)
 
     def _attempt(self, exchange: _Exchange) -> None:

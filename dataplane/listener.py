@@ -96,6 +96,10 @@ class ListenerRuntime:
         if self.front is not None and config.tls is not None:
             set_min_version(self.front, config.tls.min_version)
         self.scheme = "https" if config.protocol is Protocol.HTTPS else "http"
+        # read by every plain HTTP request: plain attributes, not a walk through the config
+        self.port = config.port
+        self.forwarded = config.forwarded_headers.enabled
+        self.connect_attempts = config.limits.connect_retries + 1
         self.gate: Gate = Gate(config, self.capacity, None if first else self.gate)
         self.keeps_heads = self.access_log is not None and config.access_log.enabled
         wanted: dict[str, Any] = {DEFAULT: None, **{rule.name: rule for rule in config.rules}}

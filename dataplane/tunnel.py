@@ -78,6 +78,9 @@ class Site(Protocol):
     name: str
     config: Listener
     scheme: str
+    port: int  # config.port, config.forwarded_headers.enabled, limits.connect_retries + 1:
+    forwarded: bool  # plain attributes for the HTTP request path
+    connect_attempts: int
     wheel: DeadlineWheel
     keeps_heads: bool  # the access log wants request fields: keep each head
     request_counts: RequestCounts  # plain HTTP requests, counted by the session
