@@ -136,13 +136,21 @@ class BackendGroup:
     def take_idle(self, endpoint: EndpointState, now: float) -> Pooled | None:
         return self.pool.take(endpoint.key, now)
 
-    def put_idle(self, endpoint: EndpointState, conn: Pooled, ttl: float | None) -> bool:
+    def put_idle(
+        self,
+        endpoint: EndpointState,
+        conn: Pooled,
+        ttl: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> bool:
         """Keep `conn` for reuse; False when it was closed instead (pool full, group gone,
-        endpoint left or draining)."""
+        endpoint left or draining). Pass the `loop` where it is at hand: finding the
+        running one costs a getpid() per call on CPython 3.11."""
         if self.closed or self.should_drain(endpoint):
             conn.abandon()
             return False
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         closed = self.pool.put(endpoint.key, conn, loop.time(), ttl)
         for item in closed:
             item.abandon()

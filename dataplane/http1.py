@@ -23,7 +23,7 @@ import dataclasses
 import http
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 
 import httptools
 
@@ -115,7 +115,16 @@ def _end_to_end(
 
 
 def _render_fields(fields: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(b"%b: %b\r\n" % field for field in fields)
+    # one join of plain parts: no generator and no formatting per field (compiled, this
+    # is a loop of list appends)
+    parts: list[bytes] = []
+    append = parts.append
+    for name, value in fields:
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    return b"".join(parts)
 
 
 # ------------------------------------------------------------------ events
@@ -269,9 +278,10 @@ class RequestReader:
     def feed(self, data: bytes) -> list[RequestEvent]:
         """Parse `data`; return the events it completes. Raises Rejection (and keeps the
         requests it completed first in `salvaged`)."""
-        if self._error is not None:
+        error = self._error  # a local: mypyc must not narrow the attribute to None below
+        if error is not None:
             self.salvaged = _NONE
-            raise self._error
+            raise error
         if self._closing or not data:
             return []
         events = self._events = []
@@ -447,21 +457,22 @@ class RequestReader:
                 host_name = match[1].lower().rstrip(b".").decode("ascii")
                 self._last_host = (hosts[0], host_name)
         target = self._check_target(method, hosts[0] if hosts else None)
+        # positional: with keywords the compiled constructor builds a dict per request
         return RequestHead(
-            method=method,
-            target=target,
-            version=version,
-            fields=fields,
-            host=host_name,
-            framing=framing,
-            content_length=length,
-            keep_alive=parser.should_keep_alive(),
-            expect_continue=expect and version == b"1.1",
-            forward_fields=kept,
-            has_forwarded=has_forwarded,
-            via=b", ".join([*vias, VIA]),
-            prior_xff=b", ".join(xff).decode("latin-1"),
-            prior_forwarded=b", ".join(prior).decode("latin-1"),
+            method,
+            target,
+            version,
+            fields,
+            host_name,
+            framing,
+            length,
+            parser.should_keep_alive(),  # keep_alive
+            expect and version == b"1.1",  # expect_continue
+            kept,  # forward_fields
+            has_forwarded,
+            b", ".join([*vias, VIA]) if vias else VIA,  # via
+            b", ".join(xff).decode("latin-1") if xff else "",  # prior_xff
+            b", ".join(prior).decode("latin-1") if prior else "",  # prior_forwarded
         )
 
     def _check_target(self, method: bytes, host: bytes | None) -> bytes:
@@ -504,7 +515,7 @@ class RequestReader:
         self._events.append(Upgrade(line + _render_fields(head.fields) + b"\r\n", rest, head))
         self._closing = True
 
-    def _raise(self, rejection: Rejection) -> None:
+    def _raise(self, rejection: Rejection) -> NoReturn:
         self._error = rejection
         raise rejection
 
@@ -577,6 +588,40 @@ class ResponseHead:
     def render(self, *, client_version: bytes, keep_alive: bool) -> bytes:
         """The head for the client: hop-by-hop fields dropped, Via added, framing per
         `client_framing`, `Connection: close` when the client connection ends after it."""
+        # The common answer in one pass: no Connection field, or `Connection: keep-alive`
+        # (which names only a hop-by-hop field); anything else takes the general path.
+        parts = [b"HTTP/1.1 %d %b\r\n" % (self.status, self.reason)]
+        append = parts.append
+        vias: list[bytes] = []
+        for name, value in self.fields:
+            lower = name.lower()
+            if lower in _HOP_BY_HOP:
+                if lower == b"connection" and value.lower() != b"keep-alive":
+                    return self._render(client_version, keep_alive)
+                continue
+            if lower == b"via":
+                vias.append(value)
+                continue
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        vias.append(VIA)
+        append(b"Via: %b\r\n" % b", ".join(vias))
+        framing = self.client_framing(client_version)
+        if self.content_length is not None and self.status != 204:
+            append(b"Content-Length: %d\r\n" % self.content_length)  # HEAD/304 too
+        elif framing == "chunked":
+            append(b"Transfer-Encoding: chunked\r\n")
+        if not keep_alive or framing == "close":
+            append(b"Connection: close\r\n")
+        elif client_version == b"1.0":
+            append(b"Connection: keep-alive\r\n")
+        append(b"\r\n")
+        return b"".join(parts)
+
+    def _render(self, client_version: bytes, keep_alive: bool) -> bytes:
+        """`render` for any head: the fields a Connection field names are dropped too."""
         fields = _end_to_end(self.fields, drop_forwarded=False)
         vias = [value for name, value in fields if name.lower() == b"via"]
         fields = [(name, value) for name, value in fields if name.lower() != b"via"]
@@ -635,6 +680,30 @@ class ResponseReader:
         self._body_bytes = 0
         self.done = False
         self._extra = False  # bytes after the end of the response
+        self._complete = False  # llhttp itself ended the message (not only our framing)
+
+    def restart(self, method: bytes) -> bool:
+        """Ready this reader for the next response on the same connection (its parser
+        kept: one fewer parser per request). False, and nothing changed, unless the last
+        response was read cleanly to its end by llhttp too (after a HEAD answer llhttp
+        still expects the body its Content-Length names): then use a new reader."""
+        if not (self._complete and self.reusable):
+            return False
+        self.method = method
+        self._events = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_size = 0
+        self._began = False
+        self._reason = b""
+        self._fields = []
+        self._head = None
+        self._informational = False
+        self._keep_alive = False
+        self._body_bytes = 0
+        self.done = False
+        self._complete = False
+        return True
 
     @property
     def head(self) -> ResponseHead | None:
@@ -654,8 +723,9 @@ class ResponseReader:
 
     def feed(self, data: bytes) -> list[ResponseEvent]:
         """Parse `data`; return the events it completes. Raises Rejection."""
-        if self._error is not None:
-            raise self._error
+        error = self._error  # a local: mypyc must not narrow the attribute to None below
+        if error is not None:
+            raise error
         if not data:
             return []
         if self.done:
@@ -759,6 +829,7 @@ class ResponseReader:
         if self._informational:
             self._informational = False
             return
+        self._complete = True
         if not self.done:
             self._finish()
 
@@ -766,7 +837,7 @@ class ResponseReader:
         self.done = True
         self._events.append(EndOfMessage())
 
-    def _raise(self, rejection: Rejection) -> None:
+    def _raise(self, rejection: Rejection) -> NoReturn:
         self._error = rejection
         raise rejection
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -53,6 +54,7 @@ from dataplane.http1 import (
     Upgrade,
     frame_chunk,
 )
+from dataplane.metrics import REQUEST_BUCKETS, RequestCounts
 from lbwire.snapshot import Listener
 
 log = logging.getLogger("wslb.http")
@@ -80,10 +82,18 @@ class HttpSite(Protocol):
     config: Listener
     scheme: str
     retired: bool
+    # from `config`, kept as plain attributes for the request path
+    port: int
+    forwarded: bool  # forwarded_headers.enabled
+    connect_attempts: int  # limits.connect_retries + 1
 
     def route(self, host: str, target: str) -> BackendGroup: ...
 
+    has_rules: bool  # without rules, every request takes `default`
+    default: BackendGroup
+
     keeps_heads: bool  # the access log is on: build a record per request
+    request_counts: RequestCounts  # what count_request adds to (inlined by _done)
 
     def count_request(
         self, rule: str, method: bytes, status: int, duration: float, rejection: str
@@ -293,8 +303,11 @@ class HttpSession:
     def _start(self, head: RequestHead) -> None:
         self._cancel_timer()
         self.requests += 1
-        target = head.target.decode("latin-1")
-        group = self.site.route(head.host, target)
+        site = self.site
+        if site.has_rules:
+            group = site.route(head.host, head.target.decode("latin-1"))
+        else:
+            group = site.default  # what route() answers without rules, without the call
         client = self.client
         client.group = group
         exchange = self.current = _Exchange(head, group, client.loop.time())
@@ -310,15 +323,15 @@ class HttpSession:
             and self.http.keep_alive_timeout_seconds > 0
             and self.requests < self.http.max_requests_per_connection
             and not self.draining
-            and not self.site.retired
+            and not site.retired
         )
         exchange.rendered = head.render(
             client_ip=client.client_ip,
-            scheme=self.site.scheme,
-            port=self.site.config.port,
-            forwarded=self.site.config.forwarded_headers.enabled,
+            scheme=site.scheme,
+            port=site.port,
+            forwarded=site.forwarded,
         )
-        exchange.attempts_left = self.site.config.limits.connect_retries + 1
+        exchange.attempts_left = site.connect_attempts
         self._attempt(exchange)
 
     def _attempt(self, exchange: _Exchange) -> None:
@@ -366,7 +379,12 @@ class HttpSession:
     def _send_request(self, exchange: _Exchange, conn: BackendConn) -> None:
         """The connection is ready: head, the body so far, and the response deadline."""
         exchange.backend = conn
-        conn.reader = ResponseReader(exchange.head.method)
+        spare = conn.spare
+        conn.spare = None
+        if spare is not None and spare.restart(exchange.head.method):
+            conn.reader = spare  # the reader of its last answer, parser and all
+        else:
+            conn.reader = ResponseReader(exchange.head.method)
         transport = conn.transport
         assert transport is not None
         parts = [exchange.rendered]
@@ -572,7 +590,8 @@ class HttpSession:
                 if self.client_write_paused and conn.transport is not None:
                     conn.transport.resume_reading()
                 conn.idle = True
-                exchange.group.put_idle(endpoint, conn, ttl)
+                conn.spare = reader
+                exchange.group.put_idle(endpoint, conn, ttl, self.client.loop)
             else:
                 conn.abandon()
         if endpoint is not None:
@@ -602,7 +621,21 @@ class HttpSession:
         head = exchange.head
         duration = now - exchange.started
         site = self.site
-        site.count_request(exchange.group.name, head.method, exchange.status, duration, rejection)
+        status = exchange.status
+        if rejection or not status:
+            site.count_request(exchange.group.name, head.method, status, duration, rejection)
+        else:  # RequestCounts.add, inlined: no Python call per request
+            counts = site.request_counts
+            rule = exchange.group.name
+            buckets = counts.buckets.get(rule)
+            if buckets is None:  # the rule's first request: add() makes its slots
+                counts.add(rule, head.method, status, duration)
+            else:
+                key = (rule, head.method, status // 100)
+                requests = counts.requests
+                requests[key] = requests.get(key, 0) + 1
+                buckets[bisect_left(REQUEST_BUCKETS, duration)] += 1
+                counts.sums[rule] += duration
         if not site.keeps_heads:
             return  # no access log: no record built
         site.log_request(
@@ -845,6 +878,7 @@ class BackendConn(asyncio.Protocol):
         "lost",
         "reader",
         "session",
+        "spare",
         "task",
         "transport",
     )
@@ -857,6 +891,7 @@ class BackendConn(asyncio.Protocol):
         self.group = group
         self.transport: asyncio.Transport | None = None
         self.reader: ResponseReader | None = None
+        self.spare: ResponseReader | None = None  # the last answer's reader, while pooled
         self.task: asyncio.Future[tuple[asyncio.Transport, BackendConn]] | None = None
         self.idle = False
         self.lost = False

@@ -25,7 +25,7 @@ from dataplane.balancer import Balancer, EndpointState
 from dataplane.deadlines import DeadlineWheel
 from dataplane.group import DEFAULT, BackendGroup
 from dataplane.handshake import Rejection
-from dataplane.metrics import Metrics, TrafficTotals, close_code_label, method_class
+from dataplane.metrics import Metrics, TrafficTotals, close_code_label
 from dataplane.process_metrics import TlsFailures
 from dataplane.routing import Router
 from dataplane.routing import Rule as RoutingRule
@@ -78,8 +78,7 @@ class ListenerRuntime:
         self.config = config
         self.bind_key = _bind_key(config)
         self._published: set[str] = set()
-        self._m_requests: dict[tuple[str, str, int], Any] = {}
-        self._m_request_seconds: dict[str, Any] = {}
+        self.request_counts = metrics.requests_of(self.name)
         self._apply(config, certificates, first=True)
 
     # ------------------------------------------------------------------ config
@@ -97,6 +96,10 @@ class ListenerRuntime:
         if self.front is not None and config.tls is not None:
             set_min_version(self.front, config.tls.min_version)
         self.scheme = "https" if config.protocol is Protocol.HTTPS else "http"
+        # read by every plain HTTP request: plain attributes, not a walk through the config
+        self.port = config.port
+        self.forwarded = config.forwarded_headers.enabled
+        self.connect_attempts = config.limits.connect_retries + 1
         self.gate: Gate = Gate(config, self.capacity, None if first else self.gate)
         self.keeps_heads = self.access_log is not None and config.access_log.enabled
         wanted: dict[str, Any] = {DEFAULT: None, **{rule.name: rule for rule in config.rules}}
@@ -321,19 +324,7 @@ class ListenerRuntime:
         """One plain HTTP request answered (status 0: abandoned, not counted)."""
         if not status:
             return
-        key = (rule, method_class(method), status // 100)
-        child = self._m_requests.get(key)
-        if child is None:  # cached: bounded labels, and labels() locks and hashes
-            child = self._m_requests[key] = self.metrics.http_requests.labels(
-                self.name, rule, key[1], f"{status // 100}xx"
-            )
-        child.inc()
-        seconds = self._m_request_seconds.get(rule)
-        if seconds is None:
-            seconds = self._m_request_seconds[rule] = self.metrics.http_request_seconds.labels(
-                self.name, rule
-            )
-        seconds.observe(duration)
+        self.request_counts.add(rule, method, status, duration)
         if rejection:
             self.metrics.rejections.labels(self.name, rejection).inc()
 

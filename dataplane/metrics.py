@@ -8,11 +8,17 @@ counters and a collector sums them at scrape time.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 PREFIX = "wslb_dataplane"
@@ -117,6 +123,71 @@ class TrafficCollector(Collector):
         yield pool
 
 
+class RequestCounts:
+    """One listener's plain HTTP requests as plain numbers: the request path adds to them
+    (no lock, no label lookup: `add`, or the same steps inlined in the compiled
+    http_proxy) and `RequestCollector` turns them into the request counter and the
+    duration histogram at scrape time."""
+
+    __slots__ = ("buckets", "requests", "sums")
+
+    def __init__(self) -> None:
+        # (rule, method as received, status // 100): the method label is chosen at scrape
+        # time (llhttp knows a fixed set of methods, so the keys stay bounded)
+        self.requests: dict[tuple[str, bytes, int], int] = {}
+        # per rule: requests per REQUEST_BUCKETS slot (not cumulative), +Inf last
+        self.buckets: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def add(self, rule: str, method: bytes, status: int, duration: float) -> None:
+        key = (rule, method, status // 100)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        buckets = self.buckets.get(rule)
+        if buckets is None:
+            buckets = self.buckets[rule] = [0] * (len(REQUEST_BUCKETS) + 1)
+            self.sums[rule] = 0.0
+        buckets[bisect_left(REQUEST_BUCKETS, duration)] += 1
+        self.sums[rule] += duration
+
+
+class RequestCollector(Collector):
+    """The HTTP request counter and duration histogram, read from every listener's
+    `RequestCounts` at scrape time."""
+
+    def __init__(self, source: dict[str, RequestCounts]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            f"{PREFIX}_http_requests",
+            "Plain HTTP requests answered, by rule (default: no rule), method and status class.",
+            labels=["listener", "rule", "method", "code"],
+        )
+        seconds = HistogramMetricFamily(
+            f"{PREFIX}_http_request_duration_seconds",
+            "From a plain HTTP request's head to the end of its answer.",
+            labels=["listener", "rule"],
+        )
+        bounds = [*(str(float(bound)) for bound in REQUEST_BUCKETS), "+Inf"]
+        for listener, counts in list(self._source.items()):
+            merged: dict[tuple[str, str, int], int] = {}
+            for (rule, method, status_class), count in list(counts.requests.items()):
+                key = (rule, method_class(method), status_class)
+                merged[key] = merged.get(key, 0) + count
+            for (rule, method_label, status_class), count in sorted(merged.items()):
+                requests.add_metric([listener, rule, method_label, f"{status_class}xx"], count)
+            for rule, slots in list(counts.buckets.items()):
+                cumulative = []
+                total = 0
+                for bound, count in zip(bounds, list(slots), strict=True):
+                    total += count
+                    cumulative.append((bound, total))
+                seconds.add_metric([listener, rule], cumulative, counts.sums.get(rule, 0.0))
+        yield requests
+        yield seconds
+
+
 class Metrics:
     """One registry per data-plane process (tests make their own)."""
 
@@ -185,19 +256,11 @@ class Metrics:
             ["listener", "backend"],
             registry=r,
         )
-        self.http_requests = Counter(
-            f"{PREFIX}_http_requests",
-            "Plain HTTP requests answered, by rule (default: no rule), method and status class.",
-            ["listener", "rule", "method", "code"],
-            registry=r,
-        )
-        self.http_request_seconds = Histogram(
-            f"{PREFIX}_http_request_duration_seconds",
-            "From a plain HTTP request's head to the end of its answer.",
-            ["listener", "rule"],
-            buckets=REQUEST_BUCKETS,
-            registry=r,
-        )
+        # The request counter and duration histogram: integers per listener, read at
+        # scrape time (a Prometheus child's lock and label lookup per request cost more
+        # than the rest of the bookkeeping of a request).
+        self.request_counts: dict[str, RequestCounts] = {}
+        r.register(RequestCollector(self.request_counts))
         self.http_backend_errors = Counter(
             f"{PREFIX}_http_backend_errors",
             "Backend failures on plain HTTP requests (connect, reset, timeout, invalid).",
@@ -241,13 +304,19 @@ class Metrics:
             self.keepalive_timeouts,
             self.backend_connect_failures,
             self.backend_healthy,
-            self.http_requests,
-            self.http_request_seconds,
             self.http_backend_errors,
         ):
             for labels in list(metric._metrics):  # the children, keyed by label values
                 if labels[0] == name:
                     metric.remove(*labels)
+        self.request_counts.pop(name, None)
+
+    def requests_of(self, listener: str) -> RequestCounts:
+        """The request counts of a listener (kept across its config updates)."""
+        counts = self.request_counts.get(listener)
+        if counts is None:
+            counts = self.request_counts[listener] = RequestCounts()
+        return counts
 
     def watch_traffic(self, source: Callable[[], Iterable[tuple[str, TrafficTotals]]]) -> None:
         self.registry.register(TrafficCollector(source))

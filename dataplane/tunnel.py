@@ -43,6 +43,7 @@ from dataplane.handshake import (
     validate_upgrade,
 )
 from dataplane.http_proxy import HttpSession
+from dataplane.metrics import RequestCounts
 from dataplane.relay import (
     CLOSE_BACKEND,
     CLOSE_CLIENT,
@@ -77,9 +78,14 @@ class Site(Protocol):
     name: str
     config: Listener
     scheme: str
+    port: int  # config.port, config.forwarded_headers.enabled, limits.connect_retries + 1:
+    forwarded: bool  # plain attributes for the HTTP request path
+    connect_attempts: int
     wheel: DeadlineWheel
     keeps_heads: bool  # the access log wants request fields: keep each head
+    request_counts: RequestCounts  # plain HTTP requests, counted by the session
     has_rules: bool  # routing needs the Host (else every request takes the default group)
+    default: BackendGroup  # the group of the listener's own backends
     retired: bool
 
     def admit(self, connection: ClientSide) -> Rejection | None: ...

@@ -17,9 +17,19 @@ import pytest
 
 import dataplane.deadlines
 import dataplane.frames
+import dataplane.http1
+import dataplane.http_proxy
 import dataplane.relay
+import dataplane.tunnel
 
-CORE = (dataplane.relay, dataplane.frames, dataplane.deadlines)
+CORE = (
+    dataplane.relay,
+    dataplane.frames,
+    dataplane.deadlines,
+    dataplane.http1,
+    dataplane.http_proxy,
+    dataplane.tunnel,
+)
 
 
 def compiled(module: ModuleType) -> bool:

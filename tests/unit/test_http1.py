@@ -11,6 +11,7 @@ from dataplane.http1 import (
     LAST_CHUNK,
     Body,
     EndOfMessage,
+    Framing,
     Informational,
     RequestHead,
     RequestReader,
@@ -734,3 +735,60 @@ def test_requests_completed_before_a_refused_one_are_salvaged_in_order() -> None
     with pytest.raises(Rejection):
         reader.feed(good)
     assert reader.salvaged == []  # nothing is salvaged once the reader refuses everything
+
+
+_CONNECTION_VALUES = st.sampled_from(
+    [b"keep-alive", b"Keep-Alive", b"close", b"close, X-A", b"x-a", b"keep-alive, x-b", b""]
+)
+_HOP_NAMES = st.sampled_from(
+    [b"Connection", b"Keep-Alive", b"Via", b"X-A", b"x-b", b"Close", b"Transfer-Encoding"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(_HOP_NAMES, _names.map(str.encode)),
+            st.one_of(_CONNECTION_VALUES, _values.map(str.encode)),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([200, 204, 304, 404]),
+    st.sampled_from(["none", "length", "chunked", "close"]),
+    st.sampled_from([b"1.1", b"1.0"]),
+    st.booleans(),
+)
+def test_response_render_fast_path_gives_the_general_answer(
+    fields: list[tuple[bytes, bytes]],
+    status: int,
+    framing: Framing,
+    version: bytes,
+    keep_alive: bool,
+) -> None:
+    """The one-pass render of a common head is byte for byte the general one (which also
+    drops the fields a Connection field names), for any fields."""
+    length = 3 if framing == "length" else None
+    head = ResponseHead(status, b"Whatever", fields, framing, length)
+    general = head._render(version, keep_alive)
+    assert head.render(client_version=version, keep_alive=keep_alive) == general
+
+
+def test_a_response_reader_restarts_for_the_next_answer_on_its_connection() -> None:
+    """Restarted, a reader parses the next response as a new one would; after a HEAD
+    answer (llhttp still waits for the body its Content-Length names) it refuses."""
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    second = b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nbye"
+    reader = ResponseReader(b"GET")
+    reader.feed(first)
+    assert reader.restart(b"POST")
+    assert reader.head is None and not reader.done
+    again = _normalised(list(reader.feed(second)))
+    assert again == _normalised(list(ResponseReader(b"POST").feed(second)))
+    assert reader.reusable and reader.head is not None and reader.head.status == 404
+    head = ResponseReader(b"HEAD")
+    head.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert head.reusable and not head.restart(b"GET")
+    unfinished = ResponseReader(b"GET")
+    unfinished.feed(first[:-1])
+    assert not unfinished.restart(b"GET")
