@@ -71,7 +71,7 @@ test: check ## every tier this machine can run (what CI runs), pure Python, then
 	  else echo "e2e tier skipped: WSLB_SKIP_E2E=1 was set"; fi
 	$(MAKE) test-compiled
 
-# The connection core (dataplane/relay.py, frames.py, deadlines.py) compiled with mypyc, as the
+# The connection core and the HTTP request path (setup.py's COMPILED) compiled with mypyc, as the
 # image ships it: C extensions beside the .py files, which Python imports first (setup.py).
 # Opt-in, it needs a C compiler and Python's headers; `make pure` goes back to pure Python.
 compiled: $(STAMP) ## compile the connection core with mypyc (.so beside the .py), as in the image
@@ -86,7 +86,12 @@ pure: ## remove the compiled connection core: pure Python again
 # pure). The compiled modules are removed afterwards, pass or fail: the checkout is pure again.
 COMPILED_TESTS := tests/unit tests/integration/test_proxy.py tests/integration/test_close_paths.py \
 	tests/integration/test_timeouts.py tests/integration/test_limits.py \
-	tests/integration/test_robustness.py tests/integration/test_connection_record.py
+	tests/integration/test_robustness.py tests/integration/test_connection_record.py \
+	tests/integration/test_http_proxy.py tests/integration/test_http_rules.py \
+	tests/integration/test_http_smuggling.py tests/integration/test_http_large.py \
+	tests/integration/test_handshake_errors.py tests/integration/test_metrics.py \
+	tests/integration/test_balancing.py tests/integration/test_health.py \
+	tests/integration/test_sticky_tokens.py
 test-compiled: compiled ## the unit tier and the relay integration tests, core compiled with mypyc
 	WSLB_MYPYC=1 $(PY) -m pytest $(COMPILED_TESTS) -q -rs -p no:cacheprovider; \
 	  status=$$?; rm -rf build dataplane/*.so; exit $$status
