@@ -147,7 +147,16 @@ def machine() -> dict[str, Any]:
         "openssl": ssl.OPENSSL_VERSION,
         "loadavg_start": os.getloadavg(),
         "wslb_revision": revision(),
+        "wslb_build": wslb_build(),
     }
+
+
+def wslb_build() -> str:
+    """Which build of the data plane ran: the mypyc-compiled modules (as the image ships
+    them, `make compiled`) or pure Python (`make run`, `make pure`)."""
+    compiled = sorted(path.name.split(".")[0] for path in (REPO / "dataplane").glob("*.so"))
+    compiled = [name for name in compiled if not name.endswith("__mypyc")]
+    return f"compiled with mypyc ({', '.join(compiled)})" if compiled else "pure Python"
 
 
 def revision() -> str:

@@ -398,7 +398,8 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
         f"Run {info['date_utc']} UTC on {info['cpus']} {X} {info['cpu'] or 'unknown CPU'}, "
         f"kernel {info['kernel']}, Python {info['python']}, uvloop {info['uvloop']}, "
         f"{info['openssl']}; {', '.join(info.get('versions', {}).values())}; "
-        f"wslb at {info.get('wslb_revision', 'unknown')}. "
+        f"wslb at {info.get('wslb_revision', 'unknown')}, "
+        f"{info.get('wslb_build', 'pure Python')}. "
         f"{settings['duration']:g} s per measurement after {settings['warmup']:g} s warm-up, "
         f"{settings['repeat']} round(s); the whole run took {info['elapsed_seconds']:.0f} s.",
         "",
