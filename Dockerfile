@@ -58,13 +58,16 @@ COPY lbwire/ /src/lbwire/
 COPY dataplane/ /src/dataplane/
 COPY controller/ /src/controller/
 RUN set -eu; \
-    WSLB_MYPYC=1 /opt/tools/bin/pip wheel -q --no-deps --no-build-isolation --wheel-dir /tmp/dist \
-      /src; \
+    WSLB_MYPYC=1 WSLB_MYPYC_PYTHON=/opt/wslb/bin/python \
+      /opt/tools/bin/pip wheel -q --no-deps --no-build-isolation --wheel-dir /tmp/dist /src; \
     /opt/tools/bin/pip --python /opt/wslb/bin/python install -q --no-deps --no-index \
       /tmp/dist/wslb-*.whl; \
-    /opt/wslb/bin/python -c 'import dataplane.relay as r, dataplane.frames as f; \
+    /opt/wslb/bin/python -c 'import importlib; \
       from importlib.machinery import ExtensionFileLoader as E; \
-      assert isinstance(r.__loader__, E) and isinstance(f.__loader__, E), "core not compiled"'; \
+      names = ("relay", "frames", "tunnel", "http1", "http_proxy"); \
+      loose = [n for n in names if not isinstance( \
+        importlib.import_module("dataplane." + n).__loader__, E)]; \
+      assert not loose, f"not compiled: {loose}"'; \
     find /opt/wslb -name '*.so' -exec strip --strip-unneeded {} +; \
     find /opt/wslb -type f \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.c' \
       -o -name '*.h' \) -delete; \

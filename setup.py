@@ -45,7 +45,14 @@ def ext_modules() -> list[object]:
     # No config file: pyproject's mypy plugins (pydantic) are not needed for these modules
     # and not installed where the image builds. One group named inside the package, so the
     # shared runtime lands as dataplane/core__mypyc.*.so, not as a top-level module.
-    return list(mypycify(["--config-file=", *COMPILED], group_name="dataplane.core"))
+    # mypyc type-checks what the modules import (websockets, httptools, prometheus_client...):
+    # where the build's own Python lacks them (the image builds with a tools venv and installs
+    # into another), WSLB_MYPYC_PYTHON names the interpreter whose packages mypy reads.
+    options = ["--config-file="]
+    python = os.environ.get("WSLB_MYPYC_PYTHON")
+    if python:
+        options += ["--python-executable", python]
+    return list(mypycify([*options, *COMPILED], group_name="dataplane.core"))
 
 
 setup(ext_modules=ext_modules())

@@ -50,8 +50,11 @@ build() {
     --label wslb.e2e=image \
     --label "org.opencontainers.image.version=$WSLB_APP_VERSION" \
     --label "org.opencontainers.image.revision=$revision" \
-    -t "$WSLB_RELEASE_IMAGE" -f Dockerfile . >/dev/null
-  [ "$WSLB_IMAGE" = "$WSLB_RELEASE_IMAGE" ] || "$engine" tag "$WSLB_RELEASE_IMAGE" "$WSLB_IMAGE"
+    -t "$WSLB_RELEASE_IMAGE" -f Dockerfile . >/dev/null \
+    || return 1  # explicit: under `timed` errexit is off, and a stale image would be tested
+  if [ "$WSLB_IMAGE" != "$WSLB_RELEASE_IMAGE" ]; then
+    "$engine" tag "$WSLB_RELEASE_IMAGE" "$WSLB_IMAGE" || return 1
+  fi
   prune_ours "$engine"
 }
 
@@ -80,6 +83,6 @@ check() {
   log "$WSLB_RELEASE_IMAGE: $((size / 1048576)) MiB"
 }
 
-timed "our image ($WSLB_RELEASE_IMAGE)" build
+timed "our image ($WSLB_RELEASE_IMAGE)" build || { print_timings; die "the image build failed"; }
 timed "image checks" check
 print_timings
