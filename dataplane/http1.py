@@ -27,7 +27,7 @@ from typing import Literal, NoReturn
 
 import httptools
 
-from dataplane.handshake import _FORWARDED_LOWER, Rejection, _forwarded_lines
+from dataplane.handshake import _FORWARDED_LOWER, Rejection
 
 HEAD_LIMIT = 16 * 1024
 """Request head limit (431): the size browsers and most servers use; cookies fit in it."""
@@ -115,22 +115,27 @@ def _end_to_end(
 
 
 def _render_fields(fields: list[tuple[bytes, bytes]]) -> bytes:
-    # one join of plain parts: no generator and no formatting per field (compiled, this
-    # is a loop of list appends)
+    # one join of plain parts: no generator and no formatting per field. `parts.append`
+    # written out, not bound to a local: compiled, that is a native list append (a bound
+    # `append` is a Python call each time); CPython 3.11 specializes it too.
     parts: list[bytes] = []
-    append = parts.append
     for name, value in fields:
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     return b"".join(parts)
 
 
 # ------------------------------------------------------------------ events
 
 
-@dataclass(slots=True)
+# The per-request events say `init=False` and write `__init__` out: compiled, the
+# dataclass-made `__init__` is interpreted Python (about 4k instructions per RequestHead);
+# a written one is native. Equality and repr still come from the dataclass.
+
+
+@dataclass(slots=True, init=False)
 class RequestHead:
     """A request's head, checked. `fields` are the received fields (trimmed values, in
     order); `host` is the Host's name, lowercased, without port: what routing reads."""
@@ -150,6 +155,38 @@ class RequestHead:
     via: bytes  # the Via value to send: the received ones and ours
     prior_xff: str
     prior_forwarded: str
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        fields: list[tuple[bytes, bytes]],
+        host: str,
+        framing: Framing,
+        content_length: int | None,
+        keep_alive: bool,
+        expect_continue: bool,
+        forward_fields: list[tuple[bytes, bytes]],
+        has_forwarded: bool,
+        via: bytes,
+        prior_xff: str,
+        prior_forwarded: str,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.fields = fields
+        self.host = host
+        self.framing = framing
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.forward_fields = forward_fields
+        self.has_forwarded = has_forwarded
+        self.via = via
+        self.prior_xff = prior_xff
+        self.prior_forwarded = prior_forwarded
 
     def field(self, name: bytes) -> bytes | None:
         """The first value of a field, by case-insensitive name."""
@@ -179,16 +216,33 @@ class RequestHead:
         )
         if not forwarded:
             return head + b"\r\n"
-        return head + _forwarded_lines(
-            client_ip, scheme, port, self.prior_xff, self.prior_forwarded
-        )
+        return head + _forwarded_tail(client_ip, scheme, port, self.prior_xff, self.prior_forwarded)
 
 
-@dataclass(slots=True)
+def _forwarded_tail(
+    client_ip: str, scheme: str, port: int, prior_xff: str, prior_forwarded: str
+) -> bytes:
+    """handshake._forwarded_lines, here so it is compiled with the request path (there it
+    runs interpreted, about 4k instructions per request); a unit test holds them equal."""
+    node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+    xff = f"{prior_xff}, {client_ip}" if prior_xff else client_ip
+    ours = f"for={node};proto={scheme}"
+    forwarded = f"{prior_forwarded}, {ours}" if prior_forwarded else ours
+    return (
+        f"X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {scheme}\r\n"
+        f"X-Forwarded-Port: {port}\r\nX-Real-IP: {client_ip}\r\n"
+        f"Forwarded: {forwarded}\r\n\r\n"
+    ).encode("latin-1")
+
+
+@dataclass(slots=True, init=False)
 class Body:
     """Decoded body bytes of the current message."""
 
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 @dataclass(slots=True)
@@ -554,7 +608,7 @@ class Informational:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ResponseHead:
     """A backend's final response head; `framing` is how its body ends on the backend
     side ("none" for HEAD, 204, 304; "close" when it is read until the backend closes)."""
@@ -564,6 +618,20 @@ class ResponseHead:
     fields: list[tuple[bytes, bytes]]
     framing: Framing
     content_length: int | None
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        fields: list[tuple[bytes, bytes]],
+        framing: Framing,
+        content_length: int | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.fields = fields
+        self.framing = framing
+        self.content_length = content_length
 
     def keep_alive_timeout(self) -> float | None:
         """The backend's `Keep-Alive: timeout=N` in seconds, for the pool (`put(ttl=)`);
@@ -591,7 +659,6 @@ class ResponseHead:
         # The common answer in one pass: no Connection field, or `Connection: keep-alive`
         # (which names only a hop-by-hop field); anything else takes the general path.
         parts = [b"HTTP/1.1 %d %b\r\n" % (self.status, self.reason)]
-        append = parts.append
         vias: list[bytes] = []
         for name, value in self.fields:
             lower = name.lower()
@@ -602,22 +669,22 @@ class ResponseHead:
             if lower == b"via":
                 vias.append(value)
                 continue
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
         vias.append(VIA)
-        append(b"Via: %b\r\n" % b", ".join(vias))
+        parts.append(b"Via: %b\r\n" % b", ".join(vias))
         framing = self.client_framing(client_version)
         if self.content_length is not None and self.status != 204:
-            append(b"Content-Length: %d\r\n" % self.content_length)  # HEAD/304 too
+            parts.append(b"Content-Length: %d\r\n" % self.content_length)  # HEAD/304 too
         elif framing == "chunked":
-            append(b"Transfer-Encoding: chunked\r\n")
+            parts.append(b"Transfer-Encoding: chunked\r\n")
         if not keep_alive or framing == "close":
-            append(b"Connection: close\r\n")
+            parts.append(b"Connection: close\r\n")
         elif client_version == b"1.0":
-            append(b"Connection: keep-alive\r\n")
-        append(b"\r\n")
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
         return b"".join(parts)
 
     def _render(self, client_version: bytes, keep_alive: bool) -> bytes:

@@ -654,7 +654,7 @@ class HttpSession:
                 method=head.method.decode("latin-1"),
                 host=head.host,
                 target=head.target.decode("latin-1"),
-                forwarded_for=head.prior_xff,
+                forwarded_for=_chain_sent(site, head, client.client_ip),
             )
         )
 
@@ -700,7 +700,9 @@ class HttpSession:
                 method=head.method.decode("latin-1") if head is not None else "",
                 host=head.host if head is not None else "",
                 target=head.target.decode("latin-1") if head is not None else "",
-                forwarded_for=head.prior_xff if head is not None else "",
+                forwarded_for=(
+                    _chain_sent(self.site, head, self.client.client_ip) if head is not None else ""
+                ),
             )
         )
         self._close(linger=True)
@@ -842,6 +844,14 @@ class HttpSession:
                 task.cancel()
             self._drop_backend(exchange)
             self._done(exchange, "client_gone")
+
+
+def _chain_sent(site: HttpSite, head: RequestHead, client_ip: str) -> str:
+    """The X-Forwarded-For chain the backend gets (or would get), as the WebSocket line
+    logs it: the client's own chain, the client address appended when forwarding is on."""
+    if not site.forwarded:
+        return head.prior_xff
+    return f"{head.prior_xff}, {client_ip}" if head.prior_xff else client_ip
 
 
 def redirect_answer(head: RequestHead, port: int) -> Rejection:

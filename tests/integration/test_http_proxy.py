@@ -380,19 +380,27 @@ async def test_drain_closes_a_keep_alive_connection_after_its_answer(
     busy.close()
 
 
-async def test_one_access_log_line_per_http_request(http_backend: Start) -> None:
+@pytest.mark.parametrize("forwarding", [True, False])
+async def test_one_access_log_line_per_http_request(http_backend: Start, forwarding: bool) -> None:
     backend = await http_backend()
     stream = io.StringIO()
     access_log = AccessLog(LogFormat.JSON, stream=stream)
     access_log.start()
     runtime = Runtime(Metrics(), access_log=access_log)
-    config = listener(backends={"endpoints": [backend.endpoint]}, accessLog={"includeQuery": False})
+    config = listener(
+        backends={"endpoints": [backend.endpoint]},
+        accessLog={"includeQuery": False},
+        forwardedHeaders={"enabled": forwarding},
+    )
     await runtime.apply(parse_snapshot(snapshot(config)))
     try:
         client = await Client.connect(runtime.listeners["ws"].config.port)
         client.send(get("/a?token=x", host="shop.example"))
         assert (await client.answer()).status == 200
-        client.send(b"PUT /b HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4\r\n\r\nbody")
+        client.send(
+            b"PUT /b HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\n"
+            b"Content-Length: 4\r\n\r\nbody"
+        )
         assert (await client.answer()).status == 200
         client.close()
         await wait_until(lambda: len(runtime.listeners["ws"].connections) == 0)
@@ -410,6 +418,11 @@ async def test_one_access_log_line_per_http_request(http_backend: Start) -> None
     assert lines[0]["rule"] == "default"
     assert lines[0]["backend"] == f"127.0.0.1:{backend.port}"
     assert all(line["status"] == 200 for line in lines)
+    # the chain the backend got, as the WebSocket line logs it: client address appended
+    # when forwarded headers are on, the client's own chain when they are off
+    chains = [line["forwarded_for"] for line in lines]
+    expected = ["127.0.0.1", "203.0.113.9, 127.0.0.1"] if forwarding else [None, "203.0.113.9"]
+    assert chains == expected
 
 
 async def test_connection_the_backend_closed_while_pooled_is_not_reused(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataplane.handshake import Rejection, parse_request
+from dataplane.handshake import Rejection, _forwarded_lines, parse_request
 from dataplane.http1 import (
     LAST_CHUNK,
     Body,
@@ -18,6 +18,7 @@ from dataplane.http1 import (
     ResponseHead,
     ResponseReader,
     Upgrade,
+    _forwarded_tail,
     frame_chunk,
 )
 
@@ -173,6 +174,18 @@ def test_render_drops_hop_by_hop_and_adds_via_and_forwarded() -> None:
     )
     again = feed_all(out + LAST_CHUNK)  # a valid request for a strict parser
     assert again[-1] == EndOfMessage()
+
+
+@pytest.mark.parametrize("client_ip", ["192.0.2.7", "2001:db8::1"])
+@pytest.mark.parametrize("prior_xff", ["", "10.0.0.1, 10.0.0.2"])
+@pytest.mark.parametrize("prior_forwarded", ["", 'for="[2001:db8::9]";proto=http'])
+def test_plain_requests_add_the_forwarded_fields_the_websocket_path_adds(
+    client_ip: str, prior_xff: str, prior_forwarded: str
+) -> None:
+    """http1 keeps a compiled copy of handshake._forwarded_lines: the two must agree."""
+    for scheme, port in (("http", 80), ("https", 8443)):
+        args = (client_ip, scheme, port, prior_xff, prior_forwarded)
+        assert _forwarded_tail(*args) == _forwarded_lines(*args)
 
 
 def test_render_without_forwarding_keeps_client_fields_and_states_length() -> None:
