@@ -115,6 +115,21 @@ def app(cluster: Cluster, namespace: str, certs: Certs) -> Iterator[str]:
             timeout=180,
             what=f"Listener {name} Programmed",
         )
+    # A ready data plane's NodePort can lag behind kube-proxy on its node (connection
+    # refused for a while): wait until both listeners answer through that node.
+    for node_port, scheme, tls in (
+        (HTTP_NODE_PORT, "http", None),
+        (HTTPS_NODE_PORT, "https", ssl.create_default_context(cadata=certs.alpha[0])),
+    ):
+        address = mapped(cluster, ns, node_port, scheme)
+
+        def answers(address: tuple[str, int] = address, tls: Any = tls) -> bool | None:
+            try:
+                return http_get(address, ALPHA_HOST, "/api/info", tls)[0] == 200 or None
+            except (OSError, http.client.HTTPException):
+                return None
+
+        cluster.wait_for(answers, timeout=120, interval=0.5, what=f"{scheme} through {address}")
     yield ns
     cluster.kubectl("delete", "loadbalancer", LB, "-n", ns, "--wait=false", check=False)
     cluster.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", timeout=300)
