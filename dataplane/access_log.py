@@ -31,6 +31,7 @@ from typing import IO, Any
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dataplane.handshake import head_summary
 from dataplane.relay import ConnectionRecord
 from lbwire.logs import LogFormat
 
@@ -132,9 +133,20 @@ def request_fields(
     return out
 
 
+def request_summary(record: ConnectionRecord) -> tuple[str, str, str, str]:
+    """(method, Host, target, X-Forwarded-For chain as sent upstream) of a connection's
+    request: read here, on the writer thread, from the head the connection kept."""
+    if not record.head:
+        return record.method, record.host, record.target, record.forwarded_for
+    method, target, host, chain = head_summary(record.head)
+    if record.appended_for:
+        chain.append(record.appended_for)
+    return method, host, target, ", ".join(chain)
+
+
 def fields(record: ConnectionRecord, include_query: bool, worker: int | None) -> dict[str, Any]:
     """The ordered fields of one line; the same keys in text and JSON (absent: None)."""
-    path = record.target
+    method, host, path, forwarded_for = request_summary(record)
     if not include_query:
         path = path.split("?", 1)[0]
     out: dict[str, Any] = {
@@ -143,9 +155,9 @@ def fields(record: ConnectionRecord, include_query: bool, worker: int | None) ->
         "listener": record.listener,
         "client_addr": record.client,
         "client_port": record.client_port,
-        "forwarded_for": _clip(record.forwarded_for),
-        "host": _clip(record.host),
-        "method": record.method or None,
+        "forwarded_for": _clip(forwarded_for),
+        "host": _clip(host),
+        "method": method or None,
         "path": _clip(path),
         "backend": record.backend or None,
         "status": record.status,
@@ -184,14 +196,14 @@ def render(record: Record, include_query: bool, worker: int | None, fmt: LogForm
         return " ".join(f"{key}={_text(_value(value))}" for key, value in items.items()) + "\n"
     if fmt is LogFormat.JSON:
         return json.dumps(fields(record, include_query, worker), separators=(",", ":")) + "\n"
-    path = record.target
+    method, host, path, forwarded_for = request_summary(record)
     if not include_query:
         path = path.split("?", 1)[0]
     line = (
         f"time={_timestamp(record.started + record.duration)} kind=websocket"
         f" listener={record.listener} client_addr={record.client or '-'}"
-        f" client_port={record.client_port} forwarded_for={_text(_clip(record.forwarded_for))}"
-        f" host={_text(_clip(record.host))} method={_text(record.method)}"
+        f" client_port={record.client_port} forwarded_for={_text(_clip(forwarded_for))}"
+        f" host={_text(_clip(host))} method={_text(method)}"
         f" path={_text(_clip(path))} backend={record.backend or '-'} status={record.status}"
         f" reason={record.rejection or '-'} duration_seconds={round(record.duration, 6)}"
         f" bytes_from_client={record.bytes_c2b} bytes_to_client={record.bytes_b2c}"

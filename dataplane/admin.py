@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from dataplane.handshake import render_response
+from dataplane.rejection import render_response
 from lbwire.errors import StartupError
 from lbwire.messages import MAX_MESSAGE_BYTES
 

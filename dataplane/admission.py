@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
-from dataplane.handshake import Rejection
 from dataplane.policy import OriginPolicy, SourceFilter
 from dataplane.ratelimit import TokenBucket
+from dataplane.rejection import Rejection
 from lbwire.snapshot import Listener, LoadBalancerLimits
 
 ORIGIN_REFUSED = Rejection(403, "Origin not allowed", label="origin")

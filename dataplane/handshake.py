@@ -12,9 +12,8 @@ body, odd spacing) goes to the full parser, so every answer stays the full parse
 
 from __future__ import annotations
 
-import http
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from websockets.datastructures import Headers
 from websockets.exceptions import (
@@ -28,6 +27,8 @@ from websockets.exceptions import (
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+
+from dataplane.rejection import Rejection as Rejection  # re-exported: http_proxy imports it here
 
 HEAD_END = b"\r\n\r\n"
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
@@ -49,77 +50,63 @@ _HOP_BY_HOP_FORWARDED = (
 )
 
 
-@dataclass
-class Rejection(Exception):
-    """An HTTP error answer to a client, before any backend is involved; `label` is the
-    reason counted in the rejections metric (derived from the status when not given)."""
-
-    status: int
-    reason: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.label:
-            self.label = "header_too_large" if self.status == 431 else "bad_request"
-
-    def render(self) -> bytes:
-        return render_response(self.status, self.reason, self.headers)
-
-
-def render_response(status: int, text: str, headers: list[tuple[str, str]] | None = None) -> bytes:
-    """A short plain-text HTTP/1.1 response that closes the connection."""
-    phrase = http.HTTPStatus(status).phrase
-    body = (text.rstrip("\n") + "\n").encode()
-    lines = [
-        f"HTTP/1.1 {status} {phrase}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        "Server: wslb",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in headers or [])
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 # ------------------------------------------------------------------ fast path
 
 _FAST_MAX = 8192  # one websockets line limit: no line of a shorter head can be too long
 _FAST_MAX_FIELDS = 128  # websockets' MAX_NUM_HEADERS
-_FAST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1\r\n")
-# A field line: the value without its surrounding blanks, matched greedily (no lazy
-# quantifier: it made this scan several times slower).
-_FAST_FIELD = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?)[ \t]*\r\n"
+_FAST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1")
+# Controls but tab, CR and LF become NUL, the rest stays: a NUL after this table means the
+# head holds a control (CR and LF are checked to come in pairs). `translate` with a table is
+# one C loop; with a delete set it builds its table per call (several times slower).
+_FAST_CONTROLS = bytes(
+    0 if (byte < 0x20 and byte not in (0x09, 0x0A, 0x0D)) or byte == 0x7F else byte
+    for byte in range(256)
 )
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FAST_FIELD = re.compile(
+    rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?)"
+    rb"[ \t]*\r\n"
+)
+# What the fast path does with a field, by lowercased name.
+_ONCE, _FULL_ONLY, _FORWARDED = 1, 2, 3
+_FAST_NAMES = {
+    # The checks read these: each must appear once for the fast path to decide.
+    **dict.fromkeys(
+        (b"host", b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version"),
+        _ONCE,
+    ),
+    b"origin": _ONCE,
+    # Only the full parser judges these (bodies, extension and subprotocol offers).
+    **dict.fromkeys(
+        (
+            b"transfer-encoding",
+            b"content-length",
+            b"sec-websocket-extensions",
+            b"sec-websocket-protocol",
+        ),
+        _FULL_ONLY,
+    ),
+    **dict.fromkeys(
+        (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-port", b"x-real-ip", b"forwarded"),
+        _FORWARDED,
+    ),
+}
 _FAST_KEY = re.compile(rb"[A-Za-z0-9+/]{22}==")
 _FAST_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-# Headers the checks read: each must appear once for the fast path to decide.
-_ONCE = frozenset(
-    {b"host", b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"origin"}
-)
-# Headers only the full parser judges (bodies, extension and subprotocol offers).
-_FULL_ONLY = frozenset(
-    {
-        b"transfer-encoding",
-        b"content-length",
-        b"sec-websocket-extensions",
-        b"sec-websocket-protocol",
-    }
-)
 
 
 class FastRequest:
     """A plainly valid upgrade recognised by `fast_request`: its head as received, the
-    path, the Origin values, and the fields or a `Headers` only when someone asks."""
+    path, Host and Origin values; the fields, or a `Headers`, only when someone asks."""
 
     __slots__ = (
+        "_fields",
         "_headers",
         "_items",
         "canonical",
-        "fields",
         "forwarded",
         "head",
+        "host",
         "method",
         "origins",
         "path",
@@ -129,7 +116,7 @@ class FastRequest:
         self,
         head: bytes,
         path: str,
-        fields: list[tuple[bytes, bytes]],
+        host: str,
         origins: list[str],
         forwarded: bool,
         canonical: bool,
@@ -137,12 +124,30 @@ class FastRequest:
         self.method = "GET"
         self.head = head
         self.path = path
-        self.fields = fields
+        self.host = host
         self.origins = origins
         self.forwarded = forwarded  # it carries X-Forwarded-* or Forwarded fields
         self.canonical = canonical  # every field reads "Name: value": rendering is a no-op
+        self._fields: list[tuple[bytes, bytes]] | None = None
         self._items: list[tuple[str, str]] | None = None
         self._headers: Headers | None = None
+
+    @property
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        """(name, value) of every field line, as received (blanks around values dropped)."""
+        if self._fields is None:
+            head = self.head
+            pos = head.find(b"\r\n") + 2
+            end = len(head) - 2
+            fields = []
+            while pos < end:
+                match = _FAST_FIELD.match(head, pos, end)
+                if match is None:  # not reached: _FAST_HEAD accepted every line
+                    break
+                fields.append((match[1], match[2]))
+                pos = match.end()
+            self._fields = fields
+        return self._fields
 
     @property
     def items(self) -> list[tuple[str, str]]:
@@ -171,49 +176,65 @@ class FastRequest:
         return self.canonical and self._headers is None
 
 
+def _canonical_field(text: bytes, colon: int) -> bool:
+    """The field line reads "Name: value": one space after the colon, no other blank
+    around the value (what rendering the field would give)."""
+    size = len(text)
+    if size == colon + 2:
+        return text[colon + 1] == 32  # "Name: " with an empty value
+    if size < colon + 2 or text[colon + 1] != 32:
+        return False
+    return text[colon + 2] not in (32, 9) and text[size - 1] not in (32, 9)
+
+
 def fast_request(head: bytes) -> FastRequest | None:
-    """The request if it is a plainly valid upgrade, else None (use the full parser)."""
-    if len(head) > _FAST_MAX or not head.isascii():
+    """The request if it is a plainly valid upgrade, else None (use the full parser).
+
+    C-level scans of the whole head first (only printable ASCII, tab and CRLF pairs: a
+    field value then needs no check of its own), then one pass over the lines: a token
+    name and a colon each, and the few fields the checks read."""
+    if len(head) > _FAST_MAX or not head.isascii() or b"\0" in head.translate(_FAST_CONTROLS):
         return None
-    lines = head.count(b"\n")
-    if head.count(b"\r") != lines or head.count(b"\r\n") != lines:
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf or crlf - 2 > _FAST_MAX_FIELDS:
         return None
-    line = _FAST_LINE.match(head)
+    lines = head.split(b"\r\n")  # the request line, the fields, b"", b""
+    line = _FAST_LINE.fullmatch(lines[0])
     if line is None:
         return None
-    pos = line.end()
-    end = len(head) - 2
     seen: dict[bytes, bytes] = {}
-    fields: list[tuple[bytes, bytes]] = []
     forwarded = False
-    canonical = True
-    while pos < end:
-        # Anchored at each field: a search (finditer) would rescan from every offset of a line
-        # that is not a field, quadratic in its length (8 KiB of it: 0.3 s of a worker's loop).
-        match = _FAST_FIELD.match(head, pos, end)
-        if match is None or len(fields) >= _FAST_MAX_FIELDS:
-            return None  # not a plain field line, or more fields than the full parser allows
-        pos = match.end()
-        raw_name: bytes = match[1]
-        raw_value: bytes = match[2]
-        fields.append((raw_name, raw_value))
-        if pos - match.start() != len(raw_name) + len(raw_value) + 4:
-            canonical = False  # blanks other than one space after the colon
-        lower = raw_name.lower()
-        if lower in _ONCE:
+    canonical = True  # every field reads "Name: value": the head may be forwarded as is
+    for index in range(1, crlf - 1):
+        text = lines[index]
+        colon = text.find(b":")
+        if colon <= 0:
+            return None
+        name = text[:colon]
+        if not name.replace(b"-", b"").isalnum() and name.translate(None, _TOKEN_CHARS):
+            return None  # (the usual name is letters and hyphens: one C check, no table)
+        if canonical and not _canonical_field(text, colon):
+            canonical = False
+        lower = name.lower()
+        kind = _FAST_NAMES.get(lower)
+        if kind is None:
+            continue
+        if kind == _ONCE:
             if lower in seen:
                 return None
-            seen[lower] = raw_value
-        elif lower in _FULL_ONLY:
+            seen[lower] = text[colon + 1 :].strip(b" \t")
+        elif kind == _FULL_ONLY:
             return None
-        elif lower in _FORWARDED_BYTES:
+        else:
             forwarded = True
     if (
         seen.get(b"upgrade", b"").lower() != b"websocket"
         or seen.get(b"sec-websocket-version") != b"13"
         or _FAST_KEY.fullmatch(seen.get(b"sec-websocket-key", b"")) is None
-        or not seen.get(b"host")
     ):
+        return None
+    host = seen.get(b"host")
+    if not host:
         return None
     connection = seen.get(b"connection", b"")
     if connection.lower() != b"upgrade":
@@ -225,8 +246,8 @@ def fast_request(head: bytes) -> FastRequest | None:
     origin = seen.get(b"origin")
     return FastRequest(
         head,
-        line.group(1).decode(),
-        fields,
+        line[1].decode(),
+        host.decode(),
         [] if origin is None else [origin.decode()],
         forwarded,
         canonical,
@@ -236,24 +257,37 @@ def fast_request(head: bytes) -> FastRequest | None:
 # ------------------------------------------------------------------ full parser
 
 
-_HOST_FIELD = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*?)[ \t]*\r\n", re.IGNORECASE)
-_XFF_FIELD = re.compile(rb"\r\nx-forwarded-for:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)", re.IGNORECASE)
-
-
 def head_summary(head: bytes) -> tuple[str, str, str, list[str]]:
     """(method, target, Host, X-Forwarded-For values) of a head, for the access log: a
-    few searches (~1 us, a parse was ~7), never raising on a head the parsers refused."""
+    few C-level searches of the lowercased head (a case-insensitive regex scanned every
+    byte), never raising on a head the parsers refused."""
     line_end = head.find(b"\r\n")
     parts = head[: line_end if line_end >= 0 else len(head)].split(b" ")
     method = parts[0].decode("latin-1") if len(parts) == 3 else ""
     target = parts[1].decode("latin-1") if len(parts) == 3 else ""
-    host = _HOST_FIELD.search(head)
+    lower = head.lower()
+    host = _field_values(head, lower, b"\r\nhost:", 1)
     return (
         method,
         target,
-        host[1].decode("latin-1") if host else "",
-        [value.decode("latin-1") for value in _XFF_FIELD.findall(head)],
+        host[0] if host else "",
+        _field_values(head, lower, b"\r\nx-forwarded-for:", _FAST_MAX_FIELDS),
     )
+
+
+def _field_values(head: bytes, lower: bytes, prefix: bytes, most: int) -> list[str]:
+    """The values (blanks around them dropped) of the first `most` fields whose line
+    starts with `prefix` (CRLF, lowercased name, colon) in `lower`, read from `head`."""
+    values: list[str] = []
+    start = lower.find(prefix)
+    while start >= 0 and len(values) < most:
+        value_start = start + len(prefix)
+        end = head.find(b"\r\n", value_start)
+        if end < 0:
+            break
+        values.append(head[value_start:end].strip(b" \t").decode("latin-1"))
+        start = lower.find(prefix, end)
+    return values
 
 
 def parse_request(head: bytes) -> Request:
@@ -360,7 +394,6 @@ def _forwarded_lines(
 
 
 _FORWARDED_LOWER = frozenset(name.lower() for name in _HOP_BY_HOP_FORWARDED)
-_FORWARDED_BYTES = frozenset(name.encode() for name in _FORWARDED_LOWER)
 
 
 @dataclass(frozen=True)

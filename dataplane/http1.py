@@ -27,7 +27,8 @@ from typing import Literal, NoReturn
 
 import httptools
 
-from dataplane.handshake import _FORWARDED_LOWER, Rejection
+from dataplane.handshake import _FORWARDED_LOWER
+from dataplane.rejection import Rejection
 
 HEAD_LIMIT = 16 * 1024
 """Request head limit (431): the size browsers and most servers use; cookies fit in it."""

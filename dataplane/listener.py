@@ -24,9 +24,9 @@ from dataplane.admission import Capacity, Gate
 from dataplane.balancer import Balancer, EndpointState
 from dataplane.deadlines import DeadlineWheel
 from dataplane.group import DEFAULT, BackendGroup
-from dataplane.handshake import Rejection
 from dataplane.metrics import Metrics, TrafficTotals, close_code_label
 from dataplane.process_metrics import TlsFailures
+from dataplane.rejection import Rejection
 from dataplane.routing import Router
 from dataplane.routing import Rule as RoutingRule
 from dataplane.tls import CertificateSet, front_context, set_min_version

@@ -32,9 +32,7 @@ from dataplane.group import BackendGroup
 from dataplane.handshake import (
     HEAD_END,
     FastRequest,
-    Rejection,
     fast_request,
-    head_summary,
     parse_backend_head,
     parse_request,
     parse_status_line,
@@ -44,6 +42,7 @@ from dataplane.handshake import (
 )
 from dataplane.http_proxy import HttpSession
 from dataplane.metrics import RequestCounts
+from dataplane.rejection import Rejection
 from dataplane.relay import (
     CLOSE_BACKEND,
     CLOSE_CLIENT,
@@ -685,37 +684,63 @@ class ClientSide(asyncio.Protocol):
         self.listener.connection_ended(self)
 
     def record(self) -> ConnectionRecord:
-        """What happened on this connection, complete once it ended (for access logs)."""
+        """What happened on this connection, complete once it ended (for access logs).
+        The request's fields stay in the kept head: the log's writer reads them."""
         relay = self.relay
-        end = self.ended_at or self.loop.time()
+        now = self.loop.time()
+        end = self.ended_at or now
+        listener = self.listener
+        forwarded = self.client_ip if self.head and listener.forwarded else ""
+        backend = self.endpoint.key if self.endpoint is not None else ""
+        rejection = self.rejection.label if self.rejection is not None else ""
+        started = time.time() - (now - self.accepted_at)
+        if relay is None:
+            return ConnectionRecord(
+                self.client_ip,
+                self.client_port,
+                listener.name,
+                backend,
+                self.status,
+                rejection,
+                started,
+                end - self.accepted_at,
+                0.0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                "",
+                "",
+                "",
+                "",
+                "",
+                self.head,
+                forwarded,
+            )
         return ConnectionRecord(
-            client=self.client_ip,
-            client_port=self.client_port,
-            listener=self.listener.name,
-            backend=self.endpoint.key if self.endpoint is not None else "",
-            status=self.status,
-            rejection=self.rejection.label if self.rejection is not None else "",
-            started=time.time() - (self.loop.time() - self.accepted_at),
-            duration=end - self.accepted_at,
-            handshake_seconds=(relay.opened_at - self.accepted_at) if relay is not None else 0.0,
-            bytes_c2b=relay.bytes_c2b if relay is not None else 0,
-            bytes_b2c=relay.bytes_b2c if relay is not None else 0,
-            messages_c2b=relay.messages_c2b if relay is not None else 0,
-            messages_b2c=relay.messages_b2c if relay is not None else 0,
-            close_code=relay.close_code if relay is not None else 0,
-            closed_by=(relay.closed_by or "unknown") if relay is not None else "",
-            **self._request_fields(),
+            self.client_ip,
+            self.client_port,
+            listener.name,
+            backend,
+            self.status,
+            rejection,
+            started,
+            end - self.accepted_at,
+            relay.opened_at - self.accepted_at,
+            relay.bytes_c2b,
+            relay.bytes_b2c,
+            relay.messages_c2b,
+            relay.messages_b2c,
+            relay.close_code,
+            relay.closed_by or "unknown",
+            "",
+            "",
+            "",
+            "",
+            self.head,
+            forwarded,
         )
-
-    def _request_fields(self) -> dict[str, str]:
-        """Method, Host, target and the X-Forwarded-For chain sent upstream, read from the
-        kept head at the end: the handshake path never decodes a field for the log."""
-        if not self.head:
-            return {}
-        method, target, host, chain = head_summary(self.head)
-        if self.listener.config.forwarded_headers.enabled:
-            chain.append(self.client_ip)
-        return {"method": method, "host": host, "target": target, "forwarded_for": ", ".join(chain)}
 
     # ---------------------------------------------------------------- flow control
 
