@@ -21,7 +21,8 @@ from websockets.http11 import Request, Response
 
 from dataplane.runtime import Runtime
 from lbwire.snapshot import parse_snapshot
-from tests.integration.conftest import free_port, listener, snapshot, url, wait_until
+from tests.integration.conftest import TlsFiles, free_port, listener, snapshot, url, wait_until
+from tests.integration.tls_clients import https_listener
 
 pytestmark = pytest.mark.integration
 
@@ -472,15 +473,10 @@ async def test_sticky_insert_cookie_is_not_forwarded_and_the_backends_cookie_sur
 
 
 async def test_sticky_cookie_on_a_wss_listener_is_secure(
-    backends: Any, dataplane: Any, tls: Any
+    backends: Any, dataplane: Any, tls: TlsFiles
 ) -> None:
     (backend,) = await backends(1)
-    config = listener(
-        "wss",
-        protocol="HTTPS",
-        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
-        backends=sticky_backends([backend.endpoint]),
-    )
+    config = https_listener(tls, sticky_backends([backend.endpoint]))
     runtime = await dataplane(snapshot(config))
     async with connect(url(runtime, "wss"), ssl=tls.client_context) as ws:
         assert ws.response is not None
