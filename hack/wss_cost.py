@@ -11,10 +11,11 @@ Three figures, each for one server process that this script starts and stops its
   `--strace` the server's syscalls per handshake (startup included, so use a large N).
 
 The server is the real data plane (`--server wslb`: `dataplane.cli`, one worker, a WSS
-listener in front of a 101-answering backend that runs in this process), HAProxy with
-bench's WSS frontend (`--server haproxy`), or a bare uvloop TLS server with one of the
-context variants below (`--server lab`), which isolates the TLS layer: the variants differ
-only in how the SSL context is built. The client is TLS 1.3 only, like bench's.
+listener in front of a 101-answering backend that runs in this process), HAProxy as bench
+runs it (`--server haproxy`: bench/proxies.py's config, measured on its WSS port), or a
+bare uvloop TLS server with one of the context variants below (`--server lab`), which
+isolates the TLS layer: the variants differ only in how the SSL context is built. The
+client is TLS 1.3 only, like bench's.
 
     .venv/bin/python hack/wss_cost.py idle --server wslb -n 2000
     .venv/bin/python hack/wss_cost.py handshakes --server lab --variant front -n 200
@@ -42,6 +43,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.proxies import HAProxy  # noqa: E402  (after the repository is on the path)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 REQUEST = (
@@ -283,30 +286,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# bench/proxies.py's HAProxy WSS frontend: one thread, TLS 1.2+, ALPN http/1.1, same headers.
-HAPROXY = """global
-    nbthread 1
-    maxconn 9000
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 3600s
-    timeout server 3600s
-    timeout tunnel 3600s
-    timeout http-request 10s
-    option forwardfor
-frontend wss
-    bind 127.0.0.1:{port} ssl crt {bundle} alpn http/1.1
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Real-IP %[src]
-    default_backend echo
-backend echo
-    server echo1 127.0.0.1:{backend}
-"""
-
-
 def wslb_config(workdir: Path, cert: str, key: str, backend_port: int) -> tuple[Path, int]:
     port = free_port()
     limits = "{maxConnections: 1000000, newConnectionsPerSecond: 1000000}"
@@ -337,14 +316,11 @@ def start_server(
 ) -> tuple[subprocess.Popen[bytes], int]:
     python = sys.executable
     if args.server == "haproxy":
-        port = free_port()
-        bundle = workdir / "tls.pem"
-        bundle.write_text(Path(args.cert).read_text() + Path(args.key).read_text())
-        config = workdir / "haproxy.cfg"
-        config.write_text(HAPROXY.format(port=port, bundle=bundle, backend=backend_port))
-        proc = subprocess.Popen([*prefix, "haproxy", "-f", str(config), "-db"])
-        wait_port(port, proc)
-        return proc, port
+        # bench's HAProxy, config and all; unpinned, and started here under `prefix`.
+        haproxy = HAProxy(workdir, backend_port, Path(args.cert), Path(args.key), cpu=None)
+        proc = subprocess.Popen([*prefix, *haproxy.write_config()])
+        wait_port(haproxy.wss_port, proc)
+        return proc, haproxy.wss_port
     if args.server == "wslb":
         config, port = wslb_config(workdir, args.cert, args.key, backend_port)
         command = [python, "-m", "dataplane.cli", "--config", str(config), "--admin",
