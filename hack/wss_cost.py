@@ -44,7 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.proxies import HAProxy  # noqa: E402  (after the repository is on the path)
+from bench.proxies import HAProxy, free_port  # noqa: E402  (after the repository is on the path)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 REQUEST = (
@@ -278,12 +278,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"port {port} not listening")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wslb_config(workdir: Path, cert: str, key: str, backend_port: int) -> tuple[Path, int]:
