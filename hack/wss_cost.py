@@ -10,12 +10,12 @@ Three figures, each for one server process that this script starts and stops its
 - `cpu`: user and system CPU time per handshake from /proc (noisy here), or with
   `--strace` the server's syscalls per handshake (startup included, so use a large N).
 
-The server is the real data plane (`--server wslb`: `dataplane.cli`, one worker, a WSS
-listener in front of a 101-answering backend that runs in this process), HAProxy as bench
-runs it (`--server haproxy`: bench/proxies.py's config, measured on its WSS port), or a
-bare uvloop TLS server with one of the context variants below (`--server lab`), which
-isolates the TLS layer: the variants differ only in how the SSL context is built. The
-client is TLS 1.3 only, like bench's.
+The server is the real data plane or HAProxy, each as bench runs it (`--server wslb`:
+`dataplane.cli`, one worker; `--server haproxy`: one thread; bench/proxies.py's configs,
+measured on their WSS port, in front of a 101-answering backend that runs in this
+process), or a bare uvloop TLS server with one of the context variants below (`--server
+lab`), which isolates the TLS layer: the variants differ only in how the SSL context is
+built. The client is TLS 1.3 only, like bench's.
 
     .venv/bin/python hack/wss_cost.py idle --server wslb -n 2000
     .venv/bin/python hack/wss_cost.py handshakes --server lab --variant front -n 200
@@ -44,7 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.proxies import HAProxy, free_port  # noqa: E402  (after the repository is on the path)
+from bench.proxies import PROXIES  # noqa: E402  (after the repository is on the path)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 REQUEST = (
@@ -280,49 +280,18 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"port {port} not listening")
 
 
-def wslb_config(workdir: Path, cert: str, key: str, backend_port: int) -> tuple[Path, int]:
-    port = free_port()
-    limits = "{maxConnections: 1000000, newConnectionsPerSecond: 1000000}"
-    config = workdir / "wslb.yaml"
-    config.write_text(
-        f"""version: wss-cost
-loadBalancer:
-  name: wss-cost
-  limits: {limits}
-listeners:
-  - name: wss
-    protocol: HTTPS
-    address: 127.0.0.1
-    port: {port}
-    idleTimeoutSeconds: 3600
-    limits: {limits}
-    tls:
-      certificates:
-        - {{certificateFile: {cert}, privateKeyFile: {key}}}
-    backends: {{endpoints: [{{address: 127.0.0.1, port: {backend_port}}}]}}
-"""
-    )
-    return config, port
-
-
 def start_server(
     args: argparse.Namespace, workdir: Path, backend_port: int, prefix: list[str]
 ) -> tuple[subprocess.Popen[bytes], int]:
+    if args.server in PROXIES:
+        # bench's proxy, config and command; unpinned, and started here under `prefix`.
+        proxy = PROXIES[args.server](workdir, backend_port, Path(args.cert), Path(args.key), None)
+        command = proxy.write_config()
+        cwd = proxy.working_directory()
+        proc = subprocess.Popen([*prefix, *command], cwd=cwd, stdout=subprocess.DEVNULL)
+        wait_port(proxy.wss_port, proc)
+        return proc, proxy.wss_port
     python = sys.executable
-    if args.server == "haproxy":
-        # bench's HAProxy, config and all; unpinned, and started here under `prefix`.
-        haproxy = HAProxy(workdir, backend_port, Path(args.cert), Path(args.key), cpu=None)
-        proc = subprocess.Popen([*prefix, *haproxy.write_config()])
-        wait_port(haproxy.wss_port, proc)
-        return proc, haproxy.wss_port
-    if args.server == "wslb":
-        config, port = wslb_config(workdir, args.cert, args.key, backend_port)
-        command = [python, "-m", "dataplane.cli", "--config", str(config), "--admin",
-                   "127.0.0.1:0", "--workers", "1", "--no-watch", "--drain-timeout", "0",
-                   "--log-level", "WARNING"]  # fmt: skip
-        proc = subprocess.Popen([*prefix, *command], cwd=REPO, stdout=subprocess.DEVNULL)
-        wait_port(port, proc)
-        return proc, port
     port_file = workdir / "port"
     command = [python, __file__, "_serve", args.variant, args.cert, args.key, str(port_file)]
     proc = subprocess.Popen([*prefix, *command], cwd=REPO)
