@@ -44,8 +44,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.proxies import PROXIES  # noqa: E402  (after the repository is on the path)
-
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 REQUEST = (
     b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -137,14 +135,6 @@ def serve_lab(variant: str, cert: str, key: str, port_file: str) -> None:
 
 
 # -- the client and a backend that answers 101 ----------------------------------------------
-
-
-def client_tls() -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    return context
 
 
 class Backend(asyncio.Protocol):
@@ -283,6 +273,9 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 def start_server(
     args: argparse.Namespace, workdir: Path, backend_port: int, prefix: list[str]
 ) -> tuple[subprocess.Popen[bytes], int]:
+    # imported here, like the lab server's imports, to keep the measured lab process lean
+    from bench.proxies import PROXIES
+
     if args.server in PROXIES:
         # bench's proxy, config and command; unpinned, and started here under `prefix`.
         proxy = PROXIES[args.server](workdir, backend_port, Path(args.cert), Path(args.key), None)
@@ -330,6 +323,9 @@ async def with_backend(work: Any) -> Any:
 
 
 def tls_for(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """bench's client context (TLS 1.3 only, full handshakes), or none for plain TCP."""
+    from bench.loadgen import client_tls
+
     return None if args.server == "lab" and args.variant == "plain" else client_tls()
 
 
