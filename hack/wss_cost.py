@@ -10,11 +10,12 @@ Three figures, each for one server process that this script starts and stops its
 - `cpu`: user and system CPU time per handshake from /proc (noisy here), or with
   `--strace` the server's syscalls per handshake (startup included, so use a large N).
 
-The server is the real data plane (`--server wslb`: `dataplane.cli`, one worker, a WSS
-listener in front of a 101-answering backend that runs in this process), HAProxy with
-bench's WSS frontend (`--server haproxy`), or a bare uvloop TLS server with one of the
-context variants below (`--server lab`), which isolates the TLS layer: the variants differ
-only in how the SSL context is built. The client is TLS 1.3 only, like bench's.
+The server is the real data plane or HAProxy, each as bench runs it (`--server wslb`:
+`dataplane.cli`, one worker; `--server haproxy`: one thread; bench/proxies.py's configs,
+measured on their WSS port, in front of a 101-answering backend that runs in this
+process), or a bare uvloop TLS server with one of the context variants below (`--server
+lab`), which isolates the TLS layer: the variants differ only in how the SSL context is
+built. The client is TLS 1.3 only, like bench's.
 
     .venv/bin/python hack/wss_cost.py idle --server wslb -n 2000
     .venv/bin/python hack/wss_cost.py handshakes --server lab --variant front -n 200
@@ -134,14 +135,6 @@ def serve_lab(variant: str, cert: str, key: str, port_file: str) -> None:
 
 
 # -- the client and a backend that answers 101 ----------------------------------------------
-
-
-def client_tls() -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    return context
 
 
 class Backend(asyncio.Protocol):
@@ -277,82 +270,21 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"port {port} not listening")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# bench/proxies.py's HAProxy WSS frontend: one thread, TLS 1.2+, ALPN http/1.1, same headers.
-HAPROXY = """global
-    nbthread 1
-    maxconn 9000
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 3600s
-    timeout server 3600s
-    timeout tunnel 3600s
-    timeout http-request 10s
-    option forwardfor
-frontend wss
-    bind 127.0.0.1:{port} ssl crt {bundle} alpn http/1.1
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Real-IP %[src]
-    default_backend echo
-backend echo
-    server echo1 127.0.0.1:{backend}
-"""
-
-
-def wslb_config(workdir: Path, cert: str, key: str, backend_port: int) -> tuple[Path, int]:
-    port = free_port()
-    limits = "{maxConnections: 1000000, newConnectionsPerSecond: 1000000}"
-    config = workdir / "wslb.yaml"
-    config.write_text(
-        f"""version: wss-cost
-loadBalancer:
-  name: wss-cost
-  limits: {limits}
-listeners:
-  - name: wss
-    protocol: HTTPS
-    address: 127.0.0.1
-    port: {port}
-    idleTimeoutSeconds: 3600
-    limits: {limits}
-    tls:
-      certificates:
-        - {{certificateFile: {cert}, privateKeyFile: {key}}}
-    backends: {{endpoints: [{{address: 127.0.0.1, port: {backend_port}}}]}}
-"""
-    )
-    return config, port
-
-
 def start_server(
     args: argparse.Namespace, workdir: Path, backend_port: int, prefix: list[str]
 ) -> tuple[subprocess.Popen[bytes], int]:
+    # imported here, like the lab server's imports, to keep the measured lab process lean
+    from bench.proxies import PROXIES
+
+    if args.server in PROXIES:
+        # bench's proxy, config and command; unpinned, and started here under `prefix`.
+        proxy = PROXIES[args.server](workdir, backend_port, Path(args.cert), Path(args.key), None)
+        command = proxy.write_config()
+        cwd = proxy.working_directory()
+        proc = subprocess.Popen([*prefix, *command], cwd=cwd, stdout=subprocess.DEVNULL)
+        wait_port(proxy.wss_port, proc)
+        return proc, proxy.wss_port
     python = sys.executable
-    if args.server == "haproxy":
-        port = free_port()
-        bundle = workdir / "tls.pem"
-        bundle.write_text(Path(args.cert).read_text() + Path(args.key).read_text())
-        config = workdir / "haproxy.cfg"
-        config.write_text(HAPROXY.format(port=port, bundle=bundle, backend=backend_port))
-        proc = subprocess.Popen([*prefix, "haproxy", "-f", str(config), "-db"])
-        wait_port(port, proc)
-        return proc, port
-    if args.server == "wslb":
-        config, port = wslb_config(workdir, args.cert, args.key, backend_port)
-        command = [python, "-m", "dataplane.cli", "--config", str(config), "--admin",
-                   "127.0.0.1:0", "--workers", "1", "--no-watch", "--drain-timeout", "0",
-                   "--log-level", "WARNING"]  # fmt: skip
-        proc = subprocess.Popen([*prefix, *command], cwd=REPO, stdout=subprocess.DEVNULL)
-        wait_port(port, proc)
-        return proc, port
     port_file = workdir / "port"
     command = [python, __file__, "_serve", args.variant, args.cert, args.key, str(port_file)]
     proc = subprocess.Popen([*prefix, *command], cwd=REPO)
@@ -391,6 +323,9 @@ async def with_backend(work: Any) -> Any:
 
 
 def tls_for(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """bench's client context (TLS 1.3 only, full handshakes), or none for plain TCP."""
+    from bench.loadgen import client_tls
+
     return None if args.server == "lab" and args.variant == "plain" else client_tls()
 
 

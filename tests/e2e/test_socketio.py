@@ -6,12 +6,15 @@ The LoadBalancer's Service spreads connections over both data planes (externalTr
 Cluster), and the client opens several connections per session (a long poll, its POSTs, the
 upgrade): each session works only if every replica sends each of its requests to the pod
 that holds the session, by the sticky cookie one replica issued. The test image is ours
-plus the node binary of this machine and the pinned npm packages (tests/apps/socketio).
+plus the node binary of this machine and the pinned npm packages (tests/apps/socketio),
+built under a tag of its own per run and removed from podman at the end (the nodes' copy
+goes with the cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -23,7 +26,7 @@ import pytest
 
 from tests.apps import socketio_peer
 from tests.e2e import product
-from tests.e2e.kind_cluster import Cluster
+from tests.e2e.kind_cluster import Cluster, run
 from tests.e2e.manifests import RESTRICTED_CONTAINER, RESTRICTED_POD, WSLB_UID, dump
 from tests.e2e.product import LB_LABEL, RELEASE, SYSTEM, entry_url, programmed
 
@@ -33,11 +36,11 @@ LB = "chat"
 APP = "socketio"
 PORT = 8080
 NODE_PORT = 30084
-IMAGE = "localhost/wslb-socketio:e2e"
+IMAGE = "localhost/wslb-socketio"
 SESSIONS = 6
 
 
-def build_image(cluster: Cluster, node_modules: Path) -> None:
+def build_image(cluster: Cluster, node_modules: Path, image: str) -> None:
     """Our image plus node and the Socket.IO server: no registry, nothing downloaded."""
     node = shutil.which("node")
     assert node is not None, "node is needed (hack/ci-packages.sh installs it)"
@@ -54,18 +57,24 @@ def build_image(cluster: Cluster, node_modules: Path) -> None:
             'ENTRYPOINT ["/usr/local/bin/node", "/opt/socketio/server.js"]\n'
         )
         subprocess.run(
-            ["podman", "build", "-q", "--pull=never", "-t", IMAGE, str(context)],
+            ["podman", "build", "-q", "--pull=never", "-t", image, str(context)],
             check=True,
             capture_output=True,
             timeout=300,
         )
-    cluster.load_image(IMAGE)
+    cluster.load_image(image)
 
 
-def socketio_deployment() -> dict[str, Any]:
+def remove_image(image: str) -> None:
+    """Untag the image in podman (deleting it when no other tag holds it); an image that
+    was never built is no error, any other failure is."""
+    run(["podman", "image", "rm", "--ignore", image], timeout=120)
+
+
+def socketio_deployment(image: str) -> dict[str, Any]:
     container = {
         "name": APP,
-        "image": IMAGE,
+        "image": image,
         "imagePullPolicy": "Never",
         # server.js <name> <port>; the pod name names the backend in every answer
         "args": ["$(POD_NAME)", str(PORT)],
@@ -112,13 +121,24 @@ def node_modules() -> Path:
 
 
 @pytest.fixture(scope="module")
-def chat(cluster: Cluster, namespace: str, node_modules: Path) -> Iterator[str]:
+def socketio_image(cluster: Cluster, node_modules: Path) -> Iterator[str]:
+    """The Socket.IO server image, loaded into the cluster; a tag of this run's own, so
+    that removing it never touches a concurrent run's image."""
+    image = f"{IMAGE}:e2e-{secrets.token_hex(4)}"
+    try:
+        build_image(cluster, node_modules, image)
+        yield image
+    finally:
+        remove_image(image)
+
+
+@pytest.fixture(scope="module")
+def chat(cluster: Cluster, namespace: str, socketio_image: str) -> Iterator[str]:
     """Two Socket.IO pods and a LoadBalancer with two data planes and a sticky listener;
     yields the namespace."""
-    build_image(cluster, node_modules)
     product.install(cluster)
     ns = namespace
-    cluster.apply(dump(socketio_deployment(), socketio_service()), ns)
+    cluster.apply(dump(socketio_deployment(socketio_image), socketio_service()), ns)
     cluster.apply(
         dump(
             product.load_balancer(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from http import HTTPStatus
 from typing import Any
@@ -21,7 +22,8 @@ from websockets.http11 import Request, Response
 
 from dataplane.runtime import Runtime
 from lbwire.snapshot import parse_snapshot
-from tests.integration.conftest import free_port, listener, snapshot, url, wait_until
+from tests.integration.conftest import TlsFiles, free_port, listener, snapshot, url, wait_until
+from tests.integration.tls_clients import https_listener
 
 pytestmark = pytest.mark.integration
 
@@ -145,47 +147,39 @@ async def test_hash_on_source_ip_sends_every_connection_to_one_backend(
     assert sum(served.values()) == 10
 
 
-async def test_hash_on_a_header_keeps_each_value_on_one_backend_and_spreads_values(
-    backends: Any, dataplane: Any
+def by_header(runtime: Runtime, user: str, round_: int) -> Awaitable[str]:
+    return whoami(url(runtime), additional_headers={"X-User": user})
+
+
+def by_query(runtime: Runtime, user: str, round_: int) -> Awaitable[str]:
+    """Another parameter beside the key changes between rounds: only the key counts."""
+    return whoami(url(runtime, path=f"/chat?room={round_}&user={user}"))
+
+
+@pytest.mark.parametrize(
+    ("key", "ask"),
+    [
+        ({"source": "header", "name": "X-User"}, by_header),
+        ({"source": "query", "name": "user"}, by_query),
+    ],
+    ids=["header", "query"],
+)
+async def test_hash_on_a_request_key_keeps_each_value_on_one_backend_and_spreads_values(
+    backends: Any,
+    dataplane: Any,
+    key: dict[str, str],
+    ask: Callable[[Runtime, str, int], Awaitable[str]],
 ) -> None:
     one, two = await backends(2)
     config = listener(
-        backends={
-            "scheduler": "hash",
-            "hash": {"source": "header", "name": "X-User"},
-            "endpoints": [one.endpoint, two.endpoint],
-        }
+        backends={"scheduler": "hash", "hash": key, "endpoints": [one.endpoint, two.endpoint]}
     )
     runtime = await dataplane(snapshot(config))
     placement: dict[str, set[str]] = {}
-    for _ in range(2):
+    for round_ in range(2):
         for index in range(16):
             user = f"user-{index}"
-            served = await whoami(url(runtime), additional_headers={"X-User": user})
-            placement.setdefault(user, set()).add(served)
-    assert all(len(names) == 1 for names in placement.values()), placement
-    used = set().union(*placement.values())
-    assert used == {one.name, two.name}
-
-
-async def test_hash_on_a_query_parameter_keeps_each_value_on_one_backend_and_spreads_values(
-    backends: Any, dataplane: Any
-) -> None:
-    one, two = await backends(2)
-    config = listener(
-        backends={
-            "scheduler": "hash",
-            "hash": {"source": "query", "name": "user"},
-            "endpoints": [one.endpoint, two.endpoint],
-        }
-    )
-    runtime = await dataplane(snapshot(config))
-    placement: dict[str, set[str]] = {}
-    for room in ("a", "b"):
-        for index in range(16):
-            user = f"user-{index}"
-            served = await whoami(url(runtime, path=f"/chat?room={room}&user={user}"))
-            placement.setdefault(user, set()).add(served)
+            placement.setdefault(user, set()).add(await ask(runtime, user, round_))
     assert all(len(names) == 1 for names in placement.values()), placement
     used = set().union(*placement.values())
     assert used == {one.name, two.name}
@@ -472,15 +466,10 @@ async def test_sticky_insert_cookie_is_not_forwarded_and_the_backends_cookie_sur
 
 
 async def test_sticky_cookie_on_a_wss_listener_is_secure(
-    backends: Any, dataplane: Any, tls: Any
+    backends: Any, dataplane: Any, tls: TlsFiles
 ) -> None:
     (backend,) = await backends(1)
-    config = listener(
-        "wss",
-        protocol="HTTPS",
-        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
-        backends=sticky_backends([backend.endpoint]),
-    )
+    config = https_listener(tls, sticky_backends([backend.endpoint]))
     runtime = await dataplane(snapshot(config))
     async with connect(url(runtime, "wss"), ssl=tls.client_context) as ws:
         assert ws.response is not None

@@ -9,7 +9,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request
 
-from tests.integration.conftest import listener, snapshot, url
+from tests.integration.conftest import TlsFiles, listener, snapshot, url
+from tests.integration.tls_clients import https_listener
 
 
 async def test_ws_echo_text_binary_and_fragmented(backends: Any, dataplane: Any) -> None:
@@ -40,15 +41,10 @@ async def test_ten_mib_message_with_raised_limit(backends: Any, dataplane: Any) 
 
 
 async def test_wss_echo_with_certificate_from_config(
-    backends: Any, dataplane: Any, tls: Any
+    backends: Any, dataplane: Any, tls: TlsFiles
 ) -> None:
     (backend,) = await backends(1)
-    config = listener(
-        "wss",
-        protocol="HTTPS",
-        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
-        backends={"endpoints": [backend.endpoint]},
-    )
+    config = https_listener(tls, {"endpoints": [backend.endpoint]})
     runtime = await dataplane(snapshot(config))
     async with connect(url(runtime, "wss"), ssl=tls.client_context) as ws:
         await ws.send("over tls")

@@ -6,20 +6,15 @@ exchange and the signature), through the listener's SNI-switching front context.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import DataplaneProcess, TlsFiles, listener, snapshot
+from tests.integration.conftest import DataplaneProcess, TlsFiles, snapshot, upgrade_request
+from tests.integration.tls_clients import blocking_tls, client_context, https_listener
 
 pytestmark = pytest.mark.integration
-
-UPGRADE = (
-    b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
 
 
 def upgrade(
@@ -28,11 +23,8 @@ def upgrade(
     """One WSS upgrade with a blocking client (asyncio cannot offer a session); the
     client's session once the 101 is read (TLS 1.3 tickets arrive before it), and
     whether the offered session was resumed."""
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname="localhost", session=session) as conn,
-    ):
-        conn.sendall(UPGRADE)
+    with blocking_tls(port, context, session) as conn:
+        conn.sendall(upgrade_request())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = conn.recv(4096)
@@ -47,23 +39,16 @@ async def test_tls13_gets_no_ticket_and_tls12_resumes(
     backends: Any, dataplane_process: Any, tls: TlsFiles
 ) -> None:
     (backend,) = await backends(1)
-    config = listener(
-        "wss",
-        protocol="HTTPS",
-        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
-        backends={"endpoints": [backend.endpoint]},
-    )
+    config = https_listener(tls, {"endpoints": [backend.endpoint]})
     port = config["port"]
     proc: DataplaneProcess = dataplane_process(snapshot(config))
     await proc.wait_ready()
 
-    modern = ssl.create_default_context(cadata=tls.cert_pem)
-    modern.minimum_version = ssl.TLSVersion.TLSv1_3
+    modern = client_context(tls, minimum=ssl.TLSVersion.TLSv1_3)
     session, _ = await asyncio.to_thread(upgrade, port, modern)
     assert not session.has_ticket
 
-    old = ssl.create_default_context(cadata=tls.cert_pem)
-    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old = client_context(tls, maximum=ssl.TLSVersion.TLSv1_2)
     session, resumed = await asyncio.to_thread(upgrade, port, old)
     assert session.has_ticket and not resumed
     _, resumed = await asyncio.to_thread(upgrade, port, old, session)

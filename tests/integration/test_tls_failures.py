@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import ssl
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.integration.conftest import DataplaneProcess, TlsFiles, listener, snapshot
+from tests.integration.conftest import DataplaneProcess, TlsFiles, listener, raw_request, snapshot
+from tests.integration.tls_clients import blocking_tls, certificates, client_context, https_listener
 
 pytestmark = pytest.mark.integration
 
+PLAIN_HTTP = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 SERIES = re.compile(
     r'^wslb_dataplane_tls_handshake_failures_total\{listener="(\w+)",reason="(\w+)"\} (\S+)$',
     re.MULTILINE,
@@ -32,12 +33,8 @@ async def failures(proc: DataplaneProcess) -> dict[tuple[str, str], float]:
 
 
 def tls_handshake(port: int, context: ssl.SSLContext) -> None:
-    """A blocking client, like curl: on a certificate it does not trust it sends its alert
-    before closing (an asyncio client aborts and drops it; the server then sees an EOF)."""
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname="localhost"),
-    ):
+    """A blocking client: it sends its alert on a certificate it does not trust."""
+    with blocking_tls(port, context):
         pass
 
 
@@ -51,14 +48,8 @@ async def test_failed_handshakes_are_counted_by_reason(
     backends: Any, dataplane_process: Any, tls: TlsFiles
 ) -> None:
     (backend,) = await backends(1)
-    config = listener(
-        "wss",
-        protocol="HTTPS",
-        tls={
-            "certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}],
-            "minVersion": "1.3",
-        },
-        backends={"endpoints": [backend.endpoint]},
+    config = https_listener(
+        tls, {"endpoints": [backend.endpoint]}, tls=certificates(tls, minVersion="1.3")
     )
     port = config["port"]
     proc: DataplaneProcess = dataplane_process(snapshot(config))
@@ -71,17 +62,11 @@ async def test_failed_handshakes_are_counted_by_reason(
     assert await failures(proc) == {}
 
     # Plain HTTP to the TLS port.
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    await writer.drain()
-    async with asyncio.timeout(10):
-        await reader.read()  # the load balancer closes the connection
-    writer.close()
+    await raw_request(port, PLAIN_HTTP, read_timeout=10)  # read until the balancer closes
     await poll(proc, {("wss", "http_request"): 1.0})
 
     # TLS 1.2 against a listener that wants 1.3.
-    old = ssl.create_default_context(cadata=tls.cert_pem)
-    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old = client_context(tls, maximum=ssl.TLSVersion.TLSv1_2)
     await tls_client(port, old)
     await poll(proc, {("wss", "http_request"): 1.0, ("wss", "protocol_version"): 1.0})
 
@@ -113,20 +98,11 @@ async def test_a_listener_that_leaves_takes_its_failure_series_along(
     backends: Any, dataplane_process: Any, tls: TlsFiles
 ) -> None:
     (backend,) = await backends(1)
-    config = listener(
-        "wss",
-        protocol="HTTPS",
-        tls={"certificates": [{"certificatePem": tls.cert_pem, "privateKeyPem": tls.key_pem}]},
-        backends={"endpoints": [backend.endpoint]},
-    )
+    config = https_listener(tls, {"endpoints": [backend.endpoint]})
     kept = listener("ws", backends={"endpoints": [backend.endpoint]})
     proc: DataplaneProcess = dataplane_process(snapshot(config, kept))
     await proc.wait_ready()
-    reader, writer = await asyncio.open_connection("127.0.0.1", config["port"])
-    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    async with asyncio.timeout(10):
-        await reader.read()
-    writer.close()
+    await raw_request(config["port"], PLAIN_HTTP, read_timeout=10)
     await poll(proc, {("wss", "http_request"): 1.0})
     proc.write_config(snapshot(kept, version="2"))
     await poll(proc, {})
