@@ -438,7 +438,10 @@ def parse_backend_head(head: bytes) -> BackendAnswer:
     status = parse_status_line(head)
     line_end = head.find(b"\r\n")
     headers = Headers()
-    for line in head[line_end + 2 : -4].split(b"\r\n"):
+    # An explicit, never backward, end: compiled, a slice whose end falls before its
+    # start raised SystemError (a head with no field: "HTTP/1.1 200 OK\r\n\r\n").
+    fields_end = max(line_end + 2, len(head) - 4)
+    for line in head[line_end + 2 : fields_end].split(b"\r\n"):
         if not line:
             continue
         name, sep, value = line.partition(b":")

@@ -24,7 +24,7 @@ from dataplane.admission import Capacity, Gate
 from dataplane.balancer import Balancer, EndpointState
 from dataplane.deadlines import DeadlineWheel
 from dataplane.group import DEFAULT, BackendGroup
-from dataplane.metrics import Metrics, TrafficTotals, close_code_label
+from dataplane.metrics import Metrics, TrafficTotals
 from dataplane.process_metrics import TlsFailures
 from dataplane.rejection import Rejection
 from dataplane.routing import Router
@@ -71,10 +71,7 @@ class ListenerRuntime:
         self.certificates = certificates
         self.wheel = DeadlineWheel(asyncio.get_running_loop())
         self._m_draining = metrics.connections_draining.labels(self.name)
-        self._m_handshake = metrics.handshake_seconds.labels(self.name)
-        self._m_duration = metrics.connection_seconds.labels(self.name)
-        self._m_upgraded = metrics.upgrades.labels(self.name, "101")
-        self._m_closes: dict[tuple[str, str], Any] = {}
+        self.counts = metrics.connections_of(self.name)
         self.config = config
         self.bind_key = _bind_key(config)
         self._published: set[str] = set()
@@ -244,13 +241,11 @@ class ListenerRuntime:
             totals.messages_b2c += relay.messages_b2c
             totals.bytes_c2b += relay.bytes_c2b
             totals.bytes_b2c += relay.bytes_b2c
-            key = (close_code_label(relay.close_code), relay.closed_by or "unknown")
-            child = self._m_closes.get(key)
-            if child is None:
-                # Cached (bounded: labels are classes): labels() locks and hashes each time.
-                child = self._m_closes[key] = self.metrics.closes.labels(self.name, *key)
-            child.inc()
-            self._m_duration.observe(connection.ended_at - relay.opened_at)
+            self.counts.closed(
+                relay.close_code,
+                relay.closed_by or "unknown",
+                connection.ended_at - relay.opened_at,
+            )
         if connection.status and self.keeps_heads:
             # A tunnel, a refusal or a backend's own answer; not a client that left
             # before any answer (TCP probes), which would only be noise.
@@ -296,14 +291,13 @@ class ListenerRuntime:
         return self.groups.get(group.name) is not group
 
     def tunnel_opened(self, connection: ClientSide, handshake_seconds: float) -> None:
-        self._m_upgraded.inc()
-        self._m_handshake.observe(handshake_seconds)
+        self.counts.opened(handshake_seconds)
 
     def count_upgrade(self, status: int) -> None:
-        self.metrics.upgrades.labels(self.name, str(status)).inc()
+        self.counts.answered(status)
 
     def count_rejection(self, rejection: Rejection) -> None:
-        self.metrics.upgrades.labels(self.name, str(rejection.status)).inc()
+        self.counts.answered(rejection.status)
         self.metrics.rejections.labels(self.name, rejection.label).inc()
 
     def count_backend_failure(self, endpoint: EndpointState) -> None:
