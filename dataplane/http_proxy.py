@@ -19,6 +19,9 @@ connect timeout, any method) or when its method is idempotent (a reused or new
 connection reset or closed before answering); and only while its body so far is within
 REPLAY_LIMIT. Otherwise the client gets 502 (503 when no endpoint is ready at all).
 
+A backend that stops taking a request body is bounded too: with no progress for
+responseHeadTimeoutSeconds while the body waits on it, the client gets 504.
+
 It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
 (group.py); metrics and the access log are the listener's (`HttpSite.count_request`,
 `HttpSite.log_request`).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -69,6 +73,11 @@ waiting for a backend connection); past it the client is not read until they are
 QUEUE_EVENTS = 64
 """Pipelined requests read ahead of the one being answered, at most (each holds its head)."""
 CLOSE_TIMEOUT = 5.0
+STALL_PROBE = 1.0
+"""While a backend takes no request body bytes, how often the session looks again for
+progress (_send_mark): often enough to time a stall closely, rare enough to cost nothing."""
+TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
+ACKED_AT = 120  # struct tcp_info's tcpi_bytes_acked (Linux 4.1 on): 8 bytes, little-endian
 HOLD_QUEUE = 1  # too much read ahead
 HOLD_BACKEND = 2  # the backend's write buffer is full
 
@@ -201,6 +210,8 @@ class HttpSession:
         "reader",
         "requests",
         "site",
+        "stall_at",
+        "stall_mark",
         "timer",
         "timer_at",
     )
@@ -228,6 +239,10 @@ class HttpSession:
         self.head_timer = False  # the timer is the request-head one (408), not idle
         self.holds = 0  # why the client is not being read: HOLD_* bits
         self.client_write_paused = False
+        # a send stall (the backend takes no body): when progress was last seen, and what
+        # progress looked like then (_send_mark)
+        self.stall_at = 0.0
+        self.stall_mark: tuple[int, int, int, bool, bool] = (0, 0, 0, False, False)
         self.draining = False
         self.closing = False  # the client connection ends after the current answer
         self.done = False
@@ -394,11 +409,11 @@ class HttpSession:
             parts.extend(exchange.waiting)
             self._keep_for_replay(exchange, exchange.waiting)
             exchange.waiting = []
+        self._cancel_timer()  # the connect timer; before the write, which may arm the stall's
         transport.write(b"".join(parts))
         exchange.sent = True
         if self.client_write_paused:
             transport.pause_reading()
-        self._cancel_timer()
         self._pump()
         self._arm_response_timer(exchange)
 
@@ -451,6 +466,44 @@ class HttpSession:
             return
         self._cancel_timer()
         self._send_request(exchange, conn)
+
+    def _stall_probe(self) -> float:
+        return min(STALL_PROBE, self.http.response_head_timeout_seconds)
+
+    def _send_mark(self, exchange: _Exchange) -> tuple[int, int, int, bool, bool]:
+        """What progress looks like: a change in any of these. The bytes the backend
+        acknowledged count too: a slow reader frees the kernel's send buffer first, and
+        the write buffer may not move for many seconds while it does."""
+        conn = exchange.backend
+        transport = conn.transport if conn is not None else None
+        size = acked = 0
+        if transport is not None:
+            size = transport.get_write_buffer_size()
+            info = tcp_info(transport)
+            if len(info) >= ACKED_AT + 8:
+                acked = int.from_bytes(info[ACKED_AT : ACKED_AT + 8], "little")
+        return (size, acked, exchange.body_out, exchange.response_started, exchange.head_sent)
+
+    def _send_check(self) -> None:
+        """The send stall's timer: 504 (or a cut answer) once the backend has taken no
+        body byte and sent nothing for `responseHeadTimeoutSeconds`."""
+        exchange = self.current
+        if exchange is None or exchange.backend is None or not self.holds & HOLD_BACKEND:
+            return  # the backend took the body again, or the exchange ended
+        now = self.client.loop.time()
+        mark = self._send_mark(exchange)
+        if mark != self.stall_mark or self.client_write_paused:
+            # progress, or the client is the one not reading the answer
+            self.stall_mark = mark
+            self.stall_at = now
+        left = self.stall_at + self.http.response_head_timeout_seconds - now
+        if left > 0:
+            self._arm(min(self._stall_probe(), left), self._send_check)
+            return
+        self.site.count_backend_error(exchange.group.name, "timeout")
+        self._answer_self(
+            exchange, Rejection(504, "Backend did not take the request", label="backend_timeout")
+        )
 
     def _connect_timeout(self) -> None:
         exchange = self.current
@@ -540,7 +593,11 @@ class HttpSession:
         exchange.backend = None
         if conn is not None:
             conn.session = None
-            conn.abandon()
+            transport = conn.transport
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()  # the rest of a request nobody will answer: not flushed
+            else:
+                conn.abandon()
         if exchange.endpoint is not None:
             exchange.endpoint.active -= 1
             exchange.endpoint = None
@@ -791,6 +848,13 @@ class HttpSession:
 
     def backend_paused(self) -> None:
         self._hold(HOLD_BACKEND)
+        exchange = self.current
+        if exchange is not None and not exchange.request_done:
+            # The request body is being sent and the backend's buffers are full: bound the
+            # stall (once the whole request is out, the response timer bounds the wait).
+            self.stall_at = self.client.loop.time()
+            self.stall_mark = self._send_mark(exchange)
+            self._arm(self._stall_probe(), self._send_check)
 
     def backend_resumed(self) -> None:
         self._release(HOLD_BACKEND)
@@ -844,6 +908,18 @@ class HttpSession:
                 task.cancel()
             self._drop_backend(exchange)
             self._done(exchange, "client_gone")
+
+
+def tcp_info(transport: asyncio.BaseTransport) -> bytes:
+    """The kernel's `struct tcp_info` for a transport's socket; empty where there is none."""
+    sock = transport.get_extra_info("socket")
+    if TCP_INFO is None or sock is None:
+        return b""
+    try:
+        info: bytes = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 256)
+    except OSError:
+        return b""
+    return info
 
 
 def _chain_sent(site: HttpSite, head: RequestHead, client_ip: str) -> str:
