@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import io
 import json
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
