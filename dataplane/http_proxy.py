@@ -30,8 +30,11 @@ It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import sys
+import termios
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -78,6 +81,8 @@ STALL_PROBE = 1.0
 progress (_send_mark): often enough to time a stall closely, rare enough to cost nothing."""
 TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
 ACKED_AT = 120  # struct tcp_info's tcpi_bytes_acked (Linux 4.1 on): 8 bytes, little-endian
+TCP_CLOSE = 7  # tcpi_state (the first byte) of a connection the peer reset
+TCP_CLOSE_WAIT = 8  # tcpi_state once the peer's FIN arrived
 HOLD_QUEUE = 1  # too much read ahead
 HOLD_BACKEND = 2  # the backend's write buffer is full
 
@@ -490,6 +495,10 @@ class HttpSession:
         exchange = self.current
         if exchange is None or exchange.backend is None or not self.holds & HOLD_BACKEND:
             return  # the backend took the body again, or the exchange ended
+        client = self.client.transport
+        if client is not None and not client.is_closing() and self._client_left(exchange, client):
+            client.abort()  # connection_lost follows: client_lost drops the backend
+            return
         now = self.client.loop.time()
         mark = self._send_mark(exchange)
         if mark != self.stall_mark or self.client_write_paused:
@@ -504,6 +513,12 @@ class HttpSession:
         self._answer_self(
             exchange, Rejection(504, "Backend did not take the request", label="backend_timeout")
         )
+
+    def _client_left(self, exchange: _Exchange, transport: asyncio.Transport) -> bool:
+        length = exchange.head.content_length
+        if exchange.head.framing != "length" or length is None:
+            return client_left(transport, None)
+        return client_left(transport, length - exchange.body_in - self.queued)
 
     def _connect_timeout(self) -> None:
         exchange = self.current
@@ -920,6 +935,35 @@ def tcp_info(transport: asyncio.BaseTransport) -> bytes:
     except OSError:
         return b""
     return info
+
+
+def client_left(transport: asyncio.BaseTransport, missing: int | None) -> bool:
+    """Whether a client that is not being read has left. Paused, its reset or FIN reaches
+    no protocol callback (uvloop and asyncio alike), so this asks the kernel. Left: a
+    reset, or a FIN before the `missing` body bytes that would complete the request (it
+    can never end). A FIN after a complete body (or one of unknown length) is a
+    half-close: the answer is still due."""
+    info = tcp_info(transport)
+    if not info:
+        return False
+    state = info[0]
+    if state == TCP_CLOSE:
+        return True
+    if state != TCP_CLOSE_WAIT or missing is None:
+        return False
+    return unread(transport) < missing
+
+
+def unread(transport: asyncio.BaseTransport) -> int:
+    """Bytes received on a transport's socket and not read yet (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        count = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(count, sys.byteorder)
 
 
 def _chain_sent(site: HttpSite, head: RequestHead, client_ip: str) -> str:

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import io
 import json
+import socket
+import struct
+import sys
+import termios
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from dataplane.access_log import AccessLog
-from dataplane.http_proxy import HOLD_BACKEND, BackendConn
+from dataplane.http_proxy import HOLD_BACKEND, TCP_CLOSE_WAIT, BackendConn, client_left
 from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
 from lbwire.logs import LogFormat
@@ -32,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
 BODY = 512 * MIB  # declared; the client stops long before (the pipe fills at a few MiB)
+BLOCK = 256 * 1024
 
 
 @dataclass
@@ -60,22 +66,37 @@ class Uploader:
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    until: Callable[[], bool] | None = None  # stops sending once this is true
     task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, port: int) -> Uploader:
+    async def start(cls, port: int, until: Callable[[], bool] | None = None) -> Uploader:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        uploader = cls(reader, writer)
+        if until is not None:
+            # Little in flight at any time, so what was sent when `until` turns true fits
+            # in the data plane's receive buffer: nothing is left unsent to hold back a FIN.
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+            writer.transport.set_write_buffer_limits(high=0)
+        uploader = cls(reader, writer, until)
         writer.write(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % BODY)
         uploader.task = asyncio.create_task(uploader._send())
         return uploader
 
     async def _send(self) -> None:
-        block = b"u" * MIB
+        block = b"u" * BLOCK
         with contextlib.suppress(ConnectionError):
-            for _ in range(BODY // MIB):  # bounded: the data plane stops reading long before
+            for _ in range(BODY // BLOCK):  # bounded: the data plane stops reading long before
+                if self.until is not None and self.until():
+                    return
                 self.writer.write(block)
                 await self.writer.drain()
+
+    def unsent(self) -> int:
+        """Bytes in the client's kernel send buffer not yet taken by the data plane."""
+        sock = self.writer.get_extra_info("socket")
+        count = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int.from_bytes(count, sys.byteorder)
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -93,11 +114,11 @@ class Logged:
     access_log: AccessLog
     stream: io.StringIO
 
-    def last_line(self) -> dict[str, Any]:
+    async def last_line(self) -> dict[str, Any]:
+        """The last line written (the writer thread takes a moment)."""
         self.access_log.flush()
-        lines = self.stream.getvalue().splitlines()
-        assert lines, "no access log line"
-        return dict(json.loads(lines[-1]))
+        await wait_until(lambda: bool(self.stream.getvalue()))
+        return dict(json.loads(self.stream.getvalue().splitlines()[-1]))
 
 
 @pytest.fixture
@@ -169,7 +190,7 @@ async def test_backend_that_stops_reading_the_body_gets_504_and_both_connections
         == 1
     )
     assert sample(runtime, "wslb_dataplane_rejections_total", reason="backend_timeout") == 1
-    line = logged.last_line()
+    line = await logged.last_line()
     assert (line["status"], line["reason"]) == (504, "backend_timeout")
 
 
@@ -241,3 +262,79 @@ async def test_backend_reading_a_trickle_is_progress_then_its_stop_a_stall(
         await uploader.stop()
         release.set()
         await backend.stop()
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_client_leaving_during_the_stall_closes_the_backend_connection(
+    logged: Logged, how: str
+) -> None:
+    """Its reading paused, the client's reset or FIN is noticed all the same, well
+    before the 504 bound, and the request is logged as client_gone."""
+    runtime = logged.runtime
+    stall = Stalling()
+    backend = await HttpBackend(handler=stall.handler, read_bodies=False).start()
+    port = await start(runtime, backend, timeout=60)
+    uploader = await Uploader.start(port, until=lambda: held_by_backend(runtime) is not None)
+    try:
+        assert uploader.task is not None
+        async with asyncio.timeout(10):
+            await uploader.task  # sent until the data plane stopped reading it
+        # Everything sent has reached the data plane's socket, so a FIN is not queued
+        # behind unsent bytes (a window of 0 would hold it back).
+        await wait_until(lambda: uploader.unsent() == 0)
+        sock = uploader.writer.get_extra_info("socket")
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        uploader.writer.transport.abort()  # a reset with the linger set, else a FIN
+        await wait_until(lambda: not runtime.listeners["ws"].connections, timeout=5)
+        stall.resume.set()
+        async with asyncio.timeout(5):
+            await stall.ended.wait()
+    finally:
+        await uploader.stop()
+        stall.resume.set()
+        await backend.stop()
+    assert [e.active for e in runtime.listeners["ws"].default.endpoints.values()] == [0]
+    line = await logged.last_line()
+    assert (line["status"], line["reason"]) == (0, "client_gone")
+    assert (
+        sample(runtime, "wslb_dataplane_http_backend_errors_total", rule="default", kind="timeout")
+        is None
+    )
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A loopback TCP connection: (the client's end, the data plane's end, never read)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+    with client, accepted:
+        yield client, accepted
+
+
+def tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+async def test_probe_sees_a_reset(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, accepted = pair
+    transport = asyncio.BaseTransport({"socket": accepted})
+    assert not client_left(transport, None)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    await wait_until(lambda: client_left(transport, None), timeout=2)
+
+
+async def test_probe_tells_a_truncated_body_from_a_half_close(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, accepted = pair
+    transport = asyncio.BaseTransport({"socket": accepted})
+    client.sendall(b"b" * 100)
+    assert not client_left(transport, 101)  # still open: more may come
+    client.shutdown(socket.SHUT_WR)
+    await wait_until(lambda: tcp_state(accepted) == TCP_CLOSE_WAIT, timeout=2)
+    assert client_left(transport, 101)  # its FIN came one byte short of the body
+    assert not client_left(transport, 100)  # the whole body waits unread: a half-close
+    assert not client_left(transport, None)  # chunked: the end cannot be told unread
