@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from dataplane.access_log import AccessLog
+from dataplane.listener import ListenerRuntime
 from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
 from lbwire.logs import LogFormat
@@ -482,6 +485,61 @@ async def test_client_gone_mid_answer_closes_the_backend_connection(
         "wslb_dataplane_http_pool_idle_connections", {"listener": "ws"}
     )
     assert idle == 1
+
+
+async def client_leaves_before_the_answer(dataplane: Any, http_backend: Start) -> Runtime:
+    """A GET whose backend never answers, and a client that resets meanwhile."""
+    release = asyncio.Event()
+
+    async def hang(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+
+    backend = await http_backend(handler=hang)
+    config = listener(backends={"endpoints": [backend.endpoint]})
+    runtime: Runtime = await dataplane(snapshot(config))
+    site = runtime.listeners["ws"]
+    client = await Client.connect(site.config.port)
+    client.send(get("/wait"))
+    await wait_until(lambda: len(backend.requests) == 1)
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()  # a reset (a FIN would be a half-close: answer due)
+    await wait_until(lambda: not site.connections)
+    release.set()
+    return runtime
+
+
+async def test_client_gone_before_the_answer_reaches_count_request_with_its_reason(
+    dataplane: Any, http_backend: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status 0 (no answer) and reason client_gone go to the listener; what it counts is
+    listener.py's (see the next test)."""
+    calls: list[tuple[str, bytes, int, str]] = []
+
+    def record(self: Any, rule: str, method: bytes, status: int, duration: float, why: str) -> None:
+        calls.append((rule, method, status, why))
+        original(self, rule, method, status, duration, why)
+
+    original = ListenerRuntime.count_request
+    monkeypatch.setattr(ListenerRuntime, "count_request", record)
+    await client_leaves_before_the_answer(dataplane, http_backend)
+    assert calls == [("default", b"GET", 0, "client_gone")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the count_request change to dataplane/listener.py in the httpfix report",
+)
+async def test_client_gone_before_the_answer_counts_as_a_rejection(
+    dataplane: Any, http_backend: Start
+) -> None:
+    runtime = await client_leaves_before_the_answer(dataplane, http_backend)
+    found = runtime.metrics.registry.get_sample_value(
+        "wslb_dataplane_rejections_total", {"listener": "ws", "reason": "client_gone"}
+    )
+    assert found == 1
+    # no answer, so no status class to count it under
+    assert runtime.listeners["ws"].request_counts.requests == {}
 
 
 async def test_http_1_0_client_gets_a_chunked_answer_read_to_close(
