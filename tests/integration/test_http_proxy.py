@@ -11,7 +11,6 @@ import io
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
 from lbwire.logs import LogFormat
 from lbwire.snapshot import parse_snapshot
+from tests.integration.conftest import StartHttp as Start
 from tests.integration.conftest import listener, snapshot, wait_until
 from tests.integration.http_backend import (
     Client,
@@ -32,22 +32,6 @@ from tests.integration.http_backend import (
 )
 
 pytestmark = pytest.mark.integration
-
-Start = Callable[..., Awaitable[HttpBackend]]
-
-
-@pytest.fixture
-async def http_backend() -> AsyncIterator[Start]:
-    started: list[HttpBackend] = []
-
-    async def start(**kwargs: Any) -> HttpBackend:
-        backend = await HttpBackend(**kwargs).start()
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        await backend.stop()
 
 
 async def proxy_for(dataplane: Any, *backends: HttpBackend, **fields: Any) -> int:

@@ -4,7 +4,6 @@ WebSocket, through a real listener on loopback."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,26 +12,11 @@ from websockets.exceptions import ConnectionClosed
 
 from dataplane.runtime import Runtime
 from lbwire.snapshot import parse_snapshot
+from tests.integration.conftest import StartHttp as Start
 from tests.integration.conftest import free_port, listener, snapshot
-from tests.integration.http_backend import Client, HttpBackend, Seen, get, response
+from tests.integration.http_backend import Client, Seen, get, response
 
 pytestmark = pytest.mark.integration
-
-Start = Callable[..., Awaitable[HttpBackend]]
-
-
-@pytest.fixture
-async def http_backend() -> AsyncIterator[Start]:
-    started: list[HttpBackend] = []
-
-    async def start(**kwargs: Any) -> HttpBackend:
-        backend = await HttpBackend(**kwargs).start()
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        await backend.stop()
 
 
 async def ask(port: int, request: bytes, method: str = "GET") -> tuple[int, bytes]:
