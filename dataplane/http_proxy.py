@@ -163,6 +163,7 @@ class _Exchange:
         "sent",
         "started",
         "status",
+        "sticky_fresh",
         "sticky_key",
         "tried",
         "waiting",
@@ -175,6 +176,7 @@ class _Exchange:
         self.rendered = b""
         self.chunked = head.framing == "chunked"
         self.sticky_key: str | None = None
+        self.sticky_fresh = False  # the request's cookie has more than half its life left
         self.tried: list[str] = []
         self.attempts_left = 1
         self.endpoint: EndpointState | None = None
@@ -336,7 +338,7 @@ class HttpSession:
             self._answer_self(exchange, redirect_answer(head, redirect.port))
             return
         if group.sticky_enabled:
-            exchange.sticky_key = group.sticky.endpoint_for_fields(head.fields)
+            exchange.sticky_key, exchange.sticky_fresh = group.sticky.cookie_for_fields(head.fields)
             head.forward_fields = group.sticky.strip_request_fields(head.forward_fields)
         exchange.keep_alive = (
             head.keep_alive
@@ -632,7 +634,9 @@ class HttpSession:
             endpoint = exchange.endpoint
             if group.sticky_rewrites_response and endpoint is not None:
                 head.fields = group.sticky.response_fields(
-                    endpoint.key, head.fields, exchange.sticky_key == endpoint.key
+                    endpoint.key,
+                    head.fields,
+                    exchange.sticky_key == endpoint.key and exchange.sticky_fresh,
                 )
             if self.draining or self.site.retired:
                 exchange.keep_alive = False
