@@ -160,7 +160,10 @@ class _Exchange:
         "replay_size",
         "request_done",
         "response_started",
+        "resumes",
         "sent",
+        "stall_at",
+        "stall_mark",
         "started",
         "status",
         "sticky_fresh",
@@ -194,6 +197,11 @@ class _Exchange:
         self.status = 0
         self.body_in = 0
         self.body_out = 0
+        # a send stall (the backend takes no body): when progress was last seen, and what
+        # progress looked like then (HttpSession._send_mark)
+        self.resumes = 0  # times the backend's write buffer drained
+        self.stall_at = 0.0
+        self.stall_mark: tuple[int, int, int, int, bool, bool] = (0, 0, 0, 0, False, False)
 
 
 class HttpSession:
@@ -217,8 +225,6 @@ class HttpSession:
         "reader",
         "requests",
         "site",
-        "stall_at",
-        "stall_mark",
         "timer",
         "timer_at",
     )
@@ -246,10 +252,6 @@ class HttpSession:
         self.head_timer = False  # the timer is the request-head one (408), not idle
         self.holds = 0  # why the client is not being read: HOLD_* bits
         self.client_write_paused = False
-        # a send stall (the backend takes no body): when progress was last seen, and what
-        # progress looked like then (_send_mark)
-        self.stall_at = 0.0
-        self.stall_mark: tuple[int, int, int, bool, bool] = (0, 0, 0, False, False)
         self.draining = False
         self.closing = False  # the client connection ends after the current answer
         self.done = False
@@ -477,7 +479,7 @@ class HttpSession:
     def _stall_probe(self) -> float:
         return min(STALL_PROBE, self.http.response_head_timeout_seconds)
 
-    def _send_mark(self, exchange: _Exchange) -> tuple[int, int, int, bool, bool]:
+    def _send_mark(self, exchange: _Exchange) -> tuple[int, int, int, int, bool, bool]:
         """What progress looks like: a change in any of these. The bytes the backend
         acknowledged count too: a slow reader frees the kernel's send buffer first, and
         the write buffer may not move for many seconds while it does."""
@@ -489,7 +491,14 @@ class HttpSession:
             info = tcp_info(transport)
             if len(info) >= ACKED_AT + 8:
                 acked = int.from_bytes(info[ACKED_AT : ACKED_AT + 8], "little")
-        return (size, acked, exchange.body_out, exchange.response_started, exchange.head_sent)
+        return (
+            exchange.resumes,
+            size,
+            acked,
+            exchange.body_out,
+            exchange.response_started,
+            exchange.head_sent,
+        )
 
     def _send_check(self) -> None:
         """The send stall's timer: 504 (or a cut answer) once the backend has taken no
@@ -503,11 +512,11 @@ class HttpSession:
             return
         now = self.client.loop.time()
         mark = self._send_mark(exchange)
-        if mark != self.stall_mark or self.client_write_paused:
+        if mark != exchange.stall_mark or self.client_write_paused:
             # progress, or the client is the one not reading the answer
-            self.stall_mark = mark
-            self.stall_at = now
-        left = self.stall_at + self.http.response_head_timeout_seconds - now
+            exchange.stall_mark = mark
+            exchange.stall_at = now
+        left = exchange.stall_at + self.http.response_head_timeout_seconds - now
         if left > 0:
             self._arm(min(self._stall_probe(), left), self._send_check)
             return
@@ -868,14 +877,20 @@ class HttpSession:
     def backend_paused(self) -> None:
         self._hold(HOLD_BACKEND)
         exchange = self.current
-        if exchange is not None and not exchange.request_done:
+        if exchange is not None and not exchange.request_done and self.on_due is None:
             # The request body is being sent and the backend's buffers are full: bound the
             # stall (once the whole request is out, the response timer bounds the wait).
-            self.stall_at = self.client.loop.time()
-            self.stall_mark = self._send_mark(exchange)
+            # While a body is sent no other timer runs, so a pending one is the look
+            # armed at an earlier pause: it covers this one (a fast upload pauses and
+            # resumes many times a second; the resumes count as progress).
+            exchange.stall_at = self.client.loop.time()
+            exchange.stall_mark = self._send_mark(exchange)
             self._arm(self._stall_probe(), self._send_check)
 
     def backend_resumed(self) -> None:
+        exchange = self.current
+        if exchange is not None:
+            exchange.resumes += 1
         self._release(HOLD_BACKEND)
 
     def client_paused(self) -> None:
