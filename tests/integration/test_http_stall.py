@@ -45,12 +45,15 @@ class Stalling:
     """The backend's side of the stall: what it read, and what it saw of the close."""
 
     taken: int = 64 * 1024  # body bytes read before it stops reading
+    head: bytes = b""  # an answer's head written before it stops (then it sends no more)
     stalled: asyncio.Event = field(default_factory=asyncio.Event)
     resume: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # EOF or reset seen
 
     async def handler(self, seen: Seen, reader: asyncio.StreamReader, writer: Any) -> None:
         await reader.readexactly(self.taken)
+        if self.head:
+            writer.write(self.head)
         self.stalled.set()
         await self.resume.wait()  # reads nothing until the test says so
         with contextlib.suppress(ConnectionError):
@@ -192,6 +195,34 @@ async def test_backend_that_stops_reading_the_body_gets_504_and_both_connections
     assert sample(runtime, "wslb_dataplane_rejections_total", reason="backend_timeout") == 1
     line = await logged.last_line()
     assert (line["status"], line["reason"]) == (504, "backend_timeout")
+
+
+async def test_stall_after_the_answer_head_was_relayed_cuts_the_client_connection(
+    logged: Logged,
+) -> None:
+    """No 504 can follow a relayed head: the client connection is closed instead."""
+    runtime = logged.runtime
+    stall = Stalling(head=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    backend = await HttpBackend(handler=stall.handler, read_bodies=False).start()
+    port = await start(runtime, backend, timeout=0.5)
+    uploader = await Uploader.start(port)
+    try:
+        async with asyncio.timeout(10):
+            head = await uploader.reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            rest = b""
+            with contextlib.suppress(ConnectionError):
+                rest = await uploader.reader.read()  # to the close, not a chunk's end
+        assert b"504" not in rest
+        await wait_until(lambda: not runtime.listeners["ws"].connections)
+    finally:
+        await uploader.stop()
+        stall.resume.set()
+        await backend.stop()
+    assert (
+        sample(runtime, "wslb_dataplane_http_backend_errors_total", rule="default", kind="timeout")
+        == 1
+    )
 
 
 async def test_backend_that_keeps_reading_slowly_is_not_cut(
