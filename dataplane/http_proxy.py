@@ -80,7 +80,7 @@ STALL_PROBE = 1.0
 """While a backend takes no request body bytes, how often the session looks again for
 progress (_send_mark): often enough to time a stall closely, rare enough to cost nothing."""
 TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
-ACKED_AT = 120  # struct tcp_info's tcpi_bytes_acked (Linux 4.1 on): 8 bytes, little-endian
+ACKED_AT = 120  # struct tcp_info's tcpi_bytes_acked (Linux 4.1 on): 8 bytes, native order
 TCP_CLOSE = 7  # tcpi_state (the first byte) of a connection the peer reset
 TCP_CLOSE_WAIT = 8  # tcpi_state once the peer's FIN arrived
 HOLD_QUEUE = 1  # too much read ahead
@@ -490,7 +490,7 @@ class HttpSession:
             size = transport.get_write_buffer_size()
             info = tcp_info(transport)
             if len(info) >= ACKED_AT + 8:
-                acked = int.from_bytes(info[ACKED_AT : ACKED_AT + 8], "little")
+                acked = int.from_bytes(info[ACKED_AT : ACKED_AT + 8], sys.byteorder)
         return (
             exchange.resumes,
             size,
