@@ -920,9 +920,16 @@ class HttpSession:
             self.current.keep_alive = False
 
     def client_eof(self) -> bool:
-        """The client half-closed: answer what is under way, then close."""
+        """The client half-closed: answer what is under way, then close. A FIN in the
+        middle of a request body, before any answer, cuts the request short for good (no
+        more bytes can come, and the backend would wait for them): False, so the
+        connection closes and client_lost counts the request as client_gone. An answer
+        already under way (a backend that answered early) is still relayed."""
         self.closing = True
-        return self.current is not None or bool(self.queue)
+        exchange = self.current
+        if exchange is not None and not exchange.request_done and not exchange.response_started:
+            return False  # _pump hands on every queued event up to the body's end
+        return exchange is not None or bool(self.queue)
 
     def _close(self, linger: bool = False) -> None:
         """End the client connection; `linger` after an answer that left request bytes

@@ -576,6 +576,72 @@ async def test_client_half_close_after_its_requests_gets_every_answer_then_a_clo
     client.close()
 
 
+async def test_client_half_close_inside_a_body_ends_the_request_and_its_backend(
+    dataplane: Any, http_backend: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body can never be completed: waiting would hold both connections forever
+    (the backend waits for the rest, the answer for the backend)."""
+    calls: list[tuple[int, str]] = []
+
+    def record(self: Any, rule: str, method: bytes, status: int, duration: float, why: str) -> None:
+        calls.append((status, why))
+        original(self, rule, method, status, duration, why)
+
+    original = ListenerRuntime.count_request
+    monkeypatch.setattr(ListenerRuntime, "count_request", record)
+    backend = await http_backend()
+    runtime: Runtime = await dataplane(
+        snapshot(listener(backends={"endpoints": [backend.endpoint]}))
+    )
+    site = runtime.listeners["ws"]
+    client = await Client.connect(site.config.port)
+    client.send(b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+    await wait_until(lambda: backend.accepted == 1)
+    client.writer.write_eof()
+    assert await client.closed(timeout=3)
+    client.close()
+    await wait_until(lambda: not site.connections)
+    assert [e.active for e in site.default.endpoints.values()] == [0]
+    assert calls == [(0, "client_gone")]
+    assert backend.requests == []  # the backend never got a whole request
+
+
+async def test_client_half_close_inside_a_body_still_gets_an_answer_under_way(
+    dataplane: Any, http_backend: Start
+) -> None:
+    """A backend that answers before reading the body: its answer is relayed whole."""
+    finish = asyncio.Event()
+
+    async def early(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        await writer.drain()
+        await finish.wait()
+        writer.write(b"hello")
+
+    def half_closed(site: Any) -> bool:
+        """The data plane has seen the FIN (or closed the connection)."""
+        sessions = [c.http for c in site.connections if c.http is not None]
+        return not site.connections or any(session.closing for session in sessions)
+
+    backend = await http_backend(handler=early, read_bodies=False)
+    runtime: Runtime = await dataplane(
+        snapshot(listener(backends={"endpoints": [backend.endpoint]}))
+    )
+    site = runtime.listeners["ws"]
+    client = await Client.connect(site.config.port)
+    client.send(b"POST /early HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nxx")
+    async with asyncio.timeout(5):
+        head = await client.reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    client.writer.write_eof()  # inside the body, after the answer began
+    await wait_until(lambda: half_closed(site))
+    finish.set()
+    async with asyncio.timeout(5):
+        assert await client.reader.readexactly(5) == b"hello"
+    assert await client.closed()  # the unsent body leaves the connection unusable
+    client.close()
+
+
 async def test_https_listener_proxies_plain_requests_with_forwarded_proto_https(
     dataplane: Any, http_backend: Start, tls: Any
 ) -> None:
