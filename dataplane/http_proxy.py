@@ -19,6 +19,9 @@ connect timeout, any method) or when its method is idempotent (a reused or new
 connection reset or closed before answering); and only while its body so far is within
 REPLAY_LIMIT. Otherwise the client gets 502 (503 when no endpoint is ready at all).
 
+A backend that stops taking a request body is bounded too: with no progress for
+responseHeadTimeoutSeconds while the body waits on it, the client gets 504.
+
 It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
 (group.py); metrics and the access log are the listener's (`HttpSite.count_request`,
 `HttpSite.log_request`).
@@ -27,7 +30,11 @@ It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import socket
+import sys
+import termios
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -69,6 +76,13 @@ waiting for a backend connection); past it the client is not read until they are
 QUEUE_EVENTS = 64
 """Pipelined requests read ahead of the one being answered, at most (each holds its head)."""
 CLOSE_TIMEOUT = 5.0
+STALL_PROBE = 1.0
+"""While a backend takes no request body bytes, how often the session looks again for
+progress (_send_mark): often enough to time a stall closely, rare enough to cost nothing."""
+TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
+ACKED_AT = 120  # struct tcp_info's tcpi_bytes_acked (Linux 4.1 on): 8 bytes, native order
+TCP_CLOSE = 7  # tcpi_state (the first byte) of a connection the peer reset
+TCP_CLOSE_WAIT = 8  # tcpi_state once the peer's FIN arrived
 HOLD_QUEUE = 1  # too much read ahead
 HOLD_BACKEND = 2  # the backend's write buffer is full
 
@@ -146,9 +160,13 @@ class _Exchange:
         "replay_size",
         "request_done",
         "response_started",
+        "resumes",
         "sent",
+        "stall_at",
+        "stall_mark",
         "started",
         "status",
+        "sticky_fresh",
         "sticky_key",
         "tried",
         "waiting",
@@ -161,6 +179,7 @@ class _Exchange:
         self.rendered = b""
         self.chunked = head.framing == "chunked"
         self.sticky_key: str | None = None
+        self.sticky_fresh = False  # the request's cookie has more than half its life left
         self.tried: list[str] = []
         self.attempts_left = 1
         self.endpoint: EndpointState | None = None
@@ -178,6 +197,11 @@ class _Exchange:
         self.status = 0
         self.body_in = 0
         self.body_out = 0
+        # a send stall (the backend takes no body): when progress was last seen, and what
+        # progress looked like then (HttpSession._send_mark)
+        self.resumes = 0  # times the backend's write buffer drained
+        self.stall_at = 0.0
+        self.stall_mark: tuple[int, int, int, int, bool, bool] = (0, 0, 0, 0, False, False)
 
 
 class HttpSession:
@@ -316,7 +340,7 @@ class HttpSession:
             self._answer_self(exchange, redirect_answer(head, redirect.port))
             return
         if group.sticky_enabled:
-            exchange.sticky_key = group.sticky.endpoint_for_fields(head.fields)
+            exchange.sticky_key, exchange.sticky_fresh = group.sticky.cookie_for_fields(head.fields)
             head.forward_fields = group.sticky.strip_request_fields(head.forward_fields)
         exchange.keep_alive = (
             head.keep_alive
@@ -394,11 +418,11 @@ class HttpSession:
             parts.extend(exchange.waiting)
             self._keep_for_replay(exchange, exchange.waiting)
             exchange.waiting = []
+        self._cancel_timer()  # the connect timer; before the write, which may arm the stall's
         transport.write(b"".join(parts))
         exchange.sent = True
         if self.client_write_paused:
             transport.pause_reading()
-        self._cancel_timer()
         self._pump()
         self._arm_response_timer(exchange)
 
@@ -451,6 +475,61 @@ class HttpSession:
             return
         self._cancel_timer()
         self._send_request(exchange, conn)
+
+    def _stall_probe(self) -> float:
+        return min(STALL_PROBE, self.http.response_head_timeout_seconds)
+
+    def _send_mark(self, exchange: _Exchange) -> tuple[int, int, int, int, bool, bool]:
+        """What progress looks like: a change in any of these. The bytes the backend
+        acknowledged count too: a slow reader frees the kernel's send buffer first, and
+        the write buffer may not move for many seconds while it does."""
+        conn = exchange.backend
+        transport = conn.transport if conn is not None else None
+        size = acked = 0
+        if transport is not None:
+            size = transport.get_write_buffer_size()
+            info = tcp_info(transport)
+            if len(info) >= ACKED_AT + 8:
+                acked = int.from_bytes(info[ACKED_AT : ACKED_AT + 8], sys.byteorder)
+        return (
+            exchange.resumes,
+            size,
+            acked,
+            exchange.body_out,
+            exchange.response_started,
+            exchange.head_sent,
+        )
+
+    def _send_check(self) -> None:
+        """The send stall's timer: 504 (or a cut answer) once the backend has taken no
+        body byte and sent nothing for `responseHeadTimeoutSeconds`."""
+        exchange = self.current
+        if exchange is None or exchange.backend is None or not self.holds & HOLD_BACKEND:
+            return  # the backend took the body again, or the exchange ended
+        client = self.client.transport
+        if client is not None and not client.is_closing() and self._client_left(exchange, client):
+            client.abort()  # connection_lost follows: client_lost drops the backend
+            return
+        now = self.client.loop.time()
+        mark = self._send_mark(exchange)
+        if mark != exchange.stall_mark or self.client_write_paused:
+            # progress, or the client is the one not reading the answer
+            exchange.stall_mark = mark
+            exchange.stall_at = now
+        left = exchange.stall_at + self.http.response_head_timeout_seconds - now
+        if left > 0:
+            self._arm(min(self._stall_probe(), left), self._send_check)
+            return
+        self.site.count_backend_error(exchange.group.name, "timeout")
+        self._answer_self(
+            exchange, Rejection(504, "Backend did not take the request", label="backend_timeout")
+        )
+
+    def _client_left(self, exchange: _Exchange, transport: asyncio.Transport) -> bool:
+        length = exchange.head.content_length
+        if exchange.head.framing != "length" or length is None:
+            return client_left(transport, None)
+        return client_left(transport, length - exchange.body_in - self.queued)
 
     def _connect_timeout(self) -> None:
         exchange = self.current
@@ -540,7 +619,11 @@ class HttpSession:
         exchange.backend = None
         if conn is not None:
             conn.session = None
-            conn.abandon()
+            transport = conn.transport
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()  # the rest of a request nobody will answer: not flushed
+            else:
+                conn.abandon()
         if exchange.endpoint is not None:
             exchange.endpoint.active -= 1
             exchange.endpoint = None
@@ -560,7 +643,9 @@ class HttpSession:
             endpoint = exchange.endpoint
             if group.sticky_rewrites_response and endpoint is not None:
                 head.fields = group.sticky.response_fields(
-                    endpoint.key, head.fields, exchange.sticky_key == endpoint.key
+                    endpoint.key,
+                    head.fields,
+                    exchange.sticky_key == endpoint.key and exchange.sticky_fresh,
                 )
             if self.draining or self.site.retired:
                 exchange.keep_alive = False
@@ -791,8 +876,21 @@ class HttpSession:
 
     def backend_paused(self) -> None:
         self._hold(HOLD_BACKEND)
+        exchange = self.current
+        if exchange is not None and not exchange.request_done and self.on_due is None:
+            # The request body is being sent and the backend's buffers are full: bound the
+            # stall (once the whole request is out, the response timer bounds the wait).
+            # While a body is sent no other timer runs, so a pending one is the look
+            # armed at an earlier pause: it covers this one (a fast upload pauses and
+            # resumes many times a second; the resumes count as progress).
+            exchange.stall_at = self.client.loop.time()
+            exchange.stall_mark = self._send_mark(exchange)
+            self._arm(self._stall_probe(), self._send_check)
 
     def backend_resumed(self) -> None:
+        exchange = self.current
+        if exchange is not None:
+            exchange.resumes += 1
         self._release(HOLD_BACKEND)
 
     def client_paused(self) -> None:
@@ -822,9 +920,16 @@ class HttpSession:
             self.current.keep_alive = False
 
     def client_eof(self) -> bool:
-        """The client half-closed: answer what is under way, then close."""
+        """The client half-closed: answer what is under way, then close. A FIN in the
+        middle of a request body, before any answer, cuts the request short for good (no
+        more bytes can come, and the backend would wait for them): False, so the
+        connection closes and client_lost counts the request as client_gone. An answer
+        already under way (a backend that answered early) is still relayed."""
         self.closing = True
-        return self.current is not None or bool(self.queue)
+        exchange = self.current
+        if exchange is not None and not exchange.request_done and not exchange.response_started:
+            return False  # _pump hands on every queued event up to the body's end
+        return exchange is not None or bool(self.queue)
 
     def _close(self, linger: bool = False) -> None:
         """End the client connection; `linger` after an answer that left request bytes
@@ -844,6 +949,47 @@ class HttpSession:
                 task.cancel()
             self._drop_backend(exchange)
             self._done(exchange, "client_gone")
+
+
+def tcp_info(transport: asyncio.BaseTransport) -> bytes:
+    """The kernel's `struct tcp_info` for a transport's socket; empty where there is none."""
+    sock = transport.get_extra_info("socket")
+    if TCP_INFO is None or sock is None:
+        return b""
+    try:
+        info: bytes = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 256)
+    except OSError:
+        return b""
+    return info
+
+
+def client_left(transport: asyncio.BaseTransport, missing: int | None) -> bool:
+    """Whether a client that is not being read has left. Paused, its reset or FIN reaches
+    no protocol callback (uvloop and asyncio alike), so this asks the kernel. Left: a
+    reset, or a FIN before the `missing` body bytes that would complete the request (it
+    can never end). A FIN after a complete body (or one of unknown length) is a
+    half-close: the answer is still due."""
+    info = tcp_info(transport)
+    if not info:
+        return False
+    state = info[0]
+    if state == TCP_CLOSE:
+        return True
+    if state != TCP_CLOSE_WAIT or missing is None:
+        return False
+    return unread(transport) < missing
+
+
+def unread(transport: asyncio.BaseTransport) -> int:
+    """Bytes received on a transport's socket and not read yet (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        count = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(count, sys.byteorder)
 
 
 def _chain_sent(site: HttpSite, head: RequestHead, client_ip: str) -> str:

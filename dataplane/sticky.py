@@ -5,8 +5,8 @@ and `Set-Cookie` for the two modes, on the WebSocket path (`Headers`) and on the
 path (http1's `(name, value)` byte fields):
 
 - insert: the load balancer sets its own cookie (on the 101, and on an HTTP response
-  when the request had no valid cookie for the endpoint that answered) and removes it
-  from requests before they reach a backend.
+  when the request had no valid cookie for the endpoint that answered, or one past half
+  its max age) and removes it from requests before they reach a backend.
 - server: the backend's own cookie (named in the policy) is prefixed on the way out
   with `<token>~` and the prefix is stripped on the way in, so the backend only ever
   sees the value it set (HAProxy's `cookie ... prefix`).
@@ -187,17 +187,26 @@ class StickyCookies:
     def verify(self, token: str, now: float | None = None) -> str | None:
         """The endpoint key a token names, or None when it is malformed, forged, signed
         with another secret, expired, or names no current endpoint."""
+        found = self._verify(token, time.time() if now is None else now)
+        return found[0] if found is not None else None
+
+    def _verify(self, token: str, now: float) -> tuple[str, bool] | None:
+        """`verify`, and whether the token is still fresh: more than half its max age
+        left (an unsigned token carries no expiry: always fresh)."""
         if self._secret is None:
-            return self._ids.key_for(token) if _UNSIGNED_TOKEN.fullmatch(token) else None
+            key = self._ids.key_for(token) if _UNSIGNED_TOKEN.fullmatch(token) else None
+            return (key, True) if key is not None else None
         match = _SIGNED_TOKEN.fullmatch(token)
         if match is None:
             return None
-        endpoint_id, expiry, mac = match.groups()
-        if not hmac.compare_digest(mac, self._mac(f"{endpoint_id}.{expiry}")):
+        endpoint_id, expiry_text, mac = match.groups()
+        if not hmac.compare_digest(mac, self._mac(f"{endpoint_id}.{expiry_text}")):
             return None
-        if int(expiry) <= (time.time() if now is None else now):
+        expiry = int(expiry_text)
+        if expiry <= now:
             return None
-        return self._ids.key_for(endpoint_id)
+        key = self._ids.key_for(endpoint_id)
+        return (key, 2 * (expiry - now) > self._max_age) if key is not None else None
 
     # --- requests ---------------------------------------------------------------------
 
@@ -207,25 +216,36 @@ class StickyCookies:
         if not self.enabled:
             return None
         for header in headers.get_all("Cookie"):
-            key = self._endpoint_in(header, now)
-            if key is not None:
-                return key
+            found = self._endpoint_in(header, time.time() if now is None else now)
+            if found is not None:
+                return found[0]
         return None
 
     def endpoint_for_fields(self, fields: Fields, now: float | None = None) -> str | None:
         """`endpoint_for` on http1 fields (any name case; bytes read as Latin-1, so no
         byte sequence raises)."""
+        return self.cookie_for_fields(fields, now)[0]
+
+    def cookie_for_fields(
+        self, fields: Fields, now: float | None = None
+    ) -> tuple[str | None, bool]:
+        """`endpoint_for_fields`, and whether that cookie is fresh: more than half its max
+        age left. A response to a request whose cookie is not fresh gets a new one
+        (`response_fields`), so a client that keeps coming back stays pinned past the
+        first max age, and one Set-Cookie per half max age is all it costs."""
         if not self.enabled:
-            return None
+            return None, False
         name = self._name_bytes
         for field_name, value in fields:
             if name in value and field_name.lower() == _COOKIE:
-                key = self._endpoint_in(value.decode("latin-1"), now)
-                if key is not None:
-                    return key
-        return None
+                found = self._endpoint_in(
+                    value.decode("latin-1"), time.time() if now is None else now
+                )
+                if found is not None:
+                    return found
+        return None, False
 
-    def _endpoint_in(self, header: str, now: float | None) -> str | None:
+    def _endpoint_in(self, header: str, now: float) -> tuple[str, bool] | None:
         for name, value in _cookie_pairs(header):
             if name != self._name or len(value) > MAX_COOKIE_VALUE:
                 continue
@@ -236,9 +256,9 @@ class StickyCookies:
                     continue
             else:
                 token = value
-            key = self.verify(token, now)
-            if key is not None:
-                return key
+            found = self._verify(token, now)
+            if found is not None:
+                return found
         return None
 
     def rewrite_request(self, headers: Headers) -> None:
@@ -315,11 +335,12 @@ class StickyCookies:
         now: float | None = None,
     ) -> Fields:
         """On an HTTP response from `endpoint_key`: insert mode adds our Set-Cookie unless
-        the request already had a valid cookie for this endpoint (pass
-        `endpoint_for_fields(request) == endpoint_key`): so a cookie lives its max age
-        from when it was set, and a WebSocket upgrade renews it. Server mode prefixes the
-        backend's Set-Cookie of the policy's name. Returns a new list when it changes
-        anything, else `fields` itself (never changed in place)."""
+        the request already had a valid, fresh cookie for this endpoint (pass the
+        endpoint and freshness of `cookie_for_fields(request)`: key == endpoint_key and
+        fresh). So a cookie is renewed once it is past half its max age, as a WebSocket
+        upgrade renews it. Server mode prefixes the backend's Set-Cookie of the policy's
+        name. Returns a new list when it changes anything, else `fields` itself (never
+        changed in place)."""
         if self._mode is StickyMode.INSERT:
             if had_valid_cookie:
                 return fields

@@ -1,6 +1,7 @@
 """Integration fixtures: real echo backends and a real data plane on loopback.
 
-`backends(n)` starts demo echo servers on free ports; `dataplane(config)` applies a
+`backends(n)` starts demo echo servers on free ports, `http_backend(...)` the recording
+HTTP backends of http_backend.py; `dataplane(config)` applies a
 snapshot to an in-process `Runtime` (under uvloop, like production) and returns it;
 `dataplane_process(config)` runs `wslb-dataplane` as a subprocess for signal, worker
 and file-reload tests. Everything binds to 127.0.0.1 on ports the kernel picks.
@@ -31,6 +32,7 @@ from dataplane.echo import bound_port, start_echo
 from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
 from lbwire.snapshot import parse_snapshot
+from tests.integration.http_backend import HttpBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,6 +107,24 @@ async def backends() -> AsyncIterator[Callable[..., Awaitable[list[Backend]]]]:
     yield start
     for backend in started:
         backend.server.close()
+
+
+StartHttp = Callable[..., Awaitable[HttpBackend]]
+
+
+@pytest.fixture
+async def http_backend() -> AsyncIterator[StartHttp]:
+    """Starts `HttpBackend`s (keyword arguments as its fields) and stops them afterwards."""
+    started: list[HttpBackend] = []
+
+    async def start(**kwargs: Any) -> HttpBackend:
+        backend = await HttpBackend(**kwargs).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        await backend.stop()
 
 
 def listener(name: str = "ws", port: int | None = None, **fields: Any) -> dict[str, Any]:

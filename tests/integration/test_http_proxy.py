@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+import struct
 from typing import Any
 
 import pytest
 
 from dataplane.access_log import AccessLog
+from dataplane.listener import ListenerRuntime
 from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
 from lbwire.logs import LogFormat
 from lbwire.snapshot import parse_snapshot
+from tests.integration.conftest import StartHttp as Start
 from tests.integration.conftest import listener, snapshot, wait_until
 from tests.integration.http_backend import (
     Client,
@@ -29,22 +32,6 @@ from tests.integration.http_backend import (
 )
 
 pytestmark = pytest.mark.integration
-
-Start = Callable[..., Awaitable[HttpBackend]]
-
-
-@pytest.fixture
-async def http_backend() -> AsyncIterator[Start]:
-    started: list[HttpBackend] = []
-
-    async def start(**kwargs: Any) -> HttpBackend:
-        backend = await HttpBackend(**kwargs).start()
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        await backend.stop()
 
 
 async def proxy_for(dataplane: Any, *backends: HttpBackend, **fields: Any) -> int:
@@ -484,6 +471,61 @@ async def test_client_gone_mid_answer_closes_the_backend_connection(
     assert idle == 1
 
 
+async def client_leaves_before_the_answer(dataplane: Any, http_backend: Start) -> Runtime:
+    """A GET whose backend never answers, and a client that resets meanwhile."""
+    release = asyncio.Event()
+
+    async def hang(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+
+    backend = await http_backend(handler=hang)
+    config = listener(backends={"endpoints": [backend.endpoint]})
+    runtime: Runtime = await dataplane(snapshot(config))
+    site = runtime.listeners["ws"]
+    client = await Client.connect(site.config.port)
+    client.send(get("/wait"))
+    await wait_until(lambda: len(backend.requests) == 1)
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.writer.transport.abort()  # a reset (a FIN would be a half-close: answer due)
+    await wait_until(lambda: not site.connections)
+    release.set()
+    return runtime
+
+
+async def test_client_gone_before_the_answer_reaches_count_request_with_its_reason(
+    dataplane: Any, http_backend: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status 0 (no answer) and reason client_gone go to the listener; what it counts is
+    listener.py's (see the next test)."""
+    calls: list[tuple[str, bytes, int, str]] = []
+
+    def record(self: Any, rule: str, method: bytes, status: int, duration: float, why: str) -> None:
+        calls.append((rule, method, status, why))
+        original(self, rule, method, status, duration, why)
+
+    original = ListenerRuntime.count_request
+    monkeypatch.setattr(ListenerRuntime, "count_request", record)
+    await client_leaves_before_the_answer(dataplane, http_backend)
+    assert calls == [("default", b"GET", 0, "client_gone")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the count_request change to dataplane/listener.py in the httpfix report",
+)
+async def test_client_gone_before_the_answer_counts_as_a_rejection(
+    dataplane: Any, http_backend: Start
+) -> None:
+    runtime = await client_leaves_before_the_answer(dataplane, http_backend)
+    found = runtime.metrics.registry.get_sample_value(
+        "wslb_dataplane_rejections_total", {"listener": "ws", "reason": "client_gone"}
+    )
+    assert found == 1
+    # no answer, so no status class to count it under
+    assert runtime.listeners["ws"].request_counts.requests == {}
+
+
 async def test_http_1_0_client_gets_a_chunked_answer_read_to_close(
     dataplane: Any, http_backend: Start
 ) -> None:
@@ -531,6 +573,72 @@ async def test_client_half_close_after_its_requests_gets_every_answer_then_a_clo
     assert (await client.answer()).body == b"GET /1 0"
     assert (await client.answer()).body == b"GET /2 0"
     assert await client.closed(timeout=3)  # not left open until the keep-alive timeout
+    client.close()
+
+
+async def test_client_half_close_inside_a_body_ends_the_request_and_its_backend(
+    dataplane: Any, http_backend: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body can never be completed: waiting would hold both connections forever
+    (the backend waits for the rest, the answer for the backend)."""
+    calls: list[tuple[int, str]] = []
+
+    def record(self: Any, rule: str, method: bytes, status: int, duration: float, why: str) -> None:
+        calls.append((status, why))
+        original(self, rule, method, status, duration, why)
+
+    original = ListenerRuntime.count_request
+    monkeypatch.setattr(ListenerRuntime, "count_request", record)
+    backend = await http_backend()
+    runtime: Runtime = await dataplane(
+        snapshot(listener(backends={"endpoints": [backend.endpoint]}))
+    )
+    site = runtime.listeners["ws"]
+    client = await Client.connect(site.config.port)
+    client.send(b"POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+    await wait_until(lambda: backend.accepted == 1)
+    client.writer.write_eof()
+    assert await client.closed(timeout=3)
+    client.close()
+    await wait_until(lambda: not site.connections)
+    assert [e.active for e in site.default.endpoints.values()] == [0]
+    assert calls == [(0, "client_gone")]
+    assert backend.requests == []  # the backend never got a whole request
+
+
+async def test_client_half_close_inside_a_body_still_gets_an_answer_under_way(
+    dataplane: Any, http_backend: Start
+) -> None:
+    """A backend that answers before reading the body: its answer is relayed whole."""
+    finish = asyncio.Event()
+
+    async def early(seen: Seen, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        await writer.drain()
+        await finish.wait()
+        writer.write(b"hello")
+
+    def half_closed(site: Any) -> bool:
+        """The data plane has seen the FIN (or closed the connection)."""
+        sessions = [c.http for c in site.connections if c.http is not None]
+        return not site.connections or any(session.closing for session in sessions)
+
+    backend = await http_backend(handler=early, read_bodies=False)
+    runtime: Runtime = await dataplane(
+        snapshot(listener(backends={"endpoints": [backend.endpoint]}))
+    )
+    site = runtime.listeners["ws"]
+    client = await Client.connect(site.config.port)
+    client.send(b"POST /early HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nxx")
+    async with asyncio.timeout(5):
+        head = await client.reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    client.writer.write_eof()  # inside the body, after the answer began
+    await wait_until(lambda: half_closed(site))
+    finish.set()
+    async with asyncio.timeout(5):
+        assert await client.reader.readexactly(5) == b"hello"
+    assert await client.closed()  # the unsent body leaves the connection unusable
     client.close()
 
 

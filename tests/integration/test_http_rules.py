@@ -4,7 +4,7 @@ WebSocket, through a real listener on loopback."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
 from typing import Any
 
 import pytest
@@ -13,26 +13,11 @@ from websockets.exceptions import ConnectionClosed
 
 from dataplane.runtime import Runtime
 from lbwire.snapshot import parse_snapshot
+from tests.integration.conftest import StartHttp as Start
 from tests.integration.conftest import free_port, listener, snapshot
-from tests.integration.http_backend import Client, HttpBackend, Seen, get, response
+from tests.integration.http_backend import Client, Seen, get, response
 
 pytestmark = pytest.mark.integration
-
-Start = Callable[..., Awaitable[HttpBackend]]
-
-
-@pytest.fixture
-async def http_backend() -> AsyncIterator[Start]:
-    started: list[HttpBackend] = []
-
-    async def start(**kwargs: Any) -> HttpBackend:
-        backend = await HttpBackend(**kwargs).start()
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        await backend.stop()
 
 
 async def ask(port: int, request: bytes, method: str = "GET") -> tuple[int, bytes]:
@@ -225,6 +210,38 @@ async def test_sticky_cookie_set_on_http_takes_the_upgrade_to_the_same_backend(
         async with connect(f"ws://127.0.0.1:{port}/", additional_headers={"Cookie": cookie}) as ws:
             await ws.send("whoami")
             assert await ws.recv() == pinned
+
+
+async def test_sticky_cookie_past_half_its_age_is_renewed_by_a_plain_response(
+    dataplane: Any, backends: Any
+) -> None:
+    """As an upgrade renews it: a client that keeps coming back stays pinned past the
+    first max age, and one that came back recently gets no Set-Cookie."""
+    one, two = await backends(2)
+    policy = {"mode": "insert", "secret": "s3cret", "cookieName": "lb", "maxAgeSeconds": 600}
+    config = listener(
+        backends={"scheduler": "rr", "endpoints": [one.endpoint, two.endpoint], "sticky": policy}
+    )
+    runtime: Runtime = await dataplane(snapshot(config))
+    port = runtime.listeners["ws"].config.port
+    group = runtime.listeners["ws"].default
+    # the cookie `two` would have set 400 s ago, 200 s of its 600 left
+    key = f"127.0.0.1:{two.port}"
+    old = group.sticky.issue(key, now=time.time() - 400)
+    client = await Client.connect(port)
+    client.send(get("/healthz", extra=f"Cookie: lb={old}\r\n"))
+    renewed = await client.answer()
+    assert renewed.field("X-Backend") == two.name  # still pinned to the same backend
+    set_cookie = renewed.field("Set-Cookie") or ""
+    assert set_cookie.startswith("lb=") and "Max-Age=600" in set_cookie
+    fresh = set_cookie.split(";")[0].removeprefix("lb=")
+    assert group.sticky.verify(fresh) == key
+    assert int(fresh.split(".")[1]) > int(old.split(".")[1]) + 300  # a new max age
+    client.send(get("/healthz", extra=f"Cookie: lb={fresh}\r\n"))
+    again = await client.answer()
+    client.close()
+    assert again.field("X-Backend") == two.name
+    assert again.field("Set-Cookie") is None  # fresh: nothing to renew
 
 
 async def test_backend_keep_alive_field_is_not_relayed_and_response_via_is_added(
