@@ -315,10 +315,11 @@ class ListenerRuntime:
     def count_request(
         self, rule: str, method: bytes, status: int, duration: float, rejection: str
     ) -> None:
-        """One plain HTTP request answered (status 0: abandoned, not counted)."""
-        if not status:
-            return
-        self.request_counts.add(rule, method, status, duration)
+        """One plain HTTP request ended: counted by its answer's status class (status 0,
+        the client left before any answer: no class to count it under), and its reason in
+        the rejections whatever the status (client_gone included)."""
+        if status:
+            self.request_counts.add(rule, method, status, duration)
         if rejection:
             self.metrics.rejections.labels(self.name, rejection).inc()
 

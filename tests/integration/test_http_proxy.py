@@ -510,10 +510,6 @@ async def test_client_gone_before_the_answer_reaches_count_request_with_its_reas
     assert calls == [("default", b"GET", 0, "client_gone")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the count_request change to dataplane/listener.py in the httpfix report",
-)
 async def test_client_gone_before_the_answer_counts_as_a_rejection(
     dataplane: Any, http_backend: Start
 ) -> None:
