@@ -104,12 +104,14 @@ def census() -> collections.Counter[str]:
 
 class Sample:
     def __init__(self, with_census: bool = True) -> None:
+        self.cpu_at_start = time.process_time()
         gc.collect()
         self.rss = rss_kib()
         self.malloc = malloc_bytes()
         self.traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
         self.snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
         self.census = census() if with_census else collections.Counter()
+        self.cpu_at_end = time.process_time()
 
 
 def settle(deadline: float = 10.0) -> None:
@@ -131,6 +133,10 @@ def report(title: str, count: int, before: Sample, after: Sample, extra: dict[st
         "connections": count,
         "rss_kib_per_connection": round((after.rss - before.rss) / count, 3),
         "malloc_bytes_per_connection": round((after.malloc - before.malloc) / count),
+        # this process's CPU while the connections opened (and sent any burst), per connection
+        "server_cpu_us_per_connection": round(
+            (after.cpu_at_start - before.cpu_at_end) / count * 1e6, 1
+        ),
         **extra,
     }
     if after.snapshot is not None:
@@ -294,7 +300,13 @@ async def ws_mode(args: argparse.Namespace) -> None:
     port = free_port()
     config = workdir / "wslb.yaml"
     config.write_text(ws_config(port, backend.port, args.access_log))
-    runtime = Runtime()
+    log = None
+    if args.access_log:  # records go to a file: the kept heads are what is measured
+        from dataplane.access_log import AccessLog
+
+        log = AccessLog(stream=(workdir / "access.log").open("w"), worker=0)
+        log.start()
+    runtime = Runtime(access_log=log)
     loop = asyncio.get_running_loop()
     try:
         await runtime.apply(load_file(config))
