@@ -20,10 +20,8 @@ import contextlib
 import json
 import queue
 import random
-import re
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -31,7 +29,13 @@ from typing import IO, Any
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dataplane.handshake import head_summary
+from dataplane.log_lines import (
+    clip,
+    connection_line,
+    request_summary,
+    text,
+    timestamp,
+)
 from dataplane.relay import ConnectionRecord
 from lbwire.logs import LogFormat
 
@@ -63,7 +67,6 @@ class RequestRecord:
 
 Record = ConnectionRecord | RequestRecord
 
-MAX_FIELD = 1024  # longest Host, path or forwarded-for chain written, in characters
 BATCH_MAX = 512  # records batched on the loop before the writer thread gets them at once
 QUEUE_BATCHES = 16  # batches waiting for the writer thread before new ones are dropped
 FLUSH_DELAY = 0.05  # seconds a record may wait on the loop: lines lag at most this
@@ -86,23 +89,8 @@ class AccessLogPolicy:
             raise ValueError(f"sample_rate must be in (0, 1], not {self.sample_rate}")
 
 
-def _clip(value: str) -> str | None:
-    if not value:
-        return None
-    return value if len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
-
-
-_second: tuple[int, str] = (-1, "")  # the last whole second formatted (the writer's cache)
-
-
-def _timestamp(when: float) -> str:
-    """ISO 8601 UTC with milliseconds; the date part is formatted once a second (datetime
-    per line was a fifth of a line's cost)."""
-    global _second
-    whole = int(when)
-    if _second[0] != whole:
-        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{_second[1]}.{int((when - whole) * 1000):03d}+00:00"
+_clip = clip
+_timestamp = timestamp
 
 
 def request_fields(
@@ -131,17 +119,6 @@ def request_fields(
     if worker is not None:
         out["worker"] = worker
     return out
-
-
-def request_summary(record: ConnectionRecord) -> tuple[str, str, str, str]:
-    """(method, Host, target, X-Forwarded-For chain as sent upstream) of a connection's
-    request: read here, on the writer thread, from the head the connection kept."""
-    if not record.head:
-        return record.method, record.host, record.target, record.forwarded_for
-    method, target, host, chain = head_summary(record.head)
-    if record.appended_for:
-        chain.append(record.appended_for)
-    return method, host, target, ", ".join(chain)
 
 
 def fields(record: ConnectionRecord, include_query: bool, worker: int | None) -> dict[str, Any]:
@@ -175,15 +152,7 @@ def fields(record: ConnectionRecord, include_query: bool, worker: int | None) ->
     return out
 
 
-# Printable ASCII but blank, quote, equals sign and backslash: written bare.
-_BARE = re.compile(r"[!#-<>-\[\]-~]+").fullmatch
-
-
-def _text(value: str | None) -> str:
-    """A client-controlled value in logfmt: bare when it is plain, else JSON-quoted."""
-    if not value:
-        return "-"
-    return value if _BARE(value) and value != "-" else json.dumps(value)
+_text = text
 
 
 def render(record: Record, include_query: bool, worker: int | None, fmt: LogFormat) -> str:
@@ -196,21 +165,7 @@ def render(record: Record, include_query: bool, worker: int | None, fmt: LogForm
         return " ".join(f"{key}={_text(_value(value))}" for key, value in items.items()) + "\n"
     if fmt is LogFormat.JSON:
         return json.dumps(fields(record, include_query, worker), separators=(",", ":")) + "\n"
-    method, host, path, forwarded_for = request_summary(record)
-    if not include_query:
-        path = path.split("?", 1)[0]
-    line = (
-        f"time={_timestamp(record.started + record.duration)} kind=websocket"
-        f" listener={record.listener} client_addr={record.client or '-'}"
-        f" client_port={record.client_port} forwarded_for={_text(_clip(forwarded_for))}"
-        f" host={_text(_clip(host))} method={_text(method)}"
-        f" path={_text(_clip(path))} backend={record.backend or '-'} status={record.status}"
-        f" reason={record.rejection or '-'} duration_seconds={round(record.duration, 6)}"
-        f" bytes_from_client={record.bytes_c2b} bytes_to_client={record.bytes_b2c}"
-        f" messages_from_client={record.messages_c2b} messages_to_client={record.messages_b2c}"
-        f" close_code={record.close_code or '-'} closed_by={record.closed_by or '-'}"
-    )
-    return f"{line} worker={worker}\n" if worker is not None else line + "\n"
+    return connection_line(record, include_query, worker)
 
 
 def _value(value: Any) -> str | None:

@@ -328,3 +328,14 @@ def test_http_request_line_in_text_keeps_the_query_when_asked_and_escapes_the_pa
     assert json.loads(pairs["path"]) == '/a b"?q=1'
     assert (pairs["status"], pairs["reason"], pairs["worker"]) == ("504", "backend_timeout", "3")
     assert text.endswith("\n") and text.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [(61.25, "61.25"), (0.0004, "0.0004"), (2.0, "2.0"), (0.0000123, "0.000012"), (1e-9, "0.0")],
+)
+def test_durations_are_written_to_the_microsecond_without_exponent(
+    value: float, written: str
+) -> None:
+    (line,) = write([record(duration=value)], AccessLog(LogFormat.TEXT, io.StringIO()))
+    assert parse_logfmt(line)["duration_seconds"] == written
