@@ -169,3 +169,23 @@ def test_is_current_only_with_the_same_stamp(tmp_path: Path) -> None:
     (tmp_path / image_build.STAMP_NAME).write_text("abc\n")
     assert is_current(tmp_path, "abc")
     assert not is_current(tmp_path, "abd")
+
+
+def test_bench_wslb_is_image_or_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.proxies import wslb_build_choice
+
+    monkeypatch.delenv("BENCH_WSLB", raising=False)
+    assert wslb_build_choice() == "image"
+    monkeypatch.setenv("BENCH_WSLB", "checkout")
+    assert wslb_build_choice() == "checkout"
+    monkeypatch.setenv("BENCH_WSLB", "compiled")
+    with pytest.raises(SystemExit, match="BENCH_WSLB must be one of image, checkout"):
+        wslb_build_choice()
+
+
+def test_the_data_planes_console_script_comes_from_pyproject() -> None:
+    from bench.proxies import console_script
+
+    assert console_script("dataplane.cli:main") == "wslb-dataplane"
+    with pytest.raises(SystemExit, match="no console script"):
+        console_script("dataplane.nothing:main")
