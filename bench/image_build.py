@@ -9,10 +9,10 @@ WSLB_MYPYC=1 from a clean copy of the source (the checkout's own .so files and b
 reach it) and installed, not editable. Like the Dockerfile it fails when an installed
 module of setup.py's COMPILED is not the compiled one.
 
-A stamp (a hash of the interpreter, requirements, setup.py, pyproject.toml, dataplane/ and
-lbwire/) skips the build while nothing it depends on changed. The interpreter is
-`/usr/bin/python3`, which must be CPython 3.11 as in the image's Debian base;
-BENCH_WSLB_PYTHON names another.
+A stamp (a hash of the interpreter, requirements/build.txt and runtime.txt, setup.py,
+pyproject.toml, dataplane/ and lbwire/) skips the build while nothing it depends on changed.
+The interpreter is `/usr/bin/python3`, which must be CPython 3.11 as in the image's Debian
+base; BENCH_WSLB_PYTHON names another.
 
     python -m bench.image_build    # build if stale; print the venv's path
 """
@@ -38,9 +38,25 @@ IMAGE_PYTHON = (3, 11)  # bookworm's python3, the image's base (Dockerfile BASE_
 RECIPE = "1"
 #: What the wheel is built from (the Dockerfile's COPY lines); controller/ and the README go
 #: into the wheel but do not change the data plane, so they are not in the stamp.
-SOURCES: tuple[str, ...] = ("pyproject.toml", "setup.py", "README.md", "LICENSE")
-SOURCES += ("lbwire", "dataplane", "controller")
-STAMPED = ("pyproject.toml", "setup.py", "requirements", "lbwire", "dataplane")
+SOURCES = (
+    "pyproject.toml",
+    "setup.py",
+    "README.md",
+    "LICENSE",
+    "lbwire",
+    "dataplane",
+    "controller",
+)
+#: What the stamp hashes: the locks the image installs (not requirements/dev.txt), the build
+#: hook and the packages the data plane runs.
+STAMPED = (
+    "pyproject.toml",
+    "setup.py",
+    "requirements/build.txt",
+    "requirements/runtime.txt",
+    "lbwire",
+    "dataplane",
+)
 #: Never copied nor hashed (the .dockerignore's exclusions, and bytecode).
 IGNORED = ("__pycache__", "*.so", "*.pyc")
 STAMP_NAME = ".bench-stamp"
