@@ -58,7 +58,7 @@ from bench.procstat import (
     total_rss_kib,
     tree,
 )
-from bench.proxies import PROXIES, REPO, Proxy, Wslb, uvloop_version
+from bench.proxies import PROXIES, REPO, Proxy, Wslb, uvloop_version, wslb_build_choice
 
 LOAD_CPU = 0
 PROXY_CPU = 1
@@ -80,6 +80,7 @@ class Settings:
     tests: list[str]
     out: Path
     backend: str = "go"
+    wslb: str = "image"
     handshake_connections: int = 32
     echo_connections: int = 64
     bulk_connections: int = 4
@@ -108,6 +109,7 @@ class Settings:
             tests=tests,
             out=Path(env.get("BENCH_OUT", str(default_out))),
             backend=env.get("BENCH_BACKEND", "go"),
+            wslb=wslb_build_choice(),
             handshake_connections=int(env.get("BENCH_HANDSHAKE_CONNECTIONS", "32")),
             echo_connections=int(env.get("BENCH_ECHO_CONNECTIONS", "64")),
             bulk_connections=int(env.get("BENCH_BULK_CONNECTIONS", "4")),
