@@ -156,6 +156,14 @@ class Proxy:
 class Wslb(Proxy):
     name = "wslb"
 
+    def __init__(
+        self, workdir: Path, backend_port: int, cert: Path, key: Path, cpu: int | None
+    ) -> None:
+        super().__init__(workdir, backend_port, cert, key, cpu)
+        self.build = wslb_build_choice()
+        self._venv: Path | None = None
+        self._info: dict[str, Any] | None = None
+
     def write_config(self) -> list[str]:
         config = self.dir / "wslb.yaml"
         limits = (
@@ -215,14 +223,6 @@ listeners:
             "WARNING",
         ]
 
-    def __init__(
-        self, workdir: Path, backend_port: int, cert: Path, key: Path, cpu: int | None
-    ) -> None:
-        super().__init__(workdir, backend_port, cert, key, cpu)
-        self.build = wslb_build_choice()
-        self._venv: Path | None = None
-        self._info: dict[str, Any] | None = None
-
     def venv(self) -> Path:
         """The image's build (bench/image_build.py), built first when stale."""
         if self._venv is None:
@@ -255,6 +255,7 @@ listeners:
         return self._info
 
     def origin(self) -> str:
+        """How the data plane was installed, for the report."""
         if self.build == "checkout":
             return "the checkout's package (BENCH_WSLB=checkout, `python -m dataplane.cli`)"
         venv = self.venv()
