@@ -26,6 +26,11 @@ Settings (environment):
                           picows (bench/echo_fast.py; also used when Go is missing)
   BENCH_OUT               results file (default bench/results/results.json;
                           quick mode: bench/results/quick.json)
+  BENCH_WSLB              image (the default: the data plane as the image ships it, built
+                          into bench/.build/wslb-venv by bench/image_build.py) or checkout
+                          (this checkout's package with this Python, as it is built: A/B
+                          work on uncommitted code)
+  BENCH_WSLB_PYTHON       the image's interpreter (default /usr/bin/python3, Debian's 3.11)
 
 The HTTP rows use `bench/httpload.c` (a C epoll client, built with the local C compiler
 on first use) against the same Go backend, which answers plain requests with 1 KiB.
@@ -45,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.build_info import mapped_extensions, summary
 from bench.procstat import (
     die_with_parent,
     machine_busy_seconds,
@@ -52,7 +58,7 @@ from bench.procstat import (
     total_rss_kib,
     tree,
 )
-from bench.proxies import PROXIES, REPO, Proxy, uvloop_version
+from bench.proxies import PROXIES, REPO, Proxy, Wslb, uvloop_version, wslb_build_choice
 
 LOAD_CPU = 0
 PROXY_CPU = 1
@@ -74,6 +80,7 @@ class Settings:
     tests: list[str]
     out: Path
     backend: str = "go"
+    wslb: str = "image"
     handshake_connections: int = 32
     echo_connections: int = 64
     bulk_connections: int = 4
@@ -102,6 +109,7 @@ class Settings:
             tests=tests,
             out=Path(env.get("BENCH_OUT", str(default_out))),
             backend=env.get("BENCH_BACKEND", "go"),
+            wslb=wslb_build_choice(),
             handshake_connections=int(env.get("BENCH_HANDSHAKE_CONNECTIONS", "32")),
             echo_connections=int(env.get("BENCH_ECHO_CONNECTIONS", "64")),
             bulk_connections=int(env.get("BENCH_BULK_CONNECTIONS", "4")),
@@ -147,16 +155,31 @@ def machine() -> dict[str, Any]:
         "openssl": ssl.OPENSSL_VERSION,
         "loadavg_start": os.getloadavg(),
         "wslb_revision": revision(),
-        "wslb_build": wslb_build(),
     }
 
 
-def wslb_build() -> str:
-    """Which build of the data plane ran: the mypyc-compiled modules (as the image ships
-    them, `make compiled`) or pure Python (`make run`, `make pure`)."""
-    compiled = sorted(path.name.split(".")[0] for path in (REPO / "dataplane").glob("*.so"))
-    compiled = [name for name in compiled if not name.endswith("__mypyc")]
-    return f"compiled with mypyc ({', '.join(compiled)})" if compiled else "pure Python"
+def wslb_build(proxy: Wslb) -> dict[str, Any]:
+    """Which build of the data plane ran, asked of the running proxy's interpreter: its
+    path, version and Debian package, and the modules it loads compiled (`summary`, one
+    sentence for the report). Fails when the running process mapped extension modules from
+    anywhere else than the probe found them (another package shadowing the one measured)."""
+    info = proxy.build_info()
+    mapped = mapped_extensions(proxy.pids())
+    home = info["package_dir"]
+    stray = [path for path in mapped if str(Path(path).parent) != home]
+    if stray or (info["compiled"] and not mapped):
+        raise RuntimeError(
+            f"wslb (pids {proxy.pids()}) mapped {mapped or 'no compiled module'}, "
+            f"but its interpreter loads the package from {home}"
+        )
+    keys = ("base_executable", "version", "debian_package", "libpython", "uvloop", "compiled")
+    return {
+        "summary": summary(info, proxy.origin()),
+        "build": proxy.build,
+        "executable": proxy.program()[0],
+        **{key: info[key] for key in keys},
+        "mapped": mapped,
+    }
 
 
 def revision() -> str:
@@ -473,6 +496,11 @@ def main() -> None:
             proxies.append(proxy)
             log(f"{name} pid {proxy.pids()} on {proxy.ws_url} and {proxy.wss_url}")
         info["versions"] = {proxy.name: proxy.version() for proxy in proxies}
+        for proxy in proxies:
+            if isinstance(proxy, Wslb):
+                info["wslb"] = wslb_build(proxy)
+                info["wslb_build"] = info["wslb"]["summary"]
+                log(f"wslb: {info['wslb_build']}")
         measured_idle = False
         for test in IDLE_TESTS:
             if test not in settings.tests:

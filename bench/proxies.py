@@ -2,6 +2,12 @@
 front of one backend: wslb (`dataplane.cli`, 1 worker), HAProxy (`nbthread 1`) and nginx
 (`worker_processes 1`).
 
+wslb runs as the image ships it (BENCH_WSLB=image, the default): the console script of
+`bench/.build/wslb-venv`, Debian's python3.11 with the mypyc-compiled wheel
+(bench/image_build.py builds it when stale). BENCH_WSLB=checkout runs the checkout's own
+package instead (`python -m dataplane.cli` from the repository with this Python, in
+whatever build it is: `make compiled` or pure), for A/B work on uncommitted code.
+
 Every proxy gets a WS port and a WSS port (TLS 1.2+, the same ECDSA P-256 certificate),
 adds the same forwarding headers as wslb does (X-Forwarded-For/-Proto/-Port, X-Real-IP),
 has a one-hour idle timeout (idle connections must stay open while RSS is read), no
@@ -15,14 +21,18 @@ writes configs and starts and stops only the processes it started, by PID.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
+from bench import build_info, image_build
 from bench.procstat import die_with_parent, tree
 
 START_TIMEOUT = 20.0
@@ -31,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 MAX_CONNECTIONS = 9000  # HAProxy needs 2 fds per connection below the 20000 hard limit
 POOL_IDLE = 16  # idle backend connections kept (wslb's default in dataplane/pool.py)
 REQUESTS_PER_CONNECTION = 1_000_000  # the largest wslb accepts: in effect no cap
+WSLB_BUILDS = ("image", "checkout")
 
 
 def free_port() -> int:
@@ -107,6 +118,7 @@ class Proxy:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.working_directory(),
+                env=self.environment(),
                 preexec_fn=die_with_parent,
             )
         wait_listening(self.listening_ports(), self.process, self.log)
@@ -120,6 +132,10 @@ class Proxy:
 
     def working_directory(self) -> Path:
         return self.dir
+
+    def environment(self) -> dict[str, str] | None:
+        """The process's environment; None: this one's."""
+        return None
 
     def pids(self) -> list[int]:
         assert self.process is not None
@@ -139,6 +155,14 @@ class Proxy:
 
 class Wslb(Proxy):
     name = "wslb"
+
+    def __init__(
+        self, workdir: Path, backend_port: int, cert: Path, key: Path, cpu: int | None
+    ) -> None:
+        super().__init__(workdir, backend_port, cert, key, cpu)
+        self.build = wslb_build_choice()
+        self._venv: Path | None = None
+        self._info: dict[str, Any] | None = None
 
     def write_config(self) -> list[str]:
         config = self.dir / "wslb.yaml"
@@ -185,9 +209,7 @@ listeners:
         )
         admin = f"127.0.0.1:{free_port()}"
         return [
-            sys.executable,
-            "-m",
-            "dataplane.cli",
+            *self.program(),
             "--config",
             str(config),
             "--admin",
@@ -201,12 +223,76 @@ listeners:
             "WARNING",
         ]
 
+    def venv(self) -> Path:
+        """The image's build (bench/image_build.py), built first when stale."""
+        if self._venv is None:
+            try:
+                self._venv = image_build.ensure()
+            except image_build.BuildError as error:
+                raise SystemExit(f"bench: the image's build of wslb failed: {error}") from None
+        return self._venv
+
+    def program(self) -> list[str]:
+        """The data plane's command: the venv's console script (not `-m`, whose cwd would
+        put the checkout's package first), or the checkout's with this Python."""
+        if self.build == "checkout":
+            return [sys.executable, "-m", "dataplane.cli"]
+        return [str(self.venv() / "bin" / console_script("dataplane.cli:main"))]
+
+    def python(self) -> str:
+        """The interpreter that runs the data plane."""
+        if self.build == "checkout":
+            return sys.executable
+        return str(self.venv() / "bin" / "python")
+
+    def build_info(self) -> dict[str, Any]:
+        """What this interpreter loads, from this proxy's directory and environment
+        (bench/build_info.py); asked once."""
+        if self._info is None:
+            self._info = build_info.describe(
+                self.python(), self.working_directory(), self.environment()
+            )
+        return self._info
+
+    def origin(self) -> str:
+        """How the data plane was installed, for the report."""
+        if self.build == "checkout":
+            return "the checkout's package (BENCH_WSLB=checkout, `python -m dataplane.cli`)"
+        venv = self.venv()
+        where = venv.relative_to(REPO) if venv.is_relative_to(REPO) else venv
+        return f"the image's build (`{where}/bin/wslb-dataplane`: the wheel, WSLB_MYPYC=1)"
+
     def version(self) -> str:
-        return f"wslb (Python {sys.version.split()[0]}, uvloop {uvloop_version()})"
+        info = self.build_info()
+        return f"wslb (Python {info['version']}, uvloop {info['uvloop']}, {info['openssl']})"
 
     def working_directory(self) -> Path:
-        # The repository root, so that `dataplane` imports without an install.
-        return REPO
+        # The checkout's package imports from the repository root, without an install; the
+        # image's build must not see it.
+        return REPO if self.build == "checkout" else self.dir
+
+    def environment(self) -> dict[str, str] | None:
+        if self.build == "checkout":
+            return None
+        # Nothing from the caller may put another package before the installed one.
+        return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def wslb_build_choice() -> str:
+    """BENCH_WSLB: `image` (the default) or `checkout`."""
+    chosen = os.environ.get("BENCH_WSLB", "") or "image"
+    if chosen not in WSLB_BUILDS:
+        raise SystemExit(f"BENCH_WSLB must be one of {', '.join(WSLB_BUILDS)}, not {chosen!r}")
+    return chosen
+
+
+def console_script(target: str) -> str:
+    """The [project.scripts] name pyproject.toml gives `target` (e.g. wslb-dataplane)."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    names = [name for name, value in scripts.items() if value == target]
+    if not names:
+        raise SystemExit(f"bench: pyproject.toml has no console script for {target}")
+    return str(names[0])
 
 
 class HAProxy(Proxy):

@@ -327,7 +327,10 @@ METHOD = """\
   machine's load hits all three alike.
 - **Pinning.** Each proxy runs on CPU 1 (`taskset -c 1`); the load client and the echo
   backend share CPU 0. The machine has two cores.
-- **Proxies.** wslb: `python -m dataplane.cli --workers 1` (uvloop). HAProxy: `nbthread 1`,
+- **Proxies.** wslb: `wslb-dataplane --workers 1` (uvloop) as the image ships it: Debian's
+  python3.11 with the mypyc-compiled wheel, built into `bench/.build/wslb-venv` as the
+  Dockerfile builds it (`bench/image_build.py`; `BENCH_WSLB=checkout` runs the checkout's
+  own package instead, for A/B work; the header says which ran). HAProxy: `nbthread 1`,
   `mode http`, tunnel after the 101. nginx: `worker_processes 1`, `proxy_http_version 1.1`
   with `Upgrade`/`Connection` passed. All three add the same forwarding headers as wslb
   (X-Forwarded-For/-Proto/-Port, X-Real-IP), have no health checks and no access log, and
@@ -396,10 +399,11 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
         f"`{_rel(Path(settings['out']))}`.",
         "",
         f"Run {info['date_utc']} UTC on {info['cpus']} {X} {info['cpu'] or 'unknown CPU'}, "
-        f"kernel {info['kernel']}, Python {info['python']}, uvloop {info['uvloop']}, "
-        f"{info['openssl']}; {', '.join(info.get('versions', {}).values())}; "
-        f"wslb at {info.get('wslb_revision', 'unknown')}, "
-        f"{info.get('wslb_build', 'pure Python')}. "
+        f"kernel {info['kernel']}, {info['openssl']}; load client on Python {info['python']}, "
+        f"uvloop {info['uvloop']}; {', '.join(info.get('versions', {}).values())}.",
+        "",
+        wslb_ran(info),
+        "",
         f"{settings['duration']:g} s per measurement after {settings['warmup']:g} s warm-up, "
         f"{settings['repeat']} round(s); the whole run took {info['elapsed_seconds']:.0f} s.",
         "",
@@ -450,6 +454,15 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
         text = PROPAGATION.read_text().rstrip()
         parts += [re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE), ""]
     return "\n".join(parts) + "\n"
+
+
+def wslb_ran(info: dict[str, Any]) -> str:
+    """The header's sentence on what ran as wslb: its build, interpreter and compiled modules
+    as that interpreter loaded them (bench/harness.py's wslb_build)."""
+    revision = info.get("wslb_revision", "unknown")
+    if "wslb" not in info:  # results from before the image's build was measured
+        return f"wslb at {revision}, {info.get('wslb_build', 'build not recorded')}."
+    return f"**wslb** at {revision}: {info['wslb']['summary']}."
 
 
 def _rel(path: Path) -> str:

@@ -4,7 +4,8 @@
 # (short windows; writes bench/results/quick.* and leaves BENCHMARKS.md alone).
 # Some rows only, e.g. HTTP: BENCH_TESTS=http,idle-http BENCH_OUT=bench/results/http.json
 # make bench (writes bench/results/http.{json,md,png}; BENCHMARKS.md is left alone).
-# Other settings: see `python -m bench.harness` (bench/harness.py docstring).
+# wslb runs as the image ships it (bench/image_build.py); BENCH_WSLB=checkout runs this
+# checkout's own package instead. Other settings: see bench/harness.py's docstring.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -28,6 +29,12 @@ command -v cc >/dev/null || { echo "bench: a C compiler (cc) is missing: it buil
 # picows (the load client and backend) and matplotlib (the plot) into the same Python.
 if ! "$PY" -c 'import picows, matplotlib' 2>/dev/null; then
   "$PY" -m pip install -q 'picows>=1.5' 'matplotlib>=3.8'
+fi
+
+# wslb as the image ships it (BENCH_WSLB=image, the default): Debian's python3.11 with the
+# mypyc-compiled wheel in bench/.build/wslb-venv, rebuilt only when its sources changed.
+if [ "${BENCH_WSLB:-image}" = image ]; then
+  case ",${BENCH_PROXIES:-wslb}," in *,wslb,*) "$PY" -m bench.image_build >/dev/null ;; esac
 fi
 
 if [ "${BENCH_QUICK:-0}" != 0 ]; then

@@ -6,7 +6,11 @@ per mode and checks that the client measured something and read the proxy's CPU 
 the HTTP rows' C keep-alive client through the data plane in front of the Go backend (it
 completes GETs with no error and no reopened connection, and holds idle keep-alive
 connections; it fails on a data plane that answers plain GETs with 426). No HAProxy or
-nginx is needed.
+nginx is needed. The data plane is the image's build, as `make bench` runs it (Debian's
+python3.11 and the mypyc-compiled wheel in bench/.build/wslb-venv, built on first use:
+about 90 s here, longer on a cold pip cache, hence this module's timeout); one test checks
+that this build, not the checkout's package, is what runs, and one that BENCH_WSLB=checkout
+runs the checkout's.
 """
 
 from __future__ import annotations
@@ -24,24 +28,31 @@ import pytest
 pytest.importorskip("picows", reason="picows is in the bench extra: pip install -e '.[bench]'")
 
 # Imported after the skip: bench/ needs picows.
-from bench.harness import Backend, http_client, load
-from bench.proxies import Wslb
+from bench import image_build
+from bench.harness import Backend, http_client, load, wslb_build
+from bench.proxies import REPO, Wslb
 
-pytestmark = pytest.mark.integration
+# The first module fixture builds the image's venv (bench/image_build.py) when it is stale.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 WINDOW = ["--duration", "1", "--warmup", "0.2"]
 
 
 @contextlib.contextmanager
-def serving(workdir: Path, backend: Backend) -> Iterator[tuple[Wslb, Backend]]:
-    """wslb as the bench runs it (WS, WSS and HTTP ports) in front of `backend`."""
+def serving(
+    workdir: Path, backend: Backend, build: str = "image"
+) -> Iterator[tuple[Wslb, Backend]]:
+    """wslb as the bench runs it (WS, WSS and HTTP ports) in front of `backend`; `build` is
+    BENCH_WSLB (the default: the image's build)."""
     from dataplane.certs import self_signed
 
     cert_pem, key_pem = self_signed(["127.0.0.1"])
     cert, key = workdir / "tls.crt", workdir / "tls.key"
     cert.write_text(cert_pem)
     key.write_text(key_pem)
-    proxy = Wslb(workdir, backend.port, cert, key, cpu=None)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BENCH_WSLB", build)
+        proxy = Wslb(workdir, backend.port, cert, key, cpu=None)
     try:
         proxy.start()
         yield proxy, backend
@@ -78,6 +89,36 @@ def test_load_client_measures_handshakes_through_the_data_plane(
     assert result["count"] > 0, result
     assert result["errors"] == {}, result
     assert result["cpu_seconds"]["proxy"] > 0, result
+
+
+def test_wslb_runs_the_image_build_not_the_checkouts_package(
+    wslb: tuple[Wslb, Backend],
+) -> None:
+    """The running data plane is Debian's python3.11 (the image's interpreter) loading the
+    compiled wheel from bench/.build/wslb-venv: every module of setup.py's COMPILED, and no
+    extension from the checkout (whatever `make compiled` left there)."""
+    proxy, _ = wslb
+    ran = wslb_build(proxy)  # also fails when the process mapped files the probe did not see
+    venv = image_build.BUILD / "wslb-venv"
+    (pid,) = proxy.pids()
+    assert Path(f"/proc/{pid}/exe").resolve() == image_build.interpreter().resolve(), ran
+    assert Path(ran["base_executable"]) == image_build.interpreter().resolve(), ran
+    assert ran["build"] == "image" and Path(ran["executable"]).is_relative_to(venv), ran
+    assert ran["compiled"] == sorted(image_build.compiled_modules(REPO)), ran
+    assert ran["mapped"], ran
+    assert all(Path(path).is_relative_to(venv) for path in ran["mapped"]), ran
+    assert "Debian's" in ran["summary"] or not ran["debian_package"], ran
+
+
+def test_bench_wslb_checkout_runs_the_checkouts_package(tmp_path: Path) -> None:
+    """For A/B work on uncommitted code: this Python, the repository's dataplane/."""
+    with serving(tmp_path, Backend(cpu=None), build="checkout") as (proxy, _):
+        ran = wslb_build(proxy)
+        (pid,) = proxy.pids()
+        assert Path(f"/proc/{pid}/exe").resolve() == Path(sys.executable).resolve(), ran
+        assert ran["build"] == "checkout", ran
+        assert Path(proxy.build_info()["package_dir"]) == REPO / "dataplane", ran
+        assert run("handshake", proxy.ws_url, proxy)["count"] > 0
 
 
 def test_load_client_measures_round_trips_and_latency(wslb: tuple[Wslb, Backend]) -> None:
