@@ -28,6 +28,14 @@ test_packages() {
   # `make test-compiled` builds C extensions: Python's headers, where python3 lacks them.
   include=$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')
   [ -e "$include/Python.h" ] || dpkg -s python3-dev >/dev/null 2>&1 || missing+=(python3-dev)
+  # The bench smoke test builds the image's wheel on Debian's own python3 (bench/image_build.py):
+  # its headers and its venv module, whatever python3 comes first on PATH.
+  if [ -x /usr/bin/python3 ]; then
+    include=$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')
+    [ -e "$include/Python.h" ] || dpkg -s python3-dev >/dev/null 2>&1 || missing+=(python3-dev)
+    /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null \
+      || dpkg -s python3-venv >/dev/null 2>&1 || missing+=(python3-venv)
+  fi
   [ ${#missing[@]} -eq 0 ] && return 0
   log "apt-get install ${missing[*]} (no services started)"
   if [ ! -e "$policy" ]; then

@@ -11,7 +11,8 @@ Three figures, each for one server process that this script starts and stops its
   `--strace` the server's syscalls per handshake (startup included, so use a large N).
 
 The server is the real data plane or HAProxy, each as bench runs it (`--server wslb`:
-`dataplane.cli`, one worker; `--server haproxy`: one thread; bench/proxies.py's configs,
+bench's wslb: the image's build in bench/.build/wslb-venv
+unless BENCH_WSLB=checkout, one worker; `--server haproxy`: one thread; bench/proxies.py's configs,
 measured on their WSS port, in front of a 101-answering backend that runs in this
 process), or a bare uvloop TLS server with one of the context variants below (`--server
 lab`), which isolates the TLS layer: the variants differ only in how the SSL context is
