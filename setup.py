@@ -28,6 +28,10 @@ COMPILED = (
     "dataplane/handshake.py",
     # the access-log line of every connection (~45k instructions interpreted)
     "dataplane/log_lines.py",
+    # admission, once per accepted connection: the gate, its token buckets and policies
+    "dataplane/admission.py",
+    "dataplane/ratelimit.py",
+    "dataplane/policy.py",
     # the endpoint choice and the idle pool, called once per HTTP request: 126.7k ->
     # 106.6k instructions per proxied keep-alive GET compiled (balancer.py and pool.py are
     # pure logic; group.py alone was 2k of it)

@@ -61,7 +61,7 @@ class Gate:
         workers, index = capacity.workers, capacity.index
         self.max_connections = share(config.limits.max_connections, workers, index)
         rate = share(config.limits.new_connections_per_second, workers, index)
-        self.rate: float = rate
+        self.rate: float = float(rate)
         self.bucket: TokenBucket = (
             previous.bucket if previous is not None and previous.rate == rate else TokenBucket(rate)
         )
@@ -78,10 +78,10 @@ class Gate:
             return busy("Too many connections on this load balancer", label="lb_connections")
         if not self.bucket.take(now):
             retry = self.bucket.retry_after(now)
-            return busy("Too many new connections", retry, label="listener_rate")
+            return busy("Too many new connections", label="listener_rate", retry_after=retry)
         if not capacity.bucket.take(now):
             retry = capacity.bucket.retry_after(now)
-            return busy("Too many new connections", retry, label="lb_rate")
+            return busy("Too many new connections", label="lb_rate", retry_after=retry)
         return None
 
     def origin(self, values: list[str]) -> Rejection | None:
@@ -92,6 +92,6 @@ class Gate:
         return None
 
 
-def busy(text: str, retry_after: float = 1.0, *, label: str) -> Rejection:
+def busy(text: str, *, label: str, retry_after: float = 1.0) -> Rejection:
     seconds = max(1, math.ceil(retry_after))
     return Rejection(503, text, [("Retry-After", str(seconds))], label=label)
