@@ -40,6 +40,12 @@ from lbwire.errors import ConfigError, StartupError
 from lbwire.logs import ENV_FORMAT, ENV_LEVEL, LogFormat, LogSetupError, parse_format, parse_level
 from lbwire.programs import OneLineParser, fail
 
+# Allocations between two young-generation collections (CPython's default: 700). A server
+# allocates a few dozen objects per connection; a collection every ~10 handshakes cost ~10k
+# instructions per handshake (callgrind: 264k -> 254k per WS handshake at 50,000; the idle
+# connection's RSS unchanged, 3.76 -> 3.75 KiB).
+GC_YOUNG_OBJECTS = 50_000
+
 log = logging.getLogger("wslb.dataplane")
 
 ENV_ADMIN = "WSLB_ADMIN"
@@ -275,6 +281,7 @@ class DataPlaneProcess:
         # Everything allocated so far (modules, config, TLS contexts) lives for the whole
         # process: keep it out of the cyclic GC's full collections, which pause the loop.
         gc.freeze()
+        gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
         if self.options.admin_socket:
             apply = snapshot_receiver(self.runtime.apply) if self.fed_by_parent else None
             await self.admin.start_unix(self.options.admin_socket, apply)
