@@ -20,7 +20,10 @@ connection reset or closed before answering); and only while its body so far is 
 REPLAY_LIMIT. Otherwise the client gets 502 (503 when no endpoint is ready at all).
 
 A backend that stops taking a request body is bounded too: with no progress for
-responseHeadTimeoutSeconds while the body waits on it, the client gets 504.
+responseHeadTimeoutSeconds while the body waits on it, the client gets 504. A client that
+stops sending its body (a slow POST) is bounded by requestBodyTimeoutSeconds, the longest
+gap between two reads of the body while the client is being read (a client paused by flow
+control is waiting on the backend, not the other way round): 408, its backend dropped.
 
 It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
 (group.py); metrics and the access log are the listener's (`HttpSite.count_request`,
@@ -146,8 +149,10 @@ class _Exchange:
     __slots__ = (
         "attempts_left",
         "backend",
+        "body_at",
         "body_in",
         "body_out",
+        "body_timer",
         "chunked",
         "client_framing",
         "endpoint",
@@ -197,6 +202,10 @@ class _Exchange:
         self.status = 0
         self.body_in = 0
         self.body_out = 0
+        # the body timer (HttpSession._body_read): when the client was last read inside the
+        # body, and a handle made only for a body that spans several reads
+        self.body_at = 0.0
+        self.body_timer: asyncio.TimerHandle | None = None
         # a send stall (the backend takes no body): when progress was last seen, and what
         # progress looked like then (HttpSession._send_mark)
         self.resumes = 0  # times the backend's write buffer drained
@@ -274,7 +283,14 @@ class HttpSession:
         if refused is not None:
             self.queue.append(refused)
         self._pump()
-        idle = self.current is None and not self.done and not self.head_timer
+        exchange = self.current
+        if exchange is not None and not exchange.request_done and not self.done:
+            # Inside a body (after _pump, every queued event of it is handed on). A client
+            # told to expect 100 Continue waits for the backend before its first byte.
+            if exchange.body_in or not exchange.head.expect_continue:
+                self._body_read(exchange)
+            return
+        idle = exchange is None and not self.done and not self.head_timer
         if idle and self.on_due is not None:  # between requests: bytes of a head arrived
             self._arm(self.http.request_head_timeout_seconds, self._head_timeout)
             self.head_timer = True
@@ -660,6 +676,8 @@ class HttpSession:
             return True
         elif kind is Informational and exchange.head.version == b"1.1":
             out.append(cast(Informational, event).render())
+            if not exchange.request_done and not exchange.body_in:
+                self._body_read(exchange)  # 100 Continue: the body is the client's to send
         return False
 
     def _finish(self, exchange: _Exchange, conn: BackendConn | None) -> None:
@@ -701,6 +719,9 @@ class HttpSession:
         if self.current is exchange:
             self.current = None
             self._release(HOLD_BACKEND)  # a backend's full buffer no longer holds the client
+        if exchange.body_timer is not None:
+            exchange.body_timer.cancel()
+            exchange.body_timer = None
         client = self.client
         now = client.loop.time()
         head = exchange.head
@@ -821,6 +842,32 @@ class HttpSession:
         if self.current is None and not self.done:
             self._refuse(Rejection(408, "Timed out reading the request", label="head_timeout"))
 
+    def _body_read(self, exchange: _Exchange) -> None:
+        """The client was read inside `exchange`'s body (or may send it now): its gap
+        starts again. A handle of its own, beside the session's timer (the connect or the
+        stall timer may run meanwhile), moved lazily like that one."""
+        loop = self.client.loop
+        now = exchange.body_at = loop.time()
+        if exchange.body_timer is None:
+            seconds = self.http.request_body_timeout_seconds
+            exchange.body_timer = loop.call_at(now + seconds, self._body_check, exchange)
+
+    def _body_check(self, exchange: _Exchange) -> None:
+        exchange.body_timer = None
+        if self.current is not exchange or exchange.request_done or self.done:
+            return
+        if self.holds:
+            return  # not being read: the gap does not count (_release starts it again)
+        loop = self.client.loop
+        due = exchange.body_at + self.http.request_body_timeout_seconds
+        if loop.time() < due:
+            exchange.body_timer = loop.call_at(due, self._body_check, exchange)
+            return
+        # The request can never complete: its backend is dropped, never pooled.
+        self._answer_self(
+            exchange, Rejection(408, "Timed out reading the request body", label="body_timeout")
+        )
+
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
         loop = self.client.loop
         due = self.due = loop.time() + seconds
@@ -873,6 +920,9 @@ class HttpSession:
         transport = self.client.transport
         if not self.holds and transport is not None and not transport.is_closing():
             transport.resume_reading()
+            exchange = self.current
+            if exchange is not None and not exchange.request_done and exchange.body_at:
+                self._body_read(exchange)  # the pause was not the client's gap
 
     def backend_paused(self) -> None:
         self._hold(HOLD_BACKEND)
