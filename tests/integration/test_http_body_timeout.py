@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from dataplane.access_log import AccessLog
-from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
-from lbwire.logs import LogFormat
 from lbwire.snapshot import parse_snapshot
+from tests.integration import test_http_stall as stall_tests
 from tests.integration.conftest import listener, snapshot, wait_until
 from tests.integration.http_backend import HttpBackend, Seen, read_answer, response
 from tests.integration.test_http_stall import Logged, Stalling, Uploader, held_by_backend, sample
@@ -30,15 +26,7 @@ from tests.integration.test_http_stall import Logged, Stalling, Uploader, held_b
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def logged() -> AsyncIterator[Logged]:
-    stream = io.StringIO()
-    access_log = AccessLog(LogFormat.JSON, stream=stream)
-    access_log.start()
-    runtime = Runtime(Metrics(), access_log=access_log)
-    yield Logged(runtime, access_log, stream)
-    await runtime.shutdown(drain_timeout=0)
-    access_log.close()
+logged = stall_tests.logged  # the fixture: a runtime whose access log is read back
 
 
 async def start(runtime: Runtime, backend: HttpBackend, **http: float) -> int:
@@ -69,14 +57,22 @@ class Patient:
         self.ended.set()
 
 
+async def patient_proxy(
+    runtime: Runtime, bound: float
+) -> tuple[Patient, HttpBackend, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A Patient backend behind the listener, and a client connection to it."""
+    patient = Patient()
+    backend = await HttpBackend(handler=patient.handler, read_bodies=False).start()
+    port = await start(runtime, backend, requestBodyTimeoutSeconds=bound)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    return patient, backend, reader, writer
+
+
 async def test_client_silent_inside_its_body_gets_408_and_its_backend_is_closed(
     logged: Logged,
 ) -> None:
     runtime = logged.runtime
-    patient = Patient()
-    backend = await HttpBackend(handler=patient.handler, read_bodies=False).start()
-    port = await start(runtime, backend, requestBodyTimeoutSeconds=0.5)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    patient, backend, reader, writer = await patient_proxy(runtime, 0.5)
     try:
         writer.write(
             b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n" + b"b" * 10
@@ -110,10 +106,7 @@ async def test_gaps_shorter_than_the_bound_are_not_cut_however_long_the_body(
 ) -> None:
     """The bound is on the gap between reads, not on the whole body's time."""
     runtime = logged.runtime
-    patient = Patient()
-    backend = await HttpBackend(handler=patient.handler, read_bodies=False).start()
-    port = await start(runtime, backend, requestBodyTimeoutSeconds=0.5)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    patient, backend, reader, writer = await patient_proxy(runtime, 0.5)
     try:
         writer.write(b"POST /slow HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
         began = time.monotonic()
@@ -127,6 +120,7 @@ async def test_gaps_shorter_than_the_bound_are_not_cut_however_long_the_body(
         writer.close()
         await backend.stop()
     assert (answer.status, answer.body) == (200, b"10")
+    assert bytes(patient.received) == b"s" * 10
     assert elapsed > 1.0  # twice the bound in all
     assert sample(runtime, "wslb_dataplane_rejections_total", reason="body_timeout") is None
 
