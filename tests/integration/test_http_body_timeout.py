@@ -101,6 +101,42 @@ async def test_client_silent_inside_its_body_gets_408_and_its_backend_is_closed(
     assert (line["status"], line["reason"], line["bytes_from_client"]) == (408, "body_timeout", 10)
 
 
+async def test_client_silent_after_the_answer_began_is_cut_without_a_408(
+    logged: Logged,
+) -> None:
+    """A backend that answers before reading the body: no 408 can follow its head."""
+    runtime = logged.runtime
+    ended = asyncio.Event()
+
+    async def early(seen: Seen, reader: asyncio.StreamReader, writer: Any) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(10):
+                while await reader.read(65536):
+                    pass
+        ended.set()
+
+    backend = await HttpBackend(handler=early, read_bodies=False).start()
+    port = await start(runtime, backend, requestBodyTimeoutSeconds=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /early HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nxx")
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            rest = b""
+            with contextlib.suppress(ConnectionError):
+                rest = await reader.read()  # to the close, not a chunk's end
+            await ended.wait()  # and the backend's connection ended too
+        assert b"408" not in rest
+        assert not rest.endswith(b"0\r\n\r\n")  # cut, not a complete answer
+    finally:
+        writer.close()
+        await backend.stop()
+    assert sample(runtime, "wslb_dataplane_rejections_total", reason="body_timeout") == 1
+
+
 async def test_gaps_shorter_than_the_bound_are_not_cut_however_long_the_body(
     logged: Logged,
 ) -> None:
