@@ -24,6 +24,7 @@ responseHeadTimeoutSeconds while the body waits on it, the client gets 504. A cl
 stops sending its body (a slow POST) is bounded by requestBodyTimeoutSeconds, the longest
 gap between two reads of the body while the client is being read (a client paused by flow
 control is waiting on the backend, not the other way round): 408, its backend dropped.
+Before a body with Expect: 100-continue the wait is the backend's (a response head's bound).
 
 It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
 (group.py); metrics and the access log are the listener's (`HttpSite.count_request`,
@@ -437,6 +438,8 @@ class HttpSession:
         self._cancel_timer()  # the connect timer; before the write, which may arm the stall's
         transport.write(b"".join(parts))
         exchange.sent = True
+        if exchange.head.expect_continue and not exchange.request_done and not exchange.body_at:
+            self._await_continue(exchange)
         if self.client_write_paused:
             transport.pause_reading()
         self._pump()
@@ -847,8 +850,13 @@ class HttpSession:
         starts again. A handle of its own, beside the session's timer (the connect or the
         stall timer may run meanwhile), moved lazily like that one."""
         loop = self.client.loop
+        first = not exchange.body_at
         now = exchange.body_at = loop.time()
-        if exchange.body_timer is None:
+        timer = exchange.body_timer
+        if timer is not None and first:  # _await_continue's: the client's bound from now on
+            timer.cancel()
+            timer = None
+        if timer is None:
             seconds = self.http.request_body_timeout_seconds
             exchange.body_timer = loop.call_at(now + seconds, self._body_check, exchange)
 
@@ -866,6 +874,31 @@ class HttpSession:
         # The request can never complete: its backend is dropped, never pooled.
         self._answer_self(
             exchange, Rejection(408, "Timed out reading the request body", label="body_timeout")
+        )
+
+    def _await_continue(self, exchange: _Exchange) -> None:
+        """The head with Expect: 100-continue reached a backend, which owes an immediate
+        100 or final answer (RFC 9110 §10.1.1) while the client may wait for it: bound
+        that wait as a response head's. Else a client silent after such a head, to a
+        backend that waits for the body, would slip past the body timer."""
+        if exchange.body_timer is not None:
+            exchange.body_timer.cancel()  # an earlier attempt's
+        loop = self.client.loop
+        due = loop.time() + self.http.response_head_timeout_seconds
+        exchange.body_timer = loop.call_at(due, self._continue_check, exchange)
+
+    def _continue_check(self, exchange: _Exchange) -> None:
+        exchange.body_timer = None
+        if self.current is not exchange or exchange.request_done or self.done:
+            return
+        if exchange.body_at:
+            self._body_check(exchange)  # the body began: the client's gap is bounded now
+            return
+        if exchange.response_started:
+            return  # a final answer instead of 100: the body is not coming, nor due
+        self.site.count_backend_error(exchange.group.name, "timeout")
+        self._answer_self(
+            exchange, Rejection(504, "Backend did not answer in time", label="backend_timeout")
         )
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 logged = stall_tests.logged  # the fixture: a runtime whose access log is read back
+EXPECTING = b"PUT /c HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
 
 
 async def start(runtime: Runtime, backend: HttpBackend, **http: float) -> int:
@@ -208,9 +209,7 @@ async def test_client_waiting_for_100_continue_is_not_cut_before_its_first_byte(
     port = await start(runtime, backend, requestBodyTimeoutSeconds=0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(
-            b"PUT /c HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
-        )
+        writer.write(EXPECTING)
         async with asyncio.timeout(5):
             interim = await read_answer(reader)
             assert interim.status == 100
@@ -221,3 +220,62 @@ async def test_client_waiting_for_100_continue_is_not_cut_before_its_first_byte(
         await backend.stop()
     assert (answer.status, answer.body) == (200, b"data")
     assert sample(runtime, "wslb_dataplane_rejections_total", reason="body_timeout") is None
+
+
+async def test_client_silent_after_expect_100_continue_to_a_backend_that_ignores_it_gets_504(
+    logged: Logged,
+) -> None:
+    """The backend owes an immediate answer to the expectation: without one for
+    responseHeadTimeoutSeconds, the wait ends (it cannot slip past the body timer)."""
+    runtime = logged.runtime
+    patient = Patient()  # waits for the body, never sends 100
+    backend = await HttpBackend(handler=patient.handler, read_bodies=False).start()
+    port = await start(
+        runtime, backend, requestBodyTimeoutSeconds=60, responseHeadTimeoutSeconds=0.5
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(EXPECTING)
+        began = time.monotonic()
+        async with asyncio.timeout(5):
+            answer = await read_answer(reader)
+            waited = time.monotonic() - began
+            await patient.ended.wait()
+    finally:
+        writer.close()
+        await backend.stop()
+    assert answer.status == 504
+    assert 0.4 <= waited < 2.5
+    assert sample(runtime, "wslb_dataplane_rejections_total", reason="backend_timeout") == 1
+    assert (
+        sample(runtime, "wslb_dataplane_http_backend_errors_total", rule="default", kind="timeout")
+        == 1
+    )
+
+
+async def test_body_sent_without_waiting_for_100_takes_the_body_bound(
+    logged: Logged,
+) -> None:
+    """A client that stops waiting for 100 (curl after 1 s) and sends part of its body is
+    held to the body's bound from its first byte, not to the backend's longer one."""
+    runtime = logged.runtime
+    patient = Patient()
+    backend = await HttpBackend(handler=patient.handler, read_bodies=False).start()
+    port = await start(
+        runtime, backend, requestBodyTimeoutSeconds=0.5, responseHeadTimeoutSeconds=30
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(EXPECTING)
+        await wait_until(lambda: backend.accepted == 1)
+        writer.write(b"da")  # then silence
+        began = time.monotonic()
+        async with asyncio.timeout(5):
+            answer = await read_answer(reader)
+        waited = time.monotonic() - began
+    finally:
+        writer.close()
+        await backend.stop()
+    assert answer.status == 408
+    assert 0.4 <= waited < 2.5
+    assert sample(runtime, "wslb_dataplane_rejections_total", reason="body_timeout") == 1
