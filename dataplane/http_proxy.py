@@ -20,7 +20,11 @@ connection reset or closed before answering); and only while its body so far is 
 REPLAY_LIMIT. Otherwise the client gets 502 (503 when no endpoint is ready at all).
 
 A backend that stops taking a request body is bounded too: with no progress for
-responseHeadTimeoutSeconds while the body waits on it, the client gets 504.
+responseHeadTimeoutSeconds while the body waits on it, the client gets 504. A client that
+stops sending its body (a slow POST) is bounded by requestBodyTimeoutSeconds, the longest
+gap between two reads of the body while the client is being read (a client paused by flow
+control is waiting on the backend, not the other way round): 408, its backend dropped.
+Before a body with Expect: 100-continue the wait is the backend's (a response head's bound).
 
 It must not parse HTTP itself (http1.py), route (routing.py) or choose endpoints
 (group.py); metrics and the access log are the listener's (`HttpSite.count_request`,
@@ -146,8 +150,10 @@ class _Exchange:
     __slots__ = (
         "attempts_left",
         "backend",
+        "body_at",
         "body_in",
         "body_out",
+        "body_timer",
         "chunked",
         "client_framing",
         "endpoint",
@@ -197,6 +203,10 @@ class _Exchange:
         self.status = 0
         self.body_in = 0
         self.body_out = 0
+        # the body timer (HttpSession._body_read): when the client was last read inside the
+        # body, and a handle made only for a body that spans several reads
+        self.body_at = 0.0
+        self.body_timer: asyncio.TimerHandle | None = None
         # a send stall (the backend takes no body): when progress was last seen, and what
         # progress looked like then (HttpSession._send_mark)
         self.resumes = 0  # times the backend's write buffer drained
@@ -274,7 +284,14 @@ class HttpSession:
         if refused is not None:
             self.queue.append(refused)
         self._pump()
-        idle = self.current is None and not self.done and not self.head_timer
+        exchange = self.current
+        if exchange is not None and not exchange.request_done and not self.done:
+            # Inside a body (after _pump, every queued event of it is handed on). A client
+            # told to expect 100 Continue waits for the backend before its first byte.
+            if exchange.body_in or not exchange.head.expect_continue:
+                self._body_read(exchange)
+            return
+        idle = exchange is None and not self.done and not self.head_timer
         if idle and self.on_due is not None:  # between requests: bytes of a head arrived
             self._arm(self.http.request_head_timeout_seconds, self._head_timeout)
             self.head_timer = True
@@ -421,6 +438,8 @@ class HttpSession:
         self._cancel_timer()  # the connect timer; before the write, which may arm the stall's
         transport.write(b"".join(parts))
         exchange.sent = True
+        if exchange.head.expect_continue and not exchange.request_done and not exchange.body_at:
+            self._await_continue(exchange)
         if self.client_write_paused:
             transport.pause_reading()
         self._pump()
@@ -660,6 +679,8 @@ class HttpSession:
             return True
         elif kind is Informational and exchange.head.version == b"1.1":
             out.append(cast(Informational, event).render())
+            if not exchange.request_done and not exchange.body_in:
+                self._body_read(exchange)  # 100 Continue: the body is the client's to send
         return False
 
     def _finish(self, exchange: _Exchange, conn: BackendConn | None) -> None:
@@ -701,6 +722,9 @@ class HttpSession:
         if self.current is exchange:
             self.current = None
             self._release(HOLD_BACKEND)  # a backend's full buffer no longer holds the client
+        if exchange.body_timer is not None:
+            exchange.body_timer.cancel()
+            exchange.body_timer = None
         client = self.client
         now = client.loop.time()
         head = exchange.head
@@ -821,6 +845,62 @@ class HttpSession:
         if self.current is None and not self.done:
             self._refuse(Rejection(408, "Timed out reading the request", label="head_timeout"))
 
+    def _body_read(self, exchange: _Exchange) -> None:
+        """The client was read inside `exchange`'s body (or may send it now): its gap
+        starts again. A handle of its own, beside the session's timer (the connect or the
+        stall timer may run meanwhile), moved lazily like that one."""
+        loop = self.client.loop
+        first = not exchange.body_at
+        now = exchange.body_at = loop.time()
+        timer = exchange.body_timer
+        if timer is not None and first:  # _await_continue's: the client's bound from now on
+            timer.cancel()
+            timer = None
+        if timer is None:
+            seconds = self.http.request_body_timeout_seconds
+            exchange.body_timer = loop.call_at(now + seconds, self._body_check, exchange)
+
+    def _body_check(self, exchange: _Exchange) -> None:
+        exchange.body_timer = None
+        if self.current is not exchange or exchange.request_done or self.done:
+            return
+        if self.holds:
+            return  # not being read: the gap does not count (_release starts it again)
+        loop = self.client.loop
+        due = exchange.body_at + self.http.request_body_timeout_seconds
+        if loop.time() < due:
+            exchange.body_timer = loop.call_at(due, self._body_check, exchange)
+            return
+        # The request can never complete: its backend is dropped, never pooled.
+        self._answer_self(
+            exchange, Rejection(408, "Timed out reading the request body", label="body_timeout")
+        )
+
+    def _await_continue(self, exchange: _Exchange) -> None:
+        """The head with Expect: 100-continue reached a backend, which owes an immediate
+        100 or final answer (RFC 9110 §10.1.1) while the client may wait for it: bound
+        that wait as a response head's. Else a client silent after such a head, to a
+        backend that waits for the body, would slip past the body timer."""
+        if exchange.body_timer is not None:
+            exchange.body_timer.cancel()  # an earlier attempt's
+        loop = self.client.loop
+        due = loop.time() + self.http.response_head_timeout_seconds
+        exchange.body_timer = loop.call_at(due, self._continue_check, exchange)
+
+    def _continue_check(self, exchange: _Exchange) -> None:
+        exchange.body_timer = None
+        if self.current is not exchange or exchange.request_done or self.done:
+            return
+        if exchange.body_at:
+            self._body_check(exchange)  # the body began: the client's gap is bounded now
+            return
+        if exchange.response_started:
+            return  # a final answer instead of 100: the body is not coming, nor due
+        self.site.count_backend_error(exchange.group.name, "timeout")
+        self._answer_self(
+            exchange, Rejection(504, "Backend did not answer in time", label="backend_timeout")
+        )
+
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
         loop = self.client.loop
         due = self.due = loop.time() + seconds
@@ -873,6 +953,9 @@ class HttpSession:
         transport = self.client.transport
         if not self.holds and transport is not None and not transport.is_closing():
             transport.resume_reading()
+            exchange = self.current
+            if exchange is not None and not exchange.request_done and exchange.body_at:
+                self._body_read(exchange)  # the pause was not the client's gap
 
     def backend_paused(self) -> None:
         self._hold(HOLD_BACKEND)

@@ -298,6 +298,8 @@ class Http(Model):
 
     max_body_bytes: Annotated[int, Field(ge=0, le=1 << 50)] | None = None  # None: unlimited
     request_head_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10  # 408
+    # the longest gap between two reads of a request body: 408, its backend dropped
+    request_body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60
     response_head_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60  # 504
     keep_alive_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 60  # 0: no keep-alive
     max_requests_per_connection: Annotated[int, Field(ge=1, le=1_000_000)] = 1000

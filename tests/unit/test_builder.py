@@ -703,6 +703,7 @@ def test_http_block_reaches_the_snapshot() -> None:
     http = {
         "maxBodyBytes": 1024,
         "requestHeadTimeoutSeconds": 5,
+        "requestBodyTimeoutSeconds": 20,
         "responseHeadTimeoutSeconds": 30,
         "keepAliveTimeoutSeconds": 0,
         "maxRequestsPerConnection": 10,
@@ -714,6 +715,7 @@ def test_http_block_reaches_the_snapshot() -> None:
     assert out.snapshot.to_wire()["listeners"][0]["http"] == {
         "maxBodyBytes": 1024,
         "requestHeadTimeoutSeconds": 5.0,
+        "requestBodyTimeoutSeconds": 20.0,
         "responseHeadTimeoutSeconds": 30.0,
         "keepAliveTimeoutSeconds": 0.0,
         "maxRequestsPerConnection": 10,

@@ -226,6 +226,7 @@ def test_conditions_are_metav1_conditions_keyed_by_type(kind: str) -> None:
         ("Listener", "spec.rules[].stickySession.mode", "none"),
         ("Listener", "spec.rules[].healthCheck.type", "none"),
         ("Listener", "spec.http.requestHeadTimeoutSeconds", 10),
+        ("Listener", "spec.http.requestBodyTimeoutSeconds", 60),
         ("Listener", "spec.http.responseHeadTimeoutSeconds", 60),
         ("Listener", "spec.http.keepAliveTimeoutSeconds", 60),
         ("Listener", "spec.http.maxRequestsPerConnection", 1000),
