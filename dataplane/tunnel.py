@@ -27,7 +27,7 @@ from websockets.http11 import Request
 
 from dataplane.access_log import RequestRecord
 from dataplane.balancer import EndpointState, RequestInfo
-from dataplane.deadlines import DeadlineWheel
+from dataplane.deadlines import NOT_FILED, DeadlineWheel
 from dataplane.group import BackendGroup
 from dataplane.handshake import (
     HEAD_END,
@@ -150,6 +150,7 @@ class ClientSide(asyncio.Protocol):
         "task",
         "timer",
         "transport",
+        "wheel_index",
         "wheel_slot",
     )
 
@@ -180,7 +181,8 @@ class ClientSide(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None  # handshake deadlines
         self.relay: Relay | None = None
         self.relay_remaining: int | None = None
-        self.wheel_slot: int | None = None  # the relay's deadline slot in listener.wheel
+        self.wheel_slot = NOT_FILED  # the relay's deadline slot in listener.wheel
+        self.wheel_index = 0  # and its place in that slot (the wheel keeps both)
         self.draining = False
         self.lost = False  # connection_lost ran
 
@@ -592,7 +594,7 @@ class ClientSide(asyncio.Protocol):
             transport.resume_reading()
         if actions & (CLOSE_CLIENT | CLOSE_BACKEND):
             self._finish()
-        elif actions & DEADLINE_MOVED and self.wheel_slot is not None:
+        elif actions & DEADLINE_MOVED and self.wheel_slot != NOT_FILED:
             deadline = relay.next_deadline()
             if deadline is not None:
                 self.listener.wheel.add(self, deadline)
