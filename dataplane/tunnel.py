@@ -40,7 +40,7 @@ from dataplane.handshake import (
     render_request,
     validate_upgrade,
 )
-from dataplane.http_proxy import HttpSession
+from dataplane.http_proxy import Client, HttpSession
 from dataplane.metrics import RequestCounts
 from dataplane.rejection import Rejection
 from dataplane.relay import (
@@ -128,8 +128,6 @@ class ClientSide(asyncio.Protocol):
         "admission",
         "backend",
         "buffer",
-        "client_ip",
-        "client_port",
         "dial",
         "dialing",
         "draining",
@@ -141,6 +139,7 @@ class ClientSide(asyncio.Protocol):
         "listener",
         "loop",
         "lost",
+        "peer",
         "pending",
         "rejection",
         "relay",
@@ -163,8 +162,10 @@ class ClientSide(asyncio.Protocol):
         self.endpoint: EndpointState | None = None
         self.group: BackendGroup | None = None  # the group the last request routed to
         self.http: HttpSession | None = None  # serving plain HTTP requests
-        self.client_ip = ""
-        self.client_port = 0
+        # The client's address is read from the transport when needed, not kept (58 B
+        # per connection): uvloop's TCP transport keeps the peer's sockaddr, also after
+        # close. Its TLS transport forgets it at close, so a TLS connection keeps it here.
+        self.peer: tuple[str, int] | None = None
         self.accepted_at = 0.0
         self.ended_at = 0.0
         # Head bytes of a head split over reads, and client bytes that came before the
@@ -186,15 +187,22 @@ class ClientSide(asyncio.Protocol):
         self.draining = False
         self.lost = False  # connection_lost ran
 
+    @property
+    def client_ip(self) -> str:
+        """The client's IP address (an IPv4-mapped IPv6 address as IPv4), "" if unknown."""
+        return (self.peer or _peername(self.transport))[0]
+
+    @property
+    def client_port(self) -> int:
+        return (self.peer or _peername(self.transport))[1]
+
     # ---------------------------------------------------------------- accept, head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.accepted_at = self.loop.time()
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if peer else ""
-        self.client_ip = ip[7:] if ip.startswith("::ffff:") else ip
-        self.client_port = int(peer[1]) if peer else 0
+        if self.listener.scheme == "https":
+            self.peer = _peername(transport)
         self.admission = self.listener.admit(self)
         config = self.listener.config
         wait = min(
@@ -292,7 +300,9 @@ class ClientSide(asyncio.Protocol):
     def _start_http(self, head: bytes) -> None:
         """Serve plain HTTP on this connection from `head` (and what followed it) on."""
         self.state = State.HTTP
-        session = self.http = HttpSession(self, self.listener)
+        # The cast only until http_proxy.Client declares client_ip and client_port as
+        # read-only properties (they are read, never set there).
+        session = self.http = HttpSession(cast(Client, self), self.listener)
         data = head + self.pending if self.pending else head
         self.pending = b""
         session.client_data(data)
@@ -380,14 +390,15 @@ class ClientSide(asyncio.Protocol):
         if group.sticky_enabled:
             sticky_key = group.sticky.endpoint_for(request.headers)
             group.sticky.rewrite_request(request.headers)
+        client_ip = self.client_ip
         head = render_request(
             request,
-            client_ip=self.client_ip,
+            client_ip=client_ip,
             scheme=listener.scheme,
             port=listener.config.port,
             forwarded=listener.config.forwarded_headers.enabled,
         )
-        info = RequestInfo(self.client_ip, request.path, request=request)
+        info = RequestInfo(client_ip, request.path, request=request)
         self.dial = _Dial(info, sticky_key, head, listener.config.limits.connect_retries + 1)
         self._next_attempt()
 
@@ -694,14 +705,15 @@ class ClientSide(asyncio.Protocol):
         now = self.loop.time()
         end = self.ended_at or now
         listener = self.listener
-        forwarded = self.client_ip if self.head and listener.forwarded else ""
+        client_ip, client_port = self.peer or _peername(self.transport)
+        forwarded = client_ip if self.head and listener.forwarded else ""
         backend = self.endpoint.key if self.endpoint is not None else ""
         rejection = self.rejection.label if self.rejection is not None else ""
         started = time.time() - (now - self.accepted_at)
         if relay is None:
             return ConnectionRecord(
-                self.client_ip,
-                self.client_port,
+                client_ip,
+                client_port,
                 listener.name,
                 backend,
                 self.status,
@@ -723,8 +735,8 @@ class ClientSide(asyncio.Protocol):
                 forwarded,
             )
         return ConnectionRecord(
-            self.client_ip,
-            self.client_port,
+            client_ip,
+            client_port,
             listener.name,
             backend,
             self.status,
@@ -876,6 +888,15 @@ class BackendSide(asyncio.Protocol):
     def _abort_if_stuck(self) -> None:
         if not self.lost and self.transport is not None:
             self.transport.abort()
+
+
+def _peername(transport: asyncio.BaseTransport | None) -> tuple[str, int]:
+    """The transport's peer as (ip, port); IPv4-mapped IPv6 as IPv4; ("", 0) if unknown."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if not peer:
+        return ("", 0)
+    ip = str(peer[0])
+    return (ip[7:] if ip.startswith("::ffff:") else ip, int(peer[1]))
 
 
 class _Dial:
