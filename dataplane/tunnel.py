@@ -129,7 +129,6 @@ class ClientSide(asyncio.Protocol):
         "backend",
         "buffer",
         "dial",
-        "dialing",
         "draining",
         "ended_at",
         "endpoint",
@@ -146,7 +145,6 @@ class ClientSide(asyncio.Protocol):
         "relay_remaining",
         "state",
         "status",
-        "task",
         "timer",
         "transport",
         "wheel_index",
@@ -176,9 +174,9 @@ class ClientSide(asyncio.Protocol):
         self.rejection: Rejection | None = None  # what the client was answered, if refused
         self.head = b""  # the request head, kept for the access log only when it is on
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
-        self.task: Dialled | None = None
-        self.dial: _Dial | None = None  # what every attempt of the dial needs
-        self.dialing: tuple[EndpointState, BackendSide] | None = None  # the attempt
+        # The dial and its attempt in progress (endpoint, socket, task): dropped at the
+        # backend's answer, so an open tunnel holds none of it.
+        self.dial: _Dial | None = None
         self.timer: asyncio.TimerHandle | None = None  # handshake deadlines
         self.relay: Relay | None = None
         self.relay_remaining: int | None = None
@@ -427,20 +425,22 @@ class ClientSide(asyncio.Protocol):
         dial.tried.append(endpoint.key)
         endpoint.active += 1
         backend = BackendSide(self)
-        self.dialing = (endpoint, backend)
+        dial.endpoint = endpoint
+        dial.backend = backend
         timeout = listener.config.limits.connect_timeout_seconds
         self.timer = self.loop.call_later(timeout, self._attempt_failed, backend, "timed out")
         # uvloop's create_connection is a coroutine: its own Task is the only one per dial.
-        task = self.task = asyncio.ensure_future(
+        task = dial.task = asyncio.ensure_future(
             self.loop.create_connection(backend.itself, endpoint.address, endpoint.port)
         )
         task.add_done_callback(backend.connected)
 
     def _attempt_failed(self, backend: BackendSide, why: str) -> None:
         """This attempt is over (refused, timed out, closed, bad answer): try the next."""
-        if self.dialing is None or self.dialing[1] is not backend:
+        dial = self.dial
+        endpoint = dial.endpoint if dial is not None and dial.backend is backend else None
+        if endpoint is None:
             return  # a stale callback of an attempt already given up
-        endpoint = self.dialing[0]
         self._stop_dial(keep_context=True)
         self.listener.count_backend_failure(endpoint)
         log.debug("backend %s failed: %s", endpoint.key, why)
@@ -449,26 +449,30 @@ class ClientSide(asyncio.Protocol):
     def _stop_dial(self, keep_context: bool = False) -> None:
         """Give up the attempt in progress: its deadline, its task, its socket."""
         self._cancel_timer()
-        if self.task is not None:
-            if not self.task.done():
-                self.task.cancel()
-            self.task = None
-        if self.dialing is not None:
-            endpoint, backend = self.dialing
-            self.dialing = None
+        dial = self.dial
+        if dial is None:
+            return
+        task = dial.task
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            dial.task = None
+        endpoint, backend = dial.endpoint, dial.backend
+        dial.endpoint = dial.backend = None
+        if endpoint is not None:
             endpoint.active -= 1
+        if backend is not None:
             backend.abandon()
         if not keep_context:
             self.dial = None
 
     def backend_head(self, backend: BackendSide, head: bytes) -> None:
         """The backend answered the upgrade (called by BackendSide)."""
-        if self.dialing is None or self.dialing[1] is not backend:
+        dial = self.dial
+        endpoint = dial.endpoint if dial is not None and dial.backend is backend else None
+        if endpoint is None:
             return
-        endpoint = self.dialing[0]
-        self.dialing = None
-        self.task = None
-        self.dial = None
+        self.dial = None  # with its attempt: the task is done, the socket is this one
         self._cancel_timer()
         if self.state is not State.CONNECTING:
             endpoint.active -= 1
@@ -681,7 +685,7 @@ class ClientSide(asyncio.Protocol):
         self.ended_at = self.loop.time()
         self.listener.wheel.discard(self)
         self._cancel_timer()
-        if self.dialing is not None or self.task is not None:
+        if self.dial is not None:
             self._stop_dial()
         if self.http is not None:
             self.http.client_lost()
@@ -816,16 +820,16 @@ class BackendSide(asyncio.Protocol):
         if task.cancelled():
             return  # the attempt was given up; _stop_dial cleaned up
         exc = task.exception()
-        if client.dialing is None or client.dialing[1] is not self:
+        dial = client.dial
+        if dial is None or dial.backend is not self:
             if exc is None:
                 self.abandon()  # connected after all, but nobody wants it any more
             return
-        client.task = None  # done: not kept for the connection's lifetime
+        dial.task = None  # done: not kept while the backend answers
         if exc is not None:
             client._attempt_failed(self, repr(exc))
             return
-        dial = client.dial
-        if dial is not None and self.transport is not None:
+        if self.transport is not None:
             self.transport.write(dial.head)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -900,9 +904,19 @@ def _peername(transport: asyncio.BaseTransport | None) -> tuple[str, int]:
 
 
 class _Dial:
-    """What every attempt of one connection's dial needs; dropped once a backend answers."""
+    """What every attempt of one connection's dial needs, and the attempt in progress;
+    dropped once a backend answers."""
 
-    __slots__ = ("attempts_left", "head", "info", "sticky_key", "tried")
+    __slots__ = (
+        "attempts_left",
+        "backend",
+        "endpoint",
+        "head",
+        "info",
+        "sticky_key",
+        "task",
+        "tried",
+    )
 
     def __init__(
         self, info: RequestInfo, sticky_key: str | None, head: bytes, attempts: int
@@ -912,3 +926,7 @@ class _Dial:
         self.head = head
         self.attempts_left = attempts
         self.tried: list[str] = []
+        # The attempt in progress: its endpoint, its socket's protocol, its connect task.
+        self.endpoint: EndpointState | None = None
+        self.backend: BackendSide | None = None
+        self.task: Dialled | None = None
