@@ -162,7 +162,8 @@ class ClientSide(asyncio.Protocol):
         self.http: HttpSession | None = None  # serving plain HTTP requests
         # The client's address is read from the transport when needed, not kept (58 B
         # per connection): uvloop's TCP transport keeps the peer's sockaddr, also after
-        # close. Its TLS transport forgets it at close, so a TLS connection keeps it here.
+        # close. Its TLS transport forgets it at close, so a TLS connection keeps it here,
+        # and so does one serving plain HTTP (read per request).
         self.peer: tuple[str, int] | None = None
         self.accepted_at = 0.0
         self.ended_at = 0.0
@@ -298,6 +299,10 @@ class ClientSide(asyncio.Protocol):
     def _start_http(self, head: bytes) -> None:
         """Serve plain HTTP on this connection from `head` (and what followed it) on."""
         self.state = State.HTTP
+        if self.peer is None:
+            # Read on every request (forwarded headers, scheduler, log): kept while plain
+            # HTTP is served, which holds a session anyway.
+            self.peer = _peername(self.transport)
         # The cast only until http_proxy.Client declares client_ip and client_port as
         # read-only properties (they are read, never set there).
         session = self.http = HttpSession(cast(Client, self), self.listener)
@@ -309,6 +314,8 @@ class ClientSide(asyncio.Protocol):
         """A WebSocket upgrade after plain requests (called by the HttpSession): the
         WebSocket path continues with it and the bytes that followed."""
         self.http = None
+        if self.listener.scheme != "https":
+            self.peer = None  # a tunnel reads it from the transport again
         self.state = State.CONNECTING
         self.pending = rest or b""
         try:
