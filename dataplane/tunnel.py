@@ -125,9 +125,7 @@ class ClientSide(asyncio.Protocol):
     # Slots: one of these lives per open connection; a dict per instance costs ~1 KiB.
     __slots__ = (
         "accepted_at",
-        "admission",
         "backend",
-        "buffer",
         "dial",
         "draining",
         "ended_at",
@@ -138,11 +136,10 @@ class ClientSide(asyncio.Protocol):
         "listener",
         "loop",
         "lost",
+        "opening",
         "peer",
-        "pending",
         "rejection",
         "relay",
-        "relay_remaining",
         "state",
         "status",
         "timer",
@@ -167,11 +164,9 @@ class ClientSide(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         self.accepted_at = 0.0
         self.ended_at = 0.0
-        # Head bytes of a head split over reads, and client bytes that came before the
-        # 101: both usually empty, and then the shared b"" (an empty bytearray is 56 B).
-        self.buffer: bytes | bytearray = b""
-        self.pending: bytes | bytearray = b""
-        self.admission: Rejection | None = None
+        # What only the handshake needs (head bytes, early data, admission): dropped when
+        # the tunnel opens, so an idle tunnel holds none of it.
+        self.opening: _Opening | None = _Opening()
         self.rejection: Rejection | None = None  # what the client was answered, if refused
         self.head = b""  # the request head, kept for the access log only when it is on
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
@@ -180,7 +175,6 @@ class ClientSide(asyncio.Protocol):
         self.dial: _Dial | None = None
         self.timer: asyncio.TimerHandle | None = None  # handshake deadlines
         self.relay: Relay | None = None
-        self.relay_remaining: int | None = None
         self.wheel_slot = NOT_FILED  # the relay's deadline slot in listener.wheel
         self.wheel_index = 0  # and its place in that slot (the wheel keeps both)
         self.draining = False
@@ -202,12 +196,12 @@ class ClientSide(asyncio.Protocol):
         self.accepted_at = self.loop.time()
         if self.listener.scheme == "https":
             self.peer = _peername(transport)
-        self.admission = self.listener.admit(self)
+        admission = self.opening.admission = self.listener.admit(self)  # type: ignore[union-attr]
         config = self.listener.config
         wait = min(
             config.limits.handshake_timeout_seconds, config.http.request_head_timeout_seconds
         )
-        if self.admission is not None:
+        if admission is not None:
             # Refused anyway: do not hold a slot for the whole handshake timeout.
             wait = min(wait, REFUSED_HEAD_WAIT)
         self.timer = self.loop.call_later(wait, self._head_timeout)
@@ -227,19 +221,21 @@ class ClientSide(asyncio.Protocol):
         elif self.state is State.HEAD:
             self._head_data(data)
         elif self.state is State.CONNECTING:
-            self.pending += data
-            if len(self.pending) > self.listener.config.limits.max_header_bytes:
+            opening: _Opening = self.opening  # type: ignore[assignment]
+            opening.pending += data
+            if len(opening.pending) > self.listener.config.limits.max_header_bytes:
                 # A client must wait for the 101 before sending frames (RFC 6455 §4.1).
                 self._reject(
                     Rejection(400, "Data sent before the handshake completed", label="early_data")
                 )
 
     def _head_data(self, data: bytes) -> None:
+        opening: _Opening = self.opening  # type: ignore[assignment]  # HEAD: never None
         buffer: bytes | bytearray
-        if self.buffer:
-            searched = max(0, len(self.buffer) - 3)
-            self.buffer += data
-            buffer = self.buffer
+        if opening.buffer:
+            searched = max(0, len(opening.buffer) - 3)
+            opening.buffer += data
+            buffer = opening.buffer
         else:
             searched = 0
             buffer = data  # the usual case: the whole head in one read, no copy
@@ -248,24 +244,24 @@ class ClientSide(asyncio.Protocol):
         if end < 0:
             if buffer.find(b"\n\n", searched) >= 0:
                 # A head ended by bare LFs: the HTTP reader refuses it (400) at once.
-                self.buffer = b""
+                opening.buffer = b""
                 self._cancel_timer()
-                if self.admission is not None:
-                    self._reject(self.admission)
+                if opening.admission is not None:
+                    self._reject(opening.admission)
                 else:
                     self._start_http(bytes(buffer))
                 return
             if len(buffer) > limit:
                 self._reject(HEADER_TOO_LARGE)
             elif buffer is data:
-                self.buffer = bytearray(data)
+                opening.buffer = bytearray(data)
             return
         if end + 4 > limit:
             self._reject(HEADER_TOO_LARGE)
             return
         head = bytes(buffer[: end + 4]) if end + 4 < len(buffer) else bytes(buffer)
-        self.pending = buffer[end + 4 :] or b""
-        self.buffer = b""
+        opening.pending = buffer[end + 4 :] or b""
+        opening.buffer = b""
         self._cancel_timer()
         self.state = State.CONNECTING
         try:
@@ -275,17 +271,18 @@ class ClientSide(asyncio.Protocol):
 
     def _head_timeout(self) -> None:
         self.timer = None
-        if self.state is State.HEAD:
-            if self.admission is not None:
-                self._reject(self.admission)
+        if self.state is State.HEAD and self.opening is not None:
+            if self.opening.admission is not None:
+                self._reject(self.opening.admission)
             else:
                 self._reject(
                     Rejection(408, "Timed out reading the request", label="handshake_timeout")
                 )
 
     def _handle_request(self, head: bytes) -> None:
-        if self.admission is not None:
-            raise self.admission
+        admission = self.opening.admission if self.opening is not None else None
+        if admission is not None:
+            raise admission
         listener = self.listener
         if listener.config.http.redirect_to_https.enabled:
             self._start_http(head)  # the session answers requests and upgrades with 308
@@ -306,8 +303,12 @@ class ClientSide(asyncio.Protocol):
         # The cast only until http_proxy.Client declares client_ip and client_port as
         # read-only properties (they are read, never set there).
         session = self.http = HttpSession(cast(Client, self), self.listener)
-        data = head + self.pending if self.pending else head
-        self.pending = b""
+        opening = self.opening
+        if opening is not None and opening.pending:
+            data = head + opening.pending
+            opening.pending = b""
+        else:
+            data = head
         session.client_data(data)
 
     def take_upgrade(self, head: bytes, rest: bytes) -> None:
@@ -317,7 +318,9 @@ class ClientSide(asyncio.Protocol):
         if self.listener.scheme != "https":
             self.peer = None  # a tunnel reads it from the transport again
         self.state = State.CONNECTING
-        self.pending = rest or b""
+        if self.opening is None:
+            self.opening = _Opening()
+        self.opening.pending = rest or b""
         try:
             self._handle_upgrade(head, fast_request(head))
         except Rejection as rejection:
@@ -528,10 +531,10 @@ class ClientSide(asyncio.Protocol):
             self.state = State.RELAY
             rest = backend.attach()
             self.transport.write(head + rest)
-            self.relay_remaining = (
-                None if answer.content_length is None else answer.content_length - len(rest)
-            )
-            if self.relay_remaining is not None and self.relay_remaining <= 0:
+            remaining = None if answer.content_length is None else answer.content_length - len(rest)
+            if self.opening is not None:
+                self.opening.relay_remaining = remaining
+            if remaining is not None and remaining <= 0:
                 self._finish()
             else:
                 self.timer = self.loop.call_later(
@@ -552,11 +555,9 @@ class ClientSide(asyncio.Protocol):
         listener.wheel.add(self, relay.next_deadline() or now)
         if rest:
             self(rest)  # the backend's bytes that came with its 101
-        if self.pending and self.state is State.TUNNEL:
-            pending, self.pending = bytes(self.pending), b""
-            self.data_received(pending)
-        else:
-            self.pending = b""
+        opening, self.opening = self.opening, None  # the handshake is over
+        if opening is not None and opening.pending and self.state is State.TUNNEL:
+            self.data_received(bytes(opening.pending))
         if self.draining:
             relay.drain(now + group.drain_timeout)
             self._carry_out(relay)
@@ -575,11 +576,14 @@ class ClientSide(asyncio.Protocol):
             if relay.pending:
                 self._carry_out(relay)
         elif self.state is State.RELAY and self.transport is not None:
-            if self.relay_remaining is not None:
-                data = data[: self.relay_remaining]
-                self.relay_remaining -= len(data)
+            opening = self.opening
+            remaining = opening.relay_remaining if opening is not None else None
+            if opening is not None and remaining is not None:
+                data = data[:remaining]
+                remaining -= len(data)
+                opening.relay_remaining = remaining
             self.transport.write(data)
-            if self.relay_remaining is not None and self.relay_remaining <= 0:
+            if remaining is not None and remaining <= 0:
                 self._finish()
 
     def backend_lost(self) -> None:
@@ -899,6 +903,20 @@ class BackendSide(asyncio.Protocol):
     def _abort_if_stuck(self) -> None:
         if not self.lost and self.transport is not None:
             self.transport.abort()
+
+
+class _Opening:
+    """What a connection needs only until its tunnel opens (or while it is not one)."""
+
+    __slots__ = ("admission", "buffer", "pending", "relay_remaining")
+
+    def __init__(self) -> None:
+        # Head bytes of a head split over reads, and client bytes that came before the
+        # 101: both usually empty, and then the shared b"" (an empty bytearray is 56 B).
+        self.buffer: bytes | bytearray = b""
+        self.pending: bytes | bytearray = b""
+        self.admission: Rejection | None = None
+        self.relay_remaining: int | None = None  # RELAY: bytes of the answer still to go
 
 
 def _peername(transport: asyncio.BaseTransport | None) -> tuple[str, int]:
