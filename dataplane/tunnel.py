@@ -138,11 +138,9 @@ class ClientSide(asyncio.Protocol):
         "lost",
         "opening",
         "peer",
-        "rejection",
         "relay",
         "state",
         "status",
-        "timer",
         "transport",
         "wheel_index",
         "wheel_slot",
@@ -164,16 +162,14 @@ class ClientSide(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         self.accepted_at = 0.0
         self.ended_at = 0.0
-        # What only the handshake needs (head bytes, early data, admission): dropped when
-        # the tunnel opens, so an idle tunnel holds none of it.
+        # What only the handshake needs (head bytes, early data, admission, its deadline,
+        # a refusal): dropped when the tunnel opens, so an idle tunnel holds none of it.
         self.opening: _Opening | None = _Opening()
-        self.rejection: Rejection | None = None  # what the client was answered, if refused
         self.head = b""  # the request head, kept for the access log only when it is on
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
         # The dial and its attempt in progress (endpoint, socket, task): dropped at the
         # backend's answer, so an open tunnel holds none of it.
         self.dial: _Dial | None = None
-        self.timer: asyncio.TimerHandle | None = None  # handshake deadlines
         self.relay: Relay | None = None
         self.wheel_slot = NOT_FILED  # the relay's deadline slot in listener.wheel
         self.wheel_index = 0  # and its place in that slot (the wheel keeps both)
@@ -196,7 +192,8 @@ class ClientSide(asyncio.Protocol):
         self.accepted_at = self.loop.time()
         if self.listener.scheme == "https":
             self.peer = _peername(transport)
-        admission = self.opening.admission = self.listener.admit(self)  # type: ignore[union-attr]
+        opening = self._opening()
+        admission = opening.admission = self.listener.admit(self)
         config = self.listener.config
         wait = min(
             config.limits.handshake_timeout_seconds, config.http.request_head_timeout_seconds
@@ -204,7 +201,7 @@ class ClientSide(asyncio.Protocol):
         if admission is not None:
             # Refused anyway: do not hold a slot for the whole handshake timeout.
             wait = min(wait, REFUSED_HEAD_WAIT)
-        self.timer = self.loop.call_later(wait, self._head_timeout)
+        opening.timer = self.loop.call_later(wait, self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.state is _TUNNEL:
@@ -270,7 +267,8 @@ class ClientSide(asyncio.Protocol):
             self._reject(rejection)
 
     def _head_timeout(self) -> None:
-        self.timer = None
+        if self.opening is not None:
+            self.opening.timer = None
         if self.state is State.HEAD and self.opening is not None:
             if self.opening.admission is not None:
                 self._reject(self.opening.admission)
@@ -318,9 +316,7 @@ class ClientSide(asyncio.Protocol):
         if self.listener.scheme != "https":
             self.peer = None  # a tunnel reads it from the transport again
         self.state = State.CONNECTING
-        if self.opening is None:
-            self.opening = _Opening()
-        self.opening.pending = rest or b""
+        self._opening().pending = rest or b""
         try:
             self._handle_upgrade(head, fast_request(head))
         except Rejection as rejection:
@@ -372,7 +368,7 @@ class ClientSide(asyncio.Protocol):
 
     def _reject(self, rejection: Rejection) -> None:
         self.listener.count_rejection(rejection)
-        self.rejection = rejection
+        self._opening().rejection = rejection
         self.status = rejection.status
         self.state = State.CLOSED
         self._cancel_timer()
@@ -438,7 +434,9 @@ class ClientSide(asyncio.Protocol):
         dial.endpoint = endpoint
         dial.backend = backend
         timeout = listener.config.limits.connect_timeout_seconds
-        self.timer = self.loop.call_later(timeout, self._attempt_failed, backend, "timed out")
+        self._opening().timer = self.loop.call_later(
+            timeout, self._attempt_failed, backend, "timed out"
+        )
         # uvloop's create_connection is a coroutine: its own Task is the only one per dial.
         task = dial.task = asyncio.ensure_future(
             self.loop.create_connection(backend.itself, endpoint.address, endpoint.port)
@@ -532,12 +530,12 @@ class ClientSide(asyncio.Protocol):
             rest = backend.attach()
             self.transport.write(head + rest)
             remaining = None if answer.content_length is None else answer.content_length - len(rest)
-            if self.opening is not None:
-                self.opening.relay_remaining = remaining
+            opening = self._opening()
+            opening.relay_remaining = remaining
             if remaining is not None and remaining <= 0:
                 self._finish()
             else:
-                self.timer = self.loop.call_later(
+                opening.timer = self.loop.call_later(
                     listener.config.limits.handshake_timeout_seconds, self._finish
                 )
             return
@@ -555,9 +553,9 @@ class ClientSide(asyncio.Protocol):
         listener.wheel.add(self, relay.next_deadline() or now)
         if rest:
             self(rest)  # the backend's bytes that came with its 101
-        opening, self.opening = self.opening, None  # the handshake is over
-        if opening is not None and opening.pending and self.state is State.TUNNEL:
-            self.data_received(bytes(opening.pending))
+        handshake, self.opening = self.opening, None  # over (its deadline was cancelled)
+        if handshake is not None and handshake.pending and self.state is State.TUNNEL:
+            self.data_received(bytes(handshake.pending))
         if self.draining:
             relay.drain(now + group.drain_timeout)
             self._carry_out(relay)
@@ -642,9 +640,18 @@ class ClientSide(asyncio.Protocol):
         return deadline if deadline > now else now + 0.001
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """Cancel the handshake's deadline, if one is running."""
+        opening = self.opening
+        if opening is not None and opening.timer is not None:
+            opening.timer.cancel()
+            opening.timer = None
+
+    def _opening(self) -> _Opening:
+        """The handshake's state (made again if asked for after the tunnel opened)."""
+        opening = self.opening
+        if opening is None:
+            opening = self.opening = _Opening()
+        return opening
 
     # ---------------------------------------------------------------- closing
 
@@ -723,7 +730,8 @@ class ClientSide(asyncio.Protocol):
         client_ip, client_port = self.peer or _peername(self.transport)
         forwarded = client_ip if self.head and listener.forwarded else ""
         backend = self.endpoint.key if self.endpoint is not None else ""
-        rejection = self.rejection.label if self.rejection is not None else ""
+        refused = self.opening.rejection if self.opening is not None else None
+        rejection = refused.label if refused is not None else ""
         started = time.time() - (now - self.accepted_at)
         if relay is None:
             return ConnectionRecord(
@@ -908,7 +916,7 @@ class BackendSide(asyncio.Protocol):
 class _Opening:
     """What a connection needs only until its tunnel opens (or while it is not one)."""
 
-    __slots__ = ("admission", "buffer", "pending", "relay_remaining")
+    __slots__ = ("admission", "buffer", "pending", "rejection", "relay_remaining", "timer")
 
     def __init__(self) -> None:
         # Head bytes of a head split over reads, and client bytes that came before the
@@ -917,6 +925,8 @@ class _Opening:
         self.pending: bytes | bytearray = b""
         self.admission: Rejection | None = None
         self.relay_remaining: int | None = None  # RELAY: bytes of the answer still to go
+        self.timer: asyncio.TimerHandle | None = None  # the handshake's deadline
+        self.rejection: Rejection | None = None  # what the client was answered, if refused
 
 
 def _peername(transport: asyncio.BaseTransport | None) -> tuple[str, int]:
