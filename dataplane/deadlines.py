@@ -6,6 +6,11 @@ still has its own movable deadline (last activity + idle timeout): frames only u
 float, and the wheel looks at a connection when its bucket comes due, then either fires
 or files it again under the moved deadline. Resolution is 50 ms: keepalive promises a
 1011 within interval + timeout + 0.2 s, and a slot costs nothing while it is empty.
+
+A slot is a plain list and each item knows its place in it (`wheel_index`): removal swaps
+the slot's last item into the hole, O(1) like a set, at a fraction of a set's table (for
+2,000 idle connections 26 KB of lists against 162 KB of sets). `wheel_slot` is -1 when the
+item is not filed: a plain int, unboxed once compiled.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ from typing import Final, Protocol
 RESOLUTION: Final = 0.05
 
 
+NOT_FILED: Final = -1
+
+
 class Expiring(Protocol):
-    wheel_slot: int | None
+    wheel_slot: int  # the slot it is filed under, NOT_FILED if none (the wheel keeps it)
+    wheel_index: int  # its place in that slot's list (the wheel keeps it)
 
     def deadline_due(self, now: float) -> float | None:
         """Called when the slot comes due: a new deadline to file, or None when done."""
@@ -30,7 +39,7 @@ class DeadlineWheel:
     def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = RESOLUTION) -> None:
         self.loop = loop
         self.resolution = resolution
-        self.slots: dict[int, set[Expiring]] = {}
+        self.slots: dict[int, list[Expiring]] = {}
         self.due: list[int] = []  # heap of slot numbers with members
         self.timer: asyncio.TimerHandle | None = None
         self.timer_slot: int | None = None
@@ -44,21 +53,30 @@ class DeadlineWheel:
         slot = math.ceil(when / self.resolution)
         members = self.slots.get(slot)
         if members is None:
-            members = self.slots[slot] = set()
+            members = self.slots[slot] = []
             heapq.heappush(self.due, slot)
-        members.add(item)
+        item.wheel_index = len(members)
+        members.append(item)
         item.wheel_slot = slot
         if self.timer_slot is None or slot < self.timer_slot:
             self._arm(slot)
 
     def discard(self, item: Expiring) -> None:
+        """Unfile `item`: it will not fire (a no-op when it is not filed)."""
         slot = item.wheel_slot
-        if slot is None:
+        if slot == NOT_FILED:
             return
-        item.wheel_slot = None
-        members = self.slots.get(slot)
-        if members is not None:
-            members.discard(item)
+        item.wheel_slot = NOT_FILED
+        members = self.slots.get(slot)  # None while its slot is being fired
+        if members is None:
+            return
+        index = item.wheel_index
+        if index >= len(members) or members[index] is not item:
+            return  # not where it says (never expected): leave the slot as it is
+        last = members.pop()
+        if last is not item:
+            members[index] = last  # swap-remove: the last member takes the hole
+            last.wheel_index = index
 
     def _arm(self, slot: int) -> None:
         if self.timer is not None:
@@ -74,8 +92,12 @@ class DeadlineWheel:
         while self.due and self.due[0] <= current:
             slot = heapq.heappop(self.due)
             members = self.slots.pop(slot, None)
-            for item in list(members or ()):
-                item.wheel_slot = None
+            # The popped list no longer changes: an item discarded or moved by an earlier
+            # item's callback is no longer filed here, and is skipped.
+            for item in members or ():
+                if item.wheel_slot != slot:
+                    continue
+                item.wheel_slot = NOT_FILED
                 later = _safe_due(item.deadline_due, now)
                 if later is not None:
                     self.add(item, later)

@@ -8,16 +8,16 @@ of payload) are held until complete so they can be inspected; that is the only d
 the tracker buffers.
 
 Sans-I/O: no sockets, no event loop. The tunnel feeds bytes in and writes what comes
-out.
+out. A tracker tells one `ControlSink` (the relay) about the control frames it sees, by
+calling its methods: no bound-method objects per tracker (72 bytes each, per connection).
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 OP_CONT: Final = 0x0
 OP_TEXT: Final = 0x1
@@ -67,6 +67,16 @@ class FrameError(Exception):
         self.reason = reason
 
 
+class ControlSink(Protocol):
+    """Who hears about a tracker's control frames (relay.Relay; the tests' recorder)."""
+
+    def control(self, tracker: FrameTracker, frame: ControlFrame) -> None:
+        """A whole control frame went by on `tracker` (which direction: compare it)."""
+
+    def is_own_pong(self, payload: bytes) -> bool:
+        """Whether a pong answers the proxy's own ping: it is then dropped from the stream."""
+
+
 class FrameTracker:
     """Follows frame boundaries in one direction.
 
@@ -84,22 +94,20 @@ class FrameTracker:
         "_message_bytes",
         "_skip",
         "_stop_after_inject",
-        "drop_pong",
         "error",
         "frames",
         "max_message",
         "messages",
-        "on_control",
         "require_mask",
         "rsv_forbidden",
+        "sink",
         "stopped",
     )
 
     def __init__(
         self,
         max_message: int,
-        on_control: Callable[[ControlFrame], None] | None = None,
-        drop_pong: Callable[[bytes], bool] | None = None,
+        sink: ControlSink | None = None,
         *,
         require_mask: bool = False,
         extensions: bool = True,
@@ -109,8 +117,7 @@ class FrameTracker:
         # negotiated in the 101 (any extension: the proxy cannot know which bits it uses).
         self.require_mask = require_mask
         self.rsv_forbidden = 0 if extensions else 0x70
-        self.on_control = on_control
-        self.drop_pong = drop_pong
+        self.sink = sink
         self.messages = 0
         self.frames = 0
         self.error: FrameError | None = None
@@ -442,14 +449,11 @@ class FrameTracker:
         payload = frame[offset:]
         if frame[1] & 0x80:
             payload = unmask(payload, frame[offset - 4 : offset])
-        control = ControlFrame(opcode, payload)
-        if opcode == OP_PONG and self.drop_pong is not None and self.drop_pong(payload):
-            if self.on_control is not None:
-                self.on_control(control)
-            return False
-        if self.on_control is not None:
-            self.on_control(control)
-        return True
+        sink = self.sink
+        if sink is None:
+            return True
+        sink.control(self, ControlFrame(opcode, payload))
+        return opcode != OP_PONG or not sink.is_own_pong(payload)
 
 
 def _header_length(head: bytes | bytearray) -> int:

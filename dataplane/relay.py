@@ -129,17 +129,11 @@ class Relay:
         self.ka_prefix = (
             KEEPALIVE_PREFIX + os.urandom(4).hex().encode() + b"-" if keepalive else b""
         )
-        own_pong = self._is_own_pong if keepalive else None
+        # The trackers call this relay back (it is their ControlSink): no bound methods.
         self.c2b = FrameTracker(
-            settings.max_message,
-            self._client_control,
-            own_pong,
-            require_mask=True,
-            extensions=extensions,
+            settings.max_message, self, require_mask=True, extensions=extensions
         )
-        self.b2c = FrameTracker(
-            settings.max_message, self._backend_control, own_pong, extensions=extensions
-        )
+        self.b2c = FrameTracker(settings.max_message, self, extensions=extensions)
         self.ka_next = now + settings.keepalive_interval if keepalive else 0.0
         self.ka_check_at = 0.0
         self.ka_seq = 0
@@ -196,20 +190,20 @@ class Relay:
 
     # ------------------------------------------------------------------ peers' Close
 
-    def _client_control(self, frame: ControlFrame) -> None:
-        if frame.opcode == OP_CLOSE:
-            self.client_sent_close = True
-            self._record(frame.close_code, CLIENT)
-            self._peer_closed()
-        elif frame.opcode == OP_PONG and self._is_own_pong(frame.payload):
-            self.ka_client_pending = False
-
-    def _backend_control(self, frame: ControlFrame) -> None:
-        if frame.opcode == OP_CLOSE:
+    def control(self, tracker: FrameTracker, frame: ControlFrame) -> None:
+        """A peer's control frame went by (frames.ControlSink): its Close, our pongs."""
+        if tracker is self.c2b:
+            if frame.opcode == OP_CLOSE:
+                self.client_sent_close = True
+                self._record(frame.close_code, CLIENT)
+                self._peer_closed()
+            elif frame.opcode == OP_PONG and self.is_own_pong(frame.payload):
+                self.ka_client_pending = False
+        elif frame.opcode == OP_CLOSE:
             self.backend_sent_close = True
             self._record(frame.close_code, BACKEND)
             self._peer_closed()
-        elif frame.opcode == OP_PONG and self._is_own_pong(frame.payload):
+        elif frame.opcode == OP_PONG and self.is_own_pong(frame.payload):
             self.ka_backend_pending = False
 
     def _peer_closed(self) -> None:
@@ -226,8 +220,9 @@ class Relay:
         elif not self.close_at:
             self._arm_close(self.last_activity)
 
-    def _is_own_pong(self, payload: bytes) -> bool:
-        """Pongs answering the proxy's pings carry its per-connection random prefix."""
+    def is_own_pong(self, payload: bytes) -> bool:
+        """Pongs answering the proxy's pings carry its per-connection random prefix
+        (frames.ControlSink: the tracker drops them from the stream)."""
         return bool(self.ka_prefix) and payload.startswith(self.ka_prefix)
 
     # ------------------------------------------------------------------ failures

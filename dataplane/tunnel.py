@@ -27,7 +27,7 @@ from websockets.http11 import Request
 
 from dataplane.access_log import RequestRecord
 from dataplane.balancer import EndpointState, RequestInfo
-from dataplane.deadlines import DeadlineWheel
+from dataplane.deadlines import NOT_FILED, DeadlineWheel
 from dataplane.group import BackendGroup
 from dataplane.handshake import (
     HEAD_END,
@@ -40,7 +40,7 @@ from dataplane.handshake import (
     render_request,
     validate_upgrade,
 )
-from dataplane.http_proxy import HttpSession
+from dataplane.http_proxy import Client, HttpSession
 from dataplane.metrics import RequestCounts
 from dataplane.rejection import Rejection
 from dataplane.relay import (
@@ -125,13 +125,8 @@ class ClientSide(asyncio.Protocol):
     # Slots: one of these lives per open connection; a dict per instance costs ~1 KiB.
     __slots__ = (
         "accepted_at",
-        "admission",
         "backend",
-        "buffer",
-        "client_ip",
-        "client_port",
         "dial",
-        "dialing",
         "draining",
         "ended_at",
         "endpoint",
@@ -141,15 +136,13 @@ class ClientSide(asyncio.Protocol):
         "listener",
         "loop",
         "lost",
-        "pending",
-        "rejection",
+        "opening",
+        "peer",
         "relay",
-        "relay_remaining",
         "state",
         "status",
-        "task",
-        "timer",
         "transport",
+        "wheel_index",
         "wheel_slot",
     )
 
@@ -162,46 +155,53 @@ class ClientSide(asyncio.Protocol):
         self.endpoint: EndpointState | None = None
         self.group: BackendGroup | None = None  # the group the last request routed to
         self.http: HttpSession | None = None  # serving plain HTTP requests
-        self.client_ip = ""
-        self.client_port = 0
+        # The client's address is read from the transport when needed, not kept (58 B
+        # per connection): uvloop's TCP transport keeps the peer's sockaddr, also after
+        # close. Its TLS transport forgets it at close, so a TLS connection keeps it here,
+        # and so does one serving plain HTTP (read per request).
+        self.peer: tuple[str, int] | None = None
         self.accepted_at = 0.0
         self.ended_at = 0.0
-        # Head bytes of a head split over reads, and client bytes that came before the
-        # 101: both usually empty, and then the shared b"" (an empty bytearray is 56 B).
-        self.buffer: bytes | bytearray = b""
-        self.pending: bytes | bytearray = b""
-        self.admission: Rejection | None = None
-        self.rejection: Rejection | None = None  # what the client was answered, if refused
+        # What only the handshake needs (head bytes, early data, admission, its deadline,
+        # a refusal): dropped when the tunnel opens, so an idle tunnel holds none of it.
+        self.opening: _Opening | None = _Opening()
         self.head = b""  # the request head, kept for the access log only when it is on
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
-        self.task: Dialled | None = None
-        self.dial: _Dial | None = None  # what every attempt of the dial needs
-        self.dialing: tuple[EndpointState, BackendSide] | None = None  # the attempt
-        self.timer: asyncio.TimerHandle | None = None  # handshake deadlines
+        # The dial and its attempt in progress (endpoint, socket, task): dropped at the
+        # backend's answer, so an open tunnel holds none of it.
+        self.dial: _Dial | None = None
         self.relay: Relay | None = None
-        self.relay_remaining: int | None = None
-        self.wheel_slot: int | None = None  # the relay's deadline slot in listener.wheel
+        self.wheel_slot = NOT_FILED  # the relay's deadline slot in listener.wheel
+        self.wheel_index = 0  # and its place in that slot (the wheel keeps both)
         self.draining = False
         self.lost = False  # connection_lost ran
+
+    @property
+    def client_ip(self) -> str:
+        """The client's IP address (an IPv4-mapped IPv6 address as IPv4), "" if unknown."""
+        return (self.peer or _peername(self.transport))[0]
+
+    @property
+    def client_port(self) -> int:
+        return (self.peer or _peername(self.transport))[1]
 
     # ---------------------------------------------------------------- accept, head
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.accepted_at = self.loop.time()
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if peer else ""
-        self.client_ip = ip[7:] if ip.startswith("::ffff:") else ip
-        self.client_port = int(peer[1]) if peer else 0
-        self.admission = self.listener.admit(self)
+        if self.listener.scheme == "https":
+            self.peer = _peername(transport)
+        opening = self._opening()
+        admission = opening.admission = self.listener.admit(self)
         config = self.listener.config
         wait = min(
             config.limits.handshake_timeout_seconds, config.http.request_head_timeout_seconds
         )
-        if self.admission is not None:
+        if admission is not None:
             # Refused anyway: do not hold a slot for the whole handshake timeout.
             wait = min(wait, REFUSED_HEAD_WAIT)
-        self.timer = self.loop.call_later(wait, self._head_timeout)
+        opening.timer = self.loop.call_later(wait, self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.state is _TUNNEL:
@@ -218,19 +218,21 @@ class ClientSide(asyncio.Protocol):
         elif self.state is State.HEAD:
             self._head_data(data)
         elif self.state is State.CONNECTING:
-            self.pending += data
-            if len(self.pending) > self.listener.config.limits.max_header_bytes:
+            opening: _Opening = self.opening  # type: ignore[assignment]
+            opening.pending += data
+            if len(opening.pending) > self.listener.config.limits.max_header_bytes:
                 # A client must wait for the 101 before sending frames (RFC 6455 §4.1).
                 self._reject(
                     Rejection(400, "Data sent before the handshake completed", label="early_data")
                 )
 
     def _head_data(self, data: bytes) -> None:
+        opening: _Opening = self.opening  # type: ignore[assignment]  # HEAD: never None
         buffer: bytes | bytearray
-        if self.buffer:
-            searched = max(0, len(self.buffer) - 3)
-            self.buffer += data
-            buffer = self.buffer
+        if opening.buffer:
+            searched = max(0, len(opening.buffer) - 3)
+            opening.buffer += data
+            buffer = opening.buffer
         else:
             searched = 0
             buffer = data  # the usual case: the whole head in one read, no copy
@@ -239,24 +241,24 @@ class ClientSide(asyncio.Protocol):
         if end < 0:
             if buffer.find(b"\n\n", searched) >= 0:
                 # A head ended by bare LFs: the HTTP reader refuses it (400) at once.
-                self.buffer = b""
+                opening.buffer = b""
                 self._cancel_timer()
-                if self.admission is not None:
-                    self._reject(self.admission)
+                if opening.admission is not None:
+                    self._reject(opening.admission)
                 else:
                     self._start_http(bytes(buffer))
                 return
             if len(buffer) > limit:
                 self._reject(HEADER_TOO_LARGE)
             elif buffer is data:
-                self.buffer = bytearray(data)
+                opening.buffer = bytearray(data)
             return
         if end + 4 > limit:
             self._reject(HEADER_TOO_LARGE)
             return
         head = bytes(buffer[: end + 4]) if end + 4 < len(buffer) else bytes(buffer)
-        self.pending = buffer[end + 4 :] or b""
-        self.buffer = b""
+        opening.pending = buffer[end + 4 :] or b""
+        opening.buffer = b""
         self._cancel_timer()
         self.state = State.CONNECTING
         try:
@@ -265,18 +267,20 @@ class ClientSide(asyncio.Protocol):
             self._reject(rejection)
 
     def _head_timeout(self) -> None:
-        self.timer = None
-        if self.state is State.HEAD:
-            if self.admission is not None:
-                self._reject(self.admission)
+        if self.opening is not None:
+            self.opening.timer = None
+        if self.state is State.HEAD and self.opening is not None:
+            if self.opening.admission is not None:
+                self._reject(self.opening.admission)
             else:
                 self._reject(
                     Rejection(408, "Timed out reading the request", label="handshake_timeout")
                 )
 
     def _handle_request(self, head: bytes) -> None:
-        if self.admission is not None:
-            raise self.admission
+        admission = self.opening.admission if self.opening is not None else None
+        if admission is not None:
+            raise admission
         listener = self.listener
         if listener.config.http.redirect_to_https.enabled:
             self._start_http(head)  # the session answers requests and upgrades with 308
@@ -290,17 +294,29 @@ class ClientSide(asyncio.Protocol):
     def _start_http(self, head: bytes) -> None:
         """Serve plain HTTP on this connection from `head` (and what followed it) on."""
         self.state = State.HTTP
-        session = self.http = HttpSession(self, self.listener)
-        data = head + self.pending if self.pending else head
-        self.pending = b""
+        if self.peer is None:
+            # Read on every request (forwarded headers, scheduler, log): kept while plain
+            # HTTP is served, which holds a session anyway.
+            self.peer = _peername(self.transport)
+        # The cast only until http_proxy.Client declares client_ip and client_port as
+        # read-only properties (they are read, never set there).
+        session = self.http = HttpSession(cast(Client, self), self.listener)
+        opening = self.opening
+        if opening is not None and opening.pending:
+            data = head + opening.pending
+            opening.pending = b""
+        else:
+            data = head
         session.client_data(data)
 
     def take_upgrade(self, head: bytes, rest: bytes) -> None:
         """A WebSocket upgrade after plain requests (called by the HttpSession): the
         WebSocket path continues with it and the bytes that followed."""
         self.http = None
+        if self.listener.scheme != "https":
+            self.peer = None  # a tunnel reads it from the transport again
         self.state = State.CONNECTING
-        self.pending = rest or b""
+        self._opening().pending = rest or b""
         try:
             self._handle_upgrade(head, fast_request(head))
         except Rejection as rejection:
@@ -352,7 +368,7 @@ class ClientSide(asyncio.Protocol):
 
     def _reject(self, rejection: Rejection) -> None:
         self.listener.count_rejection(rejection)
-        self.rejection = rejection
+        self._opening().rejection = rejection
         self.status = rejection.status
         self.state = State.CLOSED
         self._cancel_timer()
@@ -378,14 +394,15 @@ class ClientSide(asyncio.Protocol):
         if group.sticky_enabled:
             sticky_key = group.sticky.endpoint_for(request.headers)
             group.sticky.rewrite_request(request.headers)
+        client_ip = self.client_ip
         head = render_request(
             request,
-            client_ip=self.client_ip,
+            client_ip=client_ip,
             scheme=listener.scheme,
             port=listener.config.port,
             forwarded=listener.config.forwarded_headers.enabled,
         )
-        info = RequestInfo(self.client_ip, request.path, request=request)
+        info = RequestInfo(client_ip, request.path, request=request)
         self.dial = _Dial(info, sticky_key, head, listener.config.limits.connect_retries + 1)
         self._next_attempt()
 
@@ -414,20 +431,24 @@ class ClientSide(asyncio.Protocol):
         dial.tried.append(endpoint.key)
         endpoint.active += 1
         backend = BackendSide(self)
-        self.dialing = (endpoint, backend)
+        dial.endpoint = endpoint
+        dial.backend = backend
         timeout = listener.config.limits.connect_timeout_seconds
-        self.timer = self.loop.call_later(timeout, self._attempt_failed, backend, "timed out")
+        self._opening().timer = self.loop.call_later(
+            timeout, self._attempt_failed, backend, "timed out"
+        )
         # uvloop's create_connection is a coroutine: its own Task is the only one per dial.
-        task = self.task = asyncio.ensure_future(
+        task = dial.task = asyncio.ensure_future(
             self.loop.create_connection(backend.itself, endpoint.address, endpoint.port)
         )
         task.add_done_callback(backend.connected)
 
     def _attempt_failed(self, backend: BackendSide, why: str) -> None:
         """This attempt is over (refused, timed out, closed, bad answer): try the next."""
-        if self.dialing is None or self.dialing[1] is not backend:
+        dial = self.dial
+        endpoint = dial.endpoint if dial is not None and dial.backend is backend else None
+        if endpoint is None:
             return  # a stale callback of an attempt already given up
-        endpoint = self.dialing[0]
         self._stop_dial(keep_context=True)
         self.listener.count_backend_failure(endpoint)
         log.debug("backend %s failed: %s", endpoint.key, why)
@@ -436,26 +457,30 @@ class ClientSide(asyncio.Protocol):
     def _stop_dial(self, keep_context: bool = False) -> None:
         """Give up the attempt in progress: its deadline, its task, its socket."""
         self._cancel_timer()
-        if self.task is not None:
-            if not self.task.done():
-                self.task.cancel()
-            self.task = None
-        if self.dialing is not None:
-            endpoint, backend = self.dialing
-            self.dialing = None
+        dial = self.dial
+        if dial is None:
+            return
+        task = dial.task
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            dial.task = None
+        endpoint, backend = dial.endpoint, dial.backend
+        dial.endpoint = dial.backend = None
+        if endpoint is not None:
             endpoint.active -= 1
+        if backend is not None:
             backend.abandon()
         if not keep_context:
             self.dial = None
 
     def backend_head(self, backend: BackendSide, head: bytes) -> None:
         """The backend answered the upgrade (called by BackendSide)."""
-        if self.dialing is None or self.dialing[1] is not backend:
+        dial = self.dial
+        endpoint = dial.endpoint if dial is not None and dial.backend is backend else None
+        if endpoint is None:
             return
-        endpoint = self.dialing[0]
-        self.dialing = None
-        self.task = None
-        self.dial = None
+        self.dial = None  # with its attempt: the task is done, the socket is this one
         self._cancel_timer()
         if self.state is not State.CONNECTING:
             endpoint.active -= 1
@@ -504,13 +529,13 @@ class ClientSide(asyncio.Protocol):
             self.state = State.RELAY
             rest = backend.attach()
             self.transport.write(head + rest)
-            self.relay_remaining = (
-                None if answer.content_length is None else answer.content_length - len(rest)
-            )
-            if self.relay_remaining is not None and self.relay_remaining <= 0:
+            remaining = None if answer.content_length is None else answer.content_length - len(rest)
+            opening = self._opening()
+            opening.relay_remaining = remaining
+            if remaining is not None and remaining <= 0:
                 self._finish()
             else:
-                self.timer = self.loop.call_later(
+                opening.timer = self.loop.call_later(
                     listener.config.limits.handshake_timeout_seconds, self._finish
                 )
             return
@@ -527,20 +552,20 @@ class ClientSide(asyncio.Protocol):
         self.transport.write(head)
         listener.wheel.add(self, relay.next_deadline() or now)
         if rest:
-            self.backend_data(rest)
-        if self.pending and self.state is State.TUNNEL:
-            pending, self.pending = bytes(self.pending), b""
-            self.data_received(pending)
-        else:
-            self.pending = b""
+            self(rest)  # the backend's bytes that came with its 101
+        handshake, self.opening = self.opening, None  # over (its deadline was cancelled)
+        if handshake is not None and handshake.pending and self.state is State.TUNNEL:
+            self.data_received(bytes(handshake.pending))
         if self.draining:
             relay.drain(now + group.drain_timeout)
             self._carry_out(relay)
         elif group.should_drain(endpoint) or listener.route_gone(group):
             self.drain(group.drain_timeout)
 
-    def backend_data(self, data: bytes) -> None:
-        """Bytes from the backend (called by BackendSide)."""
+    def __call__(self, data: bytes) -> None:
+        """Bytes from the backend. After the 101 the backend transport calls this object
+        itself as its `data_received` (see BackendSide.attach): a bound method cached
+        there would cost 72 bytes per connection, and this keeps it one call per chunk."""
         if self.state is _TUNNEL:
             relay: Relay = self.relay  # type: ignore[assignment]
             out = relay.backend_data(data, self.loop.time())
@@ -549,11 +574,14 @@ class ClientSide(asyncio.Protocol):
             if relay.pending:
                 self._carry_out(relay)
         elif self.state is State.RELAY and self.transport is not None:
-            if self.relay_remaining is not None:
-                data = data[: self.relay_remaining]
-                self.relay_remaining -= len(data)
+            opening = self.opening
+            remaining = opening.relay_remaining if opening is not None else None
+            if opening is not None and remaining is not None:
+                data = data[:remaining]
+                remaining -= len(data)
+                opening.relay_remaining = remaining
             self.transport.write(data)
-            if self.relay_remaining is not None and self.relay_remaining <= 0:
+            if remaining is not None and remaining <= 0:
                 self._finish()
 
     def backend_lost(self) -> None:
@@ -592,7 +620,7 @@ class ClientSide(asyncio.Protocol):
             transport.resume_reading()
         if actions & (CLOSE_CLIENT | CLOSE_BACKEND):
             self._finish()
-        elif actions & DEADLINE_MOVED and self.wheel_slot is not None:
+        elif actions & DEADLINE_MOVED and self.wheel_slot != NOT_FILED:
             deadline = relay.next_deadline()
             if deadline is not None:
                 self.listener.wheel.add(self, deadline)
@@ -612,9 +640,18 @@ class ClientSide(asyncio.Protocol):
         return deadline if deadline > now else now + 0.001
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """Cancel the handshake's deadline, if one is running."""
+        opening = self.opening
+        if opening is not None and opening.timer is not None:
+            opening.timer.cancel()
+            opening.timer = None
+
+    def _opening(self) -> _Opening:
+        """The handshake's state (made again if asked for after the tunnel opened)."""
+        opening = self.opening
+        if opening is None:
+            opening = self.opening = _Opening()
+        return opening
 
     # ---------------------------------------------------------------- closing
 
@@ -666,7 +703,7 @@ class ClientSide(asyncio.Protocol):
         self.ended_at = self.loop.time()
         self.listener.wheel.discard(self)
         self._cancel_timer()
-        if self.dialing is not None or self.task is not None:
+        if self.dial is not None:
             self._stop_dial()
         if self.http is not None:
             self.http.client_lost()
@@ -690,14 +727,16 @@ class ClientSide(asyncio.Protocol):
         now = self.loop.time()
         end = self.ended_at or now
         listener = self.listener
-        forwarded = self.client_ip if self.head and listener.forwarded else ""
+        client_ip, client_port = self.peer or _peername(self.transport)
+        forwarded = client_ip if self.head and listener.forwarded else ""
         backend = self.endpoint.key if self.endpoint is not None else ""
-        rejection = self.rejection.label if self.rejection is not None else ""
+        refused = self.opening.rejection if self.opening is not None else None
+        rejection = refused.label if refused is not None else ""
         started = time.time() - (now - self.accepted_at)
         if relay is None:
             return ConnectionRecord(
-                self.client_ip,
-                self.client_port,
+                client_ip,
+                client_port,
                 listener.name,
                 backend,
                 self.status,
@@ -719,8 +758,8 @@ class ClientSide(asyncio.Protocol):
                 forwarded,
             )
         return ConnectionRecord(
-            self.client_ip,
-            self.client_port,
+            client_ip,
+            client_port,
             listener.name,
             backend,
             self.status,
@@ -786,8 +825,8 @@ class BackendSide(asyncio.Protocol):
         self.answered = False  # the head of the answer went to the client side
         self.attached = False  # ClientSide took over: bytes go straight to it
         self.lost = False
-        # uvloop calls the bound method it finds here; after the 101 it is the client
-        # side's own feed (see attach), one Python call per chunk fewer.
+        # uvloop calls what it finds here; after the 101 it is the client side itself
+        # (its __call__ is the backend feed, see attach), one Python call per chunk fewer.
         self.data_received: Callable[[bytes], None] = self._answer_data  # type: ignore[assignment]
 
     def itself(self) -> BackendSide:
@@ -800,16 +839,16 @@ class BackendSide(asyncio.Protocol):
         if task.cancelled():
             return  # the attempt was given up; _stop_dial cleaned up
         exc = task.exception()
-        if client.dialing is None or client.dialing[1] is not self:
+        dial = client.dial
+        if dial is None or dial.backend is not self:
             if exc is None:
                 self.abandon()  # connected after all, but nobody wants it any more
             return
-        client.task = None  # done: not kept for the connection's lifetime
+        dial.task = None  # done: not kept while the backend answers
         if exc is not None:
             client._attempt_failed(self, repr(exc))
             return
-        dial = client.dial
-        if dial is not None and self.transport is not None:
+        if self.transport is not None:
             self.transport.write(dial.head)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -817,7 +856,7 @@ class BackendSide(asyncio.Protocol):
 
     def _answer_data(self, data: bytes) -> None:
         if self.attached:
-            self.client.backend_data(data)
+            self.client(data)
             return
         self.buffer += data
         if self.answered:
@@ -835,7 +874,7 @@ class BackendSide(asyncio.Protocol):
         """From now on bytes go to the client side; return those that came early."""
         self.attached = True
         rest, self.buffer = bytes(self.buffer), b""
-        self.data_received = self.client.backend_data
+        self.data_received = self.client  # ClientSide.__call__ is its backend feed
         if self.transport is not None:
             self.transport.set_protocol(self)  # uvloop reads data_received again
         return rest
@@ -874,10 +913,45 @@ class BackendSide(asyncio.Protocol):
             self.transport.abort()
 
 
-class _Dial:
-    """What every attempt of one connection's dial needs; dropped once a backend answers."""
+class _Opening:
+    """What a connection needs only until its tunnel opens (or while it is not one)."""
 
-    __slots__ = ("attempts_left", "head", "info", "sticky_key", "tried")
+    __slots__ = ("admission", "buffer", "pending", "rejection", "relay_remaining", "timer")
+
+    def __init__(self) -> None:
+        # Head bytes of a head split over reads, and client bytes that came before the
+        # 101: both usually empty, and then the shared b"" (an empty bytearray is 56 B).
+        self.buffer: bytes | bytearray = b""
+        self.pending: bytes | bytearray = b""
+        self.admission: Rejection | None = None
+        self.relay_remaining: int | None = None  # RELAY: bytes of the answer still to go
+        self.timer: asyncio.TimerHandle | None = None  # the handshake's deadline
+        self.rejection: Rejection | None = None  # what the client was answered, if refused
+
+
+def _peername(transport: asyncio.BaseTransport | None) -> tuple[str, int]:
+    """The transport's peer as (ip, port); IPv4-mapped IPv6 as IPv4; ("", 0) if unknown."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if not peer:
+        return ("", 0)
+    ip = str(peer[0])
+    return (ip[7:] if ip.startswith("::ffff:") else ip, int(peer[1]))
+
+
+class _Dial:
+    """What every attempt of one connection's dial needs, and the attempt in progress;
+    dropped once a backend answers."""
+
+    __slots__ = (
+        "attempts_left",
+        "backend",
+        "endpoint",
+        "head",
+        "info",
+        "sticky_key",
+        "task",
+        "tried",
+    )
 
     def __init__(
         self, info: RequestInfo, sticky_key: str | None, head: bytes, attempts: int
@@ -887,3 +961,7 @@ class _Dial:
         self.head = head
         self.attempts_left = attempts
         self.tried: list[str] = []
+        # The attempt in progress: its endpoint, its socket's protocol, its connect task.
+        self.endpoint: EndpointState | None = None
+        self.backend: BackendSide | None = None
+        self.task: Dialled | None = None

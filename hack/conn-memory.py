@@ -342,7 +342,7 @@ async def ws_mode(args: argparse.Namespace) -> None:
             "build": "compiled" if compiled else "pure",
             "access_log": args.access_log,
             "listener_connections_set_bytes": sys.getsizeof(listener.connections),
-            "wheel_slot_sets_bytes": sum(sys.getsizeof(s) for s in listener.wheel.slots.values()),
+            "wheel_slot_lists_bytes": sum(sys.getsizeof(s) for s in listener.wheel.slots.values()),
             "wheel_slots": len(listener.wheel.slots),
             "own_objects_bytes": sum(size for _, size in owned),
         }

@@ -1,16 +1,17 @@
 """The deadline wheel fires each item at (or just after) its own deadline, moves it when
-the deadline moved, and forgets discarded items."""
+the deadline moved, and forgets discarded items (a slot is a list with swap-remove)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from dataplane.deadlines import DeadlineWheel
+from dataplane.deadlines import NOT_FILED, DeadlineWheel
 
 
 class Item:
     def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        self.wheel_slot: int | None = None
+        self.wheel_slot = NOT_FILED
+        self.wheel_index = 0
         self.deadline = deadline
         self.fired_at: float | None = None
         self.loop = loop
@@ -22,6 +23,12 @@ class Item:
         return None
 
 
+async def wait_fired(items: list[Item], start: float, loop: asyncio.AbstractEventLoop) -> None:
+    while any(item.fired_at is None for item in items):
+        await asyncio.sleep(0.02)
+        assert loop.time() - start < 2, "an item that should have fired did not"
+
+
 async def test_items_fire_after_their_deadline_and_moved_deadlines_are_honoured() -> None:
     loop = asyncio.get_running_loop()
     wheel = DeadlineWheel(loop, resolution=0.05)
@@ -31,12 +38,57 @@ async def test_items_fire_after_their_deadline_and_moved_deadlines_are_honoured(
         wheel.add(item, item.deadline)
     moved.deadline = start + 0.4  # activity moved it; the wheel learns when it comes due
     wheel.discard(dropped)
-    while late.fired_at is None or moved.fired_at is None:
-        await asyncio.sleep(0.02)
-        assert loop.time() - start < 2
+    await wait_fired([late, moved], start, loop)
     assert early.fired_at is not None and early.fired_at >= early.deadline
-    assert late.fired_at >= late.deadline
-    assert moved.fired_at >= start + 0.4
+    assert late.fired_at is not None and late.fired_at >= late.deadline
+    assert moved.fired_at is not None and moved.fired_at >= start + 0.4
     assert dropped.fired_at is None
+    assert len(wheel) == 0
+    wheel.close()
+
+
+async def test_removed_items_never_fire_and_those_moved_into_their_place_still_do() -> None:
+    """Discarding the first, a middle and the last member of one slot, and an item that
+    a swap had already moved: each one left never fires, every other one does."""
+    loop = asyncio.get_running_loop()
+    wheel = DeadlineWheel(loop, resolution=0.05)
+    start = loop.time()
+    items = [Item(loop, start + 0.1) for _ in range(6)]
+    for item in items:
+        wheel.add(item, item.deadline)
+    assert len({item.wheel_slot for item in items}) == 1
+    removed = [items[0], items[2], items[5], items[4]]  # items[5] took items[0]'s place
+    for item in removed:
+        wheel.discard(item)
+        assert item.wheel_slot == NOT_FILED
+        wheel.discard(item)  # twice: a no-op
+    kept = [item for item in items if item not in removed]
+    members = wheel.slots[kept[0].wheel_slot]
+    assert sorted(map(id, members)) == sorted(map(id, kept))
+    assert all(members[item.wheel_index] is item for item in kept)
+    assert len(wheel) == len(kept)
+    await wait_fired(kept, start, loop)
+    assert all(item.fired_at is None for item in removed)
+    assert len(wheel) == 0
+    wheel.close()
+
+
+async def test_an_item_discarded_while_its_slot_fires_does_not_fire() -> None:
+    """One connection's deadline may end another's (same slot): the other is not run."""
+    loop = asyncio.get_running_loop()
+    wheel = DeadlineWheel(loop, resolution=0.05)
+    start = loop.time()
+    first, second = Item(loop, start + 0.1), Item(loop, start + 0.1)
+
+    def first_due(now: float) -> float | None:
+        wheel.discard(second)
+        first.fired_at = now
+        return None
+
+    first.deadline_due = first_due  # type: ignore[method-assign]
+    wheel.add(first, first.deadline)
+    wheel.add(second, second.deadline)
+    await wait_fired([first], start, loop)
+    assert second.fired_at is None
     assert len(wheel) == 0
     wheel.close()

@@ -20,6 +20,23 @@ from dataplane.frames import (
 )
 
 
+class Recorder:
+    """A ControlSink that records every control frame; pongs starting with `own` are the
+    proxy's own (dropped from the stream)."""
+
+    def __init__(self, own: bytes = b"") -> None:
+        self.own = own
+        self.seen: list[ControlFrame] = []
+        self.trackers: list[FrameTracker] = []
+
+    def control(self, tracker: FrameTracker, frame: ControlFrame) -> None:
+        self.trackers.append(tracker)
+        self.seen.append(frame)
+
+    def is_own_pong(self, payload: bytes) -> bool:
+        return bool(self.own) and payload.startswith(self.own)
+
+
 def serialize(frame: Frame, mask: bool) -> bytes:
     return frame.serialize(mask=mask)
 
@@ -74,14 +91,15 @@ def test_tracker_passes_bytes_unchanged_and_counts_messages(mask: bool, seed: in
     data, frames = sample_stream(mask)
     rng = random.Random(seed)
     sizes = [rng.choice([1, 2, 3, 7, 100, 5000]) for _ in range(60)]
-    seen: list[ControlFrame] = []
-    tracker = FrameTracker(max_message=1 << 20, on_control=seen.append)
+    sink = Recorder()
+    tracker = FrameTracker(max_message=1 << 20, sink=sink)
     out = feed_in_chunks(tracker, data, sizes)
     assert out == data
     assert tracker.messages == 5
     assert tracker.frames == len(frames)
     assert tracker.at_boundary
-    assert [(c.opcode, c.payload) for c in seen] == [(0x9, b"p1"), (0xA, b"")]
+    assert [(c.opcode, c.payload) for c in sink.seen] == [(0x9, b"p1"), (0xA, b"")]
+    assert all(seen_on is tracker for seen_on in sink.trackers)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -114,18 +132,14 @@ def test_own_pongs_are_dropped_and_others_kept() -> None:
         + serialize(Frame(Opcode.TEXT, b"x"), True)
         + serialize(Frame(Opcode.PONG, b"theirs"), True)
     )
-    pongs: list[bytes] = []
-    tracker = FrameTracker(
-        max_message=100,
-        on_control=lambda c: pongs.append(c.payload) if c.opcode == OP_PONG else None,
-        drop_pong=lambda payload: payload.startswith(b"wslb-"),
-    )
+    sink = Recorder(own=b"wslb-")
+    tracker = FrameTracker(max_message=100, sink=sink)
     out = feed_in_chunks(tracker, stream, [3, 4, 1])
     assert [(f.opcode, f.data) for f in parse_all(out, mask=True)] == [
         (Opcode.TEXT, b"x"),
         (Opcode.PONG, b"theirs"),
     ]
-    assert pongs == [b"wslb-1", b"theirs"]
+    assert [c.payload for c in sink.seen if c.opcode == OP_PONG] == [b"wslb-1", b"theirs"]
 
 
 def test_oversized_message_stops_at_its_first_frame() -> None:
@@ -147,14 +161,14 @@ def test_fragmented_message_size_is_summed_across_frames() -> None:
 
 
 def test_close_after_stop_is_still_seen() -> None:
-    seen: list[ControlFrame] = []
-    tracker = FrameTracker(max_message=100, on_control=seen.append)
+    sink = Recorder()
+    tracker = FrameTracker(max_message=100, sink=sink)
     tracker.stop()
     data = serialize(Frame(Opcode.TEXT, b"late"), True) + serialize(
         Frame(Opcode.CLOSE, Close(1000, "bye").serialize()), True
     )
     assert tracker.feed(data) == b""
-    assert [(c.close_code, c.close_reason) for c in seen] == [(1000, "bye")]
+    assert [(c.close_code, c.close_reason) for c in sink.seen] == [(1000, "bye")]
 
 
 @pytest.mark.parametrize("mask", [True, False])
