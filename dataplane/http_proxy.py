@@ -126,9 +126,12 @@ class Client(Protocol):
 
     transport: asyncio.Transport | None
     loop: asyncio.AbstractEventLoop
-    client_ip: str
-    client_port: int
     group: BackendGroup | None
+
+    @property
+    def client_ip(self) -> str: ...
+    @property
+    def client_port(self) -> int: ...
 
     def take_upgrade(self, head: bytes, rest: bytes) -> None: ...
     def end_http(self, linger: bool) -> None: ...

@@ -40,7 +40,7 @@ from dataplane.handshake import (
     render_request,
     validate_upgrade,
 )
-from dataplane.http_proxy import Client, HttpSession
+from dataplane.http_proxy import HttpSession
 from dataplane.metrics import RequestCounts
 from dataplane.rejection import Rejection
 from dataplane.relay import (
@@ -298,9 +298,7 @@ class ClientSide(asyncio.Protocol):
             # Read on every request (forwarded headers, scheduler, log): kept while plain
             # HTTP is served, which holds a session anyway.
             self.peer = _peername(self.transport)
-        # The cast only until http_proxy.Client declares client_ip and client_port as
-        # read-only properties (they are read, never set there).
-        session = self.http = HttpSession(cast(Client, self), self.listener)
+        session = self.http = HttpSession(self, self.listener)
         opening = self.opening
         if opening is not None and opening.pending:
             data = head + opening.pending

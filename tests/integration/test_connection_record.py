@@ -12,7 +12,8 @@ from websockets.exceptions import InvalidStatus
 from dataplane.relay import ConnectionRecord
 from dataplane.runtime import Runtime
 from dataplane.tunnel import ClientSide
-from tests.integration.conftest import listener, snapshot, url, wait_until
+from tests.integration.conftest import TlsFiles, listener, snapshot, url, wait_until
+from tests.integration.tls_clients import https_listener
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +54,25 @@ async def test_a_tunnel_ends_with_one_complete_record(backends: Any, dataplane: 
     # uvloop's clock has millisecond steps: a fast handshake may take "0" of them.
     assert 0 <= record.handshake_seconds <= record.duration < 10
     assert record.started > 1_600_000_000
+
+
+async def test_a_wss_tunnel_record_keeps_the_client_address(
+    backends: Any, dataplane: Any, tls: TlsFiles
+) -> None:
+    """The address is read from the transport when needed; a TLS transport forgets it at
+    close, so the record made at the end must still have it."""
+    (backend,) = await backends(1)
+    config = https_listener(tls, {"endpoints": [backend.endpoint]})
+    runtime: Runtime = await dataplane(snapshot(config))
+    records = capture(runtime, "wss")
+    async with connect(url(runtime, "wss"), ssl=tls.client_context, ping_interval=None) as ws:
+        local_port = ws.transport.get_extra_info("sockname")[1]
+        await ws.send("one")
+        assert await ws.recv() == "one"
+    await wait_until(lambda: len(records) == 1)
+    (record,) = records
+    assert (record.client, record.client_port) == ("127.0.0.1", local_port)
+    assert (record.status, record.close_code, record.closed_by) == (101, 1000, "client")
 
 
 async def test_a_refused_handshake_ends_with_its_status_and_reason(
