@@ -151,6 +151,17 @@ class RequestCounts:
         self.sums[rule] += duration
 
 
+def _cumulative(bounds: tuple[float, ...], slots: list[int]) -> list[tuple[str, float]]:
+    """Prometheus histogram buckets (cumulative, +Inf last) from per-slot counts."""
+    out: list[tuple[str, float]] = []
+    total = 0
+    labels = [*(str(float(bound)) for bound in bounds), "+Inf"]
+    for label, count in zip(labels, list(slots), strict=True):
+        total += count
+        out.append((label, total))
+    return out
+
+
 class RequestCollector(Collector):
     """The HTTP request counter and duration histogram, read from every listener's
     `RequestCounts` at scrape time."""
@@ -169,7 +180,6 @@ class RequestCollector(Collector):
             "From a plain HTTP request's head to the end of its answer.",
             labels=["listener", "rule"],
         )
-        bounds = [*(str(float(bound)) for bound in REQUEST_BUCKETS), "+Inf"]
         for listener, counts in list(self._source.items()):
             merged: dict[tuple[str, str, int], int] = {}
             for (rule, method, status_class), count in list(counts.requests.items()):
@@ -178,11 +188,7 @@ class RequestCollector(Collector):
             for (rule, method_label, status_class), count in sorted(merged.items()):
                 requests.add_metric([listener, rule, method_label, f"{status_class}xx"], count)
             for rule, slots in list(counts.buckets.items()):
-                cumulative = []
-                total = 0
-                for bound, count in zip(bounds, list(slots), strict=True):
-                    total += count
-                    cumulative.append((bound, total))
+                cumulative = _cumulative(REQUEST_BUCKETS, slots)
                 seconds.add_metric([listener, rule], cumulative, counts.sums.get(rule, 0.0))
         yield requests
         yield seconds
@@ -223,17 +229,6 @@ class ConnectionCounts:
         closes[key] = closes.get(key, 0) + 1
         self.durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.duration_sum += seconds
-
-
-def _cumulative(bounds: tuple[float, ...], slots: list[int]) -> list[tuple[str, float]]:
-    """Prometheus histogram buckets (cumulative, +Inf last) from per-slot counts."""
-    out: list[tuple[str, float]] = []
-    total = 0
-    labels = [*(str(float(bound)) for bound in bounds), "+Inf"]
-    for label, count in zip(labels, list(slots), strict=True):
-        total += count
-        out.append((label, total))
-    return out
 
 
 class ConnectionCollector(Collector):

@@ -731,30 +731,15 @@ class ClientSide(asyncio.Protocol):
         refused = self.opening.rejection if self.opening is not None else None
         rejection = refused.label if refused is not None else ""
         started = time.time() - (now - self.accepted_at)
-        if relay is None:
-            return ConnectionRecord(
-                client_ip,
-                client_port,
-                listener.name,
-                backend,
-                self.status,
-                rejection,
-                started,
-                end - self.accepted_at,
-                0.0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                "",
-                "",
-                "",
-                "",
-                "",
-                self.head,
-                forwarded,
-            )
+        if relay is None:  # refused, or the backend's own answer: nothing was relayed
+            handshake = 0.0
+            c2b = b2c = messages_c2b = messages_b2c = code = 0
+            closed_by = ""
+        else:
+            handshake = relay.opened_at - self.accepted_at
+            c2b, b2c = relay.bytes_c2b, relay.bytes_b2c
+            messages_c2b, messages_b2c = relay.messages_c2b, relay.messages_b2c
+            code, closed_by = relay.close_code, relay.closed_by or "unknown"
         return ConnectionRecord(
             client_ip,
             client_port,
@@ -764,13 +749,13 @@ class ClientSide(asyncio.Protocol):
             rejection,
             started,
             end - self.accepted_at,
-            relay.opened_at - self.accepted_at,
-            relay.bytes_c2b,
-            relay.bytes_b2c,
-            relay.messages_c2b,
-            relay.messages_b2c,
-            relay.close_code,
-            relay.closed_by or "unknown",
+            handshake,
+            c2b,
+            b2c,
+            messages_c2b,
+            messages_b2c,
+            code,
+            closed_by,
             "",
             "",
             "",
