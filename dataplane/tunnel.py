@@ -19,9 +19,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from enum import Enum
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from websockets.http11 import Request
 
@@ -63,7 +63,7 @@ log = logging.getLogger("wslb.tunnel")
 MAX_BACKEND_HEAD = 16 * 1024
 REFUSED_HEAD_WAIT = 1.0  # how long a refused client may take to send its head
 
-Dialled = asyncio.Future[tuple[asyncio.Transport, "BackendSide"]]
+Connecting = Coroutine[Any, Any, tuple[asyncio.Transport, "BackendSide"]]
 
 HEADER_TOO_LARGE = Rejection(431, "Request header fields too large", label="header_too_large")
 # A head that asks for a WebSocket upgrade (even a malformed one) takes the WebSocket
@@ -201,7 +201,7 @@ class ClientSide(asyncio.Protocol):
         if admission is not None:
             # Refused anyway: do not hold a slot for the whole handshake timeout.
             wait = min(wait, REFUSED_HEAD_WAIT)
-        opening.timer = self.loop.call_later(wait, self._head_timeout)
+        self._set_deadline(opening, self.accepted_at + wait)
 
     def data_received(self, data: bytes) -> None:
         if self.state is _TUNNEL:
@@ -267,8 +267,6 @@ class ClientSide(asyncio.Protocol):
             self._reject(rejection)
 
     def _head_timeout(self) -> None:
-        if self.opening is not None:
-            self.opening.timer = None
         if self.state is State.HEAD and self.opening is not None:
             if self.opening.admission is not None:
                 self._reject(self.opening.admission)
@@ -432,14 +430,13 @@ class ClientSide(asyncio.Protocol):
         dial.endpoint = endpoint
         dial.backend = backend
         timeout = listener.config.limits.connect_timeout_seconds
-        self._opening().timer = self.loop.call_later(
-            timeout, self._attempt_failed, backend, "timed out"
+        self._set_deadline(self._opening(), self.loop.time() + timeout)
+        # uvloop's create_connection is a coroutine; BackendSide drives it from the
+        # callbacks of the future it waits on, without a Task (see dial_step).
+        dial.connecting = self.loop.create_connection(
+            backend.itself, endpoint.address, endpoint.port
         )
-        # uvloop's create_connection is a coroutine: its own Task is the only one per dial.
-        task = dial.task = asyncio.ensure_future(
-            self.loop.create_connection(backend.itself, endpoint.address, endpoint.port)
-        )
-        task.add_done_callback(backend.connected)
+        backend.dial_step()
 
     def _attempt_failed(self, backend: BackendSide, why: str) -> None:
         """This attempt is over (refused, timed out, closed, bad answer): try the next."""
@@ -453,16 +450,15 @@ class ClientSide(asyncio.Protocol):
         self._next_attempt()
 
     def _stop_dial(self, keep_context: bool = False) -> None:
-        """Give up the attempt in progress: its deadline, its task, its socket."""
+        """Give up the attempt in progress: its deadline, its connect, its socket."""
         self._cancel_timer()
         dial = self.dial
         if dial is None:
             return
-        task = dial.task
-        if task is not None:
-            if not task.done():
-                task.cancel()
-            dial.task = None
+        connecting = dial.connecting
+        if connecting is not None:
+            dial.connecting = None
+            _cancel_connect(connecting)
         endpoint, backend = dial.endpoint, dial.backend
         dial.endpoint = dial.backend = None
         if endpoint is not None:
@@ -533,9 +529,8 @@ class ClientSide(asyncio.Protocol):
             if remaining is not None and remaining <= 0:
                 self._finish()
             else:
-                opening.timer = self.loop.call_later(
-                    listener.config.limits.handshake_timeout_seconds, self._finish
-                )
+                timeout = listener.config.limits.handshake_timeout_seconds
+                self._set_deadline(opening, self.loop.time() + timeout)
             return
         if answer is not None and group.sticky_rewrites_response:
             group.sticky.rewrite_response(endpoint.key, answer.headers)
@@ -624,10 +619,11 @@ class ClientSide(asyncio.Protocol):
                 self.listener.wheel.add(self, deadline)
 
     def deadline_due(self, now: float) -> float | None:
-        """The wheel's slot came due (see deadlines.py): run the core's deadlines."""
+        """The wheel's slot came due (see deadlines.py): run the core's deadlines, or
+        the handshake's before the tunnel opens."""
         relay = self.relay
         if self.state is not State.TUNNEL or relay is None:
-            return None
+            return self._handshake_due(now)
         relay.tick(now)
         if relay.pending:
             self._carry_out(relay)
@@ -637,12 +633,36 @@ class ClientSide(asyncio.Protocol):
         # Never file a deadline at or before now: the wheel would fire it again at once.
         return deadline if deadline > now else now + 0.001
 
+    def _set_deadline(self, opening: _Opening, when: float) -> None:
+        """The handshake's one deadline (head, connect attempt, or relaying a refusal
+        from the backend) on the listener's wheel: no loop timer per connection."""
+        opening.deadline = when
+        self.listener.wheel.add(self, when)
+
+    def _handshake_due(self, now: float) -> float | None:
+        opening = self.opening
+        if opening is None or not opening.deadline:
+            return None
+        if now < opening.deadline:
+            return opening.deadline  # filed in the slot before it: wait on
+        opening.deadline = 0.0
+        state = self.state
+        if state is State.HEAD:
+            self._head_timeout()
+        elif state is State.CONNECTING:
+            dial = self.dial
+            if dial is not None and dial.backend is not None:
+                self._attempt_failed(dial.backend, "timed out")
+        elif state is State.RELAY:
+            self._finish()
+        return None  # a next attempt filed its own deadline
+
     def _cancel_timer(self) -> None:
         """Cancel the handshake's deadline, if one is running."""
         opening = self.opening
-        if opening is not None and opening.timer is not None:
-            opening.timer.cancel()
-            opening.timer = None
+        if opening is not None and opening.deadline:
+            opening.deadline = 0.0
+            self.listener.wheel.discard(self)
 
     def _opening(self) -> _Opening:
         """The handshake's state (made again if asked for after the tunnel opened)."""
@@ -816,23 +836,28 @@ class BackendSide(asyncio.Protocol):
         """Protocol factory for create_connection: this very instance."""
         return self
 
-    def connected(self, task: Dialled) -> None:
-        """create_connection finished: send the request, or report the failure."""
+    def dial_step(self, _waited: object = None) -> None:
+        """Drive the dial's create_connection coroutine one step, as a Task would: run
+        it until it waits on a future, and come back here when that future is done (a
+        Task per dial, its scheduling and its done callback cost more than the dial's own
+        Python). Then send the request, or report the failure."""
         client = self.client
-        if task.cancelled():
-            return  # the attempt was given up; _stop_dial cleaned up
-        exc = task.exception()
         dial = client.dial
-        if dial is None or dial.backend is not self:
-            if exc is None:
-                self.abandon()  # connected after all, but nobody wants it any more
+        if dial is None or dial.backend is not self or dial.connecting is None:
+            return  # the attempt was given up (_stop_dial closed its coroutine)
+        connecting = dial.connecting
+        try:
+            waiter = connecting.send(None)
+        except StopIteration:
+            dial.connecting = None  # done: not kept while the backend answers
+            if self.transport is not None:
+                self.transport.write(dial.head)
             return
-        dial.task = None  # done: not kept while the backend answers
-        if exc is not None:
+        except Exception as exc:
+            dial.connecting = None
             client._attempt_failed(self, repr(exc))
             return
-        if self.transport is not None:
-            self.transport.write(dial.head)
+        cast(asyncio.Future[None], waiter).add_done_callback(self.dial_step)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -899,7 +924,7 @@ class BackendSide(asyncio.Protocol):
 class _Opening:
     """What a connection needs only until its tunnel opens (or while it is not one)."""
 
-    __slots__ = ("admission", "buffer", "pending", "rejection", "relay_remaining", "timer")
+    __slots__ = ("admission", "buffer", "deadline", "pending", "rejection", "relay_remaining")
 
     def __init__(self) -> None:
         # Head bytes of a head split over reads, and client bytes that came before the
@@ -908,7 +933,7 @@ class _Opening:
         self.pending: bytes | bytearray = b""
         self.admission: Rejection | None = None
         self.relay_remaining: int | None = None  # RELAY: bytes of the answer still to go
-        self.timer: asyncio.TimerHandle | None = None  # the handshake's deadline
+        self.deadline = 0.0  # the handshake's deadline on the wheel (loop time), 0: none
         self.rejection: Rejection | None = None  # what the client was answered, if refused
 
 
@@ -928,11 +953,11 @@ class _Dial:
     __slots__ = (
         "attempts_left",
         "backend",
+        "connecting",
         "endpoint",
         "head",
         "info",
         "sticky_key",
-        "task",
         "tried",
     )
 
@@ -944,7 +969,16 @@ class _Dial:
         self.head = head
         self.attempts_left = attempts
         self.tried: list[str] = []
-        # The attempt in progress: its endpoint, its socket's protocol, its connect task.
+        # The attempt in progress: its endpoint, its socket's protocol, its connect.
         self.endpoint: EndpointState | None = None
         self.backend: BackendSide | None = None
-        self.task: Dialled | None = None
+        self.connecting: Connecting | None = None
+
+
+def _cancel_connect(connecting: Connecting) -> None:
+    """Stop a dial's create_connection where it waits, as cancelling its Task would:
+    uvloop closes the socket it opened (its `except BaseException` path)."""
+    try:
+        connecting.throw(asyncio.CancelledError())
+    except BaseException:  # noqa: S110  # what it raises is the cancellation itself
+        pass
