@@ -64,7 +64,8 @@ RUN set -eu; \
       /tmp/dist/wslb-*.whl; \
     /opt/wslb/bin/python -c 'import importlib; \
       from importlib.machinery import ExtensionFileLoader as E; \
-      names = ("relay", "frames", "tunnel", "handshake", "log_lines", "http1", "http_proxy"); \
+      names = ("relay", "frames", "tunnel", "listener", "counts", "handshake", "log_lines", \
+        "http1", "http_proxy"); \
       loose = [n for n in names if not isinstance( \
         importlib.import_module("dataplane." + n).__loader__, E)]; \
       assert not loose, f"not compiled: {loose}"'; \

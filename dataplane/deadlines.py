@@ -49,8 +49,9 @@ class DeadlineWheel:
 
     def add(self, item: Expiring, when: float) -> None:
         """File `item` under the slot of `when` (moving it if it was filed already)."""
-        self.discard(item)
-        slot = math.ceil(when / self.resolution)
+        if item.wheel_slot != NOT_FILED:
+            self.discard(item)
+        slot = _ceil(when / self.resolution)
         members = self.slots.get(slot)
         if members is None:
             members = self.slots[slot] = []
@@ -110,6 +111,13 @@ class DeadlineWheel:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _ceil(value: float) -> int:
+    """math.ceil for the slot numbers (positive): plain arithmetic once compiled, where
+    math.ceil is a Python call."""
+    whole = int(value)
+    return whole + 1 if whole < value else whole
 
 
 def _safe_due(callback: Callable[[float], float | None], now: float) -> float | None:

@@ -280,33 +280,31 @@ def fast_request(head: bytes) -> FastRequest | None:
 
 
 def head_summary(head: bytes) -> tuple[str, str, str, list[str]]:
-    """(method, target, Host, X-Forwarded-For values) of a head, for the access log: one
-    compiled walk over the line starts (only a line that starts with h or x is compared),
-    never raising on a head the parsers refused."""
-    line_end = head.find(b"\r\n")
-    parts = head[: line_end if line_end >= 0 else len(head)].split(b" ")
+    """(method, target, Host, X-Forwarded-For values) of a head, for the access log: its
+    lines split once (a `find` per line was a method call each, compiled or not) and only
+    a line that starts with h or x compared; never raising on a head the parsers refused.
+    Only lines ended by CRLF count, up to the empty line."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
     method = parts[0].decode("latin-1") if len(parts) == 3 else ""
     target = parts[1].decode("latin-1") if len(parts) == 3 else ""
     host = ""
     host_seen = False  # the first Host field counts, even an empty one
     chain: list[str] = []
-    size = len(head)
-    pos = line_end + 2 if line_end >= 0 else size
-    while pos < size:
-        end = head.find(b"\r\n", pos)
-        if end <= pos:
-            break  # the empty line, or no line end
-        first = head[pos] | 0x20  # lowercased, for a letter
-        if first == 0x68 and not host_seen and head[pos : pos + 5].lower() == b"host:":
-            host = head[pos + 5 : end].strip(b" \t").decode("latin-1")
+    for index in range(1, len(lines) - 1):  # the last piece has no CRLF after it
+        line = lines[index]
+        if not line:
+            break  # the empty line
+        first = line[0] | 0x20  # lowercased, for a letter
+        if first == 0x68 and not host_seen and line[:5].lower() == b"host:":
+            host = line[5:].strip(b" \t").decode("latin-1")
             host_seen = True
         elif (
             first == 0x78
             and len(chain) < _FAST_MAX_FIELDS
-            and head[pos : pos + 16].lower() == b"x-forwarded-for:"
+            and line[:16].lower() == (b"x-forwarded-for:")
         ):
-            chain.append(head[pos + 16 : end].strip(b" \t").decode("latin-1"))
-        pos = end + 2
+            chain.append(line[16:].strip(b" \t").decode("latin-1"))
     return method, target, host, chain
 
 

@@ -225,7 +225,10 @@ class ListenerRuntime:
         self.capacity.active += 1
         if self.retired:
             return CLOSING
-        return self.gate.check(connection.client_ip, len(self.connections), connection.accepted_at)
+        gate = self.gate
+        # The address is read from the socket only for an ACL (a conversion per read).
+        client_ip = connection.client_ip if gate.acl.restricts else ""
+        return gate.check(client_ip, len(connections), connection.accepted_at)
 
     def check_origin(self, values: list[str]) -> Rejection | None:
         return self.gate.origin(values)
@@ -257,7 +260,7 @@ class ListenerRuntime:
 
     def traffic(self) -> TrafficTotals:
         """Totals of closed connections plus the live ones, for the scrape collector."""
-        totals = TrafficTotals(**vars(self.totals))
+        totals = self.totals.copy()
         totals.connections = len(self.connections)
         backend: dict[str, int] = {}
         for group in self.groups.values():

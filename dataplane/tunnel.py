@@ -259,7 +259,7 @@ class ClientSide(asyncio.Protocol):
         head = bytes(buffer[: end + 4]) if end + 4 < len(buffer) else bytes(buffer)
         opening.pending = buffer[end + 4 :] or b""
         opening.buffer = b""
-        self._cancel_timer()
+        self._clear_deadline()  # the dial moves its entry; others unfile it
         self.state = State.CONNECTING
         try:
             self._handle_request(head)
@@ -292,6 +292,7 @@ class ClientSide(asyncio.Protocol):
     def _start_http(self, head: bytes) -> None:
         """Serve plain HTTP on this connection from `head` (and what followed it) on."""
         self.state = State.HTTP
+        self.listener.wheel.discard(self)  # the session keeps its own deadlines
         if self.peer is None:
             # Read on every request (forwarded headers, scheduler, log): kept while plain
             # HTTP is served, which holds a session anyway.
@@ -451,7 +452,7 @@ class ClientSide(asyncio.Protocol):
 
     def _stop_dial(self, keep_context: bool = False) -> None:
         """Give up the attempt in progress: its deadline, its connect, its socket."""
-        self._cancel_timer()
+        self._clear_deadline()
         dial = self.dial
         if dial is None:
             return
@@ -475,7 +476,7 @@ class ClientSide(asyncio.Protocol):
         if endpoint is None:
             return
         self.dial = None  # with its attempt: the task is done, the socket is this one
-        self._cancel_timer()
+        self._clear_deadline()  # the tunnel's deadline moves its entry
         if self.state is not State.CONNECTING:
             endpoint.active -= 1
             backend.abandon()
@@ -495,7 +496,6 @@ class ClientSide(asyncio.Protocol):
         listener = self.listener
         group = self.group
         assert group is not None
-        self._cancel_timer()  # the connect deadline
         try:
             # A 101 is relayed unchanged: its headers are parsed only when sticky
             # sessions must rewrite them (a measurable share of each handshake).
@@ -657,12 +657,18 @@ class ClientSide(asyncio.Protocol):
             self._finish()
         return None  # a next attempt filed its own deadline
 
-    def _cancel_timer(self) -> None:
-        """Cancel the handshake's deadline, if one is running."""
+    def _clear_deadline(self) -> None:
+        """The handshake's deadline is off; its wheel entry stays until the next deadline
+        moves it (a wheel operation fewer) or fires as a no-op."""
         opening = self.opening
-        if opening is not None and opening.deadline:
+        if opening is not None:
             opening.deadline = 0.0
-            self.listener.wheel.discard(self)
+
+    def _cancel_timer(self) -> None:
+        """Cancel the handshake's deadline and take the connection off the wheel (never
+        called on a tunnel: the wheel holds its relay's deadline)."""
+        self._clear_deadline()
+        self.listener.wheel.discard(self)
 
     def _opening(self) -> _Opening:
         """The handshake's state (made again if asked for after the tunnel opened)."""
@@ -720,7 +726,7 @@ class ClientSide(asyncio.Protocol):
         self.lost = True
         self.ended_at = self.loop.time()
         self.listener.wheel.discard(self)
-        self._cancel_timer()
+        self._clear_deadline()
         if self.dial is not None:
             self._stop_dial()
         if self.http is not None:

@@ -9,6 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from dataplane.listener import ListenerRuntime
 from dataplane.relay import ConnectionRecord
 from dataplane.runtime import Runtime
 from dataplane.tunnel import ClientSide
@@ -18,26 +19,33 @@ from tests.integration.tls_clients import https_listener
 pytestmark = pytest.mark.integration
 
 
-def capture(runtime: Runtime, name: str = "ws") -> list[ConnectionRecord]:
-    """Wrap the listener's hook; the listener's own bookkeeping still runs."""
+def capture(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, name: str = "ws"
+) -> list[ConnectionRecord]:
+    """Wrap the listener's hook; the listener's own bookkeeping still runs. Patched on
+    the class (a compiled class's methods cannot be replaced on an instance), for this
+    listener only."""
     site = runtime.listeners[name]
     records: list[ConnectionRecord] = []
-    original = site.connection_ended
+    original = ListenerRuntime.connection_ended
 
-    def hook(connection: ClientSide) -> None:
-        original(connection)
-        records.append(connection.record())
+    def hook(self: ListenerRuntime, connection: ClientSide) -> None:
+        original(self, connection)
+        if self is site:
+            records.append(connection.record())
 
-    site.connection_ended = hook  # type: ignore[method-assign]
+    monkeypatch.setattr(ListenerRuntime, "connection_ended", hook)
     return records
 
 
-async def test_a_tunnel_ends_with_one_complete_record(backends: Any, dataplane: Any) -> None:
+async def test_a_tunnel_ends_with_one_complete_record(
+    backends: Any, dataplane: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (backend,) = await backends(1)
     runtime: Runtime = await dataplane(
         snapshot(listener(backends={"endpoints": [backend.endpoint]}))
     )
-    records = capture(runtime)
+    records = capture(runtime, monkeypatch)
     async with connect(url(runtime), ping_interval=None) as ws:
         local_port = ws.transport.get_extra_info("sockname")[1]
         for text in ("one", "two", "three"):
@@ -57,14 +65,14 @@ async def test_a_tunnel_ends_with_one_complete_record(backends: Any, dataplane: 
 
 
 async def test_a_wss_tunnel_record_keeps_the_client_address(
-    backends: Any, dataplane: Any, tls: TlsFiles
+    backends: Any, dataplane: Any, tls: TlsFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The address is read from the transport when needed; a TLS transport forgets it at
     close, so the record made at the end must still have it."""
     (backend,) = await backends(1)
     config = https_listener(tls, {"endpoints": [backend.endpoint]})
     runtime: Runtime = await dataplane(snapshot(config))
-    records = capture(runtime, "wss")
+    records = capture(runtime, monkeypatch, "wss")
     async with connect(url(runtime, "wss"), ssl=tls.client_context, ping_interval=None) as ws:
         local_port = ws.transport.get_extra_info("sockname")[1]
         await ws.send("one")
@@ -76,14 +84,14 @@ async def test_a_wss_tunnel_record_keeps_the_client_address(
 
 
 async def test_a_refused_handshake_ends_with_its_status_and_reason(
-    backends: Any, dataplane: Any
+    backends: Any, dataplane: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (backend,) = await backends(1)
     config = listener(
         allowedOrigins=["https://app.example.com"], backends={"endpoints": [backend.endpoint]}
     )
     runtime: Runtime = await dataplane(snapshot(config))
-    records = capture(runtime)
+    records = capture(runtime, monkeypatch)
     with pytest.raises(InvalidStatus):
         async with connect(url(runtime), origin="https://evil.example.com"):  # type: ignore[arg-type]
             pass
