@@ -62,19 +62,25 @@ _FAST_FIELD = re.compile(
     rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?)"
     rb"[ \t]*\r\n"
 )
-# What the fast path does with a field, by lowercased name.
+# What the fast path does with a field, by lowercased name: the fields its checks read
+# (each must appear once), those only the full parser judges (bodies, extension and
+# subprotocol offers), the forwarding ones (their presence is noted), and the rest (0).
 # (module constants declared Final: compiled, each use is a C static, not a dict lookup)
-_ONCE: Final = 1
-_FULL_ONLY: Final = 2
-_FORWARDED: Final = 3
+_HOST: Final = 1
+_UPGRADE: Final = 2
+_CONNECTION: Final = 3
+_KEY: Final = 4
+_VERSION: Final = 5
+_ORIGIN: Final = 6
+_FULL_ONLY: Final = 7
+_FORWARDED: Final = 8
 _FAST_NAMES: Final = {
-    # The checks read these: each must appear once for the fast path to decide.
-    **dict.fromkeys(
-        (b"host", b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version"),
-        _ONCE,
-    ),
-    b"origin": _ONCE,
-    # Only the full parser judges these (bodies, extension and subprotocol offers).
+    b"host": _HOST,
+    b"upgrade": _UPGRADE,
+    b"connection": _CONNECTION,
+    b"sec-websocket-key": _KEY,
+    b"sec-websocket-version": _VERSION,
+    b"origin": _ORIGIN,
     **dict.fromkeys(
         (
             b"transfer-encoding",
@@ -89,7 +95,38 @@ _FAST_NAMES: Final = {
         _FORWARDED,
     ),
 }
-_FAST_KEY: Final = re.compile(rb"[A-Za-z0-9+/]{22}==")
+# The usual spellings of those and of other common fields, looked up as received: only a
+# name not found here is lowercased (a method call per field line otherwise).
+_FAST_SPELLINGS: Final = {
+    **{
+        name.title().replace(b"Websocket", b"WebSocket"): kind for name, kind in _FAST_NAMES.items()
+    },
+    **_FAST_NAMES,
+    b"X-Real-IP": _FORWARDED,
+    **dict.fromkeys(
+        (
+            b"User-Agent",
+            b"Accept",
+            b"Accept-Encoding",
+            b"Accept-Language",
+            b"Cache-Control",
+            b"Pragma",
+            b"Cookie",
+            b"Referer",
+            b"user-agent",
+            b"accept",
+            b"accept-encoding",
+            b"accept-language",
+            b"cache-control",
+            b"pragma",
+            b"cookie",
+        ),
+        0,
+    ),
+}
+_BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# 1 at each byte value of the base64 alphabet, else 0 (a Sec-WebSocket-Key's characters).
+_IS_BASE64: Final = bytes(1 if byte in _BASE64_CHARS else 0 for byte in range(256))
 _FAST_TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 
 
@@ -192,18 +229,24 @@ def fast_request(head: bytes) -> FastRequest | None:
 
     One pass over the bytes (compiled, a few instructions each): the request line, then
     field lines of a token name, a colon and a value of printable ASCII or tab, each
-    ended by CRLF, then the empty line; only the few fields the checks read are sliced."""
+    ended by CRLF, then the empty line; only the few fields the checks read are sliced,
+    and no method is called per field line when its name is spelled as usual."""
     size = len(head)
-    if size > _FAST_MAX or not head.startswith(b"GET /"):
+    if size > _FAST_MAX or size < 16 or head[:5] != b"GET /":
         return None
     pos = 5
     while pos < size and 0x21 <= head[pos] <= 0x7E:
         pos += 1
-    if not head.startswith(b" HTTP/1.1\r\n", pos):
+    if head[pos : pos + 11] != b" HTTP/1.1\r\n":
         return None
     path_end = pos
     pos += 11
-    seen: dict[bytes, bytes] = {}
+    host: bytes | None = None
+    upgrade: bytes | None = None
+    connection: bytes | None = None
+    key: bytes | None = None
+    version: bytes | None = None
+    origin: bytes | None = None
     forwarded = False
     canonical = True  # every field reads "Name: value": the head may be forwarded as is
     fields = 0
@@ -237,35 +280,61 @@ def fast_request(head: bytes) -> FastRequest | None:
             return None
         if canonical and not _canonical_field(head, colon, end):
             canonical = False
-        lower = head[name_start:colon].lower()
-        kind = _FAST_NAMES.get(lower)
+        name = head[name_start:colon]
+        kind = _FAST_SPELLINGS.get(name)
         if kind is None:
+            kind = _FAST_NAMES.get(name.lower(), 0)
+        if kind == 0:
             continue
-        if kind == _ONCE:
-            if lower in seen:
-                return None
-            seen[lower] = head[colon + 1 : end].strip(b" \t")
-        elif kind == _FULL_ONLY:
+        if kind == _FULL_ONLY:
             return None
-        else:
+        if kind == _FORWARDED:
             forwarded = True
-    if (
-        seen.get(b"upgrade", b"").lower() != b"websocket"
-        or seen.get(b"sec-websocket-version") != b"13"
-        or _FAST_KEY.fullmatch(seen.get(b"sec-websocket-key", b"")) is None
-    ):
+            continue
+        # The value without the blanks around it (what strip(b" \t") gives).
+        start = colon + 1
+        while start < end and (head[start] == 32 or head[start] == 9):
+            start += 1
+        stop = end
+        while stop > start and (head[stop - 1] == 32 or head[stop - 1] == 9):
+            stop -= 1
+        value = head[start:stop]
+        if kind == _HOST:
+            if host is not None:
+                return None
+            host = value
+        elif kind == _UPGRADE:
+            if upgrade is not None:
+                return None
+            upgrade = value
+        elif kind == _CONNECTION:
+            if connection is not None:
+                return None
+            connection = value
+        elif kind == _KEY:
+            if key is not None:
+                return None
+            key = value
+        elif kind == _VERSION:
+            if version is not None:
+                return None
+            version = value
+        else:
+            if origin is not None:
+                return None
+            origin = value
+    if upgrade is None or (upgrade != b"websocket" and upgrade.lower() != b"websocket"):
         return None
-    host = seen.get(b"host")
-    if not host:
+    if version != b"13" or key is None or not _is_key(key) or not host:
         return None
-    connection = seen.get(b"connection", b"")
-    if connection.lower() != b"upgrade":
+    if connection is None:
+        connection = b""
+    if connection != b"Upgrade" and connection.lower() != b"upgrade":
         tokens = [token.strip(b" \t") for token in connection.split(b",")]
         if not all(_FAST_TOKEN.fullmatch(token) for token in tokens):
             return None
         if b"upgrade" not in [token.lower() for token in tokens]:
             return None
-    origin = seen.get(b"origin")
     return FastRequest(
         head,
         head[4:path_end].decode(),
@@ -274,6 +343,14 @@ def fast_request(head: bytes) -> FastRequest | None:
         forwarded,
         canonical,
     )
+
+
+def _is_key(key: bytes) -> bool:
+    """A Sec-WebSocket-Key as websockets accepts it: 16 bytes in base64 (22 characters of
+    its alphabet, then "==")."""
+    if len(key) != 24 or key[22] != 61 or key[23] != 61:
+        return False
+    return all(_IS_BASE64[key[index]] for index in range(22))
 
 
 # ------------------------------------------------------------------ full parser
