@@ -6,7 +6,7 @@ HTTP statuses a load balancer answers with, and renders the request forwarded to
 backend with X-Forwarded-* headers. Sans-I/O: bytes in, bytes or a rejection out.
 
 `fast_request` recognises the common, plainly valid upgrade with a few C-level scans and
-no header objects; anything it is not sure of (a second Upgrade, an extension offer, a
+no header objects; anything it is not sure of (a second Upgrade, a subprotocol offer, a
 body, odd spacing) goes to the full parser, so every answer stays the full parser's.
 """
 
@@ -63,8 +63,10 @@ _FAST_FIELD = re.compile(
     rb"[ \t]*\r\n"
 )
 # What the fast path does with a field, by lowercased name: the fields its checks read
-# (each must appear once), those only the full parser judges (bodies, extension and
-# subprotocol offers), the forwarding ones (their presence is noted), and the rest (0).
+# (each must appear once), those only the full parser judges (bodies, subprotocol
+# offers), the forwarding ones (their presence is noted), and the rest (0). An extension
+# offer is one of the rest: the validator negotiates no extension and never reads it
+# (the backend's 101 decides, and the relay learns the outcome from it).
 # (module constants declared Final: compiled, each use is a C static, not a dict lookup)
 _HOST: Final = 1
 _UPGRADE: Final = 2
@@ -85,7 +87,6 @@ _FAST_NAMES: Final = {
         (
             b"transfer-encoding",
             b"content-length",
-            b"sec-websocket-extensions",
             b"sec-websocket-protocol",
         ),
         _FULL_ONLY,
@@ -113,6 +114,8 @@ _FAST_SPELLINGS: Final = {
             b"Pragma",
             b"Cookie",
             b"Referer",
+            b"Sec-WebSocket-Extensions",
+            b"sec-websocket-extensions",
             b"user-agent",
             b"accept",
             b"accept-encoding",
