@@ -8,7 +8,6 @@ knows Prometheus.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Final
 
 HANDSHAKE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -42,6 +41,39 @@ _METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATC
 def method_class(method: bytes) -> str:
     """An HTTP method as a bounded label: the common ones by name, the rest `other`."""
     return method.decode("ascii") if method in _METHODS else "other"
+
+
+def fold_close_code(code: int) -> int:
+    """A close code folded as its label folds it, kept as a number on the connection path
+    (`folded_label` names it at scrape time): standard codes as themselves, 3000 and 4000
+    for their application ranges, -1 for the rest."""
+    if code in _KNOWN_CLOSE_CODES:
+        return code
+    if 3000 <= code < 4000:
+        return 3000
+    if 4000 <= code < 5000:
+        return 4000
+    return -1
+
+
+def folded_label(folded: int) -> str:
+    """The close-code label of a `fold_close_code` result."""
+    if folded == 3000:
+        return "3xxx"
+    if folded == 4000:
+        return "4xxx"
+    return str(folded) if folded in _KNOWN_CLOSE_CODES else "other"
+
+
+def bucket(bounds: tuple[float, ...], value: float) -> int:
+    """bisect_left(bounds, value), as a compiled loop (the C call cost more than the scan
+    of a dozen bounds)."""
+    index = 0
+    for bound in bounds:
+        if bound >= value:
+            return index
+        index += 1
+    return index
 
 
 def close_code_label(code: int) -> str:
@@ -117,7 +149,7 @@ class RequestCounts:
         if buckets is None:
             buckets = self.buckets[rule] = [0] * (len(REQUEST_BUCKETS) + 1)
             self.sums[rule] = 0.0
-        buckets[bisect_left(REQUEST_BUCKETS, duration)] += 1
+        buckets[bucket(REQUEST_BUCKETS, duration)] += 1
         self.sums[rule] += duration
 
 
@@ -136,13 +168,14 @@ class ConnectionCounts:
         self.handshake_sum = 0.0
         self.durations = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
-        self.closes: dict[tuple[str, str], int] = {}  # (close-code label, initiator)
+        # (close code folded by fold_close_code, initiator): named at scrape time
+        self.closes: dict[tuple[int, str], int] = {}
 
     def opened(self, handshake_seconds: float) -> None:
         """A tunnel opened: the client got the backend's 101."""
         upgrades = self.upgrades
         upgrades[101] = upgrades.get(101, 0) + 1
-        self.handshakes[bisect_left(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
+        self.handshakes[bucket(HANDSHAKE_BUCKETS, handshake_seconds)] += 1
         self.handshake_sum += handshake_seconds
 
     def answered(self, status: int) -> None:
@@ -151,8 +184,8 @@ class ConnectionCounts:
 
     def closed(self, code: int, initiator: str, seconds: float) -> None:
         """A tunnel ended after `seconds` (from the 101), closed first by `initiator`."""
-        key = (close_code_label(code), initiator)
+        key = (fold_close_code(code), initiator)
         closes = self.closes
         closes[key] = closes.get(key, 0) + 1
-        self.durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.durations[bucket(DURATION_BUCKETS, seconds)] += 1
         self.duration_sum += seconds

@@ -40,7 +40,6 @@ import socket
 import sys
 import termios
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -48,6 +47,7 @@ from websockets.datastructures import Headers
 
 from dataplane.access_log import RequestRecord
 from dataplane.balancer import EndpointState, RequestInfo
+from dataplane.counts import REQUEST_BUCKETS, RequestCounts, bucket
 from dataplane.group import BackendGroup
 from dataplane.handshake import Rejection
 from dataplane.http1 import (
@@ -65,7 +65,6 @@ from dataplane.http1 import (
     Upgrade,
     frame_chunk,
 )
-from dataplane.metrics import REQUEST_BUCKETS, RequestCounts
 from lbwire.snapshot import Listener
 
 log = logging.getLogger("wslb.http")
@@ -746,7 +745,7 @@ class HttpSession:
                 key = (rule, head.method, status // 100)
                 requests = counts.requests
                 requests[key] = requests.get(key, 0) + 1
-                buckets[bisect_left(REQUEST_BUCKETS, duration)] += 1
+                buckets[bucket(REQUEST_BUCKETS, duration)] += 1
                 counts.sums[rule] += duration
         if not site.keeps_heads:
             return  # no access log: no record built

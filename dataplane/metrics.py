@@ -27,6 +27,7 @@ from dataplane.counts import (
     RequestCounts,
     TrafficTotals,
     close_code_label,
+    folded_label,
     method_class,
 )
 
@@ -177,7 +178,11 @@ class ConnectionCollector(Collector):
             duration.add_metric(
                 [listener], _cumulative(DURATION_BUCKETS, counts.durations), counts.duration_sum
             )
-            for (code, initiator), count in sorted(counts.closes.items()):
+            named = [
+                ((folded_label(folded), initiator), count)
+                for (folded, initiator), count in counts.closes.items()
+            ]
+            for (code, initiator), count in sorted(named):
                 closes.add_metric([listener, code, initiator], count)
         yield upgrades
         yield handshake

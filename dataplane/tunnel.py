@@ -27,6 +27,7 @@ from websockets.http11 import Request
 
 from dataplane.access_log import RequestRecord
 from dataplane.balancer import EndpointState, RequestInfo
+from dataplane.counts import RequestCounts
 from dataplane.deadlines import NOT_FILED, DeadlineWheel
 from dataplane.group import BackendGroup
 from dataplane.handshake import (
@@ -41,7 +42,6 @@ from dataplane.handshake import (
     validate_upgrade,
 )
 from dataplane.http_proxy import HttpSession
-from dataplane.metrics import RequestCounts
 from dataplane.rejection import Rejection
 from dataplane.relay import (
     CLOSE_BACKEND,
