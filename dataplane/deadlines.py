@@ -62,6 +62,16 @@ class DeadlineWheel:
         if self.timer_slot is None or slot < self.timer_slot:
             self._arm(slot)
 
+    def ensure(self, item: Expiring, when: float) -> None:
+        """Make sure `item` comes due by `when`: filed for it, unless it is filed for an
+        earlier slot already. That slot then comes first and the item's `deadline_due`
+        files it again for what is due by then. A deadline that moves later costs no
+        wheel operation until its old slot comes due, so a handshake that opens and closes
+        in a moment touches the wheel twice (filed at accept, unfiled at close)."""
+        slot = item.wheel_slot
+        if slot == NOT_FILED or slot > _ceil(when / self.resolution):
+            self.add(item, when)
+
     def discard(self, item: Expiring) -> None:
         """Unfile `item`: it will not fire (a no-op when it is not filed)."""
         slot = item.wheel_slot

@@ -201,7 +201,11 @@ class ClientSide(asyncio.Protocol):
         if admission is not None:
             # Refused anyway: do not hold a slot for the whole handshake timeout.
             wait = min(wait, REFUSED_HEAD_WAIT)
-        self._set_deadline(opening, self.accepted_at + wait)
+        opening.deadline = self.accepted_at + wait
+        # Filed for the connect timeout if that comes first: the dial's own deadline is
+        # then later than the slot, and filing it costs nothing (DeadlineWheel.ensure).
+        first = min(wait, config.limits.connect_timeout_seconds)
+        self.listener.wheel.add(self, self.accepted_at + first)
 
     def data_received(self, data: bytes) -> None:
         if self.state is _TUNNEL:
@@ -543,7 +547,7 @@ class ClientSide(asyncio.Protocol):
         rest = backend.attach()
         listener.tunnel_opened(self, now - self.accepted_at)
         self.transport.write(head)
-        listener.wheel.add(self, relay.next_deadline() or now)
+        listener.wheel.ensure(self, relay.next_deadline() or now)
         if rest:
             self(rest)  # the backend's bytes that came with its 101
         handshake, self.opening = self.opening, None  # over (its deadline was cancelled)
@@ -616,7 +620,7 @@ class ClientSide(asyncio.Protocol):
         elif actions & DEADLINE_MOVED and self.wheel_slot != NOT_FILED:
             deadline = relay.next_deadline()
             if deadline is not None:
-                self.listener.wheel.add(self, deadline)
+                self.listener.wheel.ensure(self, deadline)
 
     def deadline_due(self, now: float) -> float | None:
         """The wheel's slot came due (see deadlines.py): run the core's deadlines, or
@@ -637,7 +641,7 @@ class ClientSide(asyncio.Protocol):
         """The handshake's one deadline (head, connect attempt, or relaying a refusal
         from the backend) on the listener's wheel: no loop timer per connection."""
         opening.deadline = when
-        self.listener.wheel.add(self, when)
+        self.listener.wheel.ensure(self, when)
 
     def _handshake_due(self, now: float) -> float | None:
         opening = self.opening
@@ -658,8 +662,8 @@ class ClientSide(asyncio.Protocol):
         return None  # a next attempt filed its own deadline
 
     def _clear_deadline(self) -> None:
-        """The handshake's deadline is off; its wheel entry stays until the next deadline
-        moves it (a wheel operation fewer) or fires as a no-op."""
+        """The handshake's deadline is off; its wheel entry stays (a wheel operation
+        fewer): it comes due as a no-op, or the next deadline takes it over."""
         opening = self.opening
         if opening is not None:
             opening.deadline = 0.0

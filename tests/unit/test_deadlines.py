@@ -92,3 +92,30 @@ async def test_an_item_discarded_while_its_slot_fires_does_not_fire() -> None:
     assert second.fired_at is None
     assert len(wheel) == 0
     wheel.close()
+
+
+async def test_ensure_files_earlier_deadlines_and_leaves_later_ones_to_the_due_slot() -> None:
+    """ensure() moves an item only to an earlier slot; a later deadline waits for the slot
+    the item is filed under, whose deadline_due files it again: it still fires on time."""
+    loop = asyncio.get_running_loop()
+    wheel = DeadlineWheel(loop, resolution=0.05)
+    start = loop.time()
+    later, earlier = Item(loop, start + 0.1), Item(loop, start + 0.4)
+    for item in (later, earlier):
+        wheel.add(item, item.deadline)
+    slots = later.wheel_slot, earlier.wheel_slot
+    later.deadline = start + 0.3
+    wheel.ensure(later, later.deadline)
+    earlier.deadline = start + 0.15
+    wheel.ensure(earlier, earlier.deadline)
+    assert later.wheel_slot == slots[0]  # not moved: its old slot comes first
+    assert earlier.wheel_slot < slots[1]  # moved forward
+    unfiled = Item(loop, start + 0.2)
+    wheel.ensure(unfiled, unfiled.deadline)
+    assert unfiled.wheel_slot != NOT_FILED
+    await wait_fired([later, earlier, unfiled], start, loop)
+    assert later.fired_at is not None and later.fired_at >= start + 0.3
+    assert earlier.fired_at is not None and start + 0.15 <= earlier.fired_at < start + 0.4
+    assert unfiled.fired_at is not None and unfiled.fired_at >= start + 0.2
+    assert len(wheel) == 0
+    wheel.close()
