@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from websockets.datastructures import Headers
 from websockets.exceptions import (
@@ -28,6 +28,9 @@ from websockets.exceptions import (
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+
+if TYPE_CHECKING:
+    from mypy_extensions import i64
 
 from dataplane.rejection import Rejection as Rejection  # re-exported: http_proxy imports it here
 
@@ -234,15 +237,15 @@ def fast_request(head: bytes) -> FastRequest | None:
     field lines of a token name, a colon and a value of printable ASCII or tab, each
     ended by CRLF, then the empty line; only the few fields the checks read are sliced,
     and no method is called per field line when its name is spelled as usual."""
-    size = len(head)
+    size: i64 = len(head)
     if size > _FAST_MAX or size < 16 or head[:5] != b"GET /":
         return None
-    pos = 5
+    pos: i64 = 5
     while pos < size and 0x21 <= head[pos] <= 0x7E:
         pos += 1
     if head[pos : pos + 11] != b" HTTP/1.1\r\n":
         return None
-    path_end = pos
+    path_end: i64 = pos
     pos += 11
     host: bytes | None = None
     upgrade: bytes | None = None
@@ -252,7 +255,7 @@ def fast_request(head: bytes) -> FastRequest | None:
     origin: bytes | None = None
     forwarded = False
     canonical = True  # every field reads "Name: value": the head may be forwarded as is
-    fields = 0
+    fields: i64 = 0
     while True:
         if pos + 1 >= size:
             return None
@@ -260,15 +263,15 @@ def fast_request(head: bytes) -> FastRequest | None:
             if head[pos + 1] != 10 or pos + 2 != size:
                 return None
             break
-        name_start = pos
+        name_start: i64 = pos
         while pos < size and _IS_TOKEN[head[pos]]:
             pos += 1
         if pos == name_start or pos >= size or head[pos] != 58:  # a token, then ":"
             return None
-        colon = pos
+        colon: i64 = pos
         pos += 1
         while pos < size:
-            char = head[pos]
+            char: i64 = head[pos]
             if char == 13:
                 break
             if (char < 0x20 and char != 9) or char > 0x7E:
@@ -276,7 +279,7 @@ def fast_request(head: bytes) -> FastRequest | None:
             pos += 1
         if pos + 1 >= size or head[pos + 1] != 10:
             return None
-        end = pos
+        end: i64 = pos
         pos += 2
         fields += 1
         if fields > _FAST_MAX_FIELDS:
@@ -295,10 +298,10 @@ def fast_request(head: bytes) -> FastRequest | None:
             forwarded = True
             continue
         # The value without the blanks around it (what strip(b" \t") gives).
-        start = colon + 1
+        start: i64 = colon + 1
         while start < end and (head[start] == 32 or head[start] == 9):
             start += 1
-        stop = end
+        stop: i64 = end
         while stop > start and (head[stop - 1] == 32 or head[stop - 1] == 9):
             stop -= 1
         value = head[start:stop]
@@ -511,14 +514,14 @@ def _clean_101(head: bytes) -> bool:
     """A 101 whose every line holds only tab, printable ASCII or latin-1 and ends in CRLF:
     what the scans below accept for a 101, in one pass over the bytes (compiled, a few
     instructions each; a regex was ~6k instructions per handshake)."""
-    size = len(head)
+    size: i64 = len(head)
     if size < 15 or not head.startswith(b"HTTP/1.") or not 0x30 <= head[7] <= 0x39:
         return False
     if not head.startswith(b" 101 ", 8):
         return False
-    pos = 13
+    pos: i64 = 13
     while pos < size:
-        char = head[pos]
+        char: i64 = head[pos]
         if char == 13:
             if pos + 1 >= size or head[pos + 1] != 10:
                 return False
