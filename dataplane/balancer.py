@@ -137,7 +137,25 @@ class Balancer:
             return self._pick_wrr(candidates)
         if self._scheduler is Scheduler.RR:
             return self._pick_next(candidates, candidates)
-        return self._pick_next(candidates, _least_loaded(candidates))
+        return self._pick_least_loaded(candidates)
+
+    def _pick_least_loaded(self, candidates: list[EndpointState]) -> EndpointState:
+        """The candidate with the lowest (active + 1) / weight, compared exactly; among
+        equals the first at or after the rotation cursor (what `_pick_next`
+        over the list of least-loaded candidates gives, in one pass and no list)."""
+        count = len(candidates)
+        start = self._cursor % count
+        best = candidates[start]
+        best_index = start
+        best_load, best_weight = best.active + 1, best.weight
+        for step in range(1, count):
+            index = (start + step) % count
+            state = candidates[index]
+            load, weight = state.active + 1, state.weight
+            if load * best_weight < best_load * weight:
+                best, best_index, best_load, best_weight = state, index, load, weight
+        self._cursor = best_index + 1
+        return best
 
     def _pick_wrr(self, candidates: list[EndpointState]) -> EndpointState:
         """Smooth weighted round robin (nginx): every candidate earns its weight in
@@ -189,23 +207,6 @@ class Balancer:
             if state is not None and state.eligible and key not in exclude:
                 return state
         return None
-
-
-def _least_loaded(candidates: list[EndpointState]) -> list[EndpointState]:
-    """Candidates with the lowest (active + 1) / weight, compared exactly.
-
-    active + 1 (as HAProxy's leastconn) rather than active: with every endpoint idle
-    the heavier one goes first, so new connections follow the weights from the start.
-    """
-    best: list[EndpointState] = []
-    best_load = (0, 1)
-    for state in candidates:
-        load = (state.active + 1, state.weight)
-        if not best or load[0] * best_load[1] < best_load[0] * load[1]:
-            best, best_load = [state], load
-        elif load[0] * best_load[1] == best_load[0] * load[1]:
-            best.append(state)
-    return best
 
 
 def hash_key(policy: HashPolicy, request: RequestInfo) -> str:

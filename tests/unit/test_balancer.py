@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from websockets.datastructures import Headers
 
 from dataplane.balancer import Balancer, EndpointState, RequestInfo, hash_key
@@ -255,3 +257,42 @@ def test_hash_on_query_parameter_uses_it_and_falls_back_to_source_ip() -> None:
     assert hash_key(policy, request(path="/chat?room=a%20b")) == "a b"
     assert hash_key(policy, request(source_ip="192.0.2.5", path="/chat?rooms=x")) == "192.0.2.5"
     assert hash_key(policy, request(source_ip="192.0.2.5", path="/chat")) == "192.0.2.5"
+
+
+def _least_loaded(candidates: list[EndpointState]) -> list[EndpointState]:
+    """The reference (the two-step pick before): candidates with the lowest
+    (active + 1) / weight, compared exactly.
+
+    active + 1 (as HAProxy's leastconn) rather than active: with every endpoint idle
+    the heavier one goes first, so new connections follow the weights from the start.
+    """
+    best: list[EndpointState] = []
+    best_load = (0, 1)
+    for state in candidates:
+        load = (state.active + 1, state.weight)
+        if not best or load[0] * best_load[1] < best_load[0] * load[1]:
+            best, best_load = [state], load
+        elif load[0] * best_load[1] == best_load[0] * load[1]:
+            best.append(state)
+    return best
+
+
+@given(
+    loads=st.lists(st.tuples(st.integers(0, 5), st.integers(1, 4)), min_size=1, max_size=6),
+    cursor=st.integers(0, 20),
+)
+def test_one_pass_least_loaded_pick_is_the_two_step_one(
+    loads: list[tuple[int, int]], cursor: int
+) -> None:
+    """WLC picks in one pass what _pick_next over _least_loaded's list picks."""
+    states = [
+        EndpointState(key=str(i), address=str(i), port=80, weight=w)
+        for i, (_, w) in enumerate(loads)
+    ]
+    for state, (active, _) in zip(states, loads, strict=True):
+        state.active = active
+    endpoints = {state.key: state for state in states}
+    one, two = Balancer(Backends(), endpoints), Balancer(Backends(), endpoints)
+    one._cursor = two._cursor = cursor
+    assert one._pick_least_loaded(states) is two._pick_next(states, _least_loaded(states))
+    assert one._cursor == two._cursor
