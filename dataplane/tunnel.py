@@ -202,9 +202,11 @@ class ClientSide(asyncio.Protocol):
             # Refused anyway: do not hold a slot for the whole handshake timeout.
             wait = min(wait, REFUSED_HEAD_WAIT)
         opening.deadline = self.accepted_at + wait
-        # Filed for the connect timeout if that comes first: the dial's own deadline is
-        # then later than the slot, and filing it costs nothing (DeadlineWheel.ensure).
-        first = min(wait, config.limits.connect_timeout_seconds)
+        # Filed for the earliest deadline its next steps can set (the connect attempt's,
+        # the close timer of a tunnel that closes at once): the later ones then ride on
+        # this entry at no cost (DeadlineWheel.ensure); a connection still open when it
+        # comes due is filed again for its own next deadline.
+        first = min(wait, config.limits.connect_timeout_seconds, CLOSE_TIMEOUT)
         self.listener.wheel.add(self, self.accepted_at + first)
 
     def data_received(self, data: bytes) -> None:
