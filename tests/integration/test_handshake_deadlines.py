@@ -5,6 +5,9 @@ wheel never holds connections that ended or moved on to plain HTTP."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -83,3 +86,65 @@ async def test_a_silent_client_is_answered_408_by_the_wheel(backends: Any, datap
         writer.close()
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert filed(runtime) == 0
+
+
+@pytest.fixture
+def unanswered_backend() -> Iterator[int]:
+    """A port whose SYNs go unanswered: a listener with a full accept queue (backlog 0,
+    one connection never accepted), so a dial to it stays in progress."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = int(server.getsockname()[1])
+    fillers = []
+    for _ in range(2):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for item in (*fillers, server):
+        item.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_client_leaving_during_the_dial_closes_the_dial_socket(
+    dataplane: Any, unanswered_backend: int
+) -> None:
+    """The dial is uvloop's connect coroutine driven without a Task: giving it up (the
+    client left) must close its socket, as cancelling a Task did."""
+    config = listener(
+        backends={"endpoints": [{"address": "127.0.0.1", "port": unanswered_backend}]},
+        limits={"connectTimeoutSeconds": 30},
+    )
+    runtime: Runtime = await dataplane(snapshot(config))
+    site = runtime.listeners["ws"]
+    (endpoint,) = site.endpoints.values()
+    before = open_fds()
+    _reader, writer = await asyncio.open_connection("127.0.0.1", site.config.port)
+    writer.write(upgrade_request())
+    await wait_until(lambda: endpoint.active == 1)  # dialling, the connect pending
+    assert open_fds() >= before + 3  # the client's socket, the accepted one, the dial's
+    writer.close()
+    await wait_until(lambda: not site.connections)
+    await wait_until(lambda: open_fds() == before)
+    assert endpoint.active == 0
+    assert filed(runtime) == 0
+
+
+async def test_a_dial_that_never_connects_times_out_and_closes_its_socket(
+    dataplane: Any, unanswered_backend: int
+) -> None:
+    config = listener(
+        backends={"endpoints": [{"address": "127.0.0.1", "port": unanswered_backend}]},
+        limits={"connectTimeoutSeconds": 0.3, "connectRetries": 0},
+    )
+    runtime: Runtime = await dataplane(snapshot(config))
+    site = runtime.listeners["ws"]
+    before = open_fds()
+    answer = await raw_request(site.config.port, upgrade_request(), read_timeout=5)
+    assert answer.startswith(b"HTTP/1.1 502 "), answer[:40]
+    await wait_until(lambda: open_fds() == before)
