@@ -185,7 +185,15 @@ class ListenerRuntime:
             # TLS by dataplane.tls_stream over the plain transport, not uvloop's ssl=: one
             # read buffer per socket, TLS buffers bounded whatever the message size.
             timeout = self.config.limits.handshake_timeout_seconds
-            factory = TlsAcceptor(ssl_context, client, timeout)
+            failures = self.tls_failures
+            factory = TlsAcceptor(
+                ssl_context,
+                client,
+                timeout,
+                None
+                if failures is None
+                else lambda peer: failures.observe(self.name, TimeoutError("timed out"), peer),
+            )
         self.server = await loop.create_server(factory, sock=sock, backlog=BACKLOG)
 
     def _tls_failed(self, exc: ssl.SSLError) -> None:

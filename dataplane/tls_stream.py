@@ -62,17 +62,21 @@ class TlsAcceptor:
     The read buffer is per acceptor (so per listener and per loop): its bytes only live
     between one read and its feed into a BIO, and one loop runs one read at a time."""
 
-    __slots__ = ("app_factory", "context", "handshake_timeout", "loop", "view")
+    __slots__ = ("app_factory", "context", "handshake_timeout", "loop", "on_timeout", "view")
 
     def __init__(
         self,
         context: ssl.SSLContext,
         app_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float,
+        on_timeout: Callable[[str], object] | None = None,
     ) -> None:
         self.context = context
         self.app_factory = app_factory
         self.handshake_timeout = handshake_timeout
+        # Hears of each handshake the deadline cut, with the client's address: OpenSSL's
+        # refusals are reported by the context's SSL object class, timeouts only here.
+        self.on_timeout = on_timeout
         self.loop = asyncio.get_running_loop()
         self.view = memoryview(bytearray(READ_SIZE))
 
@@ -429,6 +433,10 @@ class TlsStream(asyncio.BufferedProtocol):
         self.timer = None
         if self.state == HANDSHAKE:
             self.abort()
+            report = self.acceptor.on_timeout
+            if report is not None:
+                peer = self.get_extra_info("peername")
+                report(str(peer[0]) if peer else "")
 
     def _stop_timer(self) -> None:
         if self.timer is not None:

@@ -3,8 +3,8 @@ real loopback sockets, with real TLS clients (Python's ssl, websockets in a subp
 
 - a connection's TLS memory stays bounded: idle, and after a 1 MiB message each way
   (uvloop's ssl= holds ~280 KB idle and ~930 KB after, measured by malloc in use);
-- the handshake deadline closes a silent client; garbage instead of a ClientHello is
-  closed at once with no traceback anywhere;
+- the handshake deadline closes a silent client (counted, reason `timeout`); garbage
+  instead of a ClientHello is closed at once with no traceback anywhere;
 - a clean close sends close_notify (a Python client sees no truncation); a client's
   close_notify half-closes, and the backend's Close reply still reaches it;
 - flow control both ways: a client that stops reading a large download makes the
@@ -31,8 +31,11 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from dataplane.metrics import Metrics
+from dataplane.process_metrics import TlsFailures
 from dataplane.runtime import Runtime
 from dataplane.tls_stream import TlsStream
+from lbwire.snapshot import parse_snapshot
 from tests.integration.conftest import ROOT, TlsFiles, free_port, snapshot, url, wait_until
 from tests.integration.http_backend import Seen
 from tests.integration.tls_clients import https_listener
@@ -295,23 +298,29 @@ async def test_tls_memory_per_connection_stays_bounded(
 # ----------------------------------------------------------------- handshakes
 
 
-async def test_the_handshake_deadline_closes_a_silent_client(
-    dataplane: Any, tls: TlsFiles, backends: Any
+async def test_the_handshake_deadline_closes_a_silent_client_and_counts_it(
+    tls: TlsFiles, backends: Any
 ) -> None:
     (backend,) = await backends(1)
     config = https_listener(
         tls, {"endpoints": [backend.endpoint]}, limits={"handshakeTimeoutSeconds": 0.5}
     )
-    await dataplane(snapshot(config))
-    reader, writer = await asyncio.open_connection("127.0.0.1", config["port"])
-    writer.write(b"\x16\x03\x01")  # the start of a record header, then nothing
-    started = time.monotonic()
-    with contextlib.suppress(ConnectionResetError):
-        async with asyncio.timeout(5):
-            assert await reader.read() == b""
-    waited = time.monotonic() - started
-    writer.close()
-    assert 0.4 < waited < 3, waited
+    failures = TlsFailures()
+    runtime = Runtime(Metrics(), tls_failures=failures)
+    await runtime.apply(parse_snapshot(snapshot(config)))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", config["port"])
+        writer.write(b"\x16\x03\x01")  # the start of a record header, then nothing
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""
+        waited = time.monotonic() - started
+        writer.close()
+        assert 0.4 < waited < 3, waited
+        assert failures.counts == {("wss", "timeout"): 1}
+    finally:
+        await runtime.shutdown(drain_timeout=0)
 
 
 GARBAGE = {
