@@ -139,6 +139,29 @@ class TlsStream(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         view = self.acceptor.view
+        if (
+            self.state == OPEN
+            and self.left == 0
+            and nbytes >= HEADER
+            and HEADER + (view[3] << 8 | view[4]) == nbytes
+            and not (self.head or self.paused or self.backlog or self.peer_closed)
+        ):
+            # The usual read of a small message: one whole record, one SSL read.
+            self.incoming.write(view[:nbytes])
+            try:
+                data = self.sslobj.read(SLICE)
+            except _AGAIN:
+                data = None  # a KeyUpdate, say: nothing for the app
+            except ssl.SSLError as exc:
+                self._fail(exc)
+                return
+            if self.outgoing.pending:
+                self._flush()
+            if data:
+                self.app.data_received(data)  # type: ignore[union-attr]  # OPEN: made
+            elif data is not None:
+                self._peer_ended()  # close_notify
+            return
         if self.state == CLOSED or self.peer_closed:
             return
         if self.paused or self.backlog:
