@@ -533,3 +533,94 @@ async def test_the_app_sees_the_tls_details_and_the_peer_after_close(
     client.writer.close()
     await wait_until(lambda: stream.is_closing(), DEADLINE)
     assert stream.get_extra_info("peername")[:2] == own[:2]  # kept after close
+
+
+# ----------------------------------------------------------------- post-handshake messages
+
+
+class SClient:
+    """`openssl s_client` as a TLS client whose command letters send what Python's ssl
+    cannot: K (a TLS 1.3 KeyUpdate that asks for the server's) and R (a TLS 1.2
+    renegotiation)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out = b""
+
+    @classmethod
+    async def start(cls, port: int, version: str) -> SClient:
+        proc = await asyncio.create_subprocess_exec(
+            "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+            f"-{version}", "-crlf",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        return cls(proc)
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+
+    async def expect(self, marker: bytes) -> None:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(DEADLINE):
+            while marker not in self.out:
+                data = await self.proc.stdout.read(65536)
+                if not data:
+                    raise AssertionError(f"s_client ended before {marker!r}:\n{self.out!r}")
+                self.out += data
+        self.out = self.out[self.out.index(marker) + len(marker) :]
+
+    async def ended(self) -> bytes:
+        """Everything s_client printed until it exited."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(DEADLINE):
+            self.out += await self.proc.stdout.read()
+            await self.proc.wait()
+        return self.out
+
+    def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def test_a_key_update_is_answered_and_a_renegotiation_refused_cleanly(
+    dataplane: Any, tls: TlsFiles, http_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    web = await http_backend()
+    config = https_listener(tls, {"endpoints": [web.endpoint]})
+    runtime = await dataplane(snapshot(config))
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: handled.append(context))
+    caplog.set_level(logging.DEBUG)
+    port = config["port"]
+
+    client = await SClient.start(port, "tls1_3")
+    try:
+        client.send("GET /one HTTP/1.1\nHost: localhost\n")
+        await client.expect(b"GET /one 0")
+        client.send("K")  # KeyUpdate, update_requested: the server must update its keys too
+        await client.expect(b"KEYUPDATE")
+        client.send("GET /two HTTP/1.1\nHost: localhost\n")
+        await client.expect(b"GET /two 0")  # read with the client's new keys, answered
+        client.send("GET /three HTTP/1.1\nHost: localhost\n")
+        await client.expect(b"GET /three 0")
+    finally:
+        client.stop()
+
+    client = await SClient.start(port, "tls1_2")
+    try:
+        client.send("GET /one HTTP/1.1\nHost: localhost\n")
+        await client.expect(b"GET /one 0")
+        client.send("R")  # the server refuses (OP_NO_RENEGOTIATION): the client gives up
+        printed = await client.ended()
+        assert b"RENEGOTIATING" in printed
+        assert b"no renegotiation" in printed  # the server's no_renegotiation alert
+    finally:
+        client.stop()
+    await wait_until(lambda: not runtime.listeners["wss"].connections, DEADLINE)
+    tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
+    assert tracebacks == []
+    assert handled == []
