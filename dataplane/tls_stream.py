@@ -319,11 +319,13 @@ class TlsStream(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ the app's transport
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.state != OPEN:
-            return  # closing or closed: dropped, as a closing uvloop transport does
+        raw: asyncio.Transport = self.raw  # type: ignore[assignment]
+        if self.state != OPEN or raw.is_closing():
+            # Closing or closed (a reset closes the socket's transport before its
+            # connection_lost runs): dropped, as a closing uvloop transport does.
+            return
         sslobj = self.sslobj
         outgoing = self.outgoing
-        raw: asyncio.Transport = self.raw  # type: ignore[assignment]
         size = len(data)
         try:
             if size <= SLICE:
@@ -368,7 +370,7 @@ class TlsStream(asyncio.BufferedProtocol):
             self.raw.abort()
 
     def is_closing(self) -> bool:
-        return self.state != OPEN
+        return self.state != OPEN or self.raw.is_closing()  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
         if not self.paused:
