@@ -157,9 +157,11 @@ class BioClient:
     """A TLS client over a plain asyncio stream with its own SSLObject, so a test can send
     close_notify and keep reading, and tell a close_notify from a bare EOF."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ca_pem: str
+    ) -> None:
         self.reader, self.writer = reader, writer
-        context = ssl.create_default_context(cadata=CERT_HOLDER[0])
+        context = ssl.create_default_context(cadata=ca_pem)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
 
@@ -205,17 +207,9 @@ class BioClient:
                 await self._more()
 
 
-CERT_HOLDER: list[str] = []  # the session's test certificate, for BioClient
-
-
-@pytest.fixture(autouse=True)
-def _certificate(tls: TlsFiles) -> None:
-    CERT_HOLDER[:] = [tls.cert_pem]
-
-
-async def bio_client(port: int) -> BioClient:
+async def bio_client(port: int, tls: TlsFiles) -> BioClient:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    client = BioClient(reader, writer)
+    client = BioClient(reader, writer, tls.cert_pem)
     await client.handshake()
     return client
 
@@ -389,14 +383,14 @@ async def test_a_clean_close_sends_close_notify(
     await dataplane(snapshot(config))
     port = config["port"]
 
-    client = await bio_client(port)
+    client = await bio_client(port, tls)
     client.send(b"GET /web HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     answer = await read_until(client, b"GET /web 0")
     assert answer.startswith(b"HTTP/1.1 200")
     assert await client.recv() == b""  # close_notify (a bare EOF raises SSLEOFError)
     client.writer.close()
 
-    client = await bio_client(port)
+    client = await bio_client(port, tls)
     client.send(UPGRADE)
     await read_until(client, b"\r\n\r\n")
     client.send(masked_close())
@@ -414,7 +408,7 @@ async def test_a_clients_close_notify_half_closes_and_the_backends_close_still_a
     (echo,) = await backends(1)
     config = https_listener(tls, {"endpoints": [echo.endpoint]})
     await dataplane(snapshot(config))
-    client = await bio_client(config["port"])
+    client = await bio_client(config["port"], tls)
     client.send(UPGRADE)
     await read_until(client, b"\r\n\r\n")
     client.send(masked_close(1000))
@@ -521,7 +515,7 @@ async def test_the_app_sees_the_tls_details_and_the_peer_after_close(
     (echo,) = await backends(1)
     config = https_listener(tls, {"endpoints": [echo.endpoint]})
     runtime = await dataplane(snapshot(config))
-    client = await bio_client(config["port"])
+    client = await bio_client(config["port"], tls)
     client.send(UPGRADE)
     await read_until(client, b"\r\n\r\n")
     (stream,) = tls_streams(runtime)
