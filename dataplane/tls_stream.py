@@ -230,6 +230,10 @@ class TlsStream(asyncio.BufferedProtocol):
                 ended = self._read(chunks, DRAIN)  # what came after the client's Finished
             elif left == 0 and not self.head:
                 ended = self._read(chunks, 1)
+            elif take == MAX_FEED:
+                # Longer than any legal record: OpenSSL refuses it at its header, before
+                # the BIO holds more of it.
+                ended = self._read(chunks, 1)
             if ended or self.state != OPEN:
                 break  # bytes after a close_notify are not read
         self._flush()

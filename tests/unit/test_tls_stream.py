@@ -237,3 +237,12 @@ async def test_plain_http_to_the_tls_port_is_closed_at_its_first_bytes() -> None
     pair.to_server(b"GET / HTTP/1.1\r\n")  # no record of this "length" ever completes
     assert pair.wire.closed
     assert pair.app.events == []
+
+
+async def test_a_record_longer_than_tls_allows_fails_before_the_bio_holds_it() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.to_server(b"\x17\x03\x03\xff\xff" + bytes(40_000))  # 64 KiB claimed
+    assert pair.wire.aborted
+    assert pair.stream.is_closing()
+    assert pair.most_pending <= MAX_FEED
