@@ -65,7 +65,7 @@ RUN set -eu; \
     /opt/wslb/bin/python -c 'import importlib; \
       from importlib.machinery import ExtensionFileLoader as E; \
       names = ("relay", "frames", "tunnel", "listener", "counts", "handshake", "log_lines", \
-        "http1", "http_proxy"); \
+        "http1", "http_proxy", "tls_stream"); \
       loose = [n for n in names if not isinstance( \
         importlib.import_module("dataplane." + n).__loader__, E)]; \
       assert not loose, f"not compiled: {loose}"'; \

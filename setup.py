@@ -41,6 +41,8 @@ COMPILED = (
     "dataplane/group.py",
     "dataplane/balancer.py",
     "dataplane/pool.py",
+    # the TLS layer of HTTPS listeners: every read and write of a WSS/HTTPS connection
+    "dataplane/tls_stream.py",
 )
 
 

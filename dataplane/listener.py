@@ -17,6 +17,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from dataplane.access_log import AccessLog, RequestRecord
@@ -30,6 +31,7 @@ from dataplane.rejection import Rejection
 from dataplane.routing import Router
 from dataplane.routing import Rule as RoutingRule
 from dataplane.tls import CertificateSet, front_context, set_min_version
+from dataplane.tls_stream import TlsAcceptor
 from dataplane.tunnel import ClientSide, Site
 from lbwire.snapshot import Listener, PathType, Protocol
 
@@ -174,15 +176,25 @@ class ListenerRuntime:
                 self._tls_failed if self.tls_failures is not None else None,
             )
             self.front = ssl_context
-        self.server = await loop.create_server(
-            lambda: ClientSide(self, loop),
-            sock=sock,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self.config.limits.handshake_timeout_seconds
-            if ssl_context
-            else None,
-            backlog=BACKLOG,
-        )
+
+        def client() -> ClientSide:
+            return ClientSide(self, loop)
+
+        factory: Callable[[], asyncio.BaseProtocol] = client
+        if ssl_context is not None:
+            # TLS by dataplane.tls_stream over the plain transport, not uvloop's ssl=: one
+            # read buffer per socket, TLS buffers bounded whatever the message size.
+            timeout = self.config.limits.handshake_timeout_seconds
+            failures = self.tls_failures
+            factory = TlsAcceptor(
+                ssl_context,
+                client,
+                timeout,
+                None
+                if failures is None
+                else lambda peer: failures.observe(self.name, TimeoutError("timed out"), peer),
+            )
+        self.server = await loop.create_server(factory, sock=sock, backlog=BACKLOG)
 
     def _tls_failed(self, exc: ssl.SSLError) -> None:
         if self.tls_failures is not None:

@@ -157,8 +157,8 @@ class ClientSide(asyncio.Protocol):
         self.http: HttpSession | None = None  # serving plain HTTP requests
         # The client's address is read from the transport when needed, not kept (58 B
         # per connection): uvloop's TCP transport keeps the peer's sockaddr, also after
-        # close. Its TLS transport forgets it at close, so a TLS connection keeps it here,
-        # and so does one serving plain HTTP (read per request).
+        # close, and so does tls_stream's over it. A connection serving plain HTTP keeps
+        # it here (read per request).
         self.peer: tuple[str, int] | None = None
         self.accepted_at = 0.0
         self.ended_at = 0.0
@@ -190,8 +190,6 @@ class ClientSide(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.accepted_at = self.loop.time()
-        if self.listener.scheme == "https":
-            self.peer = _peername(transport)
         opening = self._opening()
         admission = opening.admission = self.listener.admit(self)
         config = self.listener.config
@@ -316,8 +314,7 @@ class ClientSide(asyncio.Protocol):
         """A WebSocket upgrade after plain requests (called by the HttpSession): the
         WebSocket path continues with it and the bytes that followed."""
         self.http = None
-        if self.listener.scheme != "https":
-            self.peer = None  # a tunnel reads it from the transport again
+        self.peer = None  # a tunnel reads it from the transport again
         self.state = State.CONNECTING
         self._opening().pending = rest or b""
         try:

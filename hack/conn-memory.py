@@ -399,6 +399,8 @@ VARIANTS = {
     "one loop-wide read buffer (what sharing uvloop's 256 KiB buffer would give)",
     "ownbio-sliced": "ownbio, and the memory BIOs fed and drained 16 KiB at a time (a BIO "
     "never shrinks: this bounds what an idle connection keeps after traffic)",
+    "stream": "front, with TLS done by the product's layer (dataplane.tls_stream) over the "
+    "plain transport, as HTTPS listeners do since it replaced uvloop's ssl=",
 }
 
 SLICE = 16 * 1024  # a TLS record's plaintext at most
@@ -449,7 +451,7 @@ def server_context(variant: str, workdir: Path) -> ssl.SSLContext | None:
         return None
     cert, key = make_cert(workdir, rsa=variant == "rsa")
     certificate = Certificate(certificate_pem=cert.read_text(), private_key_pem=key.read_text())
-    if variant == "front":
+    if variant in ("front", "stream"):
         certificates = tls.CertificateSet(Tls(certificates=[certificate], min_version="1.2"))
         return tls.front_context(lambda: certificates, "1.2", lambda exc: None)
     context = tls._base_context("1.2")
@@ -553,7 +555,13 @@ async def tls_mode(args: argparse.Namespace) -> None:
     context = server_context(args.variant, workdir)
     live: set[Any] = set()
     loop = asyncio.get_running_loop()
-    if args.variant.startswith("ownbio"):
+    if args.variant == "stream":
+        from dataplane.tls_stream import TlsAcceptor
+
+        assert context is not None
+        acceptor = TlsAcceptor(context, lambda: Held(live), 60.0)
+        server = await loop.create_server(acceptor, "127.0.0.1", 0, backlog=4096)
+    elif args.variant.startswith("ownbio"):
         assert context is not None
         sliced = args.variant == "ownbio-sliced"
         factory: Callable[[], asyncio.BaseProtocol] = lambda: OwnTls(context, live, sliced)  # noqa: E731
