@@ -22,7 +22,8 @@ source hack/lib.sh
 # already there (this image's answers 101 too) is left as it is, ours is removed afterwards.
 # Runs under `timed`, so errexit is off in here: failures are returned explicitly.
 test_packages() {
-  local pkgs=(chromium prometheus gcc libc6-dev) missing=() p policy=/usr/sbin/policy-rc.d ours=""
+  # openssl: its s_client drives TLS key updates and renegotiation (test_tls_stream.py).
+  local pkgs=(chromium prometheus gcc libc6-dev openssl) missing=() p policy=/usr/sbin/policy-rc.d ours=""
   local status=0 include
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   # `make test-compiled` builds C extensions: Python's headers, where python3 lacks them.
