@@ -111,11 +111,19 @@ class DeadlineWheel:
                 item.wheel_slot = NOT_FILED
                 later = _safe_due(item.deadline_due, now)
                 if later is not None:
-                    self.add(item, later)
-        while self.due and not self.slots.get(self.due[0]):
-            self.slots.pop(heapq.heappop(self.due), None)  # emptied by discards
-        if self.due and self.timer is None:
-            self._arm(self.due[0])
+                    # Never under a slot this tick fires: it would be popped again at once.
+                    self.add(item, max(later, (current + 1) * self.resolution))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Arm the timer for the earliest slot with members: a callback may have armed it
+        for a later one. (Not inline in _tick: mypy narrows self.timer to None there after
+        `self.timer = None`, and the compiled read would raise TypeError.)"""
+        due = self.due
+        while due and not self.slots.get(due[0]):
+            self.slots.pop(heapq.heappop(due), None)  # emptied by discards
+        if due and self.timer_slot != due[0]:
+            self._arm(due[0])
 
     def close(self) -> None:
         if self.timer is not None:

@@ -167,7 +167,7 @@ class ClientSide(asyncio.Protocol):
         self.opening: _Opening | None = _Opening()
         self.head = b""  # the request head, kept for the access log only when it is on
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
-        # The dial and its attempt in progress (endpoint, socket, task): dropped at the
+        # The dial and its attempt in progress (endpoint, socket, connect): dropped at the
         # backend's answer, so an open tunnel holds none of it.
         self.dial: _Dial | None = None
         self.relay: Relay | None = None
@@ -478,7 +478,7 @@ class ClientSide(asyncio.Protocol):
         endpoint = dial.endpoint if dial is not None and dial.backend is backend else None
         if endpoint is None:
             return
-        self.dial = None  # with its attempt: the task is done, the socket is this one
+        self.dial = None  # with its attempt: the connect is done, the socket is this one
         self._clear_deadline()  # the tunnel's deadline moves its entry
         if self.state is not State.CONNECTING:
             endpoint.active -= 1
@@ -647,7 +647,9 @@ class ClientSide(asyncio.Protocol):
         if opening is None or not opening.deadline:
             return None
         if now < opening.deadline:
-            return opening.deadline  # filed in the slot before it: wait on
+            # Filed in an earlier slot: wait on (never at or before now: the wheel would
+            # fire it again at once).
+            return max(opening.deadline, now + 0.001)
         opening.deadline = 0.0
         state = self.state
         if state is State.HEAD:
@@ -853,7 +855,11 @@ class BackendSide(asyncio.Protocol):
         client = self.client
         dial = client.dial
         if dial is None or dial.backend is not self or dial.connecting is None:
-            return  # the attempt was given up (_stop_dial closed its coroutine)
+            # The attempt was given up (_stop_dial closed its coroutine); uvloop may still
+            # have set an exception on the waiter: read it, or asyncio logs it at GC.
+            if isinstance(_waited, asyncio.Future) and not _waited.cancelled():
+                _waited.exception()
+            return
         connecting = dial.connecting
         try:
             waiter = connecting.send(None)

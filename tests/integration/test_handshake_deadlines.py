@@ -5,6 +5,8 @@ wheel never holds connections that ended or moved on to plain HTTP."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -112,7 +114,7 @@ def open_fds() -> int:
 
 
 async def test_a_client_leaving_during_the_dial_closes_the_dial_socket(
-    dataplane: Any, unanswered_backend: int
+    dataplane: Any, unanswered_backend: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The dial is uvloop's connect coroutine driven without a Task: giving it up (the
     client left) must close its socket, as cancelling a Task did."""
@@ -124,15 +126,18 @@ async def test_a_client_leaving_during_the_dial_closes_the_dial_socket(
     site = runtime.listeners["ws"]
     (endpoint,) = site.endpoints.values()
     before = open_fds()
-    _reader, writer = await asyncio.open_connection("127.0.0.1", site.config.port)
-    writer.write(upgrade_request())
-    await wait_until(lambda: endpoint.active == 1)  # dialling, the connect pending
-    assert open_fds() >= before + 3  # the client's socket, the accepted one, the dial's
-    writer.close()
-    await wait_until(lambda: not site.connections)
-    await wait_until(lambda: open_fds() == before)
+    with caplog.at_level(logging.ERROR):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", site.config.port)
+        writer.write(upgrade_request())
+        await wait_until(lambda: endpoint.active == 1)  # dialling, the connect pending
+        assert open_fds() >= before + 3  # the client's socket, the accepted one, the dial's
+        writer.close()
+        await wait_until(lambda: not site.connections)
+        await wait_until(lambda: open_fds() == before)
+        gc.collect()  # a waiter's unretrieved exception is logged when it is freed
     assert endpoint.active == 0
     assert filed(runtime) == 0
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 async def test_a_dial_that_never_connects_times_out_and_closes_its_socket(
@@ -148,3 +153,52 @@ async def test_a_dial_that_never_connects_times_out_and_closes_its_socket(
     answer = await raw_request(site.config.port, upgrade_request(), read_timeout=5)
     assert answer.startswith(b"HTTP/1.1 502 "), answer[:40]
     await wait_until(lambda: open_fds() == before)
+
+
+async def test_a_408_comes_on_time_while_a_tunnel_is_open(backends: Any, dataplane: Any) -> None:
+    """A tunnel's entry, re-filed for its idle deadline when its first slot comes due,
+    must not hold back the silent client's earlier 408."""
+    runtime = await start(
+        backends, dataplane, handshakeTimeoutSeconds=1.0, connectTimeoutSeconds=0.2
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reader, writer = await asyncio.open_connection("127.0.0.1", runtime.listeners["ws"].config.port)
+    try:
+        await asyncio.sleep(0.3)
+        async with connect(url(runtime), ping_interval=None) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            async with asyncio.timeout(5):
+                answer = await reader.read(-1)
+            took = loop.time() - started
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert took < 1.4, took
+
+
+async def test_a_connect_timeout_comes_on_time_while_a_tunnel_is_open(
+    backends: Any, dataplane: Any, unanswered_backend: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    (backend,) = await backends(1)
+    endpoints = [backend.endpoint, {"address": "127.0.0.1", "port": unanswered_backend}]
+    config = listener(
+        backends={"endpoints": endpoints},
+        limits={"connectTimeoutSeconds": 0.5, "connectRetries": 0},
+    )
+    runtime: Runtime = await dataplane(snapshot(config))
+    site = runtime.listeners["ws"]
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.ERROR):
+        async with connect(url(runtime), ping_interval=None) as ws:  # to the echo backend
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            await asyncio.sleep(0.2)  # the tunnel's first slot comes before the dial's
+            started = loop.time()
+            answer = await raw_request(site.config.port, upgrade_request(), read_timeout=5)
+            took = loop.time() - started
+        gc.collect()  # a waiter's unretrieved exception is logged when it is freed
+    assert answer.startswith(b"HTTP/1.1 502 "), answer[:40]
+    assert took < 0.9, took
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

@@ -4,6 +4,11 @@ the deadline moved, and forgets discarded items (a slot is a list with swap-remo
 from __future__ import annotations
 
 import asyncio
+import logging
+import types
+from typing import Any, cast
+
+import pytest
 
 from dataplane.deadlines import NOT_FILED, DeadlineWheel
 
@@ -119,3 +124,80 @@ async def test_ensure_files_earlier_deadlines_and_leaves_later_ones_to_the_due_s
     assert unfiled.fired_at is not None and unfiled.fired_at >= start + 0.2
     assert len(wheel) == 0
     wheel.close()
+
+
+class Refiling(Item):
+    """Files itself again for `later` seconds on from its first due slot."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, later: float) -> None:
+        super().__init__(loop, deadline)
+        self.later = later
+
+    def deadline_due(self, now: float) -> float | None:
+        if self.fired_at is None:
+            self.fired_at = now
+            return now + self.later
+        return None
+
+
+async def test_an_item_filed_again_later_does_not_delay_an_earlier_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A callback that files its item for much later (a tunnel's first slot re-filed at its
+    idle deadline) must not leave the wheel armed past an earlier slot (a 408 due soon);
+    and the tick logs no error (compiled, a narrowed attribute read raised TypeError)."""
+    loop = asyncio.get_running_loop()
+    wheel = DeadlineWheel(loop, resolution=0.05)
+    start = loop.time()
+    refiling = Refiling(loop, start + 0.1, later=30.0)
+    soon = Item(loop, start + 0.3)
+    wheel.add(refiling, refiling.deadline)
+    wheel.add(soon, soon.deadline)
+    with caplog.at_level(logging.ERROR):
+        await wait_fired([refiling, soon], start, loop)
+    assert soon.fired_at is not None and soon.fired_at < start + 0.3 + 0.2
+    assert refiling.wheel_slot != NOT_FILED  # filed again, for later
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    wheel.close()
+
+
+class FakeLoop:
+    """A clock set by hand, and timers that never run by themselves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        return types.SimpleNamespace(cancel=lambda: None)
+
+
+def test_a_deadline_in_the_slot_being_fired_is_filed_after_it() -> None:
+    """A deadline one float step after the moment its slot fires (1.6 + 0.1 =
+    1.7000000000000002, in slot 34 like 1.7; uvloop's clock is whole milliseconds): the
+    item returns it, still ahead of now, and it must be filed for a later slot, not
+    popped again by the same tick forever."""
+    loop = FakeLoop()
+    wheel = DeadlineWheel(cast(asyncio.AbstractEventLoop, loop), resolution=0.05)
+    calls = 0
+
+    class Counted(Item):
+        def deadline_due(self, now: float) -> float | None:
+            nonlocal calls
+            calls += 1
+            if calls > 100:
+                raise RuntimeError("fired again and again in one tick")
+            return super().deadline_due(now)
+
+    deadline = 1.6 + 0.1
+    item = Counted(cast(asyncio.AbstractEventLoop, loop), deadline)
+    wheel.add(item, deadline)
+    loop.now = 1.7
+    wheel._tick()
+    assert calls == 1
+    assert item.fired_at is None and item.wheel_slot != NOT_FILED
+    loop.now = 1.75
+    wheel._tick()
+    assert item.fired_at == 1.75
