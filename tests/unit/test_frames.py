@@ -201,3 +201,35 @@ def test_proxy_close_waits_for_the_frame_in_flight_and_ends_forwarding() -> None
     assert [f.opcode for f in frames] == [Opcode.BINARY, Opcode.CLOSE]
     assert tracker.stopped(B2C)
     assert not tracker.stopped(C2B)
+
+
+def test_a_64_bit_length_past_4_gib_is_followed_exactly() -> None:
+    """The fast scan reads 64-bit lengths below 4 GiB itself; longer ones go to the full
+    parser, which must follow every bit of the length."""
+    length = (1 << 32) + 5
+    head = bytes([0x82, 127]) + length.to_bytes(8, "big")
+    tracker = Frames(max_message=1 << 40)
+    assert tracker.feed(B2C, head + b"x" * 10) == head + b"x" * 10
+    assert tracker.skip_b2c == length - 10
+    assert not tracker.at_boundary(B2C)
+
+
+def test_rare_state_is_made_on_demand_and_dropped_once_quiet() -> None:
+    """A split header, a control frame in pieces and a queued frame each need held state;
+    once they are through, the direction holds nothing again (idle memory)."""
+    tracker = Frames(max_message=1 << 20)
+    text = serialize(Frame(Opcode.TEXT, b"x" * 300), False)
+    ping = serialize(Frame(Opcode.PING, b"abc"), False)
+    assert tracker.feed(B2C, text[:1]) == b""
+    assert tracker._held(B2C) is not None
+    out = tracker.feed(B2C, text[1:100])
+    assert tracker._held(B2C) is None
+    assert tracker.inject_at_boundary(B2C, b"injected") == b""
+    assert tracker._held(B2C) is not None
+    out += tracker.feed(B2C, text[100:] + ping[:3])
+    assert tracker._held(B2C) is not None  # the ping is held until whole
+    out += tracker.feed(B2C, ping[3:])
+    assert out == text + b"injected" + ping  # the held header byte went out with the rest
+    assert tracker._held(B2C) is None
+    assert tracker._held(C2B) is None
+    assert (tracker.messages_b2c, tracker.frames_b2c) == (1, 2)
