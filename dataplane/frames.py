@@ -19,7 +19,19 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import IdentityFunction
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # not among the runtime dependencies: without it, a no-op (compiled,
+    # mypyc reads the decorator itself and never calls it)
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> IdentityFunction:
+        return lambda cls: cls
+
 
 OP_CONT: Final = 0x0
 OP_TEXT: Final = 0x1
@@ -75,7 +87,8 @@ class FrameError(Exception):
 
 class ControlSink(Protocol):
     """Who hears about a standalone `Frames`' control frames (the tests' recorder; the
-    relay, a `Frames` itself, overrides `control` and `is_own_pong` instead)."""
+    relay, a `Frames` itself, overrides `control` and `is_own_pong` instead). It must not
+    hold the `Frames`: compiled, `Frames` is outside the cyclic GC (acyclic)."""
 
     def control(self, c2b: bool, frame: ControlFrame) -> None:
         """A whole control frame went by in direction `c2b` (True: client to backend)."""
@@ -84,6 +97,7 @@ class ControlSink(Protocol):
         """Whether a pong answers the proxy's own ping: it is then dropped from the stream."""
 
 
+@mypyc_attr(acyclic=True)
 class _Held:
     """One direction's rare framing state: a header split across reads, a control frame
     in pieces, frames queued for the next boundary, an error, a stop. Made when first
@@ -126,6 +140,7 @@ class _Held:
         )
 
 
+@mypyc_attr(acyclic=True)
 class Frames:
     """Follows frame boundaries in both directions of one connection.
 
@@ -139,6 +154,7 @@ class Frames:
     Each direction's hot state is four integers in this object (the payload bytes still
     to pass, the message's size so far, messages, frames); everything rarer sits in a
     `_Held` made on demand. The relay subclasses this: one object per connection.
+    Compiled it is acyclic (no GC header, 16 bytes): nothing it holds leads back to it.
     """
 
     __slots__ = (
@@ -456,7 +472,8 @@ class Frames:
             except FrameError as exc:
                 if held is None:
                     held = self._hold(c2b)
-                held.error = exc
+                # Without its traceback: the frames it names would pin this object.
+                held.error = exc.with_traceback(None)
                 if forward:
                     # Forward up to the start of the offending frame; nothing after.
                     pieces.append(data[start:frame_start])

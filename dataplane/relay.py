@@ -28,7 +28,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from _typeshed import IdentityFunction
 
 from dataplane.frames import (
     B2C,
@@ -46,6 +49,15 @@ from dataplane.frames import (
     close_frame,
     ping_frame,
 )
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # not among the runtime dependencies: without it, a no-op (compiled,
+    # mypyc reads the decorator itself and never calls it)
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> IdentityFunction:
+        return lambda cls: cls
+
 
 KEEPALIVE_PREFIX: Final = b"wslb-ka-"
 CLOSE_TIMEOUT: Final = 3.0  # default bound on waiting for a peer's Close reply
@@ -86,6 +98,7 @@ def negotiated_extensions(head: bytes) -> bool:
     return _EXTENSIONS_FIELD.search(head) is not None
 
 
+@mypyc_attr(acyclic=True)
 class _Lifecycle:
     """What a connection holds once anything beyond relaying happens: keepalive, a peer's
     or the proxy's close, a drain, the proxy's own frames and actions waiting for the
@@ -144,6 +157,7 @@ class _Lifecycle:
         self.finished = False
 
 
+@mypyc_attr(acyclic=True)
 class Relay(Frames):
     """One tunnelled connection's protocol state. See the module docstring for the rules.
 
