@@ -50,9 +50,26 @@ CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 CLOSE_BAD_GATEWAY: Final = 1014
 
+CLOSE_TIMEOUT: Final = 3.0  # default bound on waiting for a peer's Close reply
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """What a listener's config says about its connections (shared by all of them). Here
+    because `Frames` reads `max_message` from it: one pointer per connection for all."""
+
+    max_message: int
+    idle_timeout: float
+    keepalive_interval: float = 0.0  # 0: no keepalive pings
+    keepalive_timeout: float = 0.0
+    close_timeout: float = CLOSE_TIMEOUT
+
+
 #: The two directions, as the `c2b` argument of Frames' methods.
 C2B: Final = True  # client to backend: frames must be masked
 B2C: Final = False
+
+_RSV: Final = 0x70  # the reserved bits of a frame's first byte
 
 _EMPTY: Final = b""
 _NO_FRAMES: Final[list[bytes]] = []  # shared and never appended to: see inject_at_boundary
@@ -160,23 +177,22 @@ class Frames:
     __slots__ = (
         "_held_b2c",
         "_held_c2b",
+        "extensions",
         "frames_b2c",
         "frames_c2b",
-        "max_message",
         "message_bytes_b2c",
         "message_bytes_c2b",
         "messages_b2c",
         "messages_c2b",
-        "rsv_forbidden",
+        "settings",
         "skip_b2c",
         "skip_c2b",
     )
 
     def __init__(
-        self, max_message: int, *, extensions: bool = True, sink: ControlSink | None = None
+        self, settings: RelaySettings, *, extensions: bool = True, sink: ControlSink | None = None
     ) -> None:
-        self.max_message = max_message
-        self.rsv_forbidden = 0 if extensions else 0x70
+        self.settings = settings  # max_message: the limit on a message's size
         self.skip_c2b = 0  # payload bytes of the current data frame still to pass through
         self.message_bytes_c2b = 0
         self.messages_c2b = 0
@@ -187,6 +203,8 @@ class Frames:
         self.frames_b2c = 0
         self._held_c2b: _Held | None = None if sink is None else _Held(sink)
         self._held_b2c: _Held | None = None if sink is None else _Held(sink)
+        # Last: compiled, a flag packs with the relay's first (struct order).
+        self.extensions = extensions
 
     # ------------------------------------------------------------------ hooks
 
@@ -326,7 +344,7 @@ class Frames:
                 and length < 126
                 and size == length + (6 if b1 & 0x80 else 2)
                 and (b1 & 0x80 or not c2b)
-                and length <= self.max_message
+                and length <= self.settings.max_message
             ):
                 if c2b:
                     self.frames_c2b += 1
@@ -352,7 +370,7 @@ class Frames:
         # Fast path: whole data frames from a boundary, the common case of small messages.
         if c2b:
             pos, skip, message_bytes, frames, messages = _scan_data_frames(
-                data, self.message_bytes_c2b, self.max_message, self.rsv_forbidden, 0x80
+                data, self.message_bytes_c2b, self.settings.max_message, self.extensions, 0x80
             )
             self.skip_c2b = skip
             self.message_bytes_c2b = message_bytes
@@ -360,7 +378,7 @@ class Frames:
             self.messages_c2b += messages
         else:
             pos, skip, message_bytes, frames, messages = _scan_data_frames(
-                data, self.message_bytes_b2c, self.max_message, self.rsv_forbidden, 0
+                data, self.message_bytes_b2c, self.settings.max_message, self.extensions, 0
             )
             self.skip_b2c = skip
             self.message_bytes_b2c = message_bytes
@@ -387,8 +405,8 @@ class Frames:
             skip, message_bytes = self.skip_b2c, self.message_bytes_b2c
             frames, messages = self.frames_b2c, self.messages_b2c
         held = self._held_c2b if c2b else self._held_b2c
-        limit = self.max_message
-        forbidden = self.rsv_forbidden
+        limit = self.settings.max_message
+        forbidden = 0 if self.extensions else _RSV
         pieces: list[bytes] = []
         start = 0  # start of the pending run of bytes to forward unchanged
         pos = 0
@@ -573,13 +591,14 @@ def _frame_header(header: bytes, forbidden: int, require_mask: bool) -> tuple[in
 
 
 def _scan_data_frames(
-    data: bytes, message_bytes: int, limit: int, forbidden: int, masked: int
+    data: bytes, message_bytes: int, limit: int, extensions: bool, masked: int
 ) -> tuple[int, int, int, int, int]:
     """Follow data frames from offset 0; stop before anything the full parser must see
     (control frames, limits, split headers, rule breaks). Returns the stop offset, the
     payload bytes still to skip, the message's size so far, frames and messages seen."""
     pos = skip = frames = messages = 0
     size = len(data)
+    forbidden = 0 if extensions else _RSV
     while pos + 2 <= size:
         b0 = data[pos]
         b1 = data[pos + 1]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -49,6 +48,8 @@ from dataplane.frames import (
     close_frame,
     ping_frame,
 )
+from dataplane.frames import CLOSE_TIMEOUT as CLOSE_TIMEOUT
+from dataplane.frames import RelaySettings as RelaySettings  # where the core's users find them
 
 try:
     from mypy_extensions import mypyc_attr
@@ -60,7 +61,6 @@ except ImportError:  # not among the runtime dependencies: without it, a no-op (
 
 
 KEEPALIVE_PREFIX: Final = b"wslb-ka-"
-CLOSE_TIMEOUT: Final = 3.0  # default bound on waiting for a peer's Close reply
 
 # actions: bit flags the adapter carries out, then clears
 CLOSE_CLIENT: Final = 1  # close the client's TCP connection (after flushing)
@@ -75,17 +75,6 @@ _NOTHING: Final[list[bytes]] = []  # shared, never appended to: see _send_client
 CLIENT: Final = "client"
 BACKEND: Final = "backend"
 PROXY: Final = "proxy"
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    """What a listener's config says about its connections (shared by all of them)."""
-
-    max_message: int
-    idle_timeout: float
-    keepalive_interval: float = 0.0  # 0: no keepalive pings
-    keepalive_timeout: float = 0.0
-    close_timeout: float = CLOSE_TIMEOUT
 
 
 _EXTENSIONS_FIELD: Final = re.compile(rb"\r\nsec-websocket-extensions:[ \t]*[!-~]", re.IGNORECASE)
@@ -173,12 +162,12 @@ class Relay(Frames):
         "last_activity",
         "opened_at",
         "pending",
-        "settings",
     )
 
     def __init__(self, settings: RelaySettings, now: float, *, extensions: bool = False) -> None:
-        super().__init__(settings.max_message, extensions=extensions)
-        self.settings = settings
+        super().__init__(settings, extensions=extensions)
+        # First: compiled, this flag shares a word with Frames' last one (struct order).
+        self.pending = False
         self.opened_at = now
         self.last_activity = now
         self.bytes_c2b = 0
@@ -188,7 +177,6 @@ class Relay(Frames):
             life = self._life = _Lifecycle()
             life.ka_prefix = KEEPALIVE_PREFIX + os.urandom(4).hex().encode() + b"-"
             life.ka_next = now + settings.keepalive_interval
-        self.pending = False
 
     def _lifecycle(self) -> _Lifecycle:
         life = self._life

@@ -18,6 +18,7 @@ from dataplane.frames import (
     OP_PONG,
     ControlFrame,
     Frames,
+    RelaySettings,
     close_frame,
     ping_frame,
 )
@@ -38,6 +39,12 @@ class Recorder:
 
     def is_own_pong(self, payload: bytes) -> bool:
         return bool(self.own) and payload.startswith(self.own)
+
+
+def tracker_for(max_message: int, sink: Recorder | None = None) -> Frames:
+    """Both directions' frame state under a listener's message limit, with RSV bits
+    allowed (as when the backend negotiated an extension)."""
+    return Frames(RelaySettings(max_message=max_message, idle_timeout=60.0), sink=sink)
 
 
 def serialize(frame: Frame, mask: bool) -> bytes:
@@ -95,7 +102,7 @@ def test_tracker_passes_bytes_unchanged_and_counts_messages(mask: bool, seed: in
     rng = random.Random(seed)
     sizes = [rng.choice([1, 2, 3, 7, 100, 5000]) for _ in range(60)]
     sink = Recorder()
-    tracker = Frames(max_message=1 << 20, sink=sink)
+    tracker = tracker_for(1 << 20, sink)
     direction = C2B if mask else B2C  # a client's frames are masked, a backend's not
     out = feed_in_chunks(tracker, direction, data, sizes)
     assert out == data
@@ -114,7 +121,7 @@ def test_tracker_passes_bytes_unchanged_and_counts_messages(mask: bool, seed: in
 def test_injected_frames_land_on_boundaries(seed: int) -> None:
     data, frames = sample_stream(mask=True)
     rng = random.Random(seed)
-    tracker = Frames(max_message=1 << 20)
+    tracker = tracker_for(1 << 20)
     out = []
     pos = 0
     injected = 0
@@ -141,7 +148,7 @@ def test_own_pongs_are_dropped_and_others_kept() -> None:
         + serialize(Frame(Opcode.PONG, b"theirs"), True)
     )
     sink = Recorder(own=b"wslb-")
-    tracker = Frames(max_message=100, sink=sink)
+    tracker = tracker_for(100, sink)
     out = feed_in_chunks(tracker, C2B, stream, [3, 4, 1])
     assert [(f.opcode, f.data) for f in parse_all(out, mask=True)] == [
         (Opcode.TEXT, b"x"),
@@ -153,7 +160,7 @@ def test_own_pongs_are_dropped_and_others_kept() -> None:
 def test_oversized_message_stops_at_its_first_frame() -> None:
     first = serialize(Frame(Opcode.TEXT, b"a" * 50), True)
     big = serialize(Frame(Opcode.BINARY, b"b" * 200, fin=False), True)
-    tracker = Frames(max_message=100)
+    tracker = tracker_for(100)
     out = tracker.feed(C2B, first + big[:10])
     assert out == first
     error = tracker.error(C2B)
@@ -164,7 +171,7 @@ def test_oversized_message_stops_at_its_first_frame() -> None:
 
 def test_fragmented_message_size_is_summed_across_frames() -> None:
     frames = [Frame(Opcode.TEXT, b"a" * 60, fin=False), Frame(Opcode.CONT, b"a" * 60)]
-    tracker = Frames(max_message=100)
+    tracker = tracker_for(100)
     tracker.feed(B2C, b"".join(serialize(f, False) for f in frames))
     error = tracker.error(B2C)
     assert error is not None
@@ -173,7 +180,7 @@ def test_fragmented_message_size_is_summed_across_frames() -> None:
 
 def test_close_after_stop_is_still_seen() -> None:
     sink = Recorder()
-    tracker = Frames(max_message=100, sink=sink)
+    tracker = tracker_for(100, sink)
     tracker.stop(C2B)
     data = serialize(Frame(Opcode.TEXT, b"late"), True) + serialize(
         Frame(Opcode.CLOSE, Close(1000, "bye").serialize()), True
@@ -192,7 +199,7 @@ def test_proxy_close_frames_parse_as_valid_close(mask: bool) -> None:
 def test_proxy_close_waits_for_the_frame_in_flight_and_ends_forwarding() -> None:
     first = serialize(Frame(Opcode.BINARY, b"x" * 1000), False)
     after = serialize(Frame(Opcode.TEXT, b"never forwarded"), False)
-    tracker = Frames(max_message=1 << 20)
+    tracker = tracker_for(1 << 20)
     out = [tracker.feed(B2C, first[:500])]
     out.append(tracker.close_at_boundary(B2C, close_frame(CLOSE_GOING_AWAY, "drain", mask=False)))
     out.append(tracker.feed(B2C, first[500:] + after))
@@ -208,7 +215,7 @@ def test_a_64_bit_length_past_4_gib_is_followed_exactly() -> None:
     parser, which must follow every bit of the length."""
     length = (1 << 32) + 5
     head = bytes([0x82, 127]) + length.to_bytes(8, "big")
-    tracker = Frames(max_message=1 << 40)
+    tracker = tracker_for(1 << 40)
     assert tracker.feed(B2C, head + b"x" * 10) == head + b"x" * 10
     assert tracker.skip_b2c == length - 10
     assert not tracker.at_boundary(B2C)
@@ -217,7 +224,7 @@ def test_a_64_bit_length_past_4_gib_is_followed_exactly() -> None:
 def test_rare_state_is_made_on_demand_and_dropped_once_quiet() -> None:
     """A split header, a control frame in pieces and a queued frame each need held state;
     once they are through, the direction holds nothing again (idle memory)."""
-    tracker = Frames(max_message=1 << 20)
+    tracker = tracker_for(1 << 20)
     text = serialize(Frame(Opcode.TEXT, b"x" * 300), False)
     ping = serialize(Frame(Opcode.PING, b"abc"), False)
     assert tracker.feed(B2C, text[:1]) == b""
