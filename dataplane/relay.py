@@ -191,8 +191,9 @@ class Relay(Frames):
         self.last_activity = now
         self.bytes_c2b += len(data)
         out = self.feed(C2B, data)
-        error = self.error(C2B)
-        if error is not None:
+        held = self._held_c2b  # read here, not through error(): one call less per chunk
+        if held is not None and held.error is not None:
+            error = held.error
             life = self._lifecycle()
             if not life.failing_client and not life.finished:
                 self._client_error(error, now)
@@ -203,8 +204,9 @@ class Relay(Frames):
         self.last_activity = now
         self.bytes_b2c += len(data)
         out = self.feed(B2C, data)
-        error = self.error(B2C)
-        if error is not None:
+        held = self._held_b2c  # read here, not through error(): one call less per chunk
+        if held is not None and held.error is not None:
+            error = held.error
             life = self._lifecycle()
             if not life.closing and not life.finished:
                 self._backend_error(error, now)
