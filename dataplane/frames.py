@@ -9,9 +9,10 @@ until complete so they can be inspected; that is the only data it buffers.
 Sans-I/O: no sockets, no event loop. The tunnel feeds bytes in and writes what comes
 out. Both directions live in one object, and the relay is that object (a subclass): per
 connection one header and four integers a direction, not two tracker objects calling
-back into the relay (measured: 568 -> 192 bytes per connection compiled). What only some
-connections need (a split header, a held control frame, queued frames, an error) sits in
-a per-direction `_Held` made on demand and dropped once quiet.
+back into the relay (measured, compiled: relay and trackers 568 bytes per connection
+before, the one object 160 now). What only some connections need (a split header, a
+held control frame, queued frames, an error) sits in a per-direction `_Held` made on
+demand and dropped once quiet.
 """
 
 from __future__ import annotations
