@@ -666,11 +666,13 @@ def _header_length(head: bytes | bytearray) -> int:
 
 
 def unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR with the 4-byte mask; only ever used on small control payloads (one big-int
-    XOR: a per-byte generator cost more than the rest of a Close frame's handling)."""
+    """XOR with the 4-byte mask; only ever used on small control payloads. Up to 8 bytes
+    (a Close with its code, most pings) byte by byte, longer as one big-int XOR (compiled,
+    per call: 2 bytes ~1.0k instructions against 3.7k as a big int; 8 bytes 2.4k
+    against 4.5k; from 30 bytes on the big int is as cheap and then cheaper)."""
     size = len(payload)
-    if not size:
-        return b""
+    if size <= 8:
+        return bytes([payload[i] ^ mask[i & 3] for i in range(size)])
     key = (bytes(mask) * (size // 4 + 1))[:size]
     return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
 

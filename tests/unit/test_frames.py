@@ -9,6 +9,7 @@ import random
 import pytest
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
+from websockets.utils import apply_mask
 
 from dataplane.frames import (
     B2C,
@@ -21,6 +22,7 @@ from dataplane.frames import (
     RelaySettings,
     close_frame,
     ping_frame,
+    unmask,
 )
 
 
@@ -240,3 +242,10 @@ def test_rare_state_is_made_on_demand_and_dropped_once_quiet() -> None:
     assert tracker._held(B2C) is None
     assert tracker._held(C2B) is None
     assert (tracker.messages_b2c, tracker.frames_b2c) == (1, 2)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 8, 9, 30, 125])
+def test_unmask_matches_websockets_on_both_sides_of_the_small_path(size: int) -> None:
+    payload = os.urandom(size)
+    mask = os.urandom(4)
+    assert unmask(payload, mask) == apply_mask(payload, mask)
