@@ -1,11 +1,12 @@
 """The connection core: what one upgraded WebSocket connection does, without any I/O.
 
-`Relay` owns both directions' frame trackers, the close handshake, keepalive, the idle,
-drain and close deadlines, the choice of close code and the per-connection counters.
-Bytes and the current time go in; bytes to forward come back from `client_data` and
-`backend_data` (the hot path), and everything else (frames of the proxy's own, "close
-this TCP connection", counts) waits in `to_client`, `to_backend` and `actions` for the
-adapter (tunnel.py) to carry out when `pending` is set. `next_deadline()` says when
+`Relay` owns both directions' frame state (it is a `frames.Frames`), the close handshake,
+keepalive, the idle, drain and close deadlines, the choice of close code and the
+per-connection counters: one object per connection, the rare state in a `_Lifecycle`
+made on first need. Bytes and the current time go in; bytes to forward come back from
+`client_data` and `backend_data` (the hot path), and everything else (frames of the
+proxy's own, "close this TCP connection", counts) waits for the adapter (tunnel.py) to
+`take()` and carry out when `pending` is set. `next_deadline()` says when
 `tick()` must run next. No sockets, no event loop, no metrics objects here.
 
 Close rules (RFC 6455 §7, and what a proxy adds):
@@ -26,10 +27,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from _typeshed import IdentityFunction
 
 from dataplane.frames import (
+    B2C,
+    C2B,
     CLOSE_ABNORMAL,
     CLOSE_BAD_GATEWAY,
     CLOSE_GOING_AWAY,
@@ -39,13 +44,23 @@ from dataplane.frames import (
     OP_PONG,
     ControlFrame,
     FrameError,
-    FrameTracker,
+    Frames,
     close_frame,
     ping_frame,
 )
+from dataplane.frames import CLOSE_TIMEOUT as CLOSE_TIMEOUT
+from dataplane.frames import RelaySettings as RelaySettings  # where the core's users find them
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # not among the runtime dependencies: without it, a no-op (compiled,
+    # mypyc reads the decorator itself and never calls it)
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> IdentityFunction:
+        return lambda cls: cls
+
 
 KEEPALIVE_PREFIX: Final = b"wslb-ka-"
-CLOSE_TIMEOUT: Final = 3.0  # default bound on waiting for a peer's Close reply
 
 # actions: bit flags the adapter carries out, then clears
 CLOSE_CLIENT: Final = 1  # close the client's TCP connection (after flushing)
@@ -62,17 +77,6 @@ BACKEND: Final = "backend"
 PROXY: Final = "proxy"
 
 
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    """What a listener's config says about its connections (shared by all of them)."""
-
-    max_message: int
-    idle_timeout: float
-    keepalive_interval: float = 0.0  # 0: no keepalive pings
-    keepalive_timeout: float = 0.0
-    close_timeout: float = CLOSE_TIMEOUT
-
-
 _EXTENSIONS_FIELD: Final = re.compile(rb"\r\nsec-websocket-extensions:[ \t]*[!-~]", re.IGNORECASE)
 
 
@@ -83,18 +87,18 @@ def negotiated_extensions(head: bytes) -> bool:
     return _EXTENSIONS_FIELD.search(head) is not None
 
 
-class Relay:
-    """One tunnelled connection's protocol state. See the module docstring for the rules."""
+@mypyc_attr(acyclic=True)
+class _Lifecycle:
+    """What a connection holds once anything beyond relaying happens: keepalive, a peer's
+    or the proxy's close, a drain, the proxy's own frames and actions waiting for the
+    adapter. Made on first need (from the start with keepalive on), so an idle
+    connection without keepalive holds none of it."""
 
     __slots__ = (
         "actions",
-        "b2c",
         "backend_eof",
         "backend_gone",
         "backend_sent_close",
-        "bytes_b2c",
-        "bytes_c2b",
-        "c2b",
         "client_gone",
         "client_sent_close",
         "close_at",
@@ -111,52 +115,74 @@ class Relay:
         "ka_next",
         "ka_prefix",
         "ka_seq",
-        "last_activity",
-        "opened_at",
-        "pending",
-        "settings",
         "to_backend",
         "to_client",
     )
 
-    def __init__(self, settings: RelaySettings, now: float, *, extensions: bool = False) -> None:
-        self.settings = settings
-        self.opened_at = now
-        self.last_activity = now
-        self.bytes_c2b = 0
-        self.bytes_b2c = 0
-        keepalive = settings.keepalive_interval > 0
-        self.ka_prefix = (
-            KEEPALIVE_PREFIX + os.urandom(4).hex().encode() + b"-" if keepalive else b""
-        )
-        # The trackers call this relay back (it is their ControlSink): no bound methods.
-        self.c2b = FrameTracker(
-            settings.max_message, self, require_mask=True, extensions=extensions
-        )
-        self.b2c = FrameTracker(settings.max_message, self, extensions=extensions)
-        self.ka_next = now + settings.keepalive_interval if keepalive else 0.0
+    def __init__(self) -> None:
+        self.ka_prefix = b""  # the random prefix of the proxy's pings: its pongs carry it
+        self.ka_next = 0.0
         self.ka_check_at = 0.0
-        self.ka_seq = 0
-        self.ka_client_pending = False
-        self.ka_backend_pending = False
-        self.ka_marks = (0, 0)  # bytes each way when the ping went
         self.drain_at = 0.0
         self.close_at = 0.0  # 0: no close timer running
-        self.closing = False  # the proxy sent (or queued) its own Close
+        self.ka_seq = 0
+        self.ka_marks = (0, 0)  # bytes each way when the ping went
         self.failing_client = 0  # the close code while failing a client's protocol error
-        self.client_sent_close = False
-        self.backend_sent_close = False
-        self.client_gone = False
-        self.backend_gone = False
-        self.backend_eof = False
-        self.finished = False
         self.close_code = CLOSE_NO_STATUS
         self.closed_by = ""
         # Frames of the proxy's own: rare, so both start as one shared empty list.
         self.to_client: list[bytes] = _NOTHING
         self.to_backend: list[bytes] = _NOTHING
         self.actions = 0
+        # The flags last: compiled, they pack into one word.
+        self.ka_client_pending = False
+        self.ka_backend_pending = False
+        self.closing = False  # the proxy sent (or queued) its own Close
+        self.client_sent_close = False
+        self.backend_sent_close = False
+        self.client_gone = False
+        self.backend_gone = False
+        self.backend_eof = False
+        self.finished = False
+
+
+@mypyc_attr(acyclic=True)
+class Relay(Frames):
+    """One tunnelled connection's protocol state. See the module docstring for the rules.
+
+    One object per connection: both directions' frame state is inherited from `Frames`
+    (which calls this relay's `control` and `is_own_pong` for the control frames it sees),
+    and everything beyond relaying waits in a `_Lifecycle` made on first need.
+    """
+
+    __slots__ = (
+        "_life",
+        "bytes_b2c",
+        "bytes_c2b",
+        "last_activity",
+        "opened_at",
+        "pending",
+    )
+
+    def __init__(self, settings: RelaySettings, now: float, *, extensions: bool = False) -> None:
+        super().__init__(settings, extensions=extensions)
+        # First: compiled, this flag shares a word with Frames' last one (struct order).
         self.pending = False
+        self.opened_at = now
+        self.last_activity = now
+        self.bytes_c2b = 0
+        self.bytes_b2c = 0
+        self._life: _Lifecycle | None = None
+        if settings.keepalive_interval > 0:
+            life = self._life = _Lifecycle()
+            life.ka_prefix = KEEPALIVE_PREFIX + os.urandom(4).hex().encode() + b"-"
+            life.ka_next = now + settings.keepalive_interval
+
+    def _lifecycle(self) -> _Lifecycle:
+        life = self._life
+        if life is None:
+            life = self._life = _Lifecycle()
+        return life
 
     # ------------------------------------------------------------------ bytes in
 
@@ -164,79 +190,92 @@ class Relay:
         """Bytes from the client; returns what to write to the backend."""
         self.last_activity = now
         self.bytes_c2b += len(data)
-        c2b = self.c2b
-        out = c2b.feed(data)
-        if c2b.error is not None and not self.failing_client and not self.finished:
-            self._client_error(c2b.error, now)
+        out = self.feed(C2B, data)
+        held = self._held_c2b  # read here, not through error(): one call less per chunk
+        if held is not None and held.error is not None:
+            error = held.error
+            life = self._lifecycle()
+            if not life.failing_client and not life.finished:
+                self._client_error(error, now)
         return out
 
     def backend_data(self, data: bytes, now: float) -> bytes:
         """Bytes from the backend; returns what to write to the client."""
         self.last_activity = now
         self.bytes_b2c += len(data)
-        b2c = self.b2c
-        out = b2c.feed(data)
-        if b2c.error is not None and not self.closing and not self.finished:
-            self._backend_error(b2c.error, now)
+        out = self.feed(B2C, data)
+        held = self._held_b2c  # read here, not through error(): one call less per chunk
+        if held is not None and held.error is not None:
+            error = held.error
+            life = self._lifecycle()
+            if not life.closing and not life.finished:
+                self._backend_error(error, now)
         return out
 
     @property
-    def messages_c2b(self) -> int:
-        return self.c2b.messages
+    def close_code(self) -> int:
+        life = self._life
+        return CLOSE_NO_STATUS if life is None else life.close_code
 
     @property
-    def messages_b2c(self) -> int:
-        return self.b2c.messages
+    def closed_by(self) -> str:
+        """client, backend or proxy: who closed first; "" while nobody has."""
+        life = self._life
+        return "" if life is None else life.closed_by
 
     # ------------------------------------------------------------------ peers' Close
 
-    def control(self, tracker: FrameTracker, frame: ControlFrame) -> None:
-        """A peer's control frame went by (frames.ControlSink): its Close, our pongs."""
-        if tracker is self.c2b:
-            if frame.opcode == OP_CLOSE:
-                self.client_sent_close = True
+    def control(self, c2b: bool, frame: ControlFrame) -> None:
+        """A peer's control frame went by (see Frames): its Close, our pongs."""
+        if frame.opcode == OP_CLOSE:
+            life = self._lifecycle()
+            if c2b:
+                life.client_sent_close = True
                 self._record(frame.close_code, CLIENT)
-                self._peer_closed()
-            elif frame.opcode == OP_PONG and self.is_own_pong(frame.payload):
-                self.ka_client_pending = False
-        elif frame.opcode == OP_CLOSE:
-            self.backend_sent_close = True
-            self._record(frame.close_code, BACKEND)
-            self._peer_closed()
+            else:
+                life.backend_sent_close = True
+                self._record(frame.close_code, BACKEND)
+            self._peer_closed(life)
         elif frame.opcode == OP_PONG and self.is_own_pong(frame.payload):
-            self.ka_backend_pending = False
+            life = self._lifecycle()
+            if c2b:
+                life.ka_client_pending = False
+            else:
+                life.ka_backend_pending = False
 
-    def _peer_closed(self) -> None:
+    def _peer_closed(self, life: _Lifecycle) -> None:
         """A peer's Close went by (its callback runs inside a feed, before the bytes that
         hold it are returned to the adapter, which writes them before acting)."""
-        if self.failing_client:
-            if self.backend_sent_close and (self.c2b.lost or self.client_sent_close):
+        if life.failing_client:
+            if life.backend_sent_close and (self.lost(C2B) or life.client_sent_close):
                 self._finish()
-        elif self.closing or self.backend_eof:
-            if self._both_closed():
+        elif life.closing or life.backend_eof:
+            if self._both_closed(life):
                 self._finish()  # both answered the proxy's Close, or the backend is done
-            elif not self.close_at:
+            elif not life.close_at:
                 self._arm_close(self.last_activity)
-        elif not self.close_at:
+        elif not life.close_at:
             self._arm_close(self.last_activity)
 
     def is_own_pong(self, payload: bytes) -> bool:
         """Pongs answering the proxy's pings carry its per-connection random prefix
-        (frames.ControlSink: the tracker drops them from the stream)."""
-        return bool(self.ka_prefix) and payload.startswith(self.ka_prefix)
+        (see Frames: they are dropped from the stream)."""
+        life = self._life
+        return life is not None and bool(life.ka_prefix) and payload.startswith(life.ka_prefix)
 
     # ------------------------------------------------------------------ failures
 
     def _client_error(self, error: FrameError, now: float) -> None:
         """Fail toward the backend first; its frames keep reaching the client."""
         self._record(error.code, PROXY)
-        self.failing_client = error.code
+        life = self._lifecycle()
+        life.failing_client = error.code
         self._stop_keepalive()
-        if self.backend_gone or self.backend_sent_close:
+        if life.backend_gone or life.backend_sent_close:
             self._close_client(error.code, error.reason)
             return
         frame = close_frame(error.code, error.reason, mask=True)
-        self._send_backend(self.c2b.close_at_boundary(frame))
+        self._send_backend(self.close_at_boundary(C2B, frame))
         self._arm_close(now)
 
     def _backend_error(self, error: FrameError, now: float) -> None:
@@ -245,230 +284,262 @@ class Relay:
 
     def _close_client(self, code: int, reason: str) -> None:
         """Close the client now: a Close frame when the stream allows one, then TCP."""
-        if self.b2c.at_boundary and not self.b2c.stopped and not self.backend_sent_close:
-            self._send_client(self.b2c.close_at_boundary(close_frame(code, reason, mask=False)))
+        life = self._lifecycle()
+        if self.at_boundary(B2C) and not self.stopped(B2C) and not life.backend_sent_close:
+            self._send_client(self.close_at_boundary(B2C, close_frame(code, reason, mask=False)))
         self._finish()
 
     # ------------------------------------------------------------------ TCP ends
 
     def backend_lost(self, now: float) -> None:
         """The backend's TCP connection ended."""
-        self.backend_gone = True
-        if self.finished:
+        life = self._lifecycle()
+        life.backend_gone = True
+        if life.finished:
             return
-        if self.closing or self.backend_sent_close or self.failing_client:
-            if self.failing_client and not self.backend_sent_close:
-                self._close_client(self.failing_client, "protocol error")
+        if life.closing or life.backend_sent_close or life.failing_client:
+            if life.failing_client and not life.backend_sent_close:
+                self._close_client(life.failing_client, "protocol error")
             else:
                 self._finish()
             return
         self._record(CLOSE_BAD_GATEWAY, PROXY)
-        if not self.b2c.at_boundary:
+        if not self.at_boundary(B2C):
             self._finish()  # mid-frame: no Close can follow, the client's TCP goes now
             return
         self._start_closing(CLOSE_BAD_GATEWAY, "backend failure", now)
 
     def backend_ended(self, now: float) -> bool:
         """The backend half-closed; True keeps the backend transport open for writing."""
-        self.backend_eof = True
-        if self.backend_sent_close and not self.finished:
+        life = self._lifecycle()
+        life.backend_eof = True
+        if life.backend_sent_close and not life.finished:
             # It closed and stopped reading: what the client still sends has nowhere to
             # go; read the client again so its Close is seen (the close timer bounds it).
-            self.c2b.stop()
+            self.stop(C2B)
             self._act(RESUME_CLIENT)
-            if self.client_sent_close:
+            if life.client_sent_close:
                 self._finish()
             return True
         return False
 
     def client_lost(self) -> None:
         """The client's TCP connection ended (the adapter is tearing down)."""
-        self.client_gone = True
-        if self.finished:
+        life = self._lifecycle()
+        life.client_gone = True
+        if life.finished:
             return
-        if not self.client_sent_close and not self.closing and not self.failing_client:
+        if not life.client_sent_close and not life.closing and not life.failing_client:
             # Vanished without a Close: 1006 for the books, 1001 to the backend if the
             # stream is between frames (mid-frame its TCP connection just closes).
             self._record(CLOSE_ABNORMAL, CLIENT)
-            if self.c2b.at_boundary and not self.c2b.stopped and not self.backend_gone:
+            if self.at_boundary(C2B) and not self.stopped(C2B) and not life.backend_gone:
                 self._send_backend(
-                    self.c2b.close_at_boundary(
-                        close_frame(CLOSE_GOING_AWAY, "client gone", mask=True)
+                    self.close_at_boundary(
+                        C2B, close_frame(CLOSE_GOING_AWAY, "client gone", mask=True)
                     )
                 )
         self._finish()
 
     def client_ended(self) -> bool:
         """The client half-closed; True keeps the client transport open for writing."""
-        return self.client_sent_close and not self.backend_sent_close and not self.finished
+        life = self._life
+        return (
+            life is not None
+            and life.client_sent_close
+            and not life.backend_sent_close
+            and not life.finished
+        )
 
     # ------------------------------------------------------------------ the proxy closes
 
     def close(self, code: int, reason: str, now: float) -> None:
         """The proxy closes: Close frames to both peers at frame boundaries."""
-        if self.closing or self.finished:
+        life = self._life
+        if life is not None and (life.closing or life.finished):
             return
         self._record(code, PROXY)
         self._start_closing(code, reason, now)
 
     def drain(self, deadline: float) -> None:
         """Keep relaying until `deadline`, then close with 1001."""
-        if not self.drain_at or deadline < self.drain_at:
-            self.drain_at = deadline
+        life = self._lifecycle()
+        if not life.drain_at or deadline < life.drain_at:
+            life.drain_at = deadline
             self._act(DEADLINE_MOVED)
 
     def _start_closing(self, code: int, reason: str, now: float) -> None:
         """Send the proxy's Close to each peer that has not received one yet."""
-        self.closing = True
+        life = self._lifecycle()
+        life.closing = True
         self._stop_keepalive()
-        if not self.client_gone and not self.backend_sent_close:
-            self._send_client(self.b2c.close_at_boundary(close_frame(code, reason, mask=False)))
+        if not life.client_gone and not life.backend_sent_close:
+            self._send_client(self.close_at_boundary(B2C, close_frame(code, reason, mask=False)))
         else:
-            self.b2c.stop()  # the client got the backend's Close: nothing may follow it
-        if not self.backend_gone and not self.client_sent_close:
-            self._send_backend(self.c2b.close_at_boundary(close_frame(code, reason, mask=True)))
+            self.stop(B2C)  # the client got the backend's Close: nothing may follow it
+        if not life.backend_gone and not life.client_sent_close:
+            self._send_backend(self.close_at_boundary(C2B, close_frame(code, reason, mask=True)))
         else:
-            self.c2b.stop()
-        if self._both_closed():
+            self.stop(C2B)
+        if self._both_closed(life):
             self._finish()
             return
         self._arm_close(now)
 
-    def _both_closed(self) -> bool:
-        client = self.client_sent_close or self.client_gone
-        return client and (self.backend_sent_close or self.backend_gone)
+    def _both_closed(self, life: _Lifecycle) -> bool:
+        client = life.client_sent_close or life.client_gone
+        return client and (life.backend_sent_close or life.backend_gone)
 
     # ------------------------------------------------------------------ time
 
     def next_deadline(self) -> float | None:
         """When `tick` must run next; None once finished."""
-        if self.finished:
-            return None
-        if self.close_at:
-            return self.close_at
         deadline = self.last_activity + self.settings.idle_timeout
-        if self.drain_at and self.drain_at < deadline:
-            deadline = self.drain_at
-        if self.ka_next and self.ka_next < deadline:
-            deadline = self.ka_next
-        if self.ka_check_at and self.ka_check_at < deadline:
-            deadline = self.ka_check_at
+        life = self._life
+        if life is None:
+            return deadline
+        if life.finished:
+            return None
+        if life.close_at:
+            return life.close_at
+        if life.drain_at and life.drain_at < deadline:
+            deadline = life.drain_at
+        if life.ka_next and life.ka_next < deadline:
+            deadline = life.ka_next
+        if life.ka_check_at and life.ka_check_at < deadline:
+            deadline = life.ka_check_at
         return deadline
 
     def tick(self, now: float) -> None:
         """Run every deadline that is due at `now`."""
-        if self.finished:
-            return
-        if self.close_at:
-            if now >= self.close_at:
-                self.close_at = 0.0
-                self._close_timer_expired()
-            return
-        if self.drain_at and now >= self.drain_at:
-            self.close(CLOSE_GOING_AWAY, "going away", now)
-            return
+        life = self._life
+        if life is not None:
+            if life.finished:
+                return
+            if life.close_at:
+                if now >= life.close_at:
+                    life.close_at = 0.0
+                    self._close_timer_expired(life)
+                return
+            if life.drain_at and now >= life.drain_at:
+                self.close(CLOSE_GOING_AWAY, "going away", now)
+                return
         if now >= self.last_activity + self.settings.idle_timeout:
             self._act(COUNT_IDLE_TIMEOUT)
             self.close(CLOSE_GOING_AWAY, "idle timeout", now)
             return
-        if self.ka_check_at and now >= self.ka_check_at:
-            self._keepalive_check(now)
-            if self.closing:
+        if life is None:
+            return
+        if life.ka_check_at and now >= life.ka_check_at:
+            self._keepalive_check(life, now)
+            if life.closing:
                 return
-        if self.ka_next and now >= self.ka_next:
-            self._keepalive_ping(now)
+        if life.ka_next and now >= life.ka_next:
+            self._keepalive_ping(life, now)
 
-    def _close_timer_expired(self) -> None:
-        if self.failing_client and not self.backend_sent_close:
-            self._close_client(self.failing_client, "protocol error")
+    def _close_timer_expired(self, life: _Lifecycle) -> None:
+        if life.failing_client and not life.backend_sent_close:
+            self._close_client(life.failing_client, "protocol error")
         else:
             self._finish()
 
-    def _keepalive_ping(self, now: float) -> None:
+    def _keepalive_ping(self, life: _Lifecycle, now: float) -> None:
         interval = self.settings.keepalive_interval
-        scheduled = self.ka_next
-        while self.ka_next <= now:
-            self.ka_next += interval
-        if self.client_sent_close or self.backend_sent_close:
-            self.ka_next = 0.0  # a peer is closing: no frame may follow its Close
+        scheduled = life.ka_next
+        while life.ka_next <= now:
+            life.ka_next += interval
+        if life.client_sent_close or life.backend_sent_close:
+            life.ka_next = 0.0  # a peer is closing: no frame may follow its Close
             return
-        if self.ka_check_at:
+        if life.ka_check_at:
             return  # the previous ping still has time to be answered
-        self.ka_seq += 1
-        payload = self.ka_prefix + str(self.ka_seq).encode()
-        self.ka_client_pending = self.ka_backend_pending = True
-        self.ka_marks = (self.bytes_c2b, self.bytes_b2c)
-        self._send_client(self.b2c.inject_at_boundary(ping_frame(payload, mask=False)))
-        self._send_backend(self.c2b.inject_at_boundary(ping_frame(payload, mask=True)))
+        life.ka_seq += 1
+        payload = life.ka_prefix + str(life.ka_seq).encode()
+        life.ka_client_pending = life.ka_backend_pending = True
+        life.ka_marks = (self.bytes_c2b, self.bytes_b2c)
+        self._send_client(self.inject_at_boundary(B2C, ping_frame(payload, mask=False)))
+        self._send_backend(self.inject_at_boundary(C2B, ping_frame(payload, mask=True)))
         # Counted from when the ping was due, so a late tick never stretches the bound.
-        self.ka_check_at = scheduled + self.settings.keepalive_timeout
+        life.ka_check_at = scheduled + self.settings.keepalive_timeout
 
-    def _keepalive_check(self, now: float) -> None:
-        self.ka_check_at = 0.0
+    def _keepalive_check(self, life: _Lifecycle, now: float) -> None:
+        life.ka_check_at = 0.0
         # A ping still queued behind a long frame in flight was not sent yet, and a peer
         # still sending bytes (its pong queued behind its own frame) is alive: wait more.
-        c2b_mark, b2c_mark = self.ka_marks
+        c2b_mark, b2c_mark = life.ka_marks
         client_late = (
-            self.ka_client_pending and not self.b2c.injection_pending and self.bytes_c2b == c2b_mark
+            life.ka_client_pending
+            and not self.injection_pending(B2C)
+            and self.bytes_c2b == c2b_mark
         )
         backend_late = (
-            self.ka_backend_pending
-            and not self.c2b.injection_pending
+            life.ka_backend_pending
+            and not self.injection_pending(C2B)
             and self.bytes_b2c == b2c_mark
         )
         if client_late or backend_late:
             self._act(COUNT_KEEPALIVE_TIMEOUT)
             self.close(CLOSE_INTERNAL_ERROR, "keepalive timeout", now)
-        elif self.ka_client_pending or self.ka_backend_pending:
-            self.ka_marks = (self.bytes_c2b, self.bytes_b2c)
-            self.ka_check_at = now + self.settings.keepalive_timeout
+        elif life.ka_client_pending or life.ka_backend_pending:
+            life.ka_marks = (self.bytes_c2b, self.bytes_b2c)
+            life.ka_check_at = now + self.settings.keepalive_timeout
 
     def _stop_keepalive(self) -> None:
-        self.ka_next = self.ka_check_at = 0.0
+        life = self._life
+        if life is not None:
+            life.ka_next = life.ka_check_at = 0.0
 
     def _arm_close(self, now: float) -> None:
+        life = self._lifecycle()
         at = now + self.settings.close_timeout
-        if not self.close_at or at < self.close_at:
-            self.close_at = at
+        if not life.close_at or at < life.close_at:
+            life.close_at = at
             self._act(DEADLINE_MOVED)
 
     # ------------------------------------------------------------------ outputs
 
     def _record(self, code: int, by: str) -> None:
-        if not self.closed_by:
-            self.close_code = code
-            self.closed_by = by
+        life = self._lifecycle()
+        if not life.closed_by:
+            life.close_code = code
+            life.closed_by = by
 
     def _send_client(self, data: bytes) -> None:
         if data:
-            if self.to_client is _NOTHING:
-                self.to_client = []
-            self.to_client.append(data)
+            life = self._lifecycle()
+            if life.to_client is _NOTHING:
+                life.to_client = []
+            life.to_client.append(data)
             self.pending = True
 
     def _send_backend(self, data: bytes) -> None:
         if data:
-            if self.to_backend is _NOTHING:
-                self.to_backend = []
-            self.to_backend.append(data)
+            life = self._lifecycle()
+            if life.to_backend is _NOTHING:
+                life.to_backend = []
+            life.to_backend.append(data)
             self.pending = True
 
     def _act(self, action: int) -> None:
-        self.actions |= action
+        self._lifecycle().actions |= action
         self.pending = True
 
     def _finish(self) -> None:
-        self.finished = True
+        life = self._lifecycle()
+        life.finished = True
         self._stop_keepalive()
-        self.close_at = self.drain_at = 0.0
+        life.close_at = life.drain_at = 0.0
         self._act(CLOSE_CLIENT | CLOSE_BACKEND)
 
     def take(self) -> tuple[list[bytes], list[bytes], int]:
         """Hand the waiting outputs to the adapter and clear them."""
-        out = (self.to_client, self.to_backend, self.actions)
-        self.to_client = self.to_backend = _NOTHING
-        self.actions = 0
         self.pending = False
+        life = self._life
+        if life is None:
+            return _NOTHING, _NOTHING, 0
+        out = (life.to_client, life.to_backend, life.actions)
+        life.to_client = life.to_backend = _NOTHING
+        life.actions = 0
         return out
 
 

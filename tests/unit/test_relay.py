@@ -6,11 +6,13 @@ against an implementation it does not share.
 
 from __future__ import annotations
 
+import gc
 import struct
 
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
+from dataplane.frames import B2C, C2B
 from dataplane.relay import (
     CLOSE_BACKEND,
     CLOSE_CLIENT,
@@ -110,6 +112,40 @@ def test_frames_pass_through_unchanged_and_are_counted() -> None:
     assert (p.relay.messages_c2b, p.relay.messages_b2c) == (2, 1)
     assert (p.relay.bytes_c2b, p.relay.bytes_b2c) == (len(up), len(down))
     assert p.actions == 0
+
+
+def test_a_connection_that_only_relays_holds_no_rare_state() -> None:
+    """Idle memory: relaying, split headers and a due-less tick leave no lifecycle or held
+    frame state behind; keepalive needs its lifecycle from the start."""
+    p = peers()
+    up = client_frame(Opcode.TEXT, b"x" * 200)
+    p.client(up[:1])
+    p.client(up[1:])
+    p.backend(backend_frame(Opcode.BINARY, b"y" * 70_000))
+    p.tick(T0 + 1)
+    assert p.to_backend == up
+    assert p.relay.next_deadline() == T0 + 60.0
+    assert p.relay._life is None
+    assert p.relay._held(C2B) is None and p.relay._held(B2C) is None
+    assert (p.relay.close_code, p.relay.closed_by) == (1005, "")
+    assert peers(keepalive_interval=5.0, keepalive_timeout=2.0).relay._life is not None
+
+
+def test_no_reference_cycle_runs_through_a_relay() -> None:
+    """Compiled, the relay is outside the cyclic GC (acyclic: 16 bytes less per
+    connection), so nothing it holds may lead back to it: here a relay that failed on a
+    protocol error (the error is kept) and ran keepalive is freed by reference counts."""
+    gc.collect()
+    gc.disable()
+    try:
+        p = peers(keepalive_interval=5.0, keepalive_timeout=2.0)
+        p.tick(T0 + 5)
+        p.client(client_frame(Opcode.TEXT, b"ok") + bytes([0x83, 0x80, 0, 0, 0, 0]))
+        assert p.relay.error(C2B) is not None and p.relay.close_code == 1002
+        del p
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_extensions_are_learned_from_the_backends_101() -> None:

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
-from dataplane.frames import ping_frame
+from dataplane.frames import B2C, C2B, ping_frame
 from dataplane.relay import Relay, RelaySettings
 from tests.unit.test_frames import parse_all
 
@@ -46,7 +46,7 @@ def run(
 ) -> tuple[Relay, bytes, list[bytes], bytes]:
     data = b"".join(frame.serialize(mask=from_client) for frame in frames)
     relay = Relay(RelaySettings(max_message=1 << 20, idle_timeout=60.0), 0.0)
-    tracker = relay.c2b if from_client else relay.b2c
+    direction = C2B if from_client else B2C
     feed = relay.client_data if from_client else relay.backend_data
     points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
     out: list[bytes] = []
@@ -55,7 +55,7 @@ def run(
         if index in injections:
             frame = ping_frame(b"inj-%d" % index, mask=from_client)
             injected.append(frame)
-            out.append(tracker.inject_at_boundary(frame))
+            out.append(relay.inject_at_boundary(direction, frame))
         out.append(feed(data[start:end], float(index)))
     return relay, data, injected, b"".join(out)
 
