@@ -15,7 +15,7 @@ import sys
 
 from setuptools import setup
 
-#: The modules compiled: the per-chunk path (Relay and both FrameTrackers), the wheel, and
+#: The modules compiled: the per-chunk path (the Relay, which holds both directions' frame state), the wheel, and
 #: the per-request HTTP path (the readers, the session, the endpoint choice and the pool), and
 #: the client connection adapter.
 COMPILED = (
