@@ -3,8 +3,8 @@
 Owns presentation only: medians over rounds, ratios to HAProxy, the targets of issue 13
 (per core at least 0.8x HAProxy on WS handshakes, 1.0x on small messages, 1.5x on bulk, 0.9x
 on WSS handshakes; at most 3 KiB per idle WS and 16 KiB per idle WSS connection) and of
-issue 10 (at least 0.5x HAProxy per core on keep-alive HTTP GETs), a PNG plot, and the hand-written analysis in
-`bench/NOTES.md`, copied in verbatim, and the config-propagation results of
+issue 10 (at least 0.5x HAProxy per core on keep-alive HTTP GETs), a PNG plot, and the
+hand-written analysis in `bench/NOTES.md`, copied in verbatim, and the config-propagation results of
 `bench.propagation` (`bench/results/propagation.md`) if present. It measures nothing.
 
 Run: `python -m bench.report [results.json] [--out BENCHMARKS.md] [--plot plot.png]`.
