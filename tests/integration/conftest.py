@@ -10,6 +10,8 @@ and file-reload tests. Everything binds to 127.0.0.1 on ports the kernel picks.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
 import signal
 import socket
@@ -17,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,3 +289,35 @@ def dataplane_process(
             except subprocess.TimeoutExpired:
                 running.proc.kill()
                 running.proc.wait()
+
+
+class _LoopErrors(logging.Handler):
+    """What asyncio logs at ERROR that points at the data plane: an exception escaping a
+    loop callback through dataplane code, or a future or task whose exception nobody
+    read. (Exceptions of the tests' own helpers, e.g. a backend's handler cancelled at
+    teardown, are theirs, not the product's.)"""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        trace = "".join(traceback.format_exception(*record.exc_info)) if record.exc_info else ""
+        if "never retrieved" in text or f"{os.sep}dataplane{os.sep}" in trace:
+            self.messages.append(f"{text}\n{trace}")
+
+
+@pytest.fixture(autouse=True)
+def no_loop_errors() -> Iterator[None]:
+    """Fail a test during which asyncio logged an error of the data plane's: those pass
+    silently otherwise (a compiled-only TypeError in a timer callback did)."""
+    handler = _LoopErrors()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+        gc.collect()  # an unread exception is reported when its future is freed
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.messages, f"asyncio logged errors: {handler.messages}"
