@@ -1,4 +1,5 @@
-"""What the benchmark reads about processes from /proc: CPU time, RSS, children, fd limits.
+"""What the benchmark reads about processes from /proc: CPU time, RSS, children, fd limits;
+and what malloc holds in this process (glibc's mallinfo2).
 
 CPU time is utime + stime of /proc/PID/stat (every thread of the process, in clock
 ticks); RSS is VmRSS of /proc/PID/status. A proxy is measured as the sum over its
@@ -50,6 +51,36 @@ def total_cpu_seconds(pids: Iterable[int]) -> float:
 def total_system_seconds(pids: Iterable[int]) -> float:
     """The kernel's share (stime) of a process tree's CPU time."""
     return sum(cpu_split(pid)[1] for pid in pids)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+_libc = ctypes.CDLL("libc.so.6")
+_libc.mallinfo2.restype = _Mallinfo2
+
+
+def malloc_bytes() -> int:
+    """Bytes malloc() has handed out in this process and not got back (heap chunks in use
+    plus mmap'd chunks): OpenSSL's objects and buffers included, which tracemalloc does
+    not see."""
+    info = _libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
 
 
 def rss_kib(pid: int) -> int:

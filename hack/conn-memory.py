@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import ctypes
 import gc
 import json
 import os
@@ -46,6 +45,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.procstat import malloc_bytes  # noqa: E402  (the repository is on the path now)
+
 OPEN_DEADLINE = 120.0  # seconds for N connections to be open on the server side
 HOLD = 300.0  # the client's longest hold
 REQUEST = (
@@ -58,34 +59,6 @@ ANSWER = (
 )
 
 # -- what a process holds -------------------------------------------------------------------
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-_libc = ctypes.CDLL("libc.so.6")
-_libc.mallinfo2.restype = _Mallinfo2
-
-
-def malloc_bytes() -> int:
-    """Bytes malloc() has handed out and not got back (heap chunks in use + mmap'd chunks)."""
-    info = _libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
 
 
 def rss_kib(pid: int | str = "self") -> int:

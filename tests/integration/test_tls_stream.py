@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import socket
@@ -31,6 +30,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from bench.procstat import malloc_bytes
 from dataplane.metrics import Metrics
 from dataplane.process_metrics import TlsFailures
 from dataplane.runtime import Runtime
@@ -49,34 +49,11 @@ DEADLINE = 20.0  # seconds for any one wait in these tests
 # ----------------------------------------------------------------- helpers
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in [
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        ]
-    ]
-
-
-_libc = ctypes.CDLL("libc.so.6")
-_libc.mallinfo2.restype = _Mallinfo2
-
-
 def malloc_in_use() -> int:
     """Bytes malloc handed out and not got back: OpenSSL's BIOs and buffers included,
     which tracemalloc does not see."""
     gc.collect()
-    info = _libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
+    return malloc_bytes()
 
 
 @pytest.fixture
