@@ -31,6 +31,10 @@ Settings (environment):
                           (this checkout's package with this Python, as it is built: A/B
                           work on uncommitted code)
   BENCH_WSLB_PYTHON       the image's interpreter (default /usr/bin/python3, Debian's 3.11)
+  BENCH_ACCESS_LOG        on (the default: every proxy logs each WS and WSS connection to its
+                          standard output, a file in the run's directory) or off (none does)
+  BENCH_KEEP=1            keep the run's directory (configs, proxies' output and access logs);
+                          removed at the end otherwise (the access logs grow by ~100 MB a run)
 
 The HTTP rows use `bench/httpload.c` (a C epoll client, built with the local C compiler
 on first use) against the same Go backend, which answers plain requests with 1 KiB.
@@ -58,7 +62,15 @@ from bench.procstat import (
     total_rss_kib,
     tree,
 )
-from bench.proxies import PROXIES, REPO, Proxy, Wslb, uvloop_version, wslb_build_choice
+from bench.proxies import (
+    PROXIES,
+    REPO,
+    Proxy,
+    Wslb,
+    access_log_choice,
+    uvloop_version,
+    wslb_build_choice,
+)
 
 LOAD_CPU = 0
 PROXY_CPU = 1
@@ -88,6 +100,7 @@ class Settings:
     bulk_window: int = 4
     small_size: int = 64
     bulk_size: int = 64 * 1024
+    access_log: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -114,6 +127,7 @@ class Settings:
             echo_connections=int(env.get("BENCH_ECHO_CONNECTIONS", "64")),
             bulk_connections=int(env.get("BENCH_BULK_CONNECTIONS", "4")),
             http_connections=int(env.get("BENCH_HTTP_CONNECTIONS", "16")),
+            access_log=access_log_choice(),
         )
 
 
@@ -538,6 +552,10 @@ def main() -> None:
         for proxy in proxies:
             proxy.stop()
         backend.stop()
+        if os.environ.get("BENCH_KEEP", "") in ("", "0"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"kept {workdir}")
     info["loadavg_end"] = os.getloadavg()
     info["elapsed_seconds"] = time.monotonic() - started
     # Every process of this run is a waited-for child by now, so its CPU is in os.times();

@@ -11,7 +11,11 @@ whatever build it is: `make compiled` or pure), for A/B work on uncommitted code
 Every proxy gets a WS port and a WSS port (TLS 1.2+, the same ECDSA P-256 certificate),
 adds the same forwarding headers as wslb does (X-Forwarded-For/-Proto/-Port, X-Real-IP),
 has a one-hour idle timeout (idle connections must stay open while RSS is read), no
-health checks, no access log, and runs pinned to one CPU with `taskset`. A third port
+health checks, and runs pinned to one CPU with `taskset`. Every proxy writes one access-log
+line per WS and WSS connection to its standard output (a file here), as each does in a
+container: wslb's default, HAProxy's `option httplog` to `log stdout`, nginx's default
+`combined` format to /dev/stdout. BENCH_ACCESS_LOG=off switches it off in all three (the
+conditions issue 13's goals were first measured in, before wslb had an access log). A third port
 proxies plain HTTP/1.1 the same way in all three: keep-alive to clients (one-hour idle
 timeout, no cap on requests per connection) and to the backend (idle backend connections
 kept for reuse; 16 at most in wslb and nginx, HAProxy's default reuse) and adds a Via
@@ -42,6 +46,18 @@ MAX_CONNECTIONS = 9000  # HAProxy needs 2 fds per connection below the 20000 har
 POOL_IDLE = 16  # idle backend connections kept (wslb's default in dataplane/pool.py)
 REQUESTS_PER_CONNECTION = 1_000_000  # the largest wslb accepts: in effect no cap
 WSLB_BUILDS = ("image", "checkout")
+ACCESS_LOG_CHOICES = ("on", "off")
+
+
+def access_log_choice() -> bool:
+    """BENCH_ACCESS_LOG: `on` (the default: every proxy logs each WS and WSS connection) or
+    `off` (none does). The HTTP port logs nothing in any proxy either way."""
+    chosen = os.environ.get("BENCH_ACCESS_LOG", "") or "on"
+    if chosen not in ACCESS_LOG_CHOICES:
+        raise SystemExit(
+            f"BENCH_ACCESS_LOG must be one of {', '.join(ACCESS_LOG_CHOICES)}, not {chosen!r}"
+        )
+    return chosen == "on"
 
 
 def free_port() -> int:
@@ -88,6 +104,7 @@ class Proxy:
         self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "output.log"
+        self.access_log = access_log_choice()
 
     @property
     def ws_url(self) -> str:
@@ -170,6 +187,7 @@ class Wslb(Proxy):
             "{maxConnections: 1000000, newConnectionsPerSecond: 1000000, maxMessageBytes: 16777216}"
         )
         backends = f"{{endpoints: [{{address: 127.0.0.1, port: {self.backend_port}}}]}}"
+        on = "true" if self.access_log else "false"
         config.write_text(
             f"""# written by bench/proxies.py
 version: bench
@@ -183,6 +201,7 @@ listeners:
     port: {self.ws_port}
     idleTimeoutSeconds: 3600
     limits: {limits}
+    accessLog: {{enabled: {on}}}
     backends: {backends}
   - name: wss
     protocol: HTTPS
@@ -193,6 +212,7 @@ listeners:
     tls:
       certificates:
         - {{certificateFile: {self.cert}, privateKeyFile: {self.key}}}
+    accessLog: {{enabled: {on}}}
     backends: {backends}
   - name: http
     protocol: HTTP
@@ -303,13 +323,20 @@ class HAProxy(Proxy):
         bundle.write_text(self.cert.read_text() + self.key.read_text())
         bundle.chmod(0o600)
         config = self.dir / "haproxy.cfg"
+        # A line per connection, written when it ends, to standard output as in a container;
+        # the HTTP frontend logs nothing, as in the other proxies.
+        logging = (
+            ("    log stdout format raw local0 info\n", "    log global\n    option httplog\n")
+            if self.access_log
+            else ("", "")
+        )
         config.write_text(
             f"""# written by bench/proxies.py
 global
     nbthread 1
     maxconn {MAX_CONNECTIONS}
     ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
+{logging[0]}defaults
     mode http
     timeout connect 5s
     timeout client 3600s
@@ -320,14 +347,14 @@ defaults
 frontend ws
     bind 127.0.0.1:{self.ws_port}
     maxconn {MAX_CONNECTIONS}
-    http-request set-header X-Forwarded-Proto http
+{logging[1]}    http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header X-Real-IP %[src]
     default_backend echo
 frontend wss
     bind 127.0.0.1:{self.wss_port} ssl crt {bundle} alpn http/1.1
     maxconn {MAX_CONNECTIONS}
-    http-request set-header X-Forwarded-Proto https
+{logging[1]}    http-request set-header X-Forwarded-Proto https
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header X-Real-IP %[src]
     default_backend echo
@@ -357,9 +384,10 @@ class Nginx(Proxy):
     def write_config(self) -> list[str]:
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-        common = """
+        common = (
+            """
         location / {
-            proxy_pass http://echo;
+            proxy_pass http://echo;%s
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -371,6 +399,11 @@ class Nginx(Proxy):
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
         }"""
+            % (
+                # default `combined` format, a line per connection when it ends
+                "\n            access_log /dev/stdout;" if self.access_log else ""
+            )
+        )
         config = self.dir / "nginx.conf"
         config.write_text(
             f"""# written by bench/proxies.py

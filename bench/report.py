@@ -383,6 +383,23 @@ METHOD = """\
 """
 
 
+def access_log_sentence(settings: dict[str, Any]) -> str:
+    """How the proxies logged in this run (older results files did not say: wslb logged each
+    WS and WSS connection, its default, and HAProxy and nginx nothing)."""
+    chosen = settings.get("access_log")
+    if chosen is None:
+        return (
+            "Access log: wslb's on for WS and WSS (its default), HAProxy's and nginx's off; "
+            "every proxy's off on the HTTP port."
+        )
+    if chosen:
+        return (
+            "Access log: every proxy writes a line per WS and WSS connection to its standard "
+            "output (a file), and none on the HTTP port."
+        )
+    return "Access log: off in every proxy (`BENCH_ACCESS_LOG=off`)."
+
+
 def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
     info = results["machine"]
     settings = results["settings"]
@@ -407,7 +424,8 @@ def render(results: dict[str, Any], plot_path: Path, out: Path) -> str:
         wslb_ran(info),
         "",
         f"{settings['duration']:g} s per measurement after {settings['warmup']:g} s warm-up, "
-        f"{settings['repeat']} round(s); the whole run took {info['elapsed_seconds']:.0f} s.",
+        f"{settings['repeat']} round(s); the whole run took {info['elapsed_seconds']:.0f} s. "
+        + access_log_sentence(settings),
         "",
     ]
     others = (
