@@ -165,7 +165,10 @@ class ClientSide(asyncio.Protocol):
         # What only the handshake needs (head bytes, early data, admission, its deadline,
         # a refusal): dropped when the tunnel opens, so an idle tunnel holds none of it.
         self.opening: _Opening | None = _Opening()
-        self.head = b""  # the request head, kept for the access log only when it is on
+        # For the access log, only when it is on: the request head as received, or just
+        # its (target, Host) when the fast path read them and nothing was forwarded (a
+        # browser's head with its cookies is kilobytes, held for the connection's life).
+        self.head: bytes | tuple[str, str] = b""
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
         # The dial and its attempt in progress (endpoint, socket, connect): dropped at the
         # backend's answer, so an open tunnel holds none of it.
@@ -342,7 +345,9 @@ class ClientSide(asyncio.Protocol):
     def _handle_upgrade(self, head: bytes, fast: FastRequest | None) -> None:
         listener = self.listener
         if listener.keeps_heads:
-            self.head = head  # a reference, no copy: parsed again only for the record
+            # The fast path's strings when they are all the line needs; else a reference
+            # to the head, no copy, parsed again on the log's writer thread.
+            self.head = head if fast is None or fast.forwarded else (fast.path, fast.host)
         request: Request | FastRequest
         if fast is None:
             request = parse_request(head)
@@ -751,13 +756,15 @@ class ClientSide(asyncio.Protocol):
 
     def record(self) -> ConnectionRecord:
         """What happened on this connection, complete once it ended (for access logs).
-        The request's fields stay in the kept head: the log's writer reads them."""
+        The request's fields stay in the kept head: the log's writer reads them (or the
+        fast path's target and Host, when that is all it kept)."""
         relay = self.relay
         now = self.loop.time()
         end = self.ended_at or now
         listener = self.listener
         client_ip, client_port = self.peer or _peername(self.transport)
-        forwarded = client_ip if self.head and listener.forwarded else ""
+        head = self.head
+        forwarded = client_ip if head and listener.forwarded else ""
         backend = self.endpoint.key if self.endpoint is not None else ""
         refused = self.opening.rejection if self.opening is not None else None
         rejection = refused.label if refused is not None else ""
@@ -771,6 +778,29 @@ class ClientSide(asyncio.Protocol):
             c2b, b2c = relay.bytes_c2b, relay.bytes_b2c
             messages_c2b, messages_b2c = relay.messages_c2b, relay.messages_b2c
             code, closed_by = relay.close_code, relay.closed_by or "unknown"
+        if isinstance(head, tuple):  # read by the fast path: nothing left to parse
+            target, host = head
+            return ConnectionRecord(
+                client_ip,
+                client_port,
+                listener.name,
+                backend,
+                self.status,
+                rejection,
+                started,
+                end - self.accepted_at,
+                handshake,
+                c2b,
+                b2c,
+                messages_c2b,
+                messages_b2c,
+                code,
+                closed_by,
+                "GET",
+                host,
+                target,
+                forwarded,
+            )
         return ConnectionRecord(
             client_ip,
             client_port,
@@ -791,7 +821,7 @@ class ClientSide(asyncio.Protocol):
             "",
             "",
             "",
-            self.head,
+            head,
             forwarded,
         )
 

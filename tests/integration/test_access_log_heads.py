@@ -1,0 +1,116 @@
+"""An open WebSocket connection keeps, for its access-log line, only what the line needs.
+
+A browser's handshake carries kilobytes (cookies, User-Agent, extension offers) and the
+connection may stay open for hours: when the fast path has read the target and Host and
+nothing was forwarded, the connection keeps those two strings, not the head. The line
+must still say what it said when the whole head was kept."""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from dataplane.access_log import AccessLog
+from dataplane.metrics import Metrics
+from dataplane.runtime import Runtime
+from lbwire.logs import LogFormat
+from lbwire.snapshot import parse_snapshot
+from tests.integration.conftest import listener, snapshot, wait_until
+
+pytestmark = pytest.mark.integration
+
+COOKIE = "session=" + "c" * 3000  # a browser's cookie jar; nothing else in the head is this long
+
+
+def held_strings(root: object, depth: int = 3) -> list[bytes | str]:
+    """Every bytes or str object reachable from `root` within `depth` references."""
+    found: list[bytes | str] = []
+    seen = {id(root)}
+    level = [root]
+    for _ in range(depth):
+        following = []
+        for item in level:
+            for ref in gc.get_referents(item):
+                if id(ref) in seen:
+                    continue
+                seen.add(id(ref))
+                if isinstance(ref, (bytes, str)):
+                    found.append(ref)
+                elif not isinstance(ref, type):
+                    following.append(ref)
+        level = following
+    return found
+
+
+@pytest.mark.parametrize("forwarding", [True, False])
+async def test_an_open_tunnel_keeps_no_head_and_its_line_is_whole(
+    backends: Any, forwarding: bool
+) -> None:
+    (backend,) = await backends(1)
+    stream = io.StringIO()
+    access_log = AccessLog(LogFormat.JSON, stream=stream)
+    access_log.start()
+    runtime = Runtime(Metrics(), access_log=access_log)
+    config = listener(
+        backends={"endpoints": [backend.endpoint]},
+        forwardedHeaders={"enabled": forwarding},
+        keepalive={"intervalSeconds": 0},
+    )
+    await runtime.apply(parse_snapshot(snapshot(config)))
+    port = runtime.listeners["ws"].config.port
+    try:
+        async with connect(
+            f"ws://127.0.0.1:{port}/chat/room?token=secret",
+            ping_interval=None,
+            additional_headers={"Cookie": COOKIE, "User-Agent": "Mozilla/5.0 (test)"},
+        ) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            (connection,) = runtime.listeners["ws"].connections
+            kept = [s for s in held_strings(connection) if len(s) >= len(COOKIE)]
+            assert kept == [], f"an open tunnel holds its {len(kept[0])}-byte head"
+        await wait_until(lambda: not runtime.listeners["ws"].connections)
+    finally:
+        await runtime.shutdown(drain_timeout=0)
+        access_log.flush()
+        access_log.close()
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert (line["kind"], line["method"], line["status"]) == ("websocket", "GET", 101)
+    assert line["host"] == f"127.0.0.1:{port}"
+    assert line["path"] == "/chat/room"  # the query string stays out unless asked for
+    # the chain the backend got: the client's address when this proxy adds it, else none
+    assert line["forwarded_for"] == ("127.0.0.1" if forwarding else None)
+    assert (line["messages_from_client"], line["close_code"]) == (1, 1000)
+
+
+async def test_a_forwarded_request_keeps_its_chain_in_the_line(backends: Any) -> None:
+    """A head with X-Forwarded-For takes the kept-head path: the chain comes from it."""
+    (backend,) = await backends(1)
+    stream = io.StringIO()
+    access_log = AccessLog(LogFormat.JSON, stream=stream)
+    access_log.start()
+    runtime = Runtime(Metrics(), access_log=access_log)
+    config = listener(backends={"endpoints": [backend.endpoint]}, accessLog={"includeQuery": True})
+    await runtime.apply(parse_snapshot(snapshot(config)))
+    port = runtime.listeners["ws"].config.port
+    try:
+        async with connect(
+            f"ws://127.0.0.1:{port}/feed?since=5",
+            ping_interval=None,
+            additional_headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9"},
+        ) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+        await wait_until(lambda: not runtime.listeners["ws"].connections)
+    finally:
+        await runtime.shutdown(drain_timeout=0)
+        access_log.flush()
+        access_log.close()
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["path"] == "/feed?since=5"
+    assert line["forwarded_for"] == "198.51.100.7, 203.0.113.9, 127.0.0.1"
