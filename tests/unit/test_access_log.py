@@ -12,8 +12,11 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
+from dataplane import log_lines
 from dataplane.access_log import (
     AccessLog,
     AccessLogCollector,
@@ -339,3 +342,29 @@ def test_durations_are_written_to_the_microsecond_without_exponent(
 ) -> None:
     (line,) = write([record(duration=value)], AccessLog(LogFormat.TEXT, io.StringIO()))
     assert parse_logfmt(line)["duration_seconds"] == written
+
+
+@given(st.text(max_size=12) | st.sampled_from(["GET", "/", "127.0.0.1:80", "a b", 'q"', "é"]))
+@settings(max_examples=400, deadline=None)
+def test_bare_values_are_remembered_without_changing_any_answer(value: str) -> None:
+    """`text` remembers which values need no quoting: asked twice, or after the memo was
+    forgotten, every value gets the answer a scan gives."""
+    expected = (
+        value
+        if value
+        and value != "-"
+        and all(32 < ord(char) < 127 and char not in '"=\\' for char in value)
+        else ("-" if not value else json.dumps(value))
+    )
+    assert log_lines.text(value) == expected
+    assert log_lines.text(value) == expected  # the remembered answer
+    assert len(log_lines._bare_seen) <= log_lines.BARE_MEMO_SIZE
+
+
+def test_the_memo_of_bare_values_stays_bounded() -> None:
+    for index in range(3 * log_lines.BARE_MEMO_SIZE):
+        assert log_lines.text(f"host-{index}") == f"host-{index}"
+    assert 0 < len(log_lines._bare_seen) <= log_lines.BARE_MEMO_SIZE
+    long = "x" * (log_lines.BARE_MEMO_LENGTH + 1)
+    assert log_lines.text(long) == long
+    assert long not in log_lines._bare_seen  # long values are scanned, never kept
