@@ -38,6 +38,10 @@ from lbwire.snapshot import Listener, PathType, Protocol
 log = logging.getLogger("wslb.listener")
 
 BACKLOG = 4096
+# (target, Host) pairs an access log's connections share (`logged_request`), and the
+# longest pair shared: a query string with a token makes each pair distinct anyway.
+SHARED_REQUESTS = 256
+SHARED_REQUEST_LENGTH = 256
 
 
 def _bind_key(config: Listener) -> tuple[str, int, str]:
@@ -80,6 +84,9 @@ class ListenerRuntime:
         self.bind_key = _bind_key(config)
         self._published: set[str] = set()
         self.request_counts = metrics.requests_of(self.name)
+        # Pairs typed tuple[str, ...]: mypyc keeps a tuple[str, str] unboxed and would box
+        # a new tuple per connection, sharing nothing.
+        self._logged_requests: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._apply(config, certificates, first=True)
 
     # ------------------------------------------------------------------ config
@@ -244,6 +251,21 @@ class ListenerRuntime:
 
     def check_origin(self, values: list[str]) -> Rejection | None:
         return self.gate.origin(values)
+
+    def logged_request(self, target: str, host: str) -> tuple[str, ...]:
+        """(target, Host) for an open connection's access-log line, one shared pair per
+        distinct value: a listener's sockets mostly share both, and a pair of their own
+        was ~120 B per connection. At most SHARED_REQUESTS pairs of short values are
+        shared, forgotten all at once when full (live connections keep theirs)."""
+        pair: tuple[str, ...] = (target, host)
+        shared = self._logged_requests.get(pair)
+        if shared is not None:
+            return shared
+        if len(target) + len(host) <= SHARED_REQUEST_LENGTH:
+            if len(self._logged_requests) >= SHARED_REQUESTS:
+                self._logged_requests.clear()
+            self._logged_requests[pair] = pair
+        return pair
 
     def connection_ended(self, connection: ClientSide) -> None:
         """The end-of-connection hook: bookkeeping and metrics from what it did."""

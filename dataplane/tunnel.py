@@ -95,6 +95,7 @@ class Site(Protocol):
         self, rule: str, method: bytes, status: int, duration: float, rejection: str
     ) -> None: ...
     def log_request(self, record: RequestRecord) -> None: ...
+    def logged_request(self, target: str, host: str) -> tuple[str, ...]: ...
     def count_backend_error(self, group: str, kind: str) -> None: ...
     def tunnel_opened(self, connection: ClientSide, handshake_seconds: float) -> None: ...
     def count_upgrade(self, status: int) -> None: ...
@@ -166,9 +167,10 @@ class ClientSide(asyncio.Protocol):
         # a refusal): dropped when the tunnel opens, so an idle tunnel holds none of it.
         self.opening: _Opening | None = _Opening()
         # For the access log, only when it is on: the request head as received, or just
-        # its (target, Host) when the fast path read them and nothing was forwarded (a
-        # browser's head with its cookies is kilobytes, held for the connection's life).
-        self.head: bytes | tuple[str, str] = b""
+        # its (target, Host) when the fast path read them and nothing was forwarded, a pair
+        # shared with the listener's other connections (a browser's head with its cookies
+        # is kilobytes, held for the connection's life).
+        self.head: bytes | tuple[str, ...] = b""
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
         # The dial and its attempt in progress (endpoint, socket, connect): dropped at the
         # backend's answer, so an open tunnel holds none of it.
@@ -347,7 +349,10 @@ class ClientSide(asyncio.Protocol):
         if listener.keeps_heads:
             # The fast path's strings when they are all the line needs; else a reference
             # to the head, no copy, parsed again on the log's writer thread.
-            self.head = head if fast is None or fast.forwarded else (fast.path, fast.host)
+            if fast is None or fast.forwarded:
+                self.head = head
+            else:
+                self.head = listener.logged_request(fast.path, fast.host)
         request: Request | FastRequest
         if fast is None:
             request = parse_request(head)

@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from dataplane.access_log import AccessLog
+from dataplane.listener import SHARED_REQUEST_LENGTH, SHARED_REQUESTS
 from dataplane.metrics import Metrics
 from dataplane.runtime import Runtime
 from lbwire.logs import LogFormat
@@ -114,3 +115,41 @@ async def test_a_forwarded_request_keeps_its_chain_in_the_line(backends: Any) ->
     (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
     assert line["path"] == "/feed?since=5"
     assert line["forwarded_for"] == "198.51.100.7, 203.0.113.9, 127.0.0.1"
+
+
+async def test_tunnels_to_one_path_share_what_their_lines_need(backends: Any) -> None:
+    """Sockets of one app mostly share target and Host: one pair serves them all, so the
+    log costs an open connection no memory of its own; the sharing stays bounded."""
+    (backend,) = await backends(1)
+    stream = io.StringIO()
+    access_log = AccessLog(LogFormat.JSON, stream=stream)
+    access_log.start()
+    runtime = Runtime(Metrics(), access_log=access_log)
+    await runtime.apply(
+        parse_snapshot(snapshot(listener(backends={"endpoints": [backend.endpoint]})))
+    )
+    site = runtime.listeners["ws"]
+    try:
+        async with (
+            connect(f"ws://127.0.0.1:{site.config.port}/live", ping_interval=None) as one,
+            connect(f"ws://127.0.0.1:{site.config.port}/live", ping_interval=None) as two,
+        ):
+            for ws in (one, two):
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+            first, second = site.connections
+            assert first.head == ("/live", f"127.0.0.1:{site.config.port}")
+            assert first.head is second.head
+        # bounded: distinct pairs beyond the limit forget the older ones; long ones are
+        # never kept
+        for index in range(3 * SHARED_REQUESTS):
+            site.logged_request(f"/room/{index}", "h")
+        assert len(site._logged_requests) <= SHARED_REQUESTS
+        long = "/" + "x" * SHARED_REQUEST_LENGTH
+        assert site.logged_request(long, "h") == (long, "h")
+        assert (long, "h") not in site._logged_requests
+    finally:
+        await runtime.shutdown(drain_timeout=0)
+        access_log.flush()
+        access_log.close()
+    assert len(stream.getvalue().splitlines()) == 2
