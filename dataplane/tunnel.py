@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Generator
 from enum import Enum
 from typing import Any, Protocol, cast
 
@@ -63,7 +63,11 @@ log = logging.getLogger("wslb.tunnel")
 MAX_BACKEND_HEAD = 16 * 1024
 REFUSED_HEAD_WAIT = 1.0  # how long a refused client may take to send its head
 
-Connecting = Coroutine[Any, Any, tuple[asyncio.Transport, "BackendSide"]]
+# A dial's create_connection coroutine, driven through its __await__ iterator: next()
+# with a default ends it without raising StopIteration, whose traceback entry cost ~3k
+# instructions per dial compiled.
+Connecting = Generator[Any, None, tuple[asyncio.Transport, "BackendSide"]]
+_CONNECTED: Any = object()  # next()'s default: the coroutine returned
 
 HEADER_TOO_LARGE = Rejection(431, "Request header fields too large", label="header_too_large")
 # A head that asks for a WebSocket upgrade (even a malformed one) takes the WebSocket
@@ -449,7 +453,7 @@ class ClientSide(asyncio.Protocol):
         # callbacks of the future it waits on, without a Task (see dial_step).
         dial.connecting = self.loop.create_connection(
             backend.itself, endpoint.address, endpoint.port
-        )
+        ).__await__()
         backend.dial_step()
 
     def _attempt_failed(self, backend: BackendSide, why: str) -> None:
@@ -897,15 +901,15 @@ class BackendSide(asyncio.Protocol):
             return
         connecting = dial.connecting
         try:
-            waiter = connecting.send(None)
-        except StopIteration:
-            dial.connecting = None  # done: not kept while the backend answers
-            if self.transport is not None:
-                self.transport.write(dial.head)
-            return
+            waiter = next(connecting, _CONNECTED)
         except Exception as exc:
             dial.connecting = None
             client._attempt_failed(self, repr(exc))
+            return
+        if waiter is _CONNECTED:
+            dial.connecting = None  # done: not kept while the backend answers
+            if self.transport is not None:
+                self.transport.write(dial.head)
             return
         cast(asyncio.Future[None], waiter).add_done_callback(self.dial_step)
 
