@@ -335,7 +335,10 @@ METHOD = """\
   own package instead, for A/B work; the header says which ran). HAProxy: `nbthread 1`,
   `mode http`, tunnel after the 101. nginx: `worker_processes 1`, `proxy_http_version 1.1`
   with `Upgrade`/`Connection` passed. All three add the same forwarding headers as wslb
-  (X-Forwarded-For/-Proto/-Port, X-Real-IP), have no health checks and no access log, and
+  (X-Forwarded-For/-Proto/-Port, X-Real-IP), have no health checks, write one access-log
+  line per WS and WSS connection to their standard output, a file (wslb's default line;
+  HAProxy's `option httplog` to `log stdout`; nginx's `combined` to /dev/stdout;
+  `BENCH_ACCESS_LOG=off` runs all three without; the header says which), and
   serve WSS with the same self-signed ECDSA P-256 certificate (`dataplane.certs`). Configs
   are written by `bench/proxies.py`.
 - **Backend.** One echo backend for all three: `bench/echo-go` (Go, standard library,
@@ -365,7 +368,7 @@ METHOD = """\
   connections alive for an hour with no cap on requests per connection, keep idle
   backend connections for reuse (wslb's pool and nginx's `keepalive` at 16 per backend,
   HAProxy's default `http-reuse safe`), and add the same headers (Via, X-Forwarded-*,
-  X-Real-IP); wslb's access log is off on this port, as the others log nothing. The
+  X-Real-IP); no proxy logs on this port (issue 10's conditions). The
   client is `bench/httpload.c` (C, epoll, one thread; built with `cc` on first use):
   *GETs*: {http_connections} keep-alive connections, one GET in flight on each, the next sent
   when a whole response (status 200, body read to its Content-Length) is in; latency is
