@@ -43,7 +43,7 @@ RUN_TIMEOUT = 50.0
 Verdicts = dict[str, dict[str, Any]]
 
 
-async def echo(connection: ServerConnection) -> None:
+async def echo_handler(connection: ServerConnection) -> None:
     async for message in connection:
         await connection.send(message)
 
@@ -83,31 +83,53 @@ def table(direct: Verdicts, through: Verdicts, ids: list[str]) -> str:
     return "\n".join(rows)
 
 
-@pytest.fixture(params=["websockets", "wsproto"])
-async def echo_port(request: pytest.FixtureRequest) -> AsyncIterator[int]:
-    """The port of a third-party echo server on 127.0.0.1."""
+def races(case: dict[str, Any]) -> bool:
+    """The case accepts two answers (echo then fail: OK; fail at once: NON-STRICT), and
+    which one a server gives depends on how the client's frames fall into its reads."""
+    return "NON-STRICT" in case["accepts"]
+
+
+@pytest.fixture(params=["wsproto", "websockets"])
+async def echo(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, int]]:
+    """A third-party echo server on 127.0.0.1: (its name, its port)."""
     if request.param == "websockets":
-        async with serve(echo, "127.0.0.1", 0) as server:
-            yield server.sockets[0].getsockname()[1]
+        async with serve(echo_handler, "127.0.0.1", 0) as server:
+            yield request.param, server.sockets[0].getsockname()[1]
     else:
         plain = await wsproto_echo.start_echo()
-        yield plain.sockets[0].getsockname()[1]
+        yield request.param, plain.sockets[0].getsockname()[1]
         plain.close()
 
 
 async def test_autobahn_cases_grade_the_same_through_wslb_as_directly(
-    echo_port: int, dataplane: Any
+    echo: tuple[str, int], dataplane: Any
 ) -> None:
-    endpoint = {"address": "127.0.0.1", "port": echo_port}
+    """Same verdict and same echoed events per case. The one allowance: websockets'
+    server answers the two-answer cases (3.2-3.4, 4.1.3-4.1.5, 4.2.3-4.2.5, 5.15, 6.4.x,
+    7.1.6) either way from run to run, directly too; there both runs must pass with the
+    same close verdict and code. The wsproto server always answers first, so it gets no
+    allowance: on it, an echo lost before wslb's Close fails the test."""
+    name, port = echo
+    endpoint = {"address": "127.0.0.1", "port": port}
     runtime = await dataplane(snapshot(listener(backends={"endpoints": [endpoint]})))
 
-    direct = await grade(f"ws://127.0.0.1:{echo_port}/")
+    direct = await grade(f"ws://127.0.0.1:{port}/")
     through = await grade(url(runtime))
 
     assert len(direct) == CASE_COUNT, sorted(direct)
     assert sorted(through) == sorted(direct)
-    differ = [i for i in direct if verdict(direct[i]) != verdict(through[i])]
+    if name == "wsproto":  # what makes its run able to show a lost answer
+        lenient = [i for i in direct if direct[i]["behavior"] == "NON-STRICT"]
+        assert lenient == [], "the wsproto server failed before answering: " + str(lenient)
+    exact = [i for i in direct if name == "wsproto" or not races(direct[i])]
+    differ = [i for i in exact if verdict(direct[i]) != verdict(through[i])]
     assert differ == [], "verdicts differ:\n" + table(direct, through, differ)
-    # The backend's answers, not only the verdicts: the same echoed events per case.
-    lost = [i for i in direct if direct[i]["received"] != through[i]["received"]]
+    lost = [i for i in exact if direct[i]["received"] != through[i]["received"]]
     assert lost == [], "echoed events differ:\n" + table(direct, through, lost)
+    racing = [i for i in direct if i not in exact]
+    passing = {"OK", "NON-STRICT", "INFORMATIONAL"}
+    for case_id in racing:
+        a, b = direct[case_id], through[case_id]
+        assert {a["behavior"], b["behavior"]} <= passing, table(direct, through, [case_id])
+        assert a["behaviorClose"] == b["behaviorClose"], table(direct, through, [case_id])
+        assert a["remoteCloseCode"] == b["remoteCloseCode"], table(direct, through, [case_id])

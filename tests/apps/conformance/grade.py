@@ -3,7 +3,8 @@
 Run as its own process (`python grade.py URL CASE...`): kosoku puts its Python 2 era shims
 (packages named `autobahn`, `autobahntestsuite`, a `pkg_resources` stand-in) first on
 `sys.path`, which must not leak into the test process. Prints one JSON object per case on
-stdout: the id, both verdicts, the close code the server sent and the messages it echoed.
+stdout: the id, both verdicts, the close code the server sent, the messages it echoed and the
+verdicts the case accepts (several where a conformant server may answer in more than one way).
 Exit status 2 with a one-line message when kosoku is not installed.
 """
 
@@ -38,6 +39,7 @@ async def grade(url: str, cases: list[str]) -> list[dict[str, Any]]:
             "behaviorClose": result.behavior_close.value,
             "remoteCloseCode": result.remote_close_code,
             "received": event(result.received),
+            "accepts": sorted(result.expected),
         }
         for result in results
     ]

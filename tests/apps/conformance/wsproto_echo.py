@@ -16,17 +16,20 @@ import asyncio
 from typing import cast
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
     Message,
     Ping,
-    RejectConnection,
     Request,
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+#: How long a failed connection waits for the peer's EOF (websockets' close_timeout).
+CLOSE_TIMEOUT = 10.0
 
 
 class Echo(asyncio.Protocol):
@@ -35,16 +38,20 @@ class Echo(asyncio.Protocol):
     def __init__(self) -> None:
         self.ws = WSConnection(ConnectionType.SERVER)
         self.transport: asyncio.Transport | None = None
+        self.failed = False  # our Close is sent: read nothing more, wait for the peer's EOF
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        if self.failed:
+            return
         try:
             self.ws.receive_data(data)
             for event in self.ws.events():
-                if self.transport.is_closing():
+                if self.failed or self.transport.is_closing():
                     return
                 self.answer(event)
         except (LocalProtocolError, RemoteProtocolError):
@@ -59,19 +66,27 @@ class Echo(asyncio.Protocol):
             self.transport.write(self.ws.send(echo))
         elif isinstance(event, Ping):
             self.transport.write(self.ws.send(event.response()))
-        elif isinstance(event, CloseConnection):
-            # Answer the peer's Close (or send ours after a protocol error), then the
-            # server closes TCP first (RFC 6455 §7.1.1).
+        elif isinstance(event, CloseConnection) and self.ws.state is ConnectionState.REMOTE_CLOSING:
+            # The peer's Close: answer it, then the server closes TCP first (RFC 6455 §7.1.1).
             self.transport.write(self.ws.send(event.response()))
             self.transport.close()
-        elif isinstance(event, RejectConnection):
-            self.transport.close()
+        elif isinstance(event, CloseConnection):
+            # A protocol error: send our Close and half-close, then read until the peer's
+            # EOF, as websockets' server does. Closing the socket at once with the peer's
+            # bytes unread makes the kernel answer them with a reset.
+            self.transport.write(self.ws.send(event.response()))
+            self.transport.write_eof()
+            self.failed = True
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
 
     def eof_received(self) -> bool:
         return False  # the peer is gone: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 async def start_echo(host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
