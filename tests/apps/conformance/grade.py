@@ -14,6 +14,7 @@ import asyncio
 import json
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def event(item: Any) -> Any:
@@ -39,10 +40,18 @@ async def grade(url: str, cases: list[str]) -> list[dict[str, Any]]:
             "behaviorClose": result.behavior_close.value,
             "remoteCloseCode": result.remote_close_code,
             "received": event(result.received),
-            "accepts": sorted(result.expected),
+            "accepts": sorted(result.expected or {}),  # none when the case could not run
         }
         for result in results
     ]
+
+
+def is_ws_url(text: str) -> bool:
+    url = urlsplit(text)
+    try:
+        return url.scheme == "ws" and bool(url.hostname) and url.port is not None
+    except ValueError:  # a port that is no number
+        return False
 
 
 def main() -> None:
@@ -56,7 +65,14 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    for line in asyncio.run(grade(sys.argv[1], sys.argv[2:])):
+    if not is_ws_url(sys.argv[1]):
+        # kosoku 0.1.0 aborts the interpreter on a URL it cannot parse: check it first.
+        sys.exit(f"grade.py: {sys.argv[1]!r} is not a ws://HOST:PORT/ URL")
+    try:
+        lines = asyncio.run(grade(sys.argv[1], sys.argv[2:]))
+    except ValueError as error:  # a case id or glob that names no case
+        sys.exit(f"grade.py: {error}")
+    for line in lines:
         print(json.dumps(line, sort_keys=True))
 
 
