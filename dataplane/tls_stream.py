@@ -10,6 +10,15 @@ connection's memory BIOs, which never shrink: an idle WSS connection that once c
 `SLICE` at a time and the ciphertext handed straight to the raw transport. So a
 connection's BIOs hold about one TLS record whatever its messages' size.
 
+An OpenSSL memory BIO keeps the largest buffer it ever needed (its BUF_MEM never
+shrinks): after the handshake the incoming BIO holds the ClientHello's size (1.8 KB
+from a browser that offers a post-quantum key share) and the outgoing one the server's
+flight (~1 KB), for the connection's whole life. So the stream frees both buffers once,
+after the first exchange (`fresh`: from the handshake's end to the app's first write):
+-1.3 KB per idle WSS connection. Python's MemoryBIO has no call for it; OpenSSL's public
+BIO_set_mem_buf has, reached with ctypes (see `_buffer_releaser`, which checks the one
+CPython detail it needs and turns the release off where it does not hold).
+
 `TlsStream` is also the transport its app protocol (tunnel.ClientSide) sees: write, close
 (close_notify, then close), abort, flow control both ways, get_extra_info. The app
 protocol is made when the handshake completes, as uvloop does. Policy (certificates by
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -49,6 +59,77 @@ HEADER: Final = 5
 DRAIN: Final = 1 << 30
 
 _AGAIN: Final = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+# OpenSSL's BIO_C_SET_BUF_MEM (the BIO_set_mem_buf macro), BIO_CLOSE, BIO_TYPE_MEM and
+# BIO_CTRL_PENDING (openssl/bio.h; unchanged since 1.0).
+_SET_BUF_MEM: Final = 114
+_BIO_CLOSE: Final = 1
+_BIO_TYPE_MEM: Final = 1 | 0x0400
+_CTRL_PENDING: Final = 10
+
+
+def _buffer_releaser() -> Callable[[ssl.MemoryBIO], None] | None:
+    """A function that frees the buffer of an empty MemoryBIO (one that holds data is
+    left alone), or None where that cannot be done safely.
+
+    It gives the BIO a new, empty BUF_MEM with OpenSSL's public BIO_set_mem_buf, which
+    frees the old one; the next write allocates what it needs. The private step is
+    finding the BIO: CPython's MemoryBIO object is its header and the `BIO *` (since
+    3.5), so the size of the type is checked first, then the pointer read from a probe
+    BIO must be a memory BIO holding what was written to it, and a release and a round
+    trip must work. The functions come from the libcrypto that `_ssl` itself is linked
+    to (dlsym through `_ssl`'s own handle), whose version must be the one `ssl` reports."""
+    offset = object.__basicsize__
+    if sys.implementation.name != "cpython" or ssl.MemoryBIO.__basicsize__ != offset + 16:
+        return None
+    try:
+        import _ssl
+        import ctypes
+
+        library = ctypes.PyDLL(getattr(_ssl, "__file__", None))
+        ctrl = library.BIO_ctrl
+        new_buffer = library.BUF_MEM_new
+        method_type = library.BIO_method_type
+        version = library.OpenSSL_version_num
+    except (ImportError, OSError, AttributeError):
+        return None
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    ctrl.restype = ctypes.c_long
+    new_buffer.argtypes = []
+    new_buffer.restype = ctypes.c_void_p
+    method_type.argtypes = [ctypes.c_void_p]
+    method_type.restype = ctypes.c_int
+    version.argtypes = []
+    version.restype = ctypes.c_ulong
+    if version() != ssl.OPENSSL_VERSION_NUMBER:
+        return None
+    address = ctypes.c_void_p.from_address
+
+    def release(bio: ssl.MemoryBIO) -> None:
+        if not bio.pending:
+            fresh = new_buffer()
+            if fresh:
+                ctrl(address(id(bio) + offset).value, _SET_BUF_MEM, _BIO_CLOSE, fresh)
+
+    probe = ssl.MemoryBIO()
+    probe.write(b"probe")
+    pointer = address(id(probe) + offset).value
+    if (
+        not pointer
+        or method_type(pointer) != _BIO_TYPE_MEM
+        or ctrl(pointer, _CTRL_PENDING, 0, None) != 5
+    ):
+        return None
+    probe.read()
+    release(probe)
+    probe.write(b"again")
+    if probe.read() != b"again":
+        return None
+    return release
+
+
+#: Frees an empty MemoryBIO's buffer; None where this Python or OpenSSL cannot.
+release_buffer: Final = _buffer_releaser()
 
 # Stream states.
 HANDSHAKE: Final = 0
@@ -93,6 +174,7 @@ class TlsStream(asyncio.BufferedProtocol):
         "app_lost",
         "backlog",
         "error",
+        "fresh",
         "head",
         "incoming",
         "left",
@@ -126,6 +208,9 @@ class TlsStream(asyncio.BufferedProtocol):
         self.peer_closed = False  # close_notify or EOF came: nothing more is read
         self.app_lost = False  # the app's connection_lost ran
         self.error: Exception | None = None  # why the stream failed, for connection_lost
+        # From the handshake's end to the app's first write: each read, and that write,
+        # end by freeing their BIO's buffer (the module docstring says why).
+        self.fresh = False
 
     # ------------------------------------------------------------ raw socket protocol
 
@@ -157,6 +242,8 @@ class TlsStream(asyncio.BufferedProtocol):
                 return
             if self.outgoing.pending:
                 self._flush()
+            if self.fresh and release_buffer is not None:
+                release_buffer(self.incoming)
             if data:
                 self.app.data_received(data)  # type: ignore[union-attr]  # OPEN: made
             elif data is not None:
@@ -237,6 +324,8 @@ class TlsStream(asyncio.BufferedProtocol):
             if ended or self.state != OPEN:
                 break  # bytes after a close_notify are not read
         self._flush()
+        if self.fresh and release_buffer is not None:
+            release_buffer(incoming)  # the handshake's, and the first request's, records
         if chunks and self.app is not None and self.state == OPEN:
             self.app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if ended and self.state == OPEN:
@@ -275,6 +364,7 @@ class TlsStream(asyncio.BufferedProtocol):
             return False
         self._stop_timer()
         self.state = OPEN
+        self.fresh = True
         app = self.app = self.acceptor.app_factory()
         app.connection_made(self)  # type: ignore[arg-type]  # a transport in all but name
         if self.write_paused:
@@ -335,16 +425,22 @@ class TlsStream(asyncio.BufferedProtocol):
             if size <= SLICE:
                 sslobj.write(data)
                 raw.write(outgoing.read())
-                return
-            view = memoryview(data)
-            parts: list[bytes] = []
-            for start in range(0, size, SLICE):
-                sslobj.write(view[start : start + SLICE])
-                parts.append(outgoing.read())
-            raw.writelines(parts)
+            else:
+                view = memoryview(data)
+                parts: list[bytes] = []
+                for start in range(0, size, SLICE):
+                    sslobj.write(view[start : start + SLICE])
+                    parts.append(outgoing.read())
+                raw.writelines(parts)
         except ssl.SSLError as exc:
             # WantRead here would be a renegotiation, which the context refuses.
             self._fail(exc)
+            return
+        if self.fresh:
+            # The first answer: the server's flight and it are through; free the buffer.
+            self.fresh = False
+            if release_buffer is not None:
+                release_buffer(outgoing)
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
