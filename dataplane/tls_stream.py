@@ -22,9 +22,10 @@ CPython detail it needs and turns the release off where it does not hold).
 `TlsStream` is also the transport its app protocol (tunnel.ClientSide) sees: write, close
 (close_notify, then close), abort, flow control both ways, get_extra_info. The app
 protocol is made when the handshake completes, as uvloop does. Policy (certificates by
-SNI, versions, ALPN, tickets) stays in the listener's SSLContext (dataplane/tls.py); its
-SSL object class counts OpenSSL's refusals. This module owns no policy and logs nothing:
-a failed or timed-out handshake closes the socket quietly.
+SNI, versions, ALPN, tickets) stays in the listener's SSLContext (dataplane/tls.py); the
+context's failure observer (`tls.failure_observer`) hears of OpenSSL's refusals. This
+module owns no policy and logs nothing: a failed or timed-out handshake closes the
+socket quietly.
 
 Chosen behaviours (uvloop's where it has one):
 - a peer's close_notify, and a raw EOF without one, both reach the app as eof_received;
@@ -44,6 +45,8 @@ import ssl
 import sys
 from collections.abc import Callable
 from typing import Any, Final
+
+from dataplane.tls import failure_observer
 
 #: Plaintext per SSLObject.write and per SSLObject.read: one TLS record's payload.
 SLICE: Final = 16384
@@ -143,7 +146,17 @@ class TlsAcceptor:
     The read buffer is per acceptor (so per listener and per loop): its bytes only live
     between one read and its feed into a BIO, and one loop runs one read at a time."""
 
-    __slots__ = ("app_factory", "context", "handshake_timeout", "loop", "on_timeout", "view")
+    __slots__ = (
+        "app_factory",
+        "context",
+        "handshake_timeout",
+        "loop",
+        "on_failure",
+        "on_timeout",
+        "shutdown",
+        "view",
+        "wrap",
+    )
 
     def __init__(
         self,
@@ -155,11 +168,21 @@ class TlsAcceptor:
         self.context = context
         self.app_factory = app_factory
         self.handshake_timeout = handshake_timeout
-        # Hears of each handshake the deadline cut, with the client's address: OpenSSL's
-        # refusals are reported by the context's SSL object class, timeouts only here.
+        # Hears of each handshake the deadline cut, with the client's address (OpenSSL's
+        # refusals go to the context's failure observer, below).
         self.on_timeout = on_timeout
         self.loop = asyncio.get_running_loop()
         self.view = memoryview(bytearray(READ_SIZE))
+        # Each connection's SSL object is the C object alone, without the `ssl.SSLObject`
+        # that `wrap_bio` puts around it (`_wrap_bio` is what wrap_bio calls, 3.7 to 3.14):
+        # 164 B less per connection (that object, its attributes, the C object's weakref
+        # back to it) and one Python frame less per read and write. Its failed handshakes
+        # are then reported here, not by the context's SSLObject class (dataplane.tls).
+        # Where `_wrap_bio` is missing, the public call and the class's report.
+        wrap = getattr(context, "_wrap_bio", None)
+        self.wrap: Callable[..., Any] = context.wrap_bio if wrap is None else wrap
+        self.shutdown = "unwrap" if wrap is None else "shutdown"
+        self.on_failure = None if wrap is None else failure_observer(context)
 
     def __call__(self) -> TlsStream:
         return TlsStream(self)
@@ -194,7 +217,7 @@ class TlsStream(asyncio.BufferedProtocol):
         self.app: asyncio.Protocol | None = None
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.sslobj = acceptor.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.sslobj: Any = acceptor.wrap(self.incoming, self.outgoing, server_side=True)
         self.state = HANDSHAKE
         self.timer: asyncio.TimerHandle | None = None
         # Where records end (see _record): bytes left of the record being fed (0: the
@@ -358,8 +381,10 @@ class TlsStream(asyncio.BufferedProtocol):
         except _AGAIN:
             return False
         except ssl.SSLError as exc:
-            # Counted by the context's SSL object class (dataplane.tls); the alert goes out.
-            self._flush()
+            report = self.acceptor.on_failure
+            if report is not None:
+                report(exc)
+            self._flush()  # the alert
             self._close_raw(exc)
             return False
         self._stop_timer()
@@ -457,7 +482,7 @@ class TlsStream(asyncio.BufferedProtocol):
         is flushed."""
         if self.state == OPEN:
             try:
-                self.sslobj.unwrap()
+                getattr(self.sslobj, self.acceptor.shutdown)()
             except ssl.SSLError:
                 pass  # SSLWantReadError: ours is sent, the peer's is not awaited
             self._flush()
@@ -524,7 +549,12 @@ class TlsStream(asyncio.BufferedProtocol):
         rest from the socket's transport, which keeps the peer's address after close."""
         sslobj = self.sslobj
         if name == "ssl_object":
-            return sslobj
+            if isinstance(sslobj, ssl.SSLObject):
+                return sslobj
+            # The C object in the public class's clothes, as wrap_bio would have made it.
+            view = ssl.SSLObject.__new__(self.acceptor.context.sslobject_class)
+            view._sslobj = sslobj  # type: ignore[attr-defined]
+            return view
         if name == "sslcontext":
             return self.acceptor.context
         if name == "peercert":

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataplane.certs import self_signed
-from dataplane.tls import _base_context, load_certificate
+from dataplane.tls import CertificateSet, _base_context, front_context, load_certificate
 from dataplane.tls_stream import MAX_FEED, READ_SIZE, TlsAcceptor, TlsStream
-from lbwire.snapshot import Certificate
+from lbwire.snapshot import Certificate, Tls
 
 pytestmark = pytest.mark.unit
 
@@ -100,9 +100,11 @@ def server_context() -> ssl.SSLContext:
 class Pair:
     """A client SSLObject and a server TlsStream joined by hand."""
 
-    def __init__(self, chunks: list[int] | None = None) -> None:
+    def __init__(
+        self, chunks: list[int] | None = None, context: ssl.SSLContext | None = None
+    ) -> None:
         self.app = App()
-        self.acceptor = TlsAcceptor(server_context(), lambda: self.app, 10.0)
+        self.acceptor = TlsAcceptor(context or server_context(), lambda: self.app, 10.0)
         self.stream = TlsStream(self.acceptor)
         self.wire = Wire()
         self.stream.connection_made(self.wire)  # type: ignore[arg-type]
@@ -246,3 +248,38 @@ async def test_a_record_longer_than_tls_allows_fails_before_the_bio_holds_it() -
     assert pair.wire.aborted
     assert pair.stream.is_closing()
     assert pair.most_pending <= MAX_FEED
+
+
+def observed_front(failures: list[ssl.SSLError]) -> ssl.SSLContext:
+    """The listener's kind of context: SNI switch and a failure observer."""
+    certificates = CertificateSet(
+        Tls(certificates=[Certificate(certificate_pem=CERT, private_key_pem=KEY)])
+    )
+    return front_context(lambda: certificates, "1.2", failures.append)
+
+
+async def test_a_refused_handshake_is_reported_once_to_the_contexts_observer() -> None:
+    failures: list[ssl.SSLError] = []
+    pair = Pair(context=observed_front(failures))
+    pair.to_server(b"\x16\x03\x01\x00\x05" + b"\x01\x00\x00\x01\x00")
+    assert pair.wire.closed
+    assert len(failures) == 1 and "LENGTH_TOO_SHORT" in str(failures[0]), failures
+
+
+async def test_the_app_gets_a_public_ssl_object_from_the_bare_one_the_stream_keeps() -> None:
+    """The stream keeps OpenSSL's C object alone (no ssl.SSLObject and weakref per
+    connection); get_extra_info still answers with an ssl.SSLObject over it."""
+    failures: list[ssl.SSLError] = []
+    pair = Pair(context=observed_front(failures))
+    pair.handshake()
+    assert not isinstance(pair.stream.sslobj, ssl.SSLObject)
+    view = pair.app.transport.get_extra_info("ssl_object")
+    assert isinstance(view, ssl.SSLObject)
+    assert view.version() == "TLSv1.3" and view.server_side
+    assert view.selected_alpn_protocol() is None  # the client offered none
+    assert view.getpeercert(binary_form=True) is None  # no client certificate asked
+    assert pair.app.transport.get_extra_info("cipher") == view.cipher()
+    pair.app.transport.close()  # close_notify through the bare object's shutdown
+    pair.to_client()
+    assert pair.client.read(10) == b""  # the server's close_notify (none: SSLWantReadError)
+    assert failures == []
