@@ -118,6 +118,7 @@ def report(title: str, count: int, before: Sample, after: Sample, extra: dict[st
         "malloc_bytes_per_connection": round((after.malloc - before.malloc) / count),
         # free chunks inside malloc's heap: resident once touched, reused by later mallocs
         "heap_free_bytes_per_connection": round((after.heap_free - before.heap_free) / count),
+        "heap_free_bytes_after": after.heap_free,
         # this process's CPU while the connections opened (and sent any burst), per connection
         "server_cpu_us_per_connection": round(
             (after.cpu_at_start - before.cpu_at_end) / count * 1e6, 1
