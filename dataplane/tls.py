@@ -16,6 +16,12 @@ client resumes only when it comes back to the same worker process while the list
 lives. So `num_tickets = 0`; TLS 1.2 tickets stay (a 1.2 resumption skips the key
 exchange too).
 
+Memory (hack/conn-memory.md §7): OpenSSL's internal server session cache stays empty
+(`session_stats()["number"]` is 0 after thousands of handshakes, TLS 1.3 and 1.2): with
+no 1.3 tickets nothing is cached, and 1.2 tickets are stateless, so the cache costs
+nothing and needs no limit. Two 1.3 tickets would not change an idle connection's memory
+either (the ticket's session replaces the handshake's); they cost CPU only.
+
 Certificate choice (the rules of docs/http.md, as `routing.CertificateChooser` has them):
 
 - a certificate's names are its `serverNames`, or, when that list is empty, the DNS
