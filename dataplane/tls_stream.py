@@ -170,6 +170,39 @@ class TlsStream(asyncio.BufferedProtocol):
         return self.acceptor.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if (
+            self.state == OPEN
+            and nbytes <= MAX_FEED
+            and not (self.paused or self.backlog or self.peer_closed)
+        ):
+            # The usual read of a small message: one SSL read takes it all.
+            acceptor = self.acceptor
+            incoming = acceptor.incoming
+            if incoming.pending:
+                _drop_strays(acceptor)
+            incoming.write(acceptor.view[:nbytes])
+            try:
+                data = self.sslobj.read(SLICE)
+            except _AGAIN:
+                data = None  # a record's first part (now in OpenSSL's buffer), a KeyUpdate
+            except ssl.SSLError as exc:
+                self._fail(exc)
+                if incoming.pending:
+                    incoming.read()
+                return
+            if incoming.pending:
+                # More than one record in this read: the rest as _feed reads them.
+                chunks = [data] if data else []
+                ended = data == b"" or self._read(chunks)  # b"": a close_notify
+                self._deliver(chunks, ended, False)
+                return
+            if acceptor.outgoing.pending:
+                self._flush()
+            if data:
+                self.app.data_received(data)  # type: ignore[union-attr]  # OPEN: made
+            elif data is not None:
+                self._peer_ended()  # close_notify
+            return
         if self.state == CLOSED or self.peer_closed:
             return
         if self.paused or self.backlog:
@@ -236,8 +269,15 @@ class TlsStream(asyncio.BufferedProtocol):
             ended = self._read(chunks)
             if ended or self.state != OPEN:
                 break  # bytes after a close_notify are not read
+        self._deliver(chunks, ended, opened)
+
+    def _deliver(self, chunks: list[bytes], ended: bool, opened: bool) -> None:
+        """Empty both BIOs (what is left after a close_notify or an error is this
+        stream's: dropped), then connect the app if the handshake just ended, give it the
+        plaintext in one call and tell it of the peer's close_notify."""
+        incoming = self.acceptor.incoming
         if incoming.pending:
-            incoming.read()  # after a close_notify or an error: this stream's, dropped
+            incoming.read()
         self._flush()
         if opened and self.state == OPEN:
             self._connect()

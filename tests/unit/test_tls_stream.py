@@ -284,3 +284,16 @@ async def test_the_app_gets_a_public_ssl_object_from_the_bare_one_the_stream_kee
     pair.to_client()
     assert pair.client.read(10) == b""  # the server's close_notify (none: SSLWantReadError)
     assert failures == []
+
+
+async def test_data_and_a_close_notify_in_one_small_read_are_both_heard() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.app.keep_open = True
+    pair.client.write(b"last words")
+    with pytest.raises(ssl.SSLWantReadError):
+        pair.client.unwrap()
+    pair.to_server(pair.c_out.read())  # two records, one read
+    assert bytes(pair.app.data) == b"last words"
+    assert pair.app.events == ["made", "eof"]
+    assert pair.most_pending == 0
