@@ -16,6 +16,12 @@ client resumes only when it comes back to the same worker process while the list
 lives. So `num_tickets = 0`; TLS 1.2 tickets stay (a 1.2 resumption skips the key
 exchange too).
 
+Memory (hack/conn-memory.md §7): OpenSSL's internal server session cache stays empty
+(`session_stats()["number"]` is 0 after thousands of handshakes, TLS 1.3 and 1.2): with
+no 1.3 tickets nothing is cached, and 1.2 tickets are stateless, so the cache costs
+nothing and needs no limit. Two 1.3 tickets would not change an idle connection's memory
+either (the ticket's session replaces the handshake's); they cost CPU only.
+
 Certificate choice (the rules of docs/http.md, as `routing.CertificateChooser` has them):
 
 - a certificate's names are its `serverNames`, or, when that list is empty, the DNS
@@ -145,9 +151,13 @@ def observed_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.S
     (no connection_made, no connection_lost, no exception handler for OSErrors), but it
     calls `do_handshake()` on the object the context's `wrap_bio` makes: this is the one
     place that sees every OpenSSL failure, at the cost of one Python frame per call.
-    Timeouts and peers that just close during the handshake never get here."""
+    Timeouts and peers that just close during the handshake never get here. A layer that
+    makes its SSL objects without this class (dataplane.tls_stream) reports failures
+    itself to `failure_observer(context)`."""
 
     class ObservedSSLObject(ssl.SSLObject):
+        report_failure = staticmethod(on_failure)
+
         def do_handshake(self) -> None:
             try:
                 self._sslobj.do_handshake()  # type: ignore[attr-defined]  # what super() does
@@ -158,6 +168,14 @@ def observed_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.S
                 raise
 
     return ObservedSSLObject
+
+
+def failure_observer(context: ssl.SSLContext) -> Callable[[ssl.SSLError], None] | None:
+    """What hears of `context`'s failed handshakes (front_context's `on_failure`), for a
+    layer that makes its SSL objects without the context's SSLObject class."""
+    report: Callable[[ssl.SSLError], None] | None
+    report = getattr(context.sslobject_class, "report_failure", None)
+    return report
 
 
 def front_context(

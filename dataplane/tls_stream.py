@@ -5,17 +5,30 @@ buffer per connection and writes whole socket reads and whole app writes into th
 connection's memory BIOs, which never shrink: an idle WSS connection that once carried a
 1 MiB message keeps ~620 KiB (hack/conn-memory.md). Here the raw socket's protocol is a
 `TlsStream` (a BufferedProtocol): the loop reads into ONE buffer per listening socket
-(`TlsAcceptor.view`), whose bytes go into the connection's incoming BIO at once, at most
-`SLICE` bytes at a time with the plaintext read out between; writes are encrypted a
-`SLICE` at a time and the ciphertext handed straight to the raw transport. So a
-connection's BIOs hold about one TLS record whatever its messages' size.
+(`TlsAcceptor.view`), whose bytes go into the incoming memory BIO at once, at most
+`MAX_FEED` bytes at a time with the plaintext read out between; writes are encrypted a
+`SLICE` at a time and the ciphertext handed straight to the raw transport.
+
+The two memory BIOs are the acceptor's too, shared by all its connections, because no
+connection ever leaves a byte in them: every feed is read out at once (OpenSSL keeps a
+record's first part in its own per-connection buffer until the rest comes, and frees
+that buffer once the record is read: SSL_MODE_RELEASE_BUFFERS) and everything OpenSSL
+writes is handed to the socket before the stream returns or calls the app. An OpenSSL
+memory BIO keeps the largest buffer it ever needed, so per connection they held the
+ClientHello's and the server flight's size for its whole life (1.3 KB idle here, 1.8 KB
+more for a browser's ClientHello with a post-quantum key share) and about two records
+after traffic (~44 KB), besides the two BIOs themselves (~0.7 KB): shared, an idle
+connection holds none of it. The invariant is what keeps one connection's bytes from
+another's: `_feed`, `write` and `close` end with both BIOs empty, and what a failure
+leaves unread is dropped.
 
 `TlsStream` is also the transport its app protocol (tunnel.ClientSide) sees: write, close
 (close_notify, then close), abort, flow control both ways, get_extra_info. The app
 protocol is made when the handshake completes, as uvloop does. Policy (certificates by
-SNI, versions, ALPN, tickets) stays in the listener's SSLContext (dataplane/tls.py); its
-SSL object class counts OpenSSL's refusals. This module owns no policy and logs nothing:
-a failed or timed-out handshake closes the socket quietly.
+SNI, versions, ALPN, tickets) stays in the listener's SSLContext (dataplane/tls.py); the
+context's failure observer (`tls.failure_observer`) hears of OpenSSL's refusals. This
+module owns no policy and logs nothing: a failed or timed-out handshake closes the
+socket quietly.
 
 Chosen behaviours (uvloop's where it has one):
 - a peer's close_notify, and a raw EOF without one, both reach the app as eof_received;
@@ -35,18 +48,15 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final
 
-#: Plaintext per SSLObject.write and per SSLObject.read: one TLS record's payload.
+from dataplane.tls import failure_observer
+
+#: Plaintext per SSL write and per SSL read: one TLS record's payload.
 SLICE: Final = 16384
 #: The most ciphertext fed to the incoming BIO at once: one record (TLS 1.3's limit,
-#: payload + 256, and the header); a bogus length is fed in pieces this big.
+#: payload + 256, and the header); OpenSSL refuses a longer one at its header.
 MAX_FEED: Final = SLICE + 256 + 5
 #: The shared read buffer (uvloop's plain TCP transports read 256 KiB at a time too).
 READ_SIZE: Final = 256 * 1024
-#: A TLS record header: type, version (2), length (2).
-HEADER: Final = 5
-
-#: Records to read right after the handshake: until the BIO runs dry.
-DRAIN: Final = 1 << 30
 
 _AGAIN: Final = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -56,13 +66,34 @@ OPEN: Final = 1
 CLOSED: Final = 2  # close() or abort() called, a fatal error, or the socket lost
 
 
+def _drop_strays(acceptor: TlsAcceptor) -> None:
+    """Bytes left in a shared BIO when a stream starts a call are no stream's to use: each
+    call leaves both empty (the module docstring), so this is a last line only, never
+    the path bytes take."""
+    acceptor.incoming.read()
+    acceptor.outgoing.read()
+
+
 class TlsAcceptor:
     """What every TLS connection of one listening socket shares; the protocol factory.
 
-    The read buffer is per acceptor (so per listener and per loop): its bytes only live
-    between one read and its feed into a BIO, and one loop runs one read at a time."""
+    The read buffer and the two memory BIOs are per acceptor (so per listener and per
+    loop): bytes only pass through them within one call of one stream, and one loop runs
+    one call at a time."""
 
-    __slots__ = ("app_factory", "context", "handshake_timeout", "loop", "on_timeout", "view")
+    __slots__ = (
+        "app_factory",
+        "context",
+        "handshake_timeout",
+        "incoming",
+        "loop",
+        "on_failure",
+        "on_timeout",
+        "outgoing",
+        "shutdown",
+        "view",
+        "wrap",
+    )
 
     def __init__(
         self,
@@ -74,11 +105,23 @@ class TlsAcceptor:
         self.context = context
         self.app_factory = app_factory
         self.handshake_timeout = handshake_timeout
-        # Hears of each handshake the deadline cut, with the client's address: OpenSSL's
-        # refusals are reported by the context's SSL object class, timeouts only here.
+        # Hears of each handshake the deadline cut, with the client's address (OpenSSL's
+        # refusals go to the context's failure observer, below).
         self.on_timeout = on_timeout
         self.loop = asyncio.get_running_loop()
         self.view = memoryview(bytearray(READ_SIZE))
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        # Each connection's SSL object is the C object alone, without the `ssl.SSLObject`
+        # that `wrap_bio` puts around it (`_wrap_bio` is what wrap_bio calls, 3.7 to 3.14):
+        # 164 B less per connection (that object, its attributes, the C object's weakref
+        # back to it) and one Python frame less per read and write. Its failed handshakes
+        # are then reported here, not by the context's SSLObject class (dataplane.tls).
+        # Where `_wrap_bio` is missing, the public call and the class's report.
+        wrap = getattr(context, "_wrap_bio", None)
+        self.wrap: Callable[..., Any] = context.wrap_bio if wrap is None else wrap
+        self.shutdown = "unwrap" if wrap is None else "shutdown"
+        self.on_failure = None if wrap is None else failure_observer(context)
 
     def __call__(self) -> TlsStream:
         return TlsStream(self)
@@ -93,10 +136,6 @@ class TlsStream(asyncio.BufferedProtocol):
         "app_lost",
         "backlog",
         "error",
-        "head",
-        "incoming",
-        "left",
-        "outgoing",
         "paused",
         "peer_closed",
         "raw",
@@ -110,16 +149,9 @@ class TlsStream(asyncio.BufferedProtocol):
         self.acceptor = acceptor
         self.raw: asyncio.Transport | None = None
         self.app: asyncio.Protocol | None = None
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.sslobj = acceptor.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.sslobj: Any = acceptor.wrap(acceptor.incoming, acceptor.outgoing, server_side=True)
         self.state = HANDSHAKE
         self.timer: asyncio.TimerHandle | None = None
-        # Where records end (see _record): bytes left of the record being fed (0: the
-        # next byte starts one; -1: the stream's first byte, which may start an
-        # SSLv2-format ClientHello), and a record header cut by the end of a read.
-        self.left = -1
-        self.head = b""
         self.backlog = b""  # ciphertext read while the app paused reading (rare)
         self.paused = False  # the app paused reading
         self.write_paused = False  # the raw transport's buffer is over its high-water mark
@@ -138,24 +170,33 @@ class TlsStream(asyncio.BufferedProtocol):
         return self.acceptor.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self.acceptor.view
         if (
             self.state == OPEN
-            and self.left == 0
-            and nbytes >= HEADER
-            and HEADER + (view[3] << 8 | view[4]) == nbytes
-            and not (self.head or self.paused or self.backlog or self.peer_closed)
+            and nbytes <= MAX_FEED
+            and not (self.paused or self.backlog or self.peer_closed)
         ):
-            # The usual read of a small message: one whole record, one SSL read.
-            self.incoming.write(view[:nbytes])
+            # The usual read of a small message: one SSL read takes it all.
+            acceptor = self.acceptor
+            incoming = acceptor.incoming
+            if incoming.pending:
+                _drop_strays(acceptor)
+            incoming.write(acceptor.view[:nbytes])
             try:
                 data = self.sslobj.read(SLICE)
             except _AGAIN:
-                data = None  # a KeyUpdate, say: nothing for the app
+                data = None  # a record's first part (now in OpenSSL's buffer), a KeyUpdate
             except ssl.SSLError as exc:
                 self._fail(exc)
+                if incoming.pending:
+                    incoming.read()
                 return
-            if self.outgoing.pending:
+            if incoming.pending:
+                # More than one record in this read: the rest as _feed reads them.
+                chunks = [data] if data else []
+                ended = data == b"" or self._read(chunks)  # b"": a close_notify
+                self._deliver(chunks, ended, False)
+                return
+            if acceptor.outgoing.pending:
                 self._flush()
             if data:
                 self.app.data_received(data)  # type: ignore[union-attr]  # OPEN: made
@@ -167,9 +208,9 @@ class TlsStream(asyncio.BufferedProtocol):
         if self.paused or self.backlog:
             # The app paused reading after the loop had started this read: keep its bytes
             # until resume_reading (the shared buffer is the next read's).
-            self.backlog += view[:nbytes]
+            self.backlog += self.acceptor.view[:nbytes]
             return
-        self._feed(view, nbytes)
+        self._feed(self.acceptor.view, nbytes)
 
     def eof_received(self) -> bool | None:
         if self.state == HANDSHAKE:
@@ -199,95 +240,86 @@ class TlsStream(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ reading
 
     def _feed(self, view: memoryview, nbytes: int) -> None:
-        """Feed `nbytes` of `view` to the incoming BIO one TLS record at a time (at most
-        MAX_FEED bytes), reading each complete record's plaintext out before the next is
-        fed, so the BIO never holds more than one record; deliver the plaintext to the app
-        in one call, as a plain transport delivers one socket read."""
-        incoming = self.incoming
+        """Feed `nbytes` of `view` to the shared incoming BIO at most MAX_FEED bytes at a
+        time, each piece read out at once, and hand what OpenSSL wrote to the socket: the
+        BIOs are empty when this calls the app or returns. Then connect the app if the
+        handshake ended and deliver the plaintext in one call, as a plain transport
+        delivers one socket read."""
+        acceptor = self.acceptor
+        incoming = acceptor.incoming
+        if incoming.pending or acceptor.outgoing.pending:
+            _drop_strays(acceptor)
         chunks: list[bytes] = []
         pos = 0
-        ended = False
+        ended = opened = False
         while pos < nbytes:
-            left = self.left
-            if left <= 0:
-                left = self._record(view, pos, nbytes)
             take = nbytes - pos
-            if take > left:
-                take = left
             if take > MAX_FEED:
                 take = MAX_FEED
             incoming.write(view[pos : pos + take])
             pos += take
-            left -= take
-            self.left = left
             if self.state == HANDSHAKE:
-                # After every feed, not every record: a peer that speaks no TLS is refused
-                # at its first bytes, not when a "record" of its text completes.
+                # After every feed: a peer that speaks no TLS is refused at its first
+                # bytes. WantRead means OpenSSL took all that was fed.
                 if not self._handshake():
                     if self.state == CLOSED:
                         return
                     continue
-                ended = self._read(chunks, DRAIN)  # what came after the client's Finished
-            elif left == 0 and not self.head:
-                ended = self._read(chunks, 1)
-            elif take == MAX_FEED:
-                # Longer than any legal record: OpenSSL refuses it at its header, before
-                # the BIO holds more of it.
-                ended = self._read(chunks, 1)
+                opened = True  # and what came after the client's Finished is read next
+            ended = self._read(chunks)
             if ended or self.state != OPEN:
                 break  # bytes after a close_notify are not read
+        self._deliver(chunks, ended, opened)
+
+    def _deliver(self, chunks: list[bytes], ended: bool, opened: bool) -> None:
+        """Empty both BIOs (what is left after a close_notify or an error is this
+        stream's: dropped), then connect the app if the handshake just ended, give it the
+        plaintext in one call and tell it of the peer's close_notify."""
+        incoming = self.acceptor.incoming
+        if incoming.pending:
+            incoming.read()
         self._flush()
+        if opened and self.state == OPEN:
+            self._connect()
         if chunks and self.app is not None and self.state == OPEN:
             self.app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if ended and self.state == OPEN:
             self._peer_ended()
 
-    def _record(self, view: memoryview, pos: int, end: int) -> int:
-        """Bytes from `pos` to the end of the record that starts there (its header is
-        5 bytes: type, version, the body's length); a header cut by the read's end is
-        kept in `head`, and then the bytes there are fed while the rest is awaited."""
-        head = self.head
-        if not head and end - pos >= HEADER:
-            if self.left == -1 and view[pos] & 0x80:
-                # The stream's first bytes, an SSLv2-format ClientHello: 2-byte header,
-                # the length's top bit set.
-                return 2 + ((view[pos] & 0x7F) << 8 | view[pos + 1])
-            return HEADER + (view[pos + 3] << 8 | view[pos + 4])
-        taken = bytes(view[pos : min(end, pos + HEADER - len(head))])
-        head += taken
-        if len(head) < HEADER:
-            self.head = head
-            return len(taken)  # fed; `head` says the record is not complete
-        self.head = b""
-        return len(taken) + (head[3] << 8 | head[4])
-
     def _handshake(self) -> bool:
-        """Advance the handshake with what was fed; True once it is done (the app is then
-        connected and any records after the client's Finished are read next)."""
+        """Advance the handshake with what was fed; True once it is done."""
         try:
             self.sslobj.do_handshake()
         except _AGAIN:
             return False
         except ssl.SSLError as exc:
-            # Counted by the context's SSL object class (dataplane.tls); the alert goes out.
-            self._flush()
+            acceptor = self.acceptor
+            if acceptor.incoming.pending:
+                acceptor.incoming.read()
+            self._flush()  # the alert
             self._close_raw(exc)
+            if acceptor.on_failure is not None:
+                acceptor.on_failure(exc)
             return False
         self._stop_timer()
         self.state = OPEN
+        return True
+
+    def _connect(self) -> None:
+        """The handshake is done and the BIOs are empty: make the app and connect it."""
         app = self.app = self.acceptor.app_factory()
         app.connection_made(self)  # type: ignore[arg-type]  # a transport in all but name
         if self.write_paused:
             app.pause_writing()
-        return True
 
-    def _read(self, chunks: list[bytes], records: int) -> bool:
-        """Read the plaintext of `records` complete records (each read takes one, or a
-        KeyUpdate and the record after it; it raises SSLWantReadError only when none is
-        left); True if the stream ended: the peer's close_notify, or a TLS error."""
+    def _read(self, chunks: list[bytes]) -> bool:
+        """Read the plaintext of every complete record fed (each read takes one, or a
+        KeyUpdate and the record after it) until the BIO is empty (a record's first part
+        goes into OpenSSL's buffer: SSLWantReadError); True if the stream ended: the
+        peer's close_notify, or a TLS error."""
         sslobj = self.sslobj
-        while records > 0:
-            records -= 1
+        incoming = self.acceptor.incoming
+        while incoming.pending:
             try:
                 data = sslobj.read(SLICE)
             except _AGAIN:
@@ -312,13 +344,15 @@ class TlsStream(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ writing
 
     def _flush(self) -> None:
-        """Hand what OpenSSL wrote (records, alerts, KeyUpdate answers) to the socket."""
-        if self.outgoing.pending:
+        """Hand what OpenSSL wrote (records, alerts, KeyUpdate answers) to the socket;
+        the shared BIO is emptied even when the socket is gone."""
+        outgoing = self.acceptor.outgoing
+        if outgoing.pending:
             raw = self.raw
             if raw is not None and not raw.is_closing():
-                raw.write(self.outgoing.read())
+                raw.write(outgoing.read())
             else:
-                self.outgoing.read()
+                outgoing.read()
 
     # ------------------------------------------------------------ the app's transport
 
@@ -329,7 +363,9 @@ class TlsStream(asyncio.BufferedProtocol):
             # connection_lost runs): dropped, as a closing uvloop transport does.
             return
         sslobj = self.sslobj
-        outgoing = self.outgoing
+        outgoing = self.acceptor.outgoing
+        if outgoing.pending:
+            _drop_strays(self.acceptor)
         size = len(data)
         try:
             if size <= SLICE:
@@ -361,7 +397,7 @@ class TlsStream(asyncio.BufferedProtocol):
         is flushed."""
         if self.state == OPEN:
             try:
-                self.sslobj.unwrap()
+                getattr(self.sslobj, self.acceptor.shutdown)()
             except ssl.SSLError:
                 pass  # SSLWantReadError: ours is sent, the peer's is not awaited
             self._flush()
@@ -428,7 +464,12 @@ class TlsStream(asyncio.BufferedProtocol):
         rest from the socket's transport, which keeps the peer's address after close."""
         sslobj = self.sslobj
         if name == "ssl_object":
-            return sslobj
+            if isinstance(sslobj, ssl.SSLObject):
+                return sslobj
+            # The C object in the public class's clothes, as wrap_bio would have made it.
+            view = ssl.SSLObject.__new__(self.acceptor.context.sslobject_class)
+            view._sslobj = sslobj  # type: ignore[attr-defined]
+            return view
         if name == "sslcontext":
             return self.acceptor.context
         if name == "peercert":

@@ -8,7 +8,8 @@ and with `--trace` the tracemalloc allocations alive, grouped by traceback.
 
     ws       the data plane's Runtime in this process (uvloop), a Go echo backend, the
              bench's idle client: one WS connection's objects, each with its size, and the
-             totals. `make compiled` first for the image's figures, `make pure` for lines.
+             totals; `--wss`: an HTTPS listener and WSS clients. `make compiled` first
+             for the image's figures, `make pure` for lines.
     bench    the bench's own idle row (bench.proxies.Wslb, bench.harness.measure_idle):
              RSS of the real `dataplane.cli` process, WS or WSS (`--wss`).
     tls      a bare uvloop TLS server in this process, one context variant (VARIANTS): what
@@ -68,6 +69,14 @@ def rss_kib(pid: int | str = "self") -> int:
     raise RuntimeError("no VmRSS")
 
 
+def heap_free_bytes() -> int:
+    """Bytes in free chunks of malloc's main heap (glibc mallinfo2 `fordblks`): holes the
+    heap keeps (resident where they were touched) until a later malloc reuses them."""
+    from bench import procstat
+
+    return int(procstat._libc.mallinfo2().fordblks)
+
+
 def census() -> collections.Counter[str]:
     """GC-tracked objects alive, by type name (untracked ones, such as str, bytes and
     float, show in tracemalloc only)."""
@@ -81,6 +90,7 @@ class Sample:
         gc.collect()
         self.rss = rss_kib()
         self.malloc = malloc_bytes()
+        self.heap_free = heap_free_bytes()
         self.traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
         self.snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
         self.census = census() if with_census else collections.Counter()
@@ -106,6 +116,9 @@ def report(title: str, count: int, before: Sample, after: Sample, extra: dict[st
         "connections": count,
         "rss_kib_per_connection": round((after.rss - before.rss) / count, 3),
         "malloc_bytes_per_connection": round((after.malloc - before.malloc) / count),
+        # free chunks inside malloc's heap: resident once touched, reused by later mallocs
+        "heap_free_bytes_per_connection": round((after.heap_free - before.heap_free) / count),
+        "heap_free_bytes_after": after.heap_free,
         # this process's CPU while the connections opened (and sent any burst), per connection
         "server_cpu_us_per_connection": round(
             (after.cpu_at_start - before.cpu_at_end) / count * 1e6, 1
@@ -215,12 +228,19 @@ def _describe(item: object) -> str:
 # -- ws: the data plane in this process -----------------------------------------------------
 
 
-def ws_config(port: int, backend_port: int, access_log: bool) -> str:
+def ws_config(
+    port: int, backend_port: int, access_log: bool, tls: tuple[Path, Path] | None = None
+) -> str:
     limits = "{maxConnections: 1000000, newConnectionsPerSecond: 1000000}"
+    https = ""
+    if tls is not None:
+        https = f"""
+    protocol: HTTPS
+    tls: {{certificates: [{{certificateFile: {tls[0]}, privateKeyFile: {tls[1]}}}]}}"""
     return f"""version: conn-memory
 loadBalancer: {{limits: {limits}}}
 listeners:
-  - name: ws
+  - name: ws{https}
     address: 127.0.0.1
     port: {port}
     idleTimeoutSeconds: 3600
@@ -272,7 +292,8 @@ async def ws_mode(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="wslb-conn-memory-"))
     port = free_port()
     config = workdir / "wslb.yaml"
-    config.write_text(ws_config(port, backend.port, args.access_log))
+    tls = make_cert(workdir) if args.wss else None
+    config.write_text(ws_config(port, backend.port, args.access_log, tls))
     log = None
     if args.access_log:  # records go to a file: the kept heads are what is measured
         from dataplane.access_log import AccessLog
@@ -284,7 +305,7 @@ async def ws_mode(args: argparse.Namespace) -> None:
     try:
         await runtime.apply(load_file(config))
         listener = next(iter(runtime.listeners.values()))
-        url = f"ws://127.0.0.1:{port}/"
+        url = f"{'wss' if args.wss else 'ws'}://127.0.0.1:{port}/"
 
         def tunnels() -> int:
             return sum(1 for c in listener.connections if c.state is tunnel.State.TUNNEL)
@@ -314,6 +335,7 @@ async def ws_mode(args: argparse.Namespace) -> None:
         extra = {
             "build": "compiled" if compiled else "pure",
             "access_log": args.access_log,
+            "wss": args.wss,
             "listener_connections_set_bytes": sys.getsizeof(listener.connections),
             "wheel_slot_lists_bytes": sum(sys.getsizeof(s) for s in listener.wheel.slots.values()),
             "wheel_slots": len(listener.wheel.slots),
@@ -681,6 +703,7 @@ def main() -> None:
         mode.add_argument("--frames", type=int, default=8, help="tracemalloc frames kept")
         if name == "ws":
             mode.add_argument("--access-log", action="store_true", help="access log on")
+            mode.add_argument("--wss", action="store_true", help="an HTTPS listener (WSS)")
         if name == "bench":
             mode.add_argument("--wss", action="store_true", help="the idle WSS row alone")
             mode.add_argument("--both", action="store_true", help="WS, then WSS, as the bench")

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataplane.certs import self_signed
-from dataplane.tls import _base_context, load_certificate
-from dataplane.tls_stream import MAX_FEED, READ_SIZE, TlsAcceptor, TlsStream
-from lbwire.snapshot import Certificate
+from dataplane.tls import CertificateSet, _base_context, front_context, load_certificate
+from dataplane.tls_stream import READ_SIZE, TlsAcceptor, TlsStream
+from lbwire.snapshot import Certificate, Tls
 
 pytestmark = pytest.mark.unit
 
@@ -100,9 +100,11 @@ def server_context() -> ssl.SSLContext:
 class Pair:
     """A client SSLObject and a server TlsStream joined by hand."""
 
-    def __init__(self, chunks: list[int] | None = None) -> None:
+    def __init__(
+        self, chunks: list[int] | None = None, context: ssl.SSLContext | None = None
+    ) -> None:
         self.app = App()
-        self.acceptor = TlsAcceptor(server_context(), lambda: self.app, 10.0)
+        self.acceptor = TlsAcceptor(context or server_context(), lambda: self.app, 10.0)
         self.stream = TlsStream(self.acceptor)
         self.wire = Wire()
         self.stream.connection_made(self.wire)  # type: ignore[arg-type]
@@ -121,7 +123,8 @@ class Pair:
             self.turn += 1
             self.acceptor.view[:size] = data[pos : pos + size]
             self.stream.buffer_updated(size)
-            self.most_pending = max(self.most_pending, self.stream.incoming.pending)
+            shared = self.acceptor.incoming.pending + self.acceptor.outgoing.pending
+            self.most_pending = max(self.most_pending, shared)
             pos += size
 
     def to_client(self) -> None:
@@ -160,7 +163,7 @@ async def test_every_byte_arrives_however_reads_cut_the_records(
     sizes: list[int], chunks: list[int]
 ) -> None:
     """Any split of the ciphertext (1-byte reads included, so record headers are cut)
-    delivers the plaintext exactly, and the incoming BIO never holds more than one record."""
+    delivers the plaintext exactly, and the shared BIOs are empty after every read."""
     pair = Pair(chunks)
     pair.handshake()
     sent = b"".join(bytes([n % 251]) * n for n in sizes)
@@ -168,7 +171,7 @@ async def test_every_byte_arrives_however_reads_cut_the_records(
         pair.client.write(bytes([n % 251]) * n)
     pair.to_server(pair.c_out.read())
     assert bytes(pair.app.data) == sent
-    assert pair.most_pending <= MAX_FEED
+    assert pair.most_pending == 0
 
 
 async def test_writes_are_encrypted_a_record_at_a_time_and_arrive_whole() -> None:
@@ -176,7 +179,7 @@ async def test_writes_are_encrypted_a_record_at_a_time_and_arrive_whole() -> Non
     pair.handshake()
     message = bytes(range(256)) * 4096  # 1 MiB
     pair.app.transport.write(message)
-    assert pair.stream.outgoing.pending == 0  # every record went to the socket
+    assert pair.acceptor.outgoing.pending == 0  # every record went to the socket
     assert pair.client_read() == message
 
 
@@ -239,10 +242,58 @@ async def test_plain_http_to_the_tls_port_is_closed_at_its_first_bytes() -> None
     assert pair.app.events == []
 
 
-async def test_a_record_longer_than_tls_allows_fails_before_the_bio_holds_it() -> None:
+async def test_a_record_longer_than_tls_allows_fails_at_its_header() -> None:
     pair = Pair()
     pair.handshake()
     pair.to_server(b"\x17\x03\x03\xff\xff" + bytes(40_000))  # 64 KiB claimed
     assert pair.wire.aborted
     assert pair.stream.is_closing()
-    assert pair.most_pending <= MAX_FEED
+    assert pair.most_pending == 0  # the rest of the read is dropped, not left for others
+
+
+def observed_front(failures: list[ssl.SSLError]) -> ssl.SSLContext:
+    """The listener's kind of context: SNI switch and a failure observer."""
+    certificates = CertificateSet(
+        Tls(certificates=[Certificate(certificate_pem=CERT, private_key_pem=KEY)])
+    )
+    return front_context(lambda: certificates, "1.2", failures.append)
+
+
+async def test_a_refused_handshake_is_reported_once_to_the_contexts_observer() -> None:
+    failures: list[ssl.SSLError] = []
+    pair = Pair(context=observed_front(failures))
+    pair.to_server(b"\x16\x03\x01\x00\x05" + b"\x01\x00\x00\x01\x00")
+    assert pair.wire.closed
+    assert len(failures) == 1 and "LENGTH_TOO_SHORT" in str(failures[0]), failures
+
+
+async def test_the_app_gets_a_public_ssl_object_from_the_bare_one_the_stream_keeps() -> None:
+    """The stream keeps OpenSSL's C object alone (no ssl.SSLObject and weakref per
+    connection); get_extra_info still answers with an ssl.SSLObject over it."""
+    failures: list[ssl.SSLError] = []
+    pair = Pair(context=observed_front(failures))
+    pair.handshake()
+    assert not isinstance(pair.stream.sslobj, ssl.SSLObject)
+    view = pair.app.transport.get_extra_info("ssl_object")
+    assert isinstance(view, ssl.SSLObject)
+    assert view.version() == "TLSv1.3" and view.server_side
+    assert view.selected_alpn_protocol() is None  # the client offered none
+    assert view.getpeercert(binary_form=True) is None  # no client certificate asked
+    assert pair.app.transport.get_extra_info("cipher") == view.cipher()
+    pair.app.transport.close()  # close_notify through the bare object's shutdown
+    pair.to_client()
+    assert pair.client.read(10) == b""  # the server's close_notify (none: SSLWantReadError)
+    assert failures == []
+
+
+async def test_data_and_a_close_notify_in_one_small_read_are_both_heard() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.app.keep_open = True
+    pair.client.write(b"last words")
+    with pytest.raises(ssl.SSLWantReadError):
+        pair.client.unwrap()
+    pair.to_server(pair.c_out.read())  # two records, one read
+    assert bytes(pair.app.data) == b"last words"
+    assert pair.app.events == ["made", "eof"]
+    assert pair.most_pending == 0
