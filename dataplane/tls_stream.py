@@ -396,8 +396,11 @@ class TlsStream(asyncio.BufferedProtocol):
         """Send close_notify (after the handshake), then close once the socket's buffer
         is flushed."""
         if self.state == OPEN:
+            acceptor = self.acceptor
+            if acceptor.incoming.pending or acceptor.outgoing.pending:
+                _drop_strays(acceptor)  # as every other entry point does
             try:
-                getattr(self.sslobj, self.acceptor.shutdown)()
+                getattr(self.sslobj, acceptor.shutdown)()
             except ssl.SSLError:
                 pass  # SSLWantReadError: ours is sent, the peer's is not awaited
             self._flush()
@@ -487,6 +490,7 @@ class TlsStream(asyncio.BufferedProtocol):
         """A TLS error on an open stream (bad record, ...): the socket goes at once and
         the app's connection_lost gets `exc`."""
         self.error = exc
+        self.acceptor.incoming.read()  # the rest of this read: before any app callback
         self._flush()
         self.abort()
 
