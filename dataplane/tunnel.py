@@ -126,6 +126,7 @@ class ClientSide(asyncio.Protocol):
     __slots__ = (
         "accepted_at",
         "backend",
+        "data_received",
         "dial",
         "draining",
         "ended_at",
@@ -147,6 +148,9 @@ class ClientSide(asyncio.Protocol):
     )
 
     def __init__(self, listener: Site, loop: asyncio.AbstractEventLoop) -> None:
+        # uvloop keeps what it finds here for the transport's life: the object itself (its
+        # __call__ is the client feed), not a bound method of 72 bytes per connection.
+        self.data_received: Callable[[bytes], None] = self  # type: ignore[assignment]
         self.listener = listener
         self.loop = loop  # passed in: get_running_loop() per connection shows in profiles
         self.state = State.HEAD
@@ -207,7 +211,8 @@ class ClientSide(asyncio.Protocol):
         first = min(wait, config.limits.connect_timeout_seconds, CLOSE_TIMEOUT)
         self.listener.wheel.add(self, self.accepted_at + first)
 
-    def data_received(self, data: bytes) -> None:
+    def __call__(self, data: bytes) -> None:
+        """Bytes from the client (this object is its transport's `data_received`)."""
         if self.state is _TUNNEL:
             # Hot path: one core call and one write per chunk (no asserts: they run).
             relay: Relay = self.relay  # type: ignore[assignment]
@@ -548,20 +553,18 @@ class ClientSide(asyncio.Protocol):
         self.transport.write(head)
         listener.wheel.ensure(self, relay.next_deadline() or now)
         if rest:
-            self(rest)  # the backend's bytes that came with its 101
+            backend(rest)  # the backend's bytes that came with its 101
         handshake, self.opening = self.opening, None  # over (its deadline was cancelled)
         if handshake is not None and handshake.pending and self.state is State.TUNNEL:
-            self.data_received(bytes(handshake.pending))
+            self(bytes(handshake.pending))
         if self.draining:
             relay.drain(now + group.drain_timeout)
             self._carry_out(relay)
         elif group.should_drain(endpoint) or listener.route_gone(group):
             self.drain(group.drain_timeout)
 
-    def __call__(self, data: bytes) -> None:
-        """Bytes from the backend. After the 101 the backend transport calls this object
-        itself as its `data_received` (see BackendSide.attach): a bound method cached
-        there would cost 72 bytes per connection, and this keeps it one call per chunk."""
+    def backend_data(self, data: bytes) -> None:
+        """Bytes from the backend outside the tunnel's hot path (see BackendSide.__call__)."""
         if self.state is _TUNNEL:
             relay: Relay = self.relay  # type: ignore[assignment]
             out = relay.backend_data(data, self.loop.time())
@@ -837,11 +840,25 @@ class BackendSide(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer: bytes | bytearray = b""
         self.answered = False  # the head of the answer went to the client side
-        self.attached = False  # ClientSide took over: bytes go straight to it
+        self.attached = False  # the tunnel opened: bytes go to its relay
         self.lost = False
-        # uvloop calls what it finds here; after the 101 it is the client side itself
-        # (its __call__ is the backend feed, see attach), one Python call per chunk fewer.
+        # uvloop calls what it finds here; after the 101 this object itself (its __call__
+        # is the backend feed, see attach): no bound method kept per connection.
         self.data_received: Callable[[bytes], None] = self._answer_data  # type: ignore[assignment]
+
+    def __call__(self, data: bytes) -> None:
+        """Bytes from the backend once attached: the tunnel's hot path here, one Python
+        call per chunk (the rare states go through ClientSide.backend_data)."""
+        client = self.client
+        if client.state is _TUNNEL:
+            relay: Relay = client.relay  # type: ignore[assignment]
+            out = relay.backend_data(data, client.loop.time())
+            if out:
+                client.transport.write(out)  # type: ignore[union-attr]
+            if relay.pending:
+                client._carry_out(relay)
+        else:
+            client.backend_data(data)
 
     def itself(self) -> BackendSide:
         """Protocol factory for create_connection: this very instance."""
@@ -879,7 +896,7 @@ class BackendSide(asyncio.Protocol):
 
     def _answer_data(self, data: bytes) -> None:
         if self.attached:
-            self.client(data)
+            self(data)
             return
         self.buffer += data
         if self.answered:
@@ -897,7 +914,7 @@ class BackendSide(asyncio.Protocol):
         """From now on bytes go to the client side; return those that came early."""
         self.attached = True
         rest, self.buffer = bytes(self.buffer), b""
-        self.data_received = self.client  # ClientSide.__call__ is its backend feed
+        self.data_received = self  # __call__: the backend feed
         if self.transport is not None:
             self.transport.set_protocol(self)  # uvloop reads data_received again
         return rest
