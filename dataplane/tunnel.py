@@ -127,18 +127,14 @@ class ClientSide(asyncio.Protocol):
         "accepted_at",
         "backend",
         "data_received",
-        "dial",
         "draining",
-        "ended_at",
         "endpoint",
         "group",
         "head",
-        "http",
         "listener",
         "loop",
         "lost",
         "opening",
-        "peer",
         "relay",
         "state",
         "status",
@@ -158,27 +154,63 @@ class ClientSide(asyncio.Protocol):
         self.backend: BackendSide | None = None
         self.endpoint: EndpointState | None = None
         self.group: BackendGroup | None = None  # the group the last request routed to
-        self.http: HttpSession | None = None  # serving plain HTTP requests
-        # The client's address is read from the transport when needed, not kept (58 B
-        # per connection): uvloop's TCP transport keeps the peer's sockaddr, also after
-        # close, and so does tls_stream's over it. A connection serving plain HTTP keeps
-        # it here (read per request).
-        self.peer: tuple[str, int] | None = None
         self.accepted_at = 0.0
-        self.ended_at = 0.0
-        # What only the handshake needs (head bytes, early data, admission, its deadline,
-        # a refusal): dropped when the tunnel opens, so an idle tunnel holds none of it.
+        # What only the handshake, plain HTTP or the end needs (head bytes, early data,
+        # admission, the dial, its deadline, a refusal, the HTTP session, the end time):
+        # dropped when the tunnel opens, so an idle tunnel holds none of it (each field
+        # here costs 8 B per connection).
         self.opening: _Opening | None = _Opening()
         self.head = b""  # the request head, kept for the access log only when it is on
         self.status = 0  # the HTTP status the client got (101 once tunnelled)
-        # The dial and its attempt in progress (endpoint, socket, connect): dropped at the
-        # backend's answer, so an open tunnel holds none of it.
-        self.dial: _Dial | None = None
         self.relay: Relay | None = None
         self.wheel_slot = NOT_FILED  # the relay's deadline slot in listener.wheel
         self.wheel_index = 0  # and its place in that slot (the wheel keeps both)
         self.draining = False
         self.lost = False  # connection_lost ran
+
+    # What lives in the opening (made again on demand), read and set as attributes.
+
+    @property
+    def http(self) -> HttpSession | None:
+        """The session serving plain HTTP requests on this connection, if any."""
+        opening = self.opening
+        return None if opening is None else opening.http
+
+    @http.setter
+    def http(self, session: HttpSession | None) -> None:
+        if session is not None or self.opening is not None:
+            self._opening().http = session
+
+    @property
+    def dial(self) -> _Dial | None:
+        """The dial and its attempt in progress (endpoint, socket, connect); dropped at
+        the backend's answer."""
+        opening = self.opening
+        return None if opening is None else opening.dial
+
+    @dial.setter
+    def dial(self, dial: _Dial | None) -> None:
+        if dial is not None or self.opening is not None:
+            self._opening().dial = dial
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        """The client's address, kept only while plain HTTP is served (read per request);
+        a tunnel reads it from the transport when needed: uvloop's TCP transport keeps the
+        peer's sockaddr, also after close, and so does tls_stream's over it."""
+        opening = self.opening
+        return None if opening is None else opening.peer
+
+    @peer.setter
+    def peer(self, peer: tuple[str, int] | None) -> None:
+        if peer is not None or self.opening is not None:
+            self._opening().peer = peer
+
+    @property
+    def ended_at(self) -> float:
+        """When the connection ended (loop time), 0 while it is open."""
+        opening = self.opening
+        return 0.0 if opening is None else opening.ended_at
 
     @property
     def client_ip(self) -> str:
@@ -732,7 +764,7 @@ class ClientSide(asyncio.Protocol):
         state = self.state
         self.state = State.CLOSED
         self.lost = True
-        self.ended_at = self.loop.time()
+        self._opening().ended_at = self.loop.time()  # a tunnel's opening made again
         self.listener.wheel.discard(self)
         self._clear_deadline()
         if self.dial is not None:
@@ -801,14 +833,16 @@ class ClientSide(asyncio.Protocol):
     # ---------------------------------------------------------------- flow control
 
     def pause_writing(self) -> None:
-        if self.http is not None:
-            self.http.client_paused()
+        http = self.http if self.state is State.HTTP else None
+        if http is not None:
+            http.client_paused()
         elif self.backend is not None and self.backend.transport is not None:
             self.backend.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.http is not None:
-            self.http.client_resumed()
+        http = self.http if self.state is State.HTTP else None
+        if http is not None:
+            http.client_resumed()
         elif self.backend is not None and self.backend.transport is not None:
             self.backend.transport.resume_reading()
 
@@ -956,7 +990,18 @@ class BackendSide(asyncio.Protocol):
 class _Opening:
     """What a connection needs only until its tunnel opens (or while it is not one)."""
 
-    __slots__ = ("admission", "buffer", "deadline", "pending", "rejection", "relay_remaining")
+    __slots__ = (
+        "admission",
+        "buffer",
+        "deadline",
+        "dial",
+        "ended_at",
+        "http",
+        "peer",
+        "pending",
+        "rejection",
+        "relay_remaining",
+    )
 
     def __init__(self) -> None:
         # Head bytes of a head split over reads, and client bytes that came before the
@@ -967,6 +1012,10 @@ class _Opening:
         self.relay_remaining: int | None = None  # RELAY: bytes of the answer still to go
         self.deadline = 0.0  # the handshake's deadline on the wheel (loop time), 0: none
         self.rejection: Rejection | None = None  # what the client was answered, if refused
+        self.dial: _Dial | None = None
+        self.http: HttpSession | None = None  # serving plain HTTP requests
+        self.peer: tuple[str, int] | None = None  # kept while plain HTTP is served
+        self.ended_at = 0.0  # loop time; at the end a tunnel gets a new opening for it
 
 
 def _peername(transport: asyncio.BaseTransport | None) -> tuple[str, int]:
