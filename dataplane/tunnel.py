@@ -680,11 +680,10 @@ class ClientSide(asyncio.Protocol):
         relay.tick(now)
         if relay.pending:
             self._carry_out(relay)
-        deadline = relay.next_deadline()
-        if deadline is None or self.state is not State.TUNNEL:
+        if self.state is not State.TUNNEL:
             return None
-        # Never file a deadline at or before now: the wheel would fire it again at once.
-        return deadline if deadline > now else now + 0.001
+        # A deadline at or before now is safe: the wheel files it after the slot it fires.
+        return relay.next_deadline()
 
     def _set_deadline(self, opening: _Opening, when: float) -> None:
         """The handshake's one deadline (head, connect attempt, or relaying a refusal
@@ -697,9 +696,7 @@ class ClientSide(asyncio.Protocol):
         if opening is None or not opening.deadline:
             return None
         if now < opening.deadline:
-            # Filed in an earlier slot: wait on (never at or before now: the wheel would
-            # fire it again at once).
-            return max(opening.deadline, now + 0.001)
+            return opening.deadline  # filed in an earlier slot: wait on
         opening.deadline = 0.0
         state = self.state
         if state is State.HEAD:
