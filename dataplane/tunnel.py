@@ -795,6 +795,11 @@ class ClientSide(asyncio.Protocol):
         if self.endpoint is not None:
             self.endpoint.active -= 1
         self.listener.connection_ended(self)
+        # No reference cycle outlives the connection (itself as data_received, the
+        # backend's link back): refcounting frees it at once instead of the cyclic GC,
+        # which the data plane runs rarely (dataplane/cli.py's young-generation threshold).
+        self.data_received = _ignore
+        self.backend = None
 
     def record(self) -> ConnectionRecord:
         """What happened on this connection, complete once it ended (for access logs).
@@ -972,6 +977,7 @@ class BackendSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.data_received = _ignore  # no cycle through itself once closed
         if not self.answered:
             self.client._attempt_failed(self, "closed before answering")
         elif self.client.backend is self:
@@ -1030,6 +1036,10 @@ class _Opening:
         self.peer: tuple[str, int] | None = None  # kept while plain HTTP is served
         self.ended_at = 0.0  # loop time; at the end a tunnel gets a new opening for it
         self.status = 0  # the HTTP status the client got, if not a 101
+
+
+def _ignore(data: bytes) -> None:
+    """A closed connection's data_received (refers to nothing: no cycle)."""
 
 
 def _peername(transport: asyncio.BaseTransport | None) -> tuple[str, int]:
