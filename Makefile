@@ -93,6 +93,7 @@ COMPILED_TESTS := tests/unit tests/integration/test_proxy.py tests/integration/t
 	tests/integration/test_http_body_timeout.py \
 	tests/integration/test_handshake_errors.py tests/integration/test_metrics.py \
 	tests/integration/test_handshake_deadlines.py tests/integration/test_conformance.py \
+	tests/integration/test_tunnel_answer.py tests/integration/test_tunnel_lifecycle.py \
 	tests/integration/test_balancing.py tests/integration/test_health.py \
 	tests/integration/test_sticky_tokens.py tests/integration/test_tls_stream.py tests/integration/test_tls_memory.py \
 	tests/integration/test_tls_failures.py tests/integration/test_sni.py

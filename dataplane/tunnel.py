@@ -131,27 +131,26 @@ class ClientSide(asyncio.Protocol):
     __slots__ = (
         "accepted_at",
         "backend",
-        "dial",
+        "data_received",
         "draining",
-        "ended_at",
         "endpoint",
         "group",
         "head",
-        "http",
         "listener",
         "loop",
         "lost",
         "opening",
-        "peer",
         "relay",
         "state",
-        "status",
         "transport",
         "wheel_index",
         "wheel_slot",
     )
 
     def __init__(self, listener: Site, loop: asyncio.AbstractEventLoop) -> None:
+        # uvloop keeps what it finds here for the transport's life: the object itself (its
+        # __call__ is the client feed), not a bound method of 72 bytes per connection.
+        self.data_received: Callable[[bytes], None] = self  # type: ignore[assignment]
         self.listener = listener
         self.loop = loop  # passed in: get_running_loop() per connection shows in profiles
         self.state = State.HEAD
@@ -159,31 +158,80 @@ class ClientSide(asyncio.Protocol):
         self.backend: BackendSide | None = None
         self.endpoint: EndpointState | None = None
         self.group: BackendGroup | None = None  # the group the last request routed to
-        self.http: HttpSession | None = None  # serving plain HTTP requests
-        # The client's address is read from the transport when needed, not kept (58 B
-        # per connection): uvloop's TCP transport keeps the peer's sockaddr, also after
-        # close, and so does tls_stream's over it. A connection serving plain HTTP keeps
-        # it here (read per request).
-        self.peer: tuple[str, int] | None = None
         self.accepted_at = 0.0
-        self.ended_at = 0.0
-        # What only the handshake needs (head bytes, early data, admission, its deadline,
-        # a refusal): dropped when the tunnel opens, so an idle tunnel holds none of it.
+        # What only the handshake, plain HTTP or the end needs (head bytes, early data,
+        # admission, the dial, its deadline, a refusal, the HTTP session, the end time):
+        # dropped when the tunnel opens, so an idle tunnel holds none of it (each field
+        # here costs 8 B per connection).
         self.opening: _Opening | None = _Opening()
         # For the access log, only when it is on: the request head as received, or just
         # its (target, Host) when the fast path read them and nothing was forwarded, a pair
         # shared with the listener's other connections (a browser's head with its cookies
         # is kilobytes, held for the connection's life).
         self.head: bytes | tuple[str, ...] = b""
-        self.status = 0  # the HTTP status the client got (101 once tunnelled)
-        # The dial and its attempt in progress (endpoint, socket, connect): dropped at the
-        # backend's answer, so an open tunnel holds none of it.
-        self.dial: _Dial | None = None
         self.relay: Relay | None = None
         self.wheel_slot = NOT_FILED  # the relay's deadline slot in listener.wheel
         self.wheel_index = 0  # and its place in that slot (the wheel keeps both)
         self.draining = False
         self.lost = False  # connection_lost ran
+
+    # What lives in the opening (made again on demand), read and set as attributes.
+
+    @property
+    def http(self) -> HttpSession | None:
+        """The session serving plain HTTP requests on this connection, if any."""
+        opening = self.opening
+        return None if opening is None else opening.http
+
+    @http.setter
+    def http(self, session: HttpSession | None) -> None:
+        if session is not None or self.opening is not None:
+            self._opening().http = session
+
+    @property
+    def dial(self) -> _Dial | None:
+        """The dial and its attempt in progress (endpoint, socket, connect); dropped at
+        the backend's answer."""
+        opening = self.opening
+        return None if opening is None else opening.dial
+
+    @dial.setter
+    def dial(self, dial: _Dial | None) -> None:
+        if dial is not None or self.opening is not None:
+            self._opening().dial = dial
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        """The client's address, kept only while plain HTTP is served (read per request);
+        a tunnel reads it from the transport when needed: uvloop's TCP transport keeps the
+        peer's sockaddr, also after close, and so does tls_stream's over it."""
+        opening = self.opening
+        return None if opening is None else opening.peer
+
+    @peer.setter
+    def peer(self, peer: tuple[str, int] | None) -> None:
+        if peer is not None or self.opening is not None:
+            self._opening().peer = peer
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the client got, 0 before any: 101 exactly when a tunnel opened
+        (a relay exists), else what the opening noted (a refusal, a backend's answer)."""
+        if self.relay is not None:
+            return 101
+        opening = self.opening
+        return 0 if opening is None else opening.status
+
+    @status.setter
+    def status(self, status: int) -> None:
+        if status != 101:
+            self._opening().status = status
+
+    @property
+    def ended_at(self) -> float:
+        """When the connection ended (loop time), 0 while it is open."""
+        opening = self.opening
+        return 0.0 if opening is None else opening.ended_at
 
     @property
     def client_ip(self) -> str:
@@ -216,7 +264,8 @@ class ClientSide(asyncio.Protocol):
         first = min(wait, config.limits.connect_timeout_seconds, CLOSE_TIMEOUT)
         self.listener.wheel.add(self, self.accepted_at + first)
 
-    def data_received(self, data: bytes) -> None:
+    def __call__(self, data: bytes) -> None:
+        """Bytes from the client (this object is its transport's `data_received`)."""
         if self.state is _TUNNEL:
             # Hot path: one core call and one write per chunk (no asserts: they run).
             relay: Relay = self.relay  # type: ignore[assignment]
@@ -479,6 +528,7 @@ class ClientSide(asyncio.Protocol):
             _cancel_connect(connecting)
         endpoint, backend = dial.endpoint, dial.backend
         dial.endpoint = dial.backend = None
+        dial.answer = b""  # the next attempt's backend starts its answer afresh
         if endpoint is not None:
             endpoint.active -= 1
         if backend is not None:
@@ -486,8 +536,9 @@ class ClientSide(asyncio.Protocol):
         if not keep_context:
             self.dial = None
 
-    def backend_head(self, backend: BackendSide, head: bytes) -> None:
-        """The backend answered the upgrade (called by BackendSide)."""
+    def backend_head(self, backend: BackendSide, head: bytes, rest: bytes) -> None:
+        """The backend answered the upgrade with `head`, and `rest` came with it (called
+        by BackendSide)."""
         dial = self.dial
         endpoint = dial.endpoint if dial is not None and dial.backend is backend else None
         if endpoint is None:
@@ -499,7 +550,7 @@ class ClientSide(asyncio.Protocol):
             backend.abandon()
             return
         try:
-            self._backend_answered(backend, endpoint, head)
+            self._backend_answered(backend, endpoint, head, rest)
         except Exception as exc:  # never a hung client or a leaked backend socket
             log.warning("backend handshake failed on listener %s: %r", self.listener.name, exc)
             log.debug("backend handshake failure", exc_info=True)
@@ -509,7 +560,9 @@ class ClientSide(asyncio.Protocol):
                 backend.abandon()
                 self._reject(Rejection(502, "Backend handshake failed", label="backend_invalid"))
 
-    def _backend_answered(self, backend: BackendSide, endpoint: EndpointState, head: bytes) -> None:
+    def _backend_answered(
+        self, backend: BackendSide, endpoint: EndpointState, head: bytes, rest: bytes
+    ) -> None:
         listener = self.listener
         group = self.group
         assert group is not None
@@ -538,7 +591,7 @@ class ClientSide(asyncio.Protocol):
             self.endpoint = None
             listener.count_upgrade(answer.status)
             self.state = State.RELAY
-            rest = backend.attach()
+            backend.attach()
             self.transport.write(head + rest)
             remaining = None if answer.content_length is None else answer.content_length - len(rest)
             opening = self._opening()
@@ -557,25 +610,23 @@ class ClientSide(asyncio.Protocol):
             group.relay_settings, now, extensions=negotiated_extensions(head)
         )
         self.state = State.TUNNEL
-        rest = backend.attach()
+        backend.attach()
         listener.tunnel_opened(self, now - self.accepted_at)
         self.transport.write(head)
         listener.wheel.ensure(self, relay.next_deadline() or now)
         if rest:
-            self(rest)  # the backend's bytes that came with its 101
+            backend(rest)  # the backend's bytes that came with its 101
         handshake, self.opening = self.opening, None  # over (its deadline was cancelled)
         if handshake is not None and handshake.pending and self.state is State.TUNNEL:
-            self.data_received(bytes(handshake.pending))
+            self(bytes(handshake.pending))
         if self.draining:
             relay.drain(now + group.drain_timeout)
             self._carry_out(relay)
         elif group.should_drain(endpoint) or listener.route_gone(group):
             self.drain(group.drain_timeout)
 
-    def __call__(self, data: bytes) -> None:
-        """Bytes from the backend. After the 101 the backend transport calls this object
-        itself as its `data_received` (see BackendSide.attach): a bound method cached
-        there would cost 72 bytes per connection, and this keeps it one call per chunk."""
+    def backend_data(self, data: bytes) -> None:
+        """Bytes from the backend outside the tunnel's hot path (see BackendSide.__call__)."""
         if self.state is _TUNNEL:
             relay: Relay = self.relay  # type: ignore[assignment]
             out = relay.backend_data(data, self.loop.time())
@@ -644,11 +695,10 @@ class ClientSide(asyncio.Protocol):
         relay.tick(now)
         if relay.pending:
             self._carry_out(relay)
-        deadline = relay.next_deadline()
-        if deadline is None or self.state is not State.TUNNEL:
+        if self.state is not State.TUNNEL:
             return None
-        # Never file a deadline at or before now: the wheel would fire it again at once.
-        return deadline if deadline > now else now + 0.001
+        # A deadline at or before now is safe: the wheel files it after the slot it fires.
+        return relay.next_deadline()
 
     def _set_deadline(self, opening: _Opening, when: float) -> None:
         """The handshake's one deadline (head, connect attempt, or relaying a refusal
@@ -661,9 +711,7 @@ class ClientSide(asyncio.Protocol):
         if opening is None or not opening.deadline:
             return None
         if now < opening.deadline:
-            # Filed in an earlier slot: wait on (never at or before now: the wheel would
-            # fire it again at once).
-            return max(opening.deadline, now + 0.001)
+            return opening.deadline  # filed in an earlier slot: wait on
         opening.deadline = 0.0
         state = self.state
         if state is State.HEAD:
@@ -743,7 +791,7 @@ class ClientSide(asyncio.Protocol):
         state = self.state
         self.state = State.CLOSED
         self.lost = True
-        self.ended_at = self.loop.time()
+        self._opening().ended_at = self.loop.time()  # a tunnel's opening made again
         self.listener.wheel.discard(self)
         self._clear_deadline()
         if self.dial is not None:
@@ -762,6 +810,11 @@ class ClientSide(asyncio.Protocol):
         if self.endpoint is not None:
             self.endpoint.active -= 1
         self.listener.connection_ended(self)
+        # No reference cycle outlives the connection (itself as data_received, the
+        # backend's link back): refcounting frees it at once instead of the cyclic GC,
+        # which the data plane runs rarely (dataplane/cli.py's young-generation threshold).
+        self.data_received = _ignore
+        self.backend = None
 
     def record(self) -> ConnectionRecord:
         """What happened on this connection, complete once it ended (for access logs).
@@ -837,14 +890,16 @@ class ClientSide(asyncio.Protocol):
     # ---------------------------------------------------------------- flow control
 
     def pause_writing(self) -> None:
-        if self.http is not None:
-            self.http.client_paused()
+        http = self.http if self.state is State.HTTP else None
+        if http is not None:
+            http.client_paused()
         elif self.backend is not None and self.backend.transport is not None:
             self.backend.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.http is not None:
-            self.http.client_resumed()
+        http = self.http if self.state is State.HTTP else None
+        if http is not None:
+            http.client_resumed()
         elif self.backend is not None and self.backend.transport is not None:
             self.backend.transport.resume_reading()
 
@@ -864,7 +919,6 @@ class BackendSide(asyncio.Protocol):
     __slots__ = (
         "answered",
         "attached",
-        "buffer",
         "client",
         "data_received",
         "lost",
@@ -874,13 +928,26 @@ class BackendSide(asyncio.Protocol):
     def __init__(self, client: ClientSide) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.buffer: bytes | bytearray = b""
         self.answered = False  # the head of the answer went to the client side
-        self.attached = False  # ClientSide took over: bytes go straight to it
+        self.attached = False  # the tunnel opened: bytes go to its relay
         self.lost = False
-        # uvloop calls what it finds here; after the 101 it is the client side itself
-        # (its __call__ is the backend feed, see attach), one Python call per chunk fewer.
+        # uvloop calls what it finds here; after the 101 this object itself (its __call__
+        # is the backend feed, see attach): no bound method kept per connection.
         self.data_received: Callable[[bytes], None] = self._answer_data  # type: ignore[assignment]
+
+    def __call__(self, data: bytes) -> None:
+        """Bytes from the backend once attached: the tunnel's hot path here, one Python
+        call per chunk (the rare states go through ClientSide.backend_data)."""
+        client = self.client
+        if client.state is _TUNNEL:
+            relay: Relay = client.relay  # type: ignore[assignment]
+            out = relay.backend_data(data, client.loop.time())
+            if out:
+                client.transport.write(out)  # type: ignore[union-attr]
+            if relay.pending:
+                client._carry_out(relay)
+        else:
+            client.backend_data(data)
 
     def itself(self) -> BackendSide:
         """Protocol factory for create_connection: this very instance."""
@@ -918,28 +985,30 @@ class BackendSide(asyncio.Protocol):
 
     def _answer_data(self, data: bytes) -> None:
         if self.attached:
-            self.client(data)
+            self(data)
             return
-        self.buffer += data
-        if self.answered:
-            return  # kept in buffer until the client side attaches
-        end = self.buffer.find(HEAD_END)
+        dial = self.client.dial
+        if self.answered or dial is None or dial.backend is not self:
+            return  # an attempt given up (its head went on, or it was stopped): dropped
+        # The answer's head is collected in the dial (dropped at the 101), not here: 8
+        # bytes fewer in each tunnel's backend protocol.
+        answer = dial.answer + data if dial.answer else data
+        end = answer.find(HEAD_END)
         if end >= 0:
-            head = bytes(self.buffer[: end + 4])
-            self.buffer = self.buffer[end + 4 :]
+            dial.answer = b""
             self.answered = True
-            self.client.backend_head(self, head)
-        elif len(self.buffer) > MAX_BACKEND_HEAD:
+            self.client.backend_head(self, bytes(answer[: end + 4]), bytes(answer[end + 4 :]))
+        elif len(answer) > MAX_BACKEND_HEAD:
             self.client._attempt_failed(self, "response head too large")
+        else:
+            dial.answer = answer if isinstance(answer, bytearray) else bytearray(answer)
 
-    def attach(self) -> bytes:
-        """From now on bytes go to the client side; return those that came early."""
+    def attach(self) -> None:
+        """From now on bytes go to the client side (through this object's __call__)."""
         self.attached = True
-        rest, self.buffer = bytes(self.buffer), b""
-        self.data_received = self.client  # ClientSide.__call__ is its backend feed
+        self.data_received = self  # __call__: the backend feed
         if self.transport is not None:
             self.transport.set_protocol(self)  # uvloop reads data_received again
-        return rest
 
     def eof_received(self) -> bool | None:
         if self.attached and self.client.backend is self and self.client.backend_ended():
@@ -948,6 +1017,7 @@ class BackendSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.data_received = _ignore  # no cycle through itself once closed
         if not self.answered:
             self.client._attempt_failed(self, "closed before answering")
         elif self.client.backend is self:
@@ -978,7 +1048,19 @@ class BackendSide(asyncio.Protocol):
 class _Opening:
     """What a connection needs only until its tunnel opens (or while it is not one)."""
 
-    __slots__ = ("admission", "buffer", "deadline", "pending", "rejection", "relay_remaining")
+    __slots__ = (
+        "admission",
+        "buffer",
+        "deadline",
+        "dial",
+        "ended_at",
+        "http",
+        "peer",
+        "pending",
+        "rejection",
+        "relay_remaining",
+        "status",
+    )
 
     def __init__(self) -> None:
         # Head bytes of a head split over reads, and client bytes that came before the
@@ -989,6 +1071,15 @@ class _Opening:
         self.relay_remaining: int | None = None  # RELAY: bytes of the answer still to go
         self.deadline = 0.0  # the handshake's deadline on the wheel (loop time), 0: none
         self.rejection: Rejection | None = None  # what the client was answered, if refused
+        self.dial: _Dial | None = None
+        self.http: HttpSession | None = None  # serving plain HTTP requests
+        self.peer: tuple[str, int] | None = None  # kept while plain HTTP is served
+        self.ended_at = 0.0  # loop time; at the end a tunnel gets a new opening for it
+        self.status = 0  # the HTTP status the client got, if not a 101
+
+
+def _ignore(data: bytes) -> None:
+    """A closed connection's data_received (refers to nothing: no cycle)."""
 
 
 def _peername(transport: asyncio.BaseTransport | None) -> tuple[str, int]:
@@ -1005,6 +1096,7 @@ class _Dial:
     dropped once a backend answers."""
 
     __slots__ = (
+        "answer",
         "attempts_left",
         "backend",
         "connecting",
@@ -1020,6 +1112,7 @@ class _Dial:
     ) -> None:
         self.info = info
         self.sticky_key = sticky_key
+        self.answer: bytes | bytearray = b""  # the backend's answer until its head ends
         self.head = head
         self.attempts_left = attempts
         self.tried: list[str] = []
