@@ -51,7 +51,7 @@ class Client(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             backend, _ = await loop.create_connection(
-                lambda: Backend(self), "127.0.0.1", self.backend_port
+                self.backend_side, "127.0.0.1", self.backend_port
             )
         except OSError:
             self.close()
@@ -60,6 +60,10 @@ class Client(asyncio.Protocol):
             backend.write(data)
         self.early = []
         self.backend = backend
+
+    def backend_side(self) -> asyncio.BaseProtocol:
+        """The protocol of this connection's backend socket."""
+        return Backend(self)
 
     def data_received(self, data: bytes) -> None:
         if self.backend is None:
@@ -117,33 +121,15 @@ class BufferedBackend(asyncio.BufferedProtocol):
         self.client.close()
 
 
-class BufferedClient(asyncio.BufferedProtocol):
+class BufferedClient(asyncio.BufferedProtocol, Client):
     """`Client`, reading into its own buffer."""
 
     def __init__(self, backend_port: int) -> None:
-        self.backend_port = backend_port
-        self.transport: asyncio.Transport | None = None
-        self.backend: asyncio.Transport | None = None
-        self.early: list[bytes] = []
+        super().__init__(backend_port)
         self.reads = _Reads()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        asyncio.get_running_loop().create_task(self._dial())
-
-    async def _dial(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            backend, _ = await loop.create_connection(
-                lambda: BufferedBackend(self), "127.0.0.1", self.backend_port
-            )
-        except OSError:
-            self.close()
-            return
-        for data in self.early:
-            backend.write(data)
-        self.early = []
-        self.backend = backend
+    def backend_side(self) -> asyncio.BaseProtocol:
+        return BufferedBackend(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.reads.get()
@@ -153,14 +139,6 @@ class BufferedClient(asyncio.BufferedProtocol):
             self.early.append(bytes(self.reads.view[:nbytes]))
         else:
             self.reads.forward(nbytes, self.backend)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.backend is not None:
-            self.backend.close()
 
 
 async def serve(backend_port: int, ports: list[int]) -> None:
