@@ -842,27 +842,10 @@ class ClientSide(asyncio.Protocol):
             code, closed_by = relay.close_code, relay.closed_by or "unknown"
         if isinstance(head, tuple):  # read by the fast path: nothing left to parse
             target, host = head
-            return ConnectionRecord(
-                client_ip,
-                client_port,
-                listener.name,
-                backend,
-                self.status,
-                rejection,
-                started,
-                end - self.accepted_at,
-                handshake,
-                c2b,
-                b2c,
-                messages_c2b,
-                messages_b2c,
-                code,
-                closed_by,
-                "GET",
-                host,
-                target,
-                forwarded,
-            )
+            method, chain, kept, appended = "GET", forwarded, b"", ""
+        else:  # the writer reads the request's fields from the kept head
+            method = host = target = chain = ""
+            kept, appended = head, forwarded
         return ConnectionRecord(
             client_ip,
             client_port,
@@ -879,12 +862,12 @@ class ClientSide(asyncio.Protocol):
             messages_b2c,
             code,
             closed_by,
-            "",
-            "",
-            "",
-            "",
-            head,
-            forwarded,
+            method,
+            host,
+            target,
+            chain,
+            kept,
+            appended,
         )
 
     # ---------------------------------------------------------------- flow control
