@@ -7,9 +7,11 @@ must still say what it said when the whole head was kept."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -48,23 +50,47 @@ def held_strings(root: object, depth: int = 3) -> list[bytes | str]:
     return found
 
 
+class Logged:
+    """An in-process data plane whose access log writes JSON lines to memory."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        self.access_log = AccessLog(LogFormat.JSON, stream=self.stream)
+        self.runtime = Runtime(Metrics(), access_log=self.access_log)
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The lines written; whole once the block below has ended."""
+        return [json.loads(text) for text in self.stream.getvalue().splitlines()]
+
+
+@contextlib.asynccontextmanager
+async def logged(config: dict[str, Any]) -> AsyncIterator[Logged]:
+    """`config` (one listener) applied; at the end the data plane stops and every line
+    is written."""
+    plane = Logged()
+    plane.access_log.start()
+    await plane.runtime.apply(parse_snapshot(snapshot(config)))
+    try:
+        yield plane
+    finally:
+        await plane.runtime.shutdown(drain_timeout=0)
+        plane.access_log.flush()
+        plane.access_log.close()
+
+
 @pytest.mark.parametrize("forwarding", [True, False])
 async def test_an_open_tunnel_keeps_no_head_and_its_line_is_whole(
     backends: Any, forwarding: bool
 ) -> None:
     (backend,) = await backends(1)
-    stream = io.StringIO()
-    access_log = AccessLog(LogFormat.JSON, stream=stream)
-    access_log.start()
-    runtime = Runtime(Metrics(), access_log=access_log)
     config = listener(
         backends={"endpoints": [backend.endpoint]},
         forwardedHeaders={"enabled": forwarding},
         keepalive={"intervalSeconds": 0},
     )
-    await runtime.apply(parse_snapshot(snapshot(config)))
-    port = runtime.listeners["ws"].config.port
-    try:
+    async with logged(config) as plane:
+        runtime = plane.runtime
+        port = runtime.listeners["ws"].config.port
         async with connect(
             f"ws://127.0.0.1:{port}/chat/room?token=secret",
             ping_interval=None,
@@ -76,11 +102,7 @@ async def test_an_open_tunnel_keeps_no_head_and_its_line_is_whole(
             kept = [s for s in held_strings(connection) if len(s) >= len(COOKIE)]
             assert kept == [], f"an open tunnel holds its {len(kept[0])}-byte head"
         await wait_until(lambda: not runtime.listeners["ws"].connections)
-    finally:
-        await runtime.shutdown(drain_timeout=0)
-        access_log.flush()
-        access_log.close()
-    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    (line,) = plane.lines()
     assert (line["kind"], line["method"], line["status"]) == ("websocket", "GET", 101)
     assert line["host"] == f"127.0.0.1:{port}"
     assert line["path"] == "/chat/room"  # the query string stays out unless asked for
@@ -92,14 +114,10 @@ async def test_an_open_tunnel_keeps_no_head_and_its_line_is_whole(
 async def test_a_forwarded_request_keeps_its_chain_in_the_line(backends: Any) -> None:
     """A head with X-Forwarded-For takes the kept-head path: the chain comes from it."""
     (backend,) = await backends(1)
-    stream = io.StringIO()
-    access_log = AccessLog(LogFormat.JSON, stream=stream)
-    access_log.start()
-    runtime = Runtime(Metrics(), access_log=access_log)
     config = listener(backends={"endpoints": [backend.endpoint]}, accessLog={"includeQuery": True})
-    await runtime.apply(parse_snapshot(snapshot(config)))
-    port = runtime.listeners["ws"].config.port
-    try:
+    async with logged(config) as plane:
+        runtime = plane.runtime
+        port = runtime.listeners["ws"].config.port
         async with connect(
             f"ws://127.0.0.1:{port}/feed?since=5",
             ping_interval=None,
@@ -108,11 +126,7 @@ async def test_a_forwarded_request_keeps_its_chain_in_the_line(backends: Any) ->
             await ws.send("hi")
             assert await ws.recv() == "hi"
         await wait_until(lambda: not runtime.listeners["ws"].connections)
-    finally:
-        await runtime.shutdown(drain_timeout=0)
-        access_log.flush()
-        access_log.close()
-    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    (line,) = plane.lines()
     assert line["path"] == "/feed?since=5"
     assert line["forwarded_for"] == "198.51.100.7, 203.0.113.9, 127.0.0.1"
 
@@ -121,15 +135,8 @@ async def test_tunnels_to_one_path_share_what_their_lines_need(backends: Any) ->
     """Sockets of one app mostly share target and Host: one pair serves them all, so the
     log costs an open connection no memory of its own; the sharing stays bounded."""
     (backend,) = await backends(1)
-    stream = io.StringIO()
-    access_log = AccessLog(LogFormat.JSON, stream=stream)
-    access_log.start()
-    runtime = Runtime(Metrics(), access_log=access_log)
-    await runtime.apply(
-        parse_snapshot(snapshot(listener(backends={"endpoints": [backend.endpoint]})))
-    )
-    site = runtime.listeners["ws"]
-    try:
+    async with logged(listener(backends={"endpoints": [backend.endpoint]})) as plane:
+        site = plane.runtime.listeners["ws"]
         async with (
             connect(f"ws://127.0.0.1:{site.config.port}/live", ping_interval=None) as one,
             connect(f"ws://127.0.0.1:{site.config.port}/live", ping_interval=None) as two,
@@ -148,8 +155,4 @@ async def test_tunnels_to_one_path_share_what_their_lines_need(backends: Any) ->
         long = "/" + "x" * SHARED_REQUEST_LENGTH
         assert site.logged_request(long, "h") == (long, "h")
         assert (long, "h") not in site._logged_requests
-    finally:
-        await runtime.shutdown(drain_timeout=0)
-        access_log.flush()
-        access_log.close()
-    assert len(stream.getvalue().splitlines()) == 2
+    assert len(plane.lines()) == 2
